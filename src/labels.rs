@@ -1,0 +1,741 @@
+//! The label contract (pure): one container's labels -> what its compose service asks for.
+//!
+//! Labels are user input: any value can be junk, huge or hostile. Parsing never panics, checks
+//! every value against a narrow grammar and the operator's allow-lists, and reports *all*
+//! problems of a service at once (so users fix them in one round), each as a [`Refusal`] that
+//! names the container, label, value, broken rule and the fix. A refused service is simply not
+//! exposed; other services of the composition are unaffected.
+
+use std::collections::BTreeMap;
+
+use crate::model::{PlanSettings, Refusal};
+use crate::naming;
+
+pub const ENABLE: &str = "compose-ingress.enable";
+pub const PORTS: &str = "compose-ingress.ports";
+pub const HOST: &str = "compose-ingress.host";
+pub const PATH: &str = "compose-ingress.path";
+pub const RATE_LIMIT_RPS: &str = "compose-ingress.rate-limit.rps";
+pub const CLASS: &str = "compose-ingress.class";
+/// Prefix of every label of ours: an unknown key under it is most likely a typo.
+pub const PREFIX: &str = "compose-ingress.";
+pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
+pub const KOMPOSE_CLASS: &str = "kompose.service.expose.ingress-class-name";
+pub const KOMPOSE_TLS_SECRET: &str = "kompose.service.expose.tls-secret";
+
+/// Longest label value we look at; longer ones are refused before any parsing.
+pub const MAX_VALUE_BYTES: usize = 1024;
+/// Longest path prefix accepted.
+pub const MAX_PATH_LEN: usize = 256;
+/// Longest value shown in a refusal (after escaping), so that log lines stay readable.
+pub const MAX_SHOWN_CHARS: usize = 80;
+
+const OUR_LABELS: [&str; 6] = [ENABLE, PORTS, HOST, PATH, RATE_LIMIT_RPS, CLASS];
+const KOMPOSE_LABELS: [&str; 3] = [KOMPOSE_EXPOSE, KOMPOSE_CLASS, KOMPOSE_TLS_SECRET];
+
+/// A host chosen by a label (instead of the template), with its own path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChosenHost {
+    /// The single DNS label under the operator's domain.
+    pub label: String,
+    pub path: String,
+    /// The label that chose it, for refusals raised later by the planner.
+    pub source: &'static str,
+}
+
+/// What one compose service asks for, after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceExposure {
+    pub enabled: bool,
+    /// `None`: every published TCP port.
+    pub ports: Option<Vec<u16>>,
+    /// Empty: hosts come from the template. kompose allows several hosts, hence a list; the
+    /// planner only accepts chosen hosts for a service with exactly one exposed port.
+    pub hosts: Vec<ChosenHost>,
+    /// Path prefix for template hosts and for `compose-ingress.host`.
+    pub path: String,
+    pub rate_limit_rps: Option<u32>,
+    pub class: Option<String>,
+    pub tls_secret: Option<String>,
+}
+
+impl ServiceExposure {
+    /// A service that is not exposed (opted out, or not opted in).
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ports: None,
+            hosts: Vec::new(),
+            path: "/".to_string(),
+            rate_limit_rps: None,
+            class: None,
+            tls_secret: None,
+        }
+    }
+}
+
+/// `value` cut to [`MAX_SHOWN_CHARS`] and escaped, so control characters, newlines and megabytes
+/// of junk cannot forge or flood log lines.
+pub fn shown_value(value: &str) -> String {
+    const ELLIPSIS: &str = "...";
+    let mut out = String::new();
+    let mut count = 0;
+    // Byte length of `out` at the last point where it still left room for the ellipsis.
+    let mut cut_at = 0;
+    for c in value.chars() {
+        let escaped: String = c.escape_debug().collect();
+        let n = escaped.chars().count();
+        if count + n > MAX_SHOWN_CHARS {
+            out.truncate(cut_at);
+            out.push_str(ELLIPSIS);
+            return out;
+        }
+        out.push_str(&escaped);
+        count += n;
+        if count <= MAX_SHOWN_CHARS - ELLIPSIS.len() {
+            cut_at = out.len();
+        }
+    }
+    out
+}
+
+/// Builds a refusal with the shown (shortened, escaped) value and a message that names the
+/// container, service, label, value, rule and the fix. Used by the planner too, so that every
+/// refusal reads the same.
+pub fn refusal(
+    container: &str,
+    service: &str,
+    label: &str,
+    value: &str,
+    reason: &'static str,
+    rule_and_fix: &str,
+) -> Refusal {
+    let shown = shown_value(value);
+    Refusal {
+        container: container.to_string(),
+        service: service.to_string(),
+        label: label.to_string(),
+        message: format!(
+            "service `{service}` not exposed: label {label}=\"{shown}\" on container `{container}`: {rule_and_fix}",
+        ),
+        value: shown,
+        reason,
+    }
+}
+
+struct Ctx<'a> {
+    container: &'a str,
+    service: &'a str,
+    refusals: Vec<Refusal>,
+}
+
+impl Ctx<'_> {
+    fn refuse(&mut self, label: &str, value: &str, reason: &'static str, rule_and_fix: &str) {
+        self.refusals.push(refusal(
+            self.container,
+            self.service,
+            label,
+            value,
+            reason,
+            rule_and_fix,
+        ));
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// `/`-prefixed, `[A-Za-z0-9/_.~-]`, no `//`, no `.`/`..` segments, ≤ 256: a plain prefix that
+/// every controller reads the same way (no regex, no encoding tricks, no traversal).
+pub fn is_valid_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= MAX_PATH_LEN
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'.' | b'~' | b'-'))
+        && !path.contains("//")
+        && !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+const PATH_RULE: &str = "a path must start with '/', use only letters, digits and / _ . ~ -, contain no '//' or '.'/'..' segments and be at most 256 characters; set e.g. compose-ingress.path=/api";
+
+/// Reads `labels[key]` if present and not over-long; an over-long value is refused once here so
+/// that each later check can treat it as absent.
+fn get<'l>(ctx: &mut Ctx<'_>, labels: &'l BTreeMap<String, String>, key: &str) -> Option<&'l str> {
+    let value = labels.get(key)?;
+    if value.len() > MAX_VALUE_BYTES {
+        ctx.refuse(
+            key,
+            value,
+            "value-too-long",
+            &format!("label values are limited to {MAX_VALUE_BYTES} bytes; shorten the value"),
+        );
+        return None;
+    }
+    Some(value.as_str())
+}
+
+fn parse_ports(ctx: &mut Ctx<'_>, value: &str) -> Option<Vec<u16>> {
+    let mut ports = Vec::new();
+    for item in value.split(',') {
+        match item.trim().parse::<u16>() {
+            Ok(p) if p > 0 => ports.push(p),
+            _ => {
+                ctx.refuse(
+                    PORTS,
+                    value,
+                    "invalid-port",
+                    "expected a comma-separated list of container ports 1-65535, e.g. compose-ingress.ports=5000,8080",
+                );
+                return None;
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Some(ports)
+}
+
+/// `compose-ingress.host`: one label, or for convenience the full `<label>.<domain>`.
+fn parse_host(ctx: &mut Ctx<'_>, value: &str, domain: &str) -> Option<String> {
+    let v = value.trim().to_ascii_lowercase();
+    if naming::is_dns_label(&v) {
+        return Some(v);
+    }
+    if v.contains('.') {
+        if let Some(label) = naming::host_label_under(&v, domain) {
+            return Some(label);
+        }
+        ctx.refuse(
+            HOST,
+            value,
+            "host-outside-domain",
+            &format!(
+                "a chosen host is ONE DNS label under {domain}; set only that label, e.g. compose-ingress.host=myapp (giving myapp.{domain})"
+            ),
+        );
+    } else {
+        ctx.refuse(
+            HOST,
+            value,
+            "invalid-host",
+            "a host label is 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'; e.g. compose-ingress.host=myapp",
+        );
+    }
+    None
+}
+
+/// `kompose.service.expose=host[/path][,host[/path]...]`, every host `<label>.<domain>`.
+fn parse_kompose_hosts(
+    ctx: &mut Ctx<'_>,
+    value: &str,
+    domain: &str,
+    default_path: &str,
+) -> Vec<ChosenHost> {
+    let mut hosts = Vec::new();
+    for entry in value.split(',') {
+        let entry = entry.trim();
+        let (host, path) = match entry.find('/') {
+            Some(i) => (&entry[..i], entry[i..].to_string()),
+            None => (entry, default_path.to_string()),
+        };
+        if !is_valid_path(&path) {
+            ctx.refuse(KOMPOSE_EXPOSE, value, "invalid-path", PATH_RULE);
+            continue;
+        }
+        match naming::host_label_under(host, domain) {
+            Some(label) => hosts.push(ChosenHost {
+                label,
+                path,
+                source: KOMPOSE_EXPOSE,
+            }),
+            None => {
+                let reason = if host.contains('.') {
+                    "host-outside-domain"
+                } else {
+                    "invalid-host"
+                };
+                ctx.refuse(
+                    KOMPOSE_EXPOSE,
+                    value,
+                    reason,
+                    &format!(
+                        "each host must be exactly one DNS label under {domain} (optionally followed by /path); use e.g. kompose.service.expose=myapp.{domain} or kompose.service.expose=true"
+                    ),
+                );
+            }
+        }
+    }
+    hosts
+}
+
+fn parse_rps(ctx: &mut Ctx<'_>, value: &str, max: Option<u32>) -> Option<u32> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => match max {
+            Some(max) if n > max => {
+                ctx.refuse(
+                    RATE_LIMIT_RPS,
+                    value,
+                    "rate-limit-above-max",
+                    &format!(
+                        "labels may only lower the operator's limit, at most {max} requests per second; set a value between 1 and {max}"
+                    ),
+                );
+                None
+            }
+            _ => Some(n),
+        },
+        _ => {
+            ctx.refuse(
+                RATE_LIMIT_RPS,
+                value,
+                "invalid-rate-limit",
+                "expected a whole number of requests per second, at least 1; e.g. compose-ingress.rate-limit.rps=20",
+            );
+            None
+        }
+    }
+}
+
+fn parse_class(ctx: &mut Ctx<'_>, key: &str, value: &str, allowed: &[String]) -> Option<String> {
+    let v = value.trim();
+    if allowed.iter().any(|a| a == v) {
+        return Some(v.to_string());
+    }
+    let list = if allowed.is_empty() {
+        "none are allowed; remove the label".to_string()
+    } else {
+        format!("use one of: {}", allowed.join(", "))
+    };
+    ctx.refuse(
+        key,
+        value,
+        "class-not-allowed",
+        &format!("the class is not in the operator's allow-list; {list}"),
+    );
+    None
+}
+
+/// Parses the labels of one container of compose service `service`.
+///
+/// Enabling: `compose-ingress.enable` decides when present; otherwise a `kompose.service.expose`
+/// label (other than `false`) enables; otherwise `settings.expose_by_default`. The other labels
+/// of a service that is not enabled are not checked: nobody asked to expose it, so nobody should
+/// get warnings about it.
+pub fn parse_service_labels(
+    container: &str,
+    service: &str,
+    labels: &BTreeMap<String, String>,
+    settings: &PlanSettings,
+) -> Result<ServiceExposure, Vec<Refusal>> {
+    let mut ctx = Ctx {
+        container,
+        service,
+        refusals: Vec::new(),
+    };
+
+    let enable = get(&mut ctx, labels, ENABLE);
+    let kompose_expose = get(&mut ctx, labels, KOMPOSE_EXPOSE);
+    let enabled = match enable {
+        Some(v) => match parse_bool(v) {
+            Some(b) => b,
+            None => {
+                ctx.refuse(
+                    ENABLE,
+                    v,
+                    "invalid-enable",
+                    "expected true or false; set compose-ingress.enable=true to expose the service",
+                );
+                return Err(ctx.refusals);
+            }
+        },
+        None if labels.contains_key(ENABLE) => return Err(ctx.refusals),
+        None => match kompose_expose {
+            Some(v) => parse_bool(v) != Some(false),
+            None if labels.contains_key(KOMPOSE_EXPOSE) => return Err(ctx.refusals),
+            None => settings.expose_by_default,
+        },
+    };
+    if !enabled {
+        return Ok(ServiceExposure::disabled());
+    }
+
+    for key in labels.keys() {
+        if key.starts_with(PREFIX) && !OUR_LABELS.contains(&key.as_str()) {
+            let known = OUR_LABELS.join(", ");
+            ctx.refuse(
+                key,
+                &labels[key],
+                "unknown-label",
+                &format!("unknown compose-ingress label (a typo?); known labels: {known}"),
+            );
+        }
+    }
+    for key in OUR_LABELS.iter().chain(KOMPOSE_LABELS.iter()) {
+        if *key != ENABLE && *key != KOMPOSE_EXPOSE {
+            // Over-long values are refused here, once; later reads see them as absent.
+            let _ = get(&mut ctx, labels, key);
+        }
+    }
+    let value = |key: &str| {
+        labels
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| v.len() <= MAX_VALUE_BYTES)
+    };
+
+    let path = match value(PATH) {
+        Some(p) if is_valid_path(p.trim()) => p.trim().to_string(),
+        Some(p) => {
+            ctx.refuse(PATH, p, "invalid-path", PATH_RULE);
+            "/".to_string()
+        }
+        None => "/".to_string(),
+    };
+    let ports = value(PORTS).and_then(|v| parse_ports(&mut ctx, v));
+
+    let mut hosts = Vec::new();
+    if let Some(label) = value(HOST).and_then(|v| parse_host(&mut ctx, v, &settings.domain)) {
+        hosts.push(ChosenHost {
+            label,
+            path: path.clone(),
+            source: HOST,
+        });
+    }
+    if let Some(v) = kompose_expose
+        && parse_bool(v).is_none()
+    {
+        hosts.extend(parse_kompose_hosts(&mut ctx, v, &settings.domain, &path));
+    }
+    hosts.sort();
+    hosts.dedup_by(|a, b| a.label == b.label && a.path == b.path);
+
+    let rate_limit_rps =
+        value(RATE_LIMIT_RPS).and_then(|v| parse_rps(&mut ctx, v, settings.max_rps));
+
+    let ours =
+        value(CLASS).and_then(|v| parse_class(&mut ctx, CLASS, v, &settings.allowed_classes));
+    let theirs = value(KOMPOSE_CLASS)
+        .and_then(|v| parse_class(&mut ctx, KOMPOSE_CLASS, v, &settings.allowed_classes));
+    let class = match (ours, theirs) {
+        (Some(a), Some(b)) if a != b => {
+            ctx.refuse(
+                KOMPOSE_CLASS,
+                &b,
+                "class-conflict",
+                &format!("{CLASS} chose `{a}`; set both labels to the same class or remove one"),
+            );
+            None
+        }
+        (a, b) => a.or(b),
+    };
+
+    let tls_secret = value(KOMPOSE_TLS_SECRET).and_then(|v| {
+        let v = v.trim();
+        if settings.allowed_tls_secrets.iter().any(|s| s == v) {
+            Some(v.to_string())
+        } else {
+            let fix = if settings.allowed_tls_secrets.is_empty() {
+                "none may be chosen; remove the label".to_string()
+            } else {
+                format!("use one of: {}", settings.allowed_tls_secrets.join(", "))
+            };
+            ctx.refuse(
+                KOMPOSE_TLS_SECRET,
+                v,
+                "tls-secret-not-allowed",
+                &format!("the TLS secret is not in the operator's allow-list; {fix}"),
+            );
+            None
+        }
+    });
+
+    if !ctx.refusals.is_empty() {
+        return Err(ctx.refusals);
+    }
+    Ok(ServiceExposure {
+        enabled,
+        ports,
+        hosts,
+        path,
+        rate_limit_rps,
+        class,
+        tls_secret,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::RouteApi;
+
+    pub(crate) fn settings() -> PlanSettings {
+        PlanSettings {
+            domain: "composition.example.com".into(),
+            host_template: "{service}-{port}-{project}-{pod}".into(),
+            pod_name: "runner-3".into(),
+            namespace: "ci".into(),
+            route_api: RouteApi::Ingress,
+            ingress_class: Some("public".into()),
+            allowed_classes: vec!["public".into(), "heavy".into()],
+            tls_secret: Some("wildcard-tls".into()),
+            allowed_tls_secrets: vec!["wildcard-tls".into(), "other-tls".into()],
+            gateway: None,
+            default_rps: Some(100),
+            max_rps: Some(100),
+            rate_limit_annotation: "example.com/rps".into(),
+            expose_by_default: false,
+            expose_plain_containers: false,
+            pod_selector: BTreeMap::from([(
+                "statefulset.kubernetes.io/pod-name".to_string(),
+                "runner-3".to_string(),
+            )]),
+        }
+    }
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<ServiceExposure, Vec<Refusal>> {
+        let labels: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_service_labels("demo-web-1", "web", &labels, &settings())
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> Vec<Refusal> {
+        match parse(pairs) {
+            Err(r) => r,
+            Ok(e) => panic!("expected refusal, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_labels_follow_expose_by_default() {
+        assert!(!parse(&[]).unwrap().enabled);
+        let mut s = settings();
+        s.expose_by_default = true;
+        let e = parse_service_labels("c", "web", &BTreeMap::new(), &s).unwrap();
+        assert!(e.enabled);
+        assert_eq!(e.path, "/");
+        assert!(e.hosts.is_empty());
+        assert_eq!(e.ports, None);
+    }
+
+    #[test]
+    fn enable_true_with_all_labels() {
+        let e = parse(&[
+            (ENABLE, "true"),
+            (PORTS, "8080, 5000,5000"),
+            (PATH, "/api"),
+            (RATE_LIMIT_RPS, "20"),
+            (CLASS, "heavy"),
+        ])
+        .unwrap();
+        assert!(e.enabled);
+        assert_eq!(e.ports, Some(vec![5000, 8080]));
+        assert_eq!(e.path, "/api");
+        assert_eq!(e.rate_limit_rps, Some(20));
+        assert_eq!(e.class.as_deref(), Some("heavy"));
+        assert_eq!(e.tls_secret, None);
+    }
+
+    #[test]
+    fn enable_false_wins_and_skips_checks() {
+        let e = parse(&[
+            (ENABLE, "FALSE"),
+            (HOST, "bad host!"),
+            (KOMPOSE_EXPOSE, "true"),
+        ])
+        .unwrap();
+        assert!(!e.enabled);
+    }
+
+    #[test]
+    fn invalid_enable_is_refused() {
+        let r = refused(&[(ENABLE, "yes please")]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].reason, "invalid-enable");
+        assert_eq!(r[0].label, ENABLE);
+        assert_eq!(r[0].container, "demo-web-1");
+        assert_eq!(r[0].service, "web");
+        assert!(r[0].message.contains("yes please"));
+        assert!(r[0].message.contains("compose-ingress.enable=true"));
+    }
+
+    #[test]
+    fn chosen_host_label_and_full_host() {
+        let e = parse(&[(ENABLE, "true"), (HOST, "MyApp")]).unwrap();
+        assert_eq!(e.hosts.len(), 1);
+        assert_eq!(e.hosts[0].label, "myapp");
+        assert_eq!(e.hosts[0].path, "/");
+        assert_eq!(e.hosts[0].source, HOST);
+        let e = parse(&[(ENABLE, "true"), (HOST, "myapp.composition.example.com")]).unwrap();
+        assert_eq!(e.hosts[0].label, "myapp");
+    }
+
+    #[test]
+    fn bad_hosts_are_refused() {
+        let r = refused(&[(ENABLE, "true"), (HOST, "evil.com")]);
+        assert_eq!(r[0].reason, "host-outside-domain");
+        assert_eq!(r[0].label, HOST);
+        let r = refused(&[(ENABLE, "true"), (HOST, "a.b.composition.example.com")]);
+        assert_eq!(r[0].reason, "host-outside-domain");
+        let r = refused(&[(ENABLE, "true"), (HOST, "-x")]);
+        assert_eq!(r[0].reason, "invalid-host");
+        let r = refused(&[(ENABLE, "true"), (HOST, &"a".repeat(64))]);
+        assert_eq!(r[0].reason, "invalid-host");
+        let r = refused(&[(ENABLE, "true"), (HOST, "")]);
+        assert_eq!(r[0].reason, "invalid-host");
+    }
+
+    #[test]
+    fn ports_rules() {
+        for bad in ["", "0", "65536", "80,x", "-1", "80;81"] {
+            let r = refused(&[(ENABLE, "true"), (PORTS, bad)]);
+            assert_eq!(r[0].reason, "invalid-port", "{bad}");
+            assert_eq!(r[0].label, PORTS);
+        }
+    }
+
+    #[test]
+    fn path_rules() {
+        for good in ["/", "/api", "/a/b_c.d~e-f/", "/v1.2"] {
+            assert!(is_valid_path(good), "{good}");
+        }
+        for bad in [
+            "", "api", "//", "/a//b", "/a b", "/a?b", "/%2e", "/../x", "/./", "/é",
+        ] {
+            let r = refused(&[(ENABLE, "true"), (PATH, bad)]);
+            assert_eq!(r[0].reason, "invalid-path", "{bad:?}");
+        }
+        assert!(!is_valid_path(&format!("/{}", "a".repeat(256))));
+        assert!(is_valid_path(&format!("/{}", "a".repeat(255))));
+    }
+
+    #[test]
+    fn rate_limit_rules() {
+        let r = refused(&[(ENABLE, "true"), (RATE_LIMIT_RPS, "101")]);
+        assert_eq!(r[0].reason, "rate-limit-above-max");
+        assert!(r[0].message.contains("100"));
+        for bad in ["0", "-5", "ten", "1.5", "99999999999"] {
+            let r = refused(&[(ENABLE, "true"), (RATE_LIMIT_RPS, bad)]);
+            assert_eq!(r[0].reason, "invalid-rate-limit", "{bad}");
+        }
+        let e = parse(&[(ENABLE, "true"), (RATE_LIMIT_RPS, "100")]).unwrap();
+        assert_eq!(e.rate_limit_rps, Some(100));
+    }
+
+    #[test]
+    fn class_rules() {
+        let r = refused(&[(ENABLE, "true"), (CLASS, "vip")]);
+        assert_eq!(r[0].reason, "class-not-allowed");
+        assert!(r[0].message.contains("public, heavy"));
+        let e = parse(&[(KOMPOSE_EXPOSE, "true"), (KOMPOSE_CLASS, "heavy")]).unwrap();
+        assert_eq!(e.class.as_deref(), Some("heavy"));
+        let r = refused(&[
+            (ENABLE, "true"),
+            (CLASS, "public"),
+            (KOMPOSE_CLASS, "heavy"),
+        ]);
+        assert_eq!(r[0].reason, "class-conflict");
+    }
+
+    #[test]
+    fn kompose_expose_true_and_hosts() {
+        let e = parse(&[(KOMPOSE_EXPOSE, "true")]).unwrap();
+        assert!(e.enabled && e.hosts.is_empty());
+        let e = parse(&[(
+            KOMPOSE_EXPOSE,
+            "a.composition.example.com/api, b.composition.example.com",
+        )])
+        .unwrap();
+        assert!(e.enabled);
+        assert_eq!(
+            e.hosts,
+            vec![
+                ChosenHost {
+                    label: "a".into(),
+                    path: "/api".into(),
+                    source: KOMPOSE_EXPOSE
+                },
+                ChosenHost {
+                    label: "b".into(),
+                    path: "/".into(),
+                    source: KOMPOSE_EXPOSE
+                },
+            ]
+        );
+        let r = refused(&[(KOMPOSE_EXPOSE, "a.composition.example.com,evil.org")]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].reason, "host-outside-domain");
+        assert_eq!(r[0].label, KOMPOSE_EXPOSE);
+        let r = refused(&[(KOMPOSE_EXPOSE, "a.composition.example.com/a b")]);
+        assert_eq!(r[0].reason, "invalid-path");
+        let r = refused(&[(KOMPOSE_EXPOSE, "justalabel")]);
+        assert_eq!(r[0].reason, "invalid-host");
+        assert!(!parse(&[(KOMPOSE_EXPOSE, "false")]).unwrap().enabled);
+    }
+
+    #[test]
+    fn tls_secret_allow_list() {
+        let e = parse(&[(KOMPOSE_EXPOSE, "true"), (KOMPOSE_TLS_SECRET, "other-tls")]).unwrap();
+        assert_eq!(e.tls_secret.as_deref(), Some("other-tls"));
+        let r = refused(&[
+            (KOMPOSE_EXPOSE, "true"),
+            (KOMPOSE_TLS_SECRET, "kube-system-secret"),
+        ]);
+        assert_eq!(r[0].reason, "tls-secret-not-allowed");
+    }
+
+    #[test]
+    fn unknown_label_is_refused() {
+        let r = refused(&[(ENABLE, "true"), ("compose-ingress.hosts", "x")]);
+        assert_eq!(r[0].reason, "unknown-label");
+        assert_eq!(r[0].label, "compose-ingress.hosts");
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let r = refused(&[
+            (ENABLE, "true"),
+            (HOST, "a.evil.com"),
+            (PATH, "nope"),
+            (RATE_LIMIT_RPS, "0"),
+        ]);
+        let mut reasons: Vec<_> = r.iter().map(|r| r.reason).collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            vec!["host-outside-domain", "invalid-path", "invalid-rate-limit"]
+        );
+    }
+
+    #[test]
+    fn huge_values_are_refused_and_shown_short() {
+        let huge = "x\n".repeat(5000);
+        let r = refused(&[(ENABLE, "true"), (HOST, &huge)]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].reason, "value-too-long");
+        assert!(r[0].value.chars().count() <= MAX_SHOWN_CHARS);
+        assert!(!r[0].value.contains('\n'));
+        assert!(r[0].value.ends_with("..."));
+        assert!(r[0].message.len() < 600);
+        let r = refused(&[(ENABLE, &huge)]);
+        assert_eq!(r[0].reason, "value-too-long");
+        assert_eq!(r[0].label, ENABLE);
+    }
+
+    #[test]
+    fn shown_value_escapes_and_cuts() {
+        assert_eq!(shown_value("a\"b\n"), "a\\\"b\\n");
+        assert_eq!(shown_value(&"a".repeat(80)), "a".repeat(80));
+        let cut = shown_value(&"a".repeat(81));
+        assert_eq!(cut.chars().count(), 80);
+        assert!(cut.ends_with("..."));
+        assert!(shown_value(&"\u{1b}".repeat(100)).chars().count() <= 80);
+    }
+}

@@ -1,0 +1,147 @@
+//! Plain data that flows one way: Docker -> observed state -> plan -> Kubernetes.
+//! No I/O here; every type is built by the docker edge or the planner and read by the next stage.
+
+use std::collections::BTreeMap;
+
+/// Transport protocol of a published port, as Docker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// One container port published on the pod's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub protocol: Protocol,
+    /// The port dind bound on the pod IP; what the Service's `targetPort` points at.
+    pub host_port: u16,
+}
+
+/// A container as the docker edge observed it (from a container listing, not from events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    /// Display name without the leading '/': used in log lines only, never as a key.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Only running containers are exposed; the docker edge may still report stopped ones.
+    pub running: bool,
+    pub published: Vec<PublishedPort>,
+}
+
+/// Every container the docker edge saw for one project key (compose project, or a plain
+/// container's own key when `--expose-plain-containers` is on).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedProject {
+    pub name: String,
+    pub containers: Vec<ObservedContainer>,
+}
+
+/// Which route object the cluster gets per composition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteApi {
+    #[default]
+    Ingress,
+    Gateway,
+}
+
+/// A Gateway the HTTPRoutes attach to (`--gateway namespace/name` or `name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRef {
+    pub namespace: Option<String>,
+    pub name: String,
+    pub section_name: Option<String>,
+}
+
+/// Operator settings the planner needs; built once from the validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSettings {
+    /// e.g. `composition.example.com`; every host is exactly one DNS label under it.
+    pub domain: String,
+    /// Host-label template, placeholders `{service}`, `{port}`, `{project}`, `{pod}`.
+    pub host_template: String,
+    pub pod_name: String,
+    pub namespace: String,
+    pub route_api: RouteApi,
+    pub ingress_class: Option<String>,
+    /// Classes a label may choose; always contains `ingress_class` when that is set.
+    pub allowed_classes: Vec<String>,
+    pub tls_secret: Option<String>,
+    /// TLS secrets a kompose label may choose; always contains `tls_secret` when set.
+    pub allowed_tls_secrets: Vec<String>,
+    pub gateway: Option<GatewayRef>,
+    /// Operator's per-composition limit; labels may only lower it.
+    pub default_rps: Option<u32>,
+    /// Upper bound for a label's `rate-limit.rps`; a label above it is refused.
+    pub max_rps: Option<u32>,
+    /// Annotation key that carries the rate limit on an Ingress (the only one we ever set).
+    pub rate_limit_annotation: String,
+    pub expose_by_default: bool,
+    pub expose_plain_containers: bool,
+    /// The Service selector that matches exactly this runner pod
+    /// (default `statefulset.kubernetes.io/pod-name=<pod>`).
+    pub pod_selector: BTreeMap<String, String>,
+}
+
+/// The runner pod every object is owned by (ownerReference) and labelled with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerPod {
+    pub name: String,
+    pub uid: String,
+}
+
+/// A label value refused by the contract: which container, which label, which value, which rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub container: String,
+    pub service: String,
+    pub label: String,
+    /// The offending value, shortened and escaped so that a log line stays readable.
+    pub value: String,
+    /// Stable machine-readable reason (a metric label), e.g. `invalid-host`.
+    pub reason: &'static str,
+    /// Human sentence: what was wrong and what to do.
+    pub message: String,
+}
+
+/// One route: a host (and path) to one (compose service, container port).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub service: String,
+    pub container_port: u16,
+    pub host_port: u16,
+    /// Stable Service port name (IANA_SVC_NAME) for this (service, container port).
+    pub port_name: String,
+    /// Stable Service port number for this (service, container port), unique in the Service.
+    pub service_port: u16,
+    /// Full host name, always `<one label>.<domain>`.
+    pub host: String,
+    /// Path prefix, starts with '/'.
+    pub path: String,
+    /// True when the host came from a label (it must be claimed with a Lease before use).
+    pub chosen_host: bool,
+}
+
+/// Everything one composition needs in the cluster, or nothing when `backends` is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredComposition {
+    pub project: String,
+    /// Deterministic object name shared by the Service and the Ingress/HTTPRoute.
+    pub object_name: String,
+    /// Sorted by (service, container_port); hosts unique.
+    pub backends: Vec<Backend>,
+    pub class: Option<String>,
+    pub rate_limit_rps: Option<u32>,
+    pub tls_secret: Option<String>,
+}
+
+/// The planner's output for one project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `None` when nothing of the project is to be exposed (objects go after the grace).
+    pub desired: Option<DesiredComposition>,
+    pub refusals: Vec<Refusal>,
+}

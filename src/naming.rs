@@ -1,0 +1,535 @@
+//! DNS-safe names, hosts and hashes (pure).
+//!
+//! Everything user-controlled (service and project names, pod names, label values) ends up in
+//! host names, object names, label values and port names, each with its own grammar. These
+//! functions map arbitrary input onto those grammars *deterministically* (the same input always
+//! gives the same name, so a resync never renames objects) and *injectively in practice*: when a
+//! name has to be shortened or sanitized, a hash of the raw input keeps distinct inputs distinct.
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// Longest DNS label (RFC 1123 / RFC 1035) and longest Kubernetes label value.
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Length of `-` + [`short_hash`]: what a shortened name reserves for its disambiguating suffix.
+const HASH_SUFFIX_LEN: usize = 9;
+
+/// Why a host-label template cannot be used. Raised at start-up so that a bad `--host-template`
+/// fails before anything is touched.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NamingError {
+    #[error("host template is empty; use e.g. `{{service}}-{{port}}-{{project}}-{{pod}}`")]
+    EmptyTemplate,
+    #[error(
+        "host template `{template}` has an unbalanced brace at byte {position}; placeholders are written `{{name}}`"
+    )]
+    UnbalancedBrace { template: String, position: usize },
+    #[error(
+        "host template `{template}` uses unknown placeholder `{{{name}}}`; known: {{service}}, {{port}}, {{project}}, {{pod}}"
+    )]
+    UnknownPlaceholder { template: String, name: String },
+    #[error(
+        "host template `{template}` contains '.', but a host must be ONE DNS label under the domain (wildcard DNS and certificates match one label); use '-' instead"
+    )]
+    ContainsDot { template: String },
+    #[error(
+        "host template `{template}` contains {ch:?}; literal text may only use letters, digits and '-'"
+    )]
+    InvalidCharacter { template: String, ch: char },
+}
+
+fn sha256_hex(input: &str, hex_len: usize) -> String {
+    let digest = Sha256::digest(input.as_bytes());
+    let mut out = String::with_capacity(64);
+    for byte in digest.iter() {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out.truncate(hex_len);
+    out
+}
+
+/// First 8 hex chars of sha256: short enough for names, wide enough (32 bits) to keep the few
+/// names that share a sanitized prefix apart.
+pub fn short_hash(input: &str) -> String {
+    sha256_hex(input, 8)
+}
+
+/// First `n` (≤ 64) hex chars of sha256, for callers that need more than [`short_hash`].
+pub fn hash_hex(input: &str, n: usize) -> String {
+    sha256_hex(input, n.min(64))
+}
+
+/// First 8 bytes of sha256 as a number, for stable pseudo-random choices (service ports).
+pub fn hash_u64(input: &str) -> u64 {
+    let digest = Sha256::digest(input.as_bytes());
+    let mut bytes = [0u8; 8];
+    for (dst, src) in bytes.iter_mut().zip(digest.iter()) {
+        *dst = *src;
+    }
+    u64::from_be_bytes(bytes)
+}
+
+/// Lowercase, `[a-z0-9-]` only, no runs of '-', no leading/trailing '-'; may be empty.
+fn sanitize(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len().min(256));
+    let mut last_dash = true; // suppresses a leading '-'
+    for c in raw.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+            last_dash = false;
+        } else if !last_dash {
+            out.push('-');
+            last_dash = true;
+        }
+    }
+    while out.ends_with('-') {
+        out.pop();
+    }
+    out
+}
+
+/// Cuts an ASCII name to `max` bytes and drops the '-' the cut may leave at the end.
+fn cut(mut name: String, max: usize) -> String {
+    name.truncate(max);
+    while name.ends_with('-') {
+        name.pop();
+    }
+    name
+}
+
+/// Appends `-<short_hash(hash_input)>` to a (possibly empty) base, keeping the whole ≤ 63.
+fn with_hash(base: String, hash_input: &str) -> String {
+    let base = cut(base, MAX_LABEL_LEN - HASH_SUFFIX_LEN);
+    let hash = short_hash(hash_input);
+    if base.is_empty() {
+        hash
+    } else {
+        format!("{base}-{hash}")
+    }
+}
+
+/// A lowercase RFC 1123 label. Names that had to be shortened carry a hash of the raw input so
+/// that two long inputs with a common prefix do not end up as the same host.
+pub fn dns_label(raw: &str) -> String {
+    let clean = sanitize(raw);
+    if clean.is_empty() {
+        return "x".to_string();
+    }
+    if clean.len() <= MAX_LABEL_LEN {
+        return clean;
+    }
+    with_hash(clean, raw)
+}
+
+/// Like [`dns_label`], but also a valid RFC 1035 label (starts with a letter), which is what
+/// Service names need.
+pub fn rfc1035_label(raw: &str) -> String {
+    let label = dns_label(raw);
+    if label.starts_with(|c: char| c.is_ascii_digit()) {
+        dns_label(&format!("x-{label}"))
+    } else {
+        label
+    }
+}
+
+/// True for a lowercase RFC 1123 label: 1..=63 chars of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_LABEL_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// `<label>.<domain>`: the one way hosts are built, so that "a host is one label under the
+/// domain" holds by construction.
+pub fn full_host(label: &str, domain: &str) -> String {
+    format!("{label}.{domain}")
+}
+
+/// The label of `host` when it is exactly `<one DNS label>.<domain>` (case-insensitive), so that
+/// a user-supplied host can never escape the operator's domain or span several labels.
+pub fn host_label_under(host: &str, domain: &str) -> Option<String> {
+    let host = host.to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() {
+        return None;
+    }
+    let label = host.strip_suffix(&domain)?.strip_suffix('.')?;
+    is_dns_label(label).then(|| label.to_string())
+}
+
+/// One piece of a parsed template.
+enum Piece<'a> {
+    Literal(&'a str),
+    Service,
+    Port,
+    Project,
+    Pod,
+}
+
+fn parse_template(template: &str) -> Result<Vec<Piece<'_>>, NamingError> {
+    if template.is_empty() {
+        return Err(NamingError::EmptyTemplate);
+    }
+    let unbalanced = |position| NamingError::UnbalancedBrace {
+        template: template.to_string(),
+        position,
+    };
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    let mut offset = 0;
+    while !rest.is_empty() {
+        match rest.find(['{', '}']) {
+            None => {
+                pieces.push(Piece::Literal(rest));
+                break;
+            }
+            Some(i) => {
+                if i > 0 {
+                    pieces.push(Piece::Literal(&rest[..i]));
+                }
+                if rest[i..].starts_with('}') {
+                    return Err(unbalanced(offset + i));
+                }
+                let after = &rest[i + 1..];
+                let close = after.find(['{', '}']).ok_or(unbalanced(offset + i))?;
+                if after[close..].starts_with('{') {
+                    return Err(unbalanced(offset + i + 1 + close));
+                }
+                let name = &after[..close];
+                pieces.push(match name {
+                    "service" => Piece::Service,
+                    "port" => Piece::Port,
+                    "project" => Piece::Project,
+                    "pod" => Piece::Pod,
+                    _ => {
+                        return Err(NamingError::UnknownPlaceholder {
+                            template: template.to_string(),
+                            name: name.to_string(),
+                        });
+                    }
+                });
+                let consumed = i + 1 + close + 1;
+                offset += consumed;
+                rest = &rest[consumed..];
+            }
+        }
+    }
+    for piece in &pieces {
+        if let Piece::Literal(text) = piece {
+            if text.contains('.') {
+                return Err(NamingError::ContainsDot {
+                    template: template.to_string(),
+                });
+            }
+            if let Some(ch) = text
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+            {
+                return Err(NamingError::InvalidCharacter {
+                    template: template.to_string(),
+                    ch,
+                });
+            }
+        }
+    }
+    Ok(pieces)
+}
+
+/// Checks a `--host-template` at start-up. A template without placeholders is accepted (the
+/// operator may want one fixed host), but it then yields the same host for every backend and all
+/// but the first are refused.
+pub fn validate_host_template(template: &str) -> Result<(), NamingError> {
+    parse_template(template).map(|_| ())
+}
+
+/// The host label (the part under the domain) for one backend. Values are inserted raw and the
+/// whole result sanitized once, so that a long project name is shortened with a hash of the
+/// complete rendered string and two backends never share a label by truncation.
+pub fn render_host_label(
+    template: &str,
+    service: &str,
+    port: u16,
+    project: &str,
+    pod: &str,
+) -> Result<String, NamingError> {
+    let mut raw = String::new();
+    for piece in parse_template(template)? {
+        match piece {
+            Piece::Literal(text) => raw.push_str(text),
+            Piece::Service => raw.push_str(service),
+            Piece::Port => raw.push_str(&port.to_string()),
+            Piece::Project => raw.push_str(project),
+            Piece::Pod => raw.push_str(pod),
+        }
+    }
+    Ok(dns_label(&raw))
+}
+
+/// Name of the Service and the route objects of one composition: unique per (pod, project),
+/// readable (`ci-<project>-<pod>-<hash>`), an RFC 1035 label. The hash is always there, because
+/// sanitizing alone maps `a_b` and `a-b` onto the same name.
+pub fn object_name(pod: &str, project: &str) -> String {
+    let base = sanitize(&format!("ci-{project}-{pod}"));
+    with_hash(base, &format!("{pod}/{project}"))
+}
+
+fn is_label_value(s: &str) -> bool {
+    if s.is_empty() {
+        return true;
+    }
+    let alnum_ends = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    s.len() <= MAX_LABEL_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && alnum_ends(s.as_bytes().first())
+        && alnum_ends(s.as_bytes().last())
+}
+
+/// A Kubernetes label value for `raw`. Valid values are kept verbatim (so selectors stay
+/// readable); anything else is sanitized and hashed, which keeps distinct pods/projects apart.
+pub fn label_value(raw: &str) -> String {
+    if is_label_value(raw) {
+        return raw.to_string();
+    }
+    let mut base: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    base.truncate(MAX_LABEL_LEN - HASH_SUFFIX_LEN);
+    let base = base.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let hash = short_hash(raw);
+    if base.is_empty() {
+        hash
+    } else {
+        format!("{base}-{hash}")
+    }
+}
+
+/// A Service port name (IANA_SVC_NAME: ≤ 15 chars, `[a-z0-9-]`, at least one letter). Derived
+/// from (service, container port) only, so the Ingress can reference the port by name and stay
+/// unchanged when dind picks another host port after a restart.
+pub fn port_name(service: &str, container_port: u16) -> String {
+    format!("p{}", hash_hex(&format!("{service}/{container_port}"), 10))
+}
+
+/// Name of the Lease that claims `host` cluster-wide: one name per host, so two pods racing for
+/// the same host collide on an atomic create.
+pub fn lease_name(host: &str) -> String {
+    format!("ci-host-{}", hash_hex(host, 16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_hash_is_8_hex_of_sha256() {
+        // sha256("") = e3b0c442...
+        assert_eq!(short_hash(""), "e3b0c442");
+        assert_eq!(short_hash("abc"), "ba7816bf");
+        assert_eq!(hash_hex("abc", 100).len(), 64);
+    }
+
+    #[test]
+    fn dns_label_sanitizes() {
+        assert_eq!(dns_label("Web_Front"), "web-front");
+        assert_eq!(dns_label("--a__b--"), "a-b");
+        assert_eq!(dns_label("héllo wörld"), "h-llo-w-rld");
+        assert_eq!(dns_label(""), "x");
+        assert_eq!(dns_label("___"), "x");
+        assert_eq!(dns_label("abc-123"), "abc-123");
+    }
+
+    #[test]
+    fn dns_label_truncates_with_hash_and_keeps_long_inputs_distinct() {
+        let a = "a".repeat(100);
+        let b = format!("{}b", "a".repeat(99));
+        let la = dns_label(&a);
+        let lb = dns_label(&b);
+        assert!(la.len() <= 63 && lb.len() <= 63);
+        assert_ne!(la, lb);
+        assert!(is_dns_label(&la));
+        assert!(la.ends_with(&format!("-{}", short_hash(&a))));
+        // exactly 63 is kept verbatim
+        let exact = "b".repeat(63);
+        assert_eq!(dns_label(&exact), exact);
+    }
+
+    #[test]
+    fn truncation_never_leaves_a_double_dash_before_the_hash() {
+        let raw = format!("{}-{}", "a".repeat(53), "b".repeat(40));
+        let label = dns_label(&raw);
+        assert!(is_dns_label(&label));
+        assert!(!label.contains("--"), "{label}");
+    }
+
+    #[test]
+    fn rfc1035_label_starts_with_a_letter() {
+        assert_eq!(rfc1035_label("1web"), "x-1web");
+        assert_eq!(rfc1035_label("web"), "web");
+        let long = "9".repeat(80);
+        let l = rfc1035_label(&long);
+        assert!(l.starts_with('x') && is_dns_label(&l), "{l}");
+    }
+
+    #[test]
+    fn is_dns_label_rules() {
+        assert!(is_dns_label("a"));
+        assert!(is_dns_label("a-1"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a-"));
+        assert!(!is_dns_label("A"));
+        assert!(!is_dns_label("a.b"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn host_label_under_domain() {
+        let d = "composition.example.com";
+        assert_eq!(
+            host_label_under("web.composition.example.com", d).as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            host_label_under("WEB.Composition.Example.com", d).as_deref(),
+            Some("web")
+        );
+        assert_eq!(host_label_under("a.b.composition.example.com", d), None);
+        assert_eq!(host_label_under("composition.example.com", d), None);
+        assert_eq!(host_label_under(".composition.example.com", d), None);
+        assert_eq!(host_label_under("webcomposition.example.com", d), None);
+        assert_eq!(host_label_under("web.evil.com", d), None);
+        assert_eq!(
+            host_label_under("web.composition.example.com.evil", d),
+            None
+        );
+    }
+
+    #[test]
+    fn renders_default_template() {
+        let l = render_host_label(
+            "{service}-{port}-{project}-{pod}",
+            "web",
+            5000,
+            "demochat",
+            "runner-3",
+        )
+        .unwrap();
+        assert_eq!(l, "web-5000-demochat-runner-3");
+        assert_eq!(
+            full_host(&l, "composition.example.com"),
+            "web-5000-demochat-runner-3.composition.example.com"
+        );
+    }
+
+    #[test]
+    fn render_sanitizes_values_and_truncates_with_hash() {
+        let l = render_host_label("{service}-{project}", "My_Web", 80, "Proj", "p").unwrap();
+        assert_eq!(l, "my-web-proj");
+        let long_project = "p".repeat(70);
+        let l1 =
+            render_host_label("{service}-{port}-{project}", "web", 80, &long_project, "x").unwrap();
+        let l2 =
+            render_host_label("{service}-{port}-{project}", "web", 81, &long_project, "x").unwrap();
+        assert!(is_dns_label(&l1) && is_dns_label(&l2));
+        assert_ne!(l1, l2);
+    }
+
+    #[test]
+    fn template_errors() {
+        assert_eq!(validate_host_template(""), Err(NamingError::EmptyTemplate));
+        assert!(matches!(
+            validate_host_template("{service"),
+            Err(NamingError::UnbalancedBrace { .. })
+        ));
+        assert!(matches!(
+            validate_host_template("service}"),
+            Err(NamingError::UnbalancedBrace { position: 7, .. })
+        ));
+        assert!(matches!(
+            validate_host_template("{ser{vice}"),
+            Err(NamingError::UnbalancedBrace { .. })
+        ));
+        assert_eq!(
+            validate_host_template("{service}-{namespace}"),
+            Err(NamingError::UnknownPlaceholder {
+                template: "{service}-{namespace}".into(),
+                name: "namespace".into()
+            })
+        );
+        assert!(matches!(
+            validate_host_template("{service}.{pod}"),
+            Err(NamingError::ContainsDot { .. })
+        ));
+        assert!(matches!(
+            validate_host_template("{service}_{pod}"),
+            Err(NamingError::InvalidCharacter { ch: '_', .. })
+        ));
+        assert!(validate_host_template("static").is_ok());
+        assert!(validate_host_template("ci-{pod}-{service}").is_ok());
+        assert!(render_host_label("{x}", "a", 1, "b", "c").is_err());
+        let msg = validate_host_template("{service}.{pod}")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("ONE DNS label"), "{msg}");
+    }
+
+    #[test]
+    fn object_name_is_deterministic_unique_and_rfc1035() {
+        let n = object_name("runner-3", "demochat");
+        assert!(n.starts_with("ci-demochat-runner-3-"), "{n}");
+        assert_eq!(n, object_name("runner-3", "demochat"));
+        assert_ne!(
+            object_name("runner-3", "a_b"),
+            object_name("runner-3", "a-b")
+        );
+        assert_ne!(object_name("r", "ab"), object_name("ra", "b"));
+        let long = object_name(&"p".repeat(200), &"Q".repeat(200));
+        assert!(long.len() <= 63 && is_dns_label(&long), "{long}");
+        assert!(long.starts_with("ci-"));
+    }
+
+    #[test]
+    fn label_values() {
+        assert_eq!(label_value("runner-3"), "runner-3");
+        assert_eq!(label_value("My_Proj.1"), "My_Proj.1");
+        let v = label_value("bad value!");
+        assert!(v.starts_with("bad-value-"), "{v}");
+        assert!(is_label_value(&v));
+        let long = label_value(&"a".repeat(100));
+        assert!(is_label_value(&long) && long.len() <= 63);
+        assert_ne!(label_value("_a"), label_value("-a"));
+        assert!(is_label_value(&label_value("ü")));
+    }
+
+    #[test]
+    fn port_names_are_iana_svc_names_and_stable() {
+        let n = port_name("web", 80);
+        assert_eq!(n.len(), 11);
+        assert!(n.starts_with('p'));
+        assert!(is_dns_label(&n));
+        assert_eq!(n, port_name("web", 80));
+        assert_ne!(n, port_name("web", 81));
+        assert_ne!(n, port_name("api", 80));
+    }
+
+    #[test]
+    fn lease_names() {
+        let n = lease_name("web.example.com");
+        assert_eq!(n.len(), "ci-host-".len() + 16);
+        assert!(is_dns_label(&n));
+        assert_ne!(n, lease_name("api.example.com"));
+    }
+}
