@@ -131,7 +131,8 @@ pub struct DesiredComposition {
     pub project: String,
     /// Deterministic object name shared by the Service and the Ingress/HTTPRoute.
     pub object_name: String,
-    /// Sorted by (service, container_port); hosts unique.
+    /// Sorted by (service, container_port, ...); (host, path) pairs unique. One host may carry
+    /// several paths, and one (service, container port) several hosts (kompose host lists).
     pub backends: Vec<Backend>,
     pub class: Option<String>,
     pub rate_limit_rps: Option<u32>,

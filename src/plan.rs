@@ -1,0 +1,947 @@
+//! Observed project -> desired composition (pure).
+//!
+//! The planner is the only place that decides what is exposed. It is a pure function of what
+//! Docker reports *now* and of the operator's settings, so the reconciler can call it on every
+//! hint and every resync and get the same answer for the same input (level-triggered, no state).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::labels::{self, ServiceExposure};
+use crate::model::{
+    Backend, DesiredComposition, ObservedContainer, ObservedProject, Plan, PlanSettings, Protocol,
+    Refusal,
+};
+use crate::naming;
+
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
+pub const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
+
+/// Service ports are drawn from `SERVICE_PORT_BASE .. SERVICE_PORT_BASE + SERVICE_PORT_SPAN`,
+/// clear of the privileged range (some controllers and policies treat those specially).
+pub const SERVICE_PORT_BASE: u16 = 1024;
+pub const SERVICE_PORT_SPAN: u16 = 60000;
+
+/// Pseudo-label named in refusals about template hosts, which come from the operator's flag.
+pub const TEMPLATE_SOURCE: &str = "--host-template";
+
+/// Plans one project.
+///
+/// - Only running containers count; `compose run` containers (`com.docker.compose.oneoff=True`)
+///   are skipped, they are throw-away tasks rather than the composition.
+/// - Containers are grouped by `com.docker.compose.service`; without compose labels a container
+///   is its own service (named after the container) only when `expose_plain_containers` is on.
+/// - **Scaled services** (`compose up --scale web=3`): the running container with the lowest
+///   `com.docker.compose.container-number` is exposed and the others are not. dind publishes each
+///   replica on its own host port, and one Service port can target only one port of the pod, so
+///   load balancing across replicas is not possible through this pod's Service.
+/// - Only published TCP ports count. A service without one is simply not exposed.
+/// - Hosts come from the template unless a label chose one; a chosen host needs exactly one
+///   exposed port. When two backends claim the same host and path, the first in (service,
+///   container port) order keeps it and the others are refused.
+/// - The composition's class and TLS secret are the ones labels chose if all exposing services
+///   agree (later disagreeing services are refused), else the operator's; the rate limit is the
+///   minimum of the operator's default and every label.
+pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
+    let mut refusals = Vec::new();
+    let mut accepted: Vec<Accepted> = Vec::new();
+    let mut class: Option<(String, String)> = None; // (class, service that chose it)
+    let mut tls: Option<(String, String)> = None;
+
+    for (service, members) in group_services(project, settings) {
+        let Some(container) = pick_replica(&members) else {
+            continue;
+        };
+        let exposure = match labels::parse_service_labels(
+            &container.name,
+            &service,
+            &container.labels,
+            settings,
+        ) {
+            Ok(e) if e.enabled => e,
+            Ok(_) => continue,
+            Err(mut r) => {
+                refusals.append(&mut r);
+                continue;
+            }
+        };
+        match exposed_ports(&service, container, &exposure) {
+            Ok(ports) if ports.is_empty() => continue,
+            Ok(ports) => {
+                if let Some(r) = agree(
+                    &mut class,
+                    exposure.class.as_deref(),
+                    &service,
+                    container,
+                    "class",
+                ) {
+                    refusals.push(r);
+                    continue;
+                }
+                if let Some(r) = agree(
+                    &mut tls,
+                    exposure.tls_secret.as_deref(),
+                    &service,
+                    container,
+                    "tls",
+                ) {
+                    refusals.push(r);
+                    continue;
+                }
+                accepted.push(Accepted {
+                    service,
+                    container,
+                    exposure,
+                    ports,
+                });
+            }
+            Err(r) => refusals.push(r),
+        }
+    }
+
+    let (backends, mut host_refusals) = claim_hosts(&accepted, &project.name, settings);
+    refusals.append(&mut host_refusals);
+    refusals.sort_by(|a, b| {
+        (
+            &a.service,
+            &a.label,
+            a.reason,
+            &a.container,
+            &a.value,
+            &a.message,
+        )
+            .cmp(&(
+                &b.service,
+                &b.label,
+                b.reason,
+                &b.container,
+                &b.value,
+                &b.message,
+            ))
+    });
+
+    if backends.is_empty() {
+        return Plan {
+            desired: None,
+            refusals,
+        };
+    }
+    let live: BTreeSet<&str> = backends.iter().map(|b| b.service.as_str()).collect();
+    let live_exposures = || {
+        accepted
+            .iter()
+            .filter(|a| live.contains(a.service.as_str()))
+            .map(|a| &a.exposure)
+    };
+    let rate_limit_rps = live_exposures()
+        .filter_map(|e| e.rate_limit_rps)
+        .chain(settings.default_rps)
+        .min();
+    let chosen_class = live_exposures().find_map(|e| e.class.clone());
+    let chosen_tls = live_exposures().find_map(|e| e.tls_secret.clone());
+
+    Plan {
+        desired: Some(DesiredComposition {
+            project: project.name.clone(),
+            object_name: naming::object_name(&settings.pod_name, &project.name),
+            backends,
+            class: chosen_class.or_else(|| settings.ingress_class.clone()),
+            rate_limit_rps,
+            tls_secret: chosen_tls.or_else(|| settings.tls_secret.clone()),
+        }),
+        refusals,
+    }
+}
+
+/// A service that passed every per-service check, with its exposed `(container, host)` ports.
+struct Accepted<'a> {
+    service: String,
+    container: &'a ObservedContainer,
+    exposure: ServiceExposure,
+    ports: Vec<(u16, u16)>,
+}
+
+fn group_services<'a>(
+    project: &'a ObservedProject,
+    settings: &PlanSettings,
+) -> BTreeMap<String, Vec<&'a ObservedContainer>> {
+    let mut groups: BTreeMap<String, Vec<&ObservedContainer>> = BTreeMap::new();
+    for c in &project.containers {
+        if !c.running {
+            continue;
+        }
+        if c.labels
+            .get(COMPOSE_ONEOFF)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            continue;
+        }
+        let service = match c.labels.get(COMPOSE_SERVICE) {
+            Some(s) if !s.is_empty() => s.clone(),
+            _ if settings.expose_plain_containers => c.name.clone(),
+            _ => continue,
+        };
+        groups.entry(service).or_default().push(c);
+    }
+    groups
+}
+
+/// The replica with the lowest container number (ties and missing numbers: by name, then id),
+/// so the choice is stable across resyncs.
+fn pick_replica<'a>(members: &[&'a ObservedContainer]) -> Option<&'a ObservedContainer> {
+    members.iter().copied().min_by(|a, b| {
+        let num = |c: &ObservedContainer| {
+            c.labels
+                .get(COMPOSE_CONTAINER_NUMBER)
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        };
+        (num(a), &a.name, &a.id).cmp(&(num(b), &b.name, &b.id))
+    })
+}
+
+/// The `(container port, host port)` pairs to expose, sorted by container port. Docker may
+/// report one container port several times (IPv4 and IPv6 bindings, or several host ports); the
+/// lowest host port is used.
+fn exposed_ports(
+    service: &str,
+    container: &ObservedContainer,
+    exposure: &ServiceExposure,
+) -> Result<Vec<(u16, u16)>, Refusal> {
+    let mut tcp: BTreeMap<u16, u16> = BTreeMap::new();
+    for p in &container.published {
+        if p.protocol != Protocol::Tcp || p.host_port == 0 {
+            continue;
+        }
+        let host = tcp.entry(p.container_port).or_insert(p.host_port);
+        *host = (*host).min(p.host_port);
+    }
+    let ports: Vec<(u16, u16)> = match &exposure.ports {
+        None => tcp.into_iter().collect(),
+        Some(wanted) => {
+            let missing: Vec<String> = wanted
+                .iter()
+                .filter(|p| !tcp.contains_key(p))
+                .map(u16::to_string)
+                .collect();
+            if !missing.is_empty() {
+                let published: Vec<String> = tcp.keys().map(u16::to_string).collect();
+                let published = if published.is_empty() {
+                    "none".to_string()
+                } else {
+                    published.join(", ")
+                };
+                return Err(labels::refusal(
+                    &container.name,
+                    service,
+                    labels::PORTS,
+                    container
+                        .labels
+                        .get(labels::PORTS)
+                        .map_or("", String::as_str),
+                    "port-not-published",
+                    &format!(
+                        "container port(s) {} are not published over TCP (published TCP ports: {published}); publish them under `ports:` in the compose file or remove them from {}",
+                        missing.join(", "),
+                        labels::PORTS
+                    ),
+                ));
+            }
+            wanted
+                .iter()
+                .filter_map(|p| tcp.get(p).map(|h| (*p, *h)))
+                .collect()
+        }
+    };
+    if let Some(first) = exposure.hosts.first()
+        && ports.len() > 1
+    {
+        let list: Vec<String> = ports.iter().map(|(c, _)| c.to_string()).collect();
+        return Err(labels::refusal(
+            &container.name,
+            service,
+            first.source,
+            container
+                .labels
+                .get(first.source)
+                .map_or("", String::as_str),
+            "host-needs-one-port",
+            &format!(
+                "a chosen host routes to one port, but this service exposes ports {}; set {}=<one of them>",
+                list.join(", "),
+                labels::PORTS
+            ),
+        ));
+    }
+    Ok(ports)
+}
+
+/// First service to choose a class (or TLS secret) sets it for the composition; a later service
+/// choosing another one is refused, because one Ingress has one class and one TLS secret.
+fn agree(
+    current: &mut Option<(String, String)>,
+    wanted: Option<&str>,
+    service: &str,
+    container: &ObservedContainer,
+    what: &str,
+) -> Option<Refusal> {
+    let wanted = wanted?;
+    match current {
+        None => {
+            *current = Some((wanted.to_string(), service.to_string()));
+            None
+        }
+        Some((have, _)) if have == wanted => None,
+        Some((have, owner)) => {
+            let (label, reason, noun) = if what == "class" {
+                let label = if container.labels.contains_key(labels::CLASS) {
+                    labels::CLASS
+                } else {
+                    labels::KOMPOSE_CLASS
+                };
+                (label, "class-conflict", "class")
+            } else {
+                (
+                    labels::KOMPOSE_TLS_SECRET,
+                    "tls-secret-conflict",
+                    "TLS secret",
+                )
+            };
+            Some(labels::refusal(
+                &container.name,
+                service,
+                label,
+                wanted,
+                reason,
+                &format!(
+                    "the composition has one {noun} and service `{owner}` already chose `{have}`; use the same {noun} in every service or remove the label"
+                ),
+            ))
+        }
+    }
+}
+
+/// Builds every candidate backend and gives each (host, path) to the first claimant in
+/// (service, container port) order.
+fn claim_hosts(
+    accepted: &[Accepted<'_>],
+    project: &str,
+    settings: &PlanSettings,
+) -> (Vec<Backend>, Vec<Refusal>) {
+    let mut refusals = Vec::new();
+    // (service, container port, host port, host, path, source label or None for the template)
+    let mut candidates: Vec<(&str, u16, u16, String, String, Option<&'static str>)> = Vec::new();
+    for a in accepted {
+        for &(container_port, host_port) in &a.ports {
+            if a.exposure.hosts.is_empty() {
+                match naming::render_host_label(
+                    &settings.host_template,
+                    &a.service,
+                    container_port,
+                    project,
+                    &settings.pod_name,
+                ) {
+                    Ok(label) => candidates.push((
+                        &a.service,
+                        container_port,
+                        host_port,
+                        naming::full_host(&label, &settings.domain),
+                        a.exposure.path.clone(),
+                        None,
+                    )),
+                    Err(e) => refusals.push(labels::refusal(
+                        &a.container.name,
+                        &a.service,
+                        TEMPLATE_SOURCE,
+                        &settings.host_template,
+                        "invalid-host-template",
+                        &format!("{e}; the operator must fix --host-template"),
+                    )),
+                }
+            } else {
+                for h in &a.exposure.hosts {
+                    candidates.push((
+                        &a.service,
+                        container_port,
+                        host_port,
+                        naming::full_host(&h.label, &settings.domain),
+                        h.path.clone(),
+                        Some(h.source),
+                    ));
+                }
+            }
+        }
+    }
+    candidates.sort();
+
+    let containers: BTreeMap<&str, &ObservedContainer> = accepted
+        .iter()
+        .map(|a| (a.service.as_str(), a.container))
+        .collect();
+    let mut owners: BTreeMap<(String, String), (String, u16)> = BTreeMap::new();
+    let mut kept = Vec::new();
+    for (service, container_port, host_port, host, path, source) in candidates {
+        let key = (host.clone(), path.clone());
+        if let Some((owner, owner_port)) = owners.get(&key) {
+            let container = containers.get(service).map_or("", |c| c.name.as_str());
+            let (label, value) = match source {
+                Some(l) => (
+                    l,
+                    containers
+                        .get(service)
+                        .and_then(|c| c.labels.get(l))
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+                None => (TEMPLATE_SOURCE, host.clone()),
+            };
+            let fix = if source.is_some() {
+                "choose another host".to_string()
+            } else {
+                format!(
+                    "set {} on one of them, or give them different {} values",
+                    labels::HOST,
+                    labels::PATH
+                )
+            };
+            refusals.push(labels::refusal(
+                container,
+                service,
+                label,
+                &value,
+                "host-taken-in-composition",
+                &format!(
+                    "host {host} path {path} (port {container_port}) is already routed to service `{owner}` port {owner_port}; {fix}"
+                ),
+            ));
+            continue;
+        }
+        owners.insert(key, (service.to_string(), container_port));
+        kept.push((
+            service,
+            container_port,
+            host_port,
+            host,
+            path,
+            source.is_some(),
+        ));
+    }
+
+    let keys: BTreeSet<(String, u16)> = kept.iter().map(|(s, p, ..)| (s.to_string(), *p)).collect();
+    let numbers = assign_service_ports(&keys);
+    let mut backends: Vec<Backend> = kept
+        .into_iter()
+        .filter_map(
+            |(service, container_port, host_port, host, path, chosen_host)| {
+                let service_port = *numbers.get(&(service.to_string(), container_port))?;
+                Some(Backend {
+                    service: service.to_string(),
+                    container_port,
+                    host_port,
+                    port_name: naming::port_name(service, container_port),
+                    service_port,
+                    host,
+                    path,
+                    chosen_host,
+                })
+            },
+        )
+        .collect();
+    backends.sort();
+    (backends, refusals)
+}
+
+/// A stable, unique Service port per (service, container port): `1024 + hash % 60000`, linear
+/// probing in sorted key order on collision. The number only changes when a colliding key that
+/// sorts earlier appears, and then only the Service changes: routes reference ports by name.
+/// Keys beyond the range's capacity get no number (and their backends are dropped); no real
+/// composition comes near 60000 ports.
+pub fn assign_service_ports(keys: &BTreeSet<(String, u16)>) -> BTreeMap<(String, u16), u16> {
+    let mut used: BTreeSet<u16> = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for (service, port) in keys {
+        let start =
+            (naming::hash_u64(&format!("{service}/{port}")) % u64::from(SERVICE_PORT_SPAN)) as u16;
+        let free = (0..SERVICE_PORT_SPAN)
+            .map(|i| ((u32::from(start) + u32::from(i)) % u32::from(SERVICE_PORT_SPAN)) as u16)
+            .find(|offset| !used.contains(offset));
+        if let Some(offset) = free {
+            used.insert(offset);
+            out.insert((service.clone(), *port), SERVICE_PORT_BASE + offset);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::tests::settings;
+    use crate::model::PublishedPort;
+
+    fn container(
+        name: &str,
+        service: &str,
+        number: u32,
+        labels: &[(&str, &str)],
+        ports: &[(u16, Protocol, u16)],
+    ) -> ObservedContainer {
+        let mut l: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.insert(COMPOSE_PROJECT.into(), "demochat".into());
+        l.insert(COMPOSE_SERVICE.into(), service.into());
+        l.insert(COMPOSE_CONTAINER_NUMBER.into(), number.to_string());
+        l.insert(COMPOSE_ONEOFF.into(), "False".into());
+        ObservedContainer {
+            id: format!("id-{name}"),
+            name: name.into(),
+            labels: l,
+            running: true,
+            published: ports
+                .iter()
+                .map(|&(container_port, protocol, host_port)| PublishedPort {
+                    container_port,
+                    protocol,
+                    host_port,
+                })
+                .collect(),
+        }
+    }
+
+    fn project(containers: Vec<ObservedContainer>) -> ObservedProject {
+        ObservedProject {
+            name: "demochat".into(),
+            containers,
+        }
+    }
+
+    const ON: (&str, &str) = (labels::ENABLE, "true");
+    const TCP: Protocol = Protocol::Tcp;
+
+    fn hosts(p: &Plan) -> Vec<String> {
+        p.desired
+            .as_ref()
+            .map(|d| d.backends.iter().map(|b| b.host.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn exposes_template_hosts_for_tcp_ports() {
+        let p = plan(
+            &project(vec![container(
+                "demochat-web-1",
+                "web",
+                1,
+                &[ON],
+                &[
+                    (5000, TCP, 32768),
+                    (53, Protocol::Udp, 32769),
+                    (9, Protocol::Sctp, 1),
+                ],
+            )]),
+            &settings(),
+        );
+        assert!(p.refusals.is_empty(), "{:?}", p.refusals);
+        let d = p.desired.unwrap();
+        assert_eq!(d.backends.len(), 1);
+        let b = &d.backends[0];
+        assert_eq!(b.host, "web-5000-demochat-runner-3.composition.example.com");
+        assert_eq!(b.path, "/");
+        assert_eq!(b.container_port, 5000);
+        assert_eq!(b.host_port, 32768);
+        assert_eq!(b.port_name, naming::port_name("web", 5000));
+        assert!(!b.chosen_host);
+        assert!((1024..61024).contains(&b.service_port));
+        assert_eq!(d.object_name, naming::object_name("runner-3", "demochat"));
+        assert_eq!(d.class.as_deref(), Some("public"));
+        assert_eq!(d.tls_secret.as_deref(), Some("wildcard-tls"));
+        assert_eq!(d.rate_limit_rps, Some(100));
+    }
+
+    #[test]
+    fn nothing_exposed_without_opt_in_or_ports() {
+        let p = plan(
+            &project(vec![
+                container("a", "a", 1, &[], &[(80, TCP, 1000)]),
+                container("b", "b", 1, &[ON], &[(53, Protocol::Udp, 1001)]),
+                container("c", "c", 1, &[ON], &[]),
+            ]),
+            &settings(),
+        );
+        assert_eq!(p.desired, None);
+        assert!(p.refusals.is_empty());
+    }
+
+    #[test]
+    fn skips_stopped_and_oneoff_containers() {
+        let mut stopped = container("web-1", "web", 1, &[ON], &[(80, TCP, 1000)]);
+        stopped.running = false;
+        let mut oneoff = container("web-run-1", "web", 1, &[ON], &[(80, TCP, 1001)]);
+        oneoff.labels.insert(COMPOSE_ONEOFF.into(), "True".into());
+        let p = plan(&project(vec![stopped, oneoff]), &settings());
+        assert_eq!(p.desired, None);
+    }
+
+    #[test]
+    fn plain_containers_only_when_enabled() {
+        let mut plain = container("lonely", "x", 1, &[ON], &[(80, TCP, 1000)]);
+        plain
+            .labels
+            .retain(|k, _| !k.starts_with("com.docker.compose"));
+        let proj = ObservedProject {
+            name: "lonely".into(),
+            containers: vec![plain],
+        };
+        assert_eq!(plan(&proj, &settings()).desired, None);
+        let mut s = settings();
+        s.expose_plain_containers = true;
+        let p = plan(&proj, &s);
+        assert_eq!(
+            hosts(&p),
+            vec!["lonely-80-lonely-runner-3.composition.example.com"]
+        );
+    }
+
+    #[test]
+    fn scaled_service_exposes_lowest_container_number() {
+        let p = plan(
+            &project(vec![
+                container("demochat-web-3", "web", 3, &[ON], &[(80, TCP, 3003)]),
+                container("demochat-web-1", "web", 1, &[ON], &[(80, TCP, 3001)]),
+                container("demochat-web-2", "web", 2, &[ON], &[(80, TCP, 3002)]),
+            ]),
+            &settings(),
+        );
+        let d = p.desired.unwrap();
+        assert_eq!(d.backends.len(), 1);
+        assert_eq!(d.backends[0].host_port, 3001);
+    }
+
+    #[test]
+    fn ports_label_selects_and_refuses_unpublished() {
+        let p = plan(
+            &project(vec![container(
+                "web-1",
+                "web",
+                1,
+                &[ON, (labels::PORTS, "8080")],
+                &[(5000, TCP, 1000), (8080, TCP, 1001)],
+            )]),
+            &settings(),
+        );
+        let d = p.desired.unwrap();
+        assert_eq!(d.backends.len(), 1);
+        assert_eq!(d.backends[0].container_port, 8080);
+
+        let p = plan(
+            &project(vec![
+                container(
+                    "web-1",
+                    "web",
+                    1,
+                    &[ON, (labels::PORTS, "8080,9000")],
+                    &[(8080, TCP, 1001), (9000, Protocol::Udp, 1002)],
+                ),
+                container("api-1", "api", 1, &[ON], &[(80, TCP, 1003)]),
+            ]),
+            &settings(),
+        );
+        assert_eq!(p.refusals.len(), 1);
+        let r = &p.refusals[0];
+        assert_eq!(r.reason, "port-not-published");
+        assert_eq!(r.label, labels::PORTS);
+        assert_eq!(r.value, "8080,9000");
+        assert!(r.message.contains("9000"), "{}", r.message);
+        // the other service is unaffected
+        assert_eq!(
+            hosts(&p),
+            vec!["api-80-demochat-runner-3.composition.example.com"]
+        );
+    }
+
+    #[test]
+    fn chosen_host_needs_one_port() {
+        let p = plan(
+            &project(vec![container(
+                "web-1",
+                "web",
+                1,
+                &[ON, (labels::HOST, "chat")],
+                &[(80, TCP, 1000), (443, TCP, 1001)],
+            )]),
+            &settings(),
+        );
+        assert_eq!(p.desired, None);
+        assert_eq!(p.refusals[0].reason, "host-needs-one-port");
+        assert_eq!(p.refusals[0].label, labels::HOST);
+        assert!(p.refusals[0].message.contains(labels::PORTS));
+
+        let p = plan(
+            &project(vec![container(
+                "web-1",
+                "web",
+                1,
+                &[ON, (labels::HOST, "chat"), (labels::PORTS, "443")],
+                &[(80, TCP, 1000), (443, TCP, 1001)],
+            )]),
+            &settings(),
+        );
+        let d = p.desired.unwrap();
+        assert_eq!(d.backends[0].host, "chat.composition.example.com");
+        assert!(d.backends[0].chosen_host);
+    }
+
+    #[test]
+    fn same_host_and_path_first_service_wins() {
+        let p = plan(
+            &project(vec![
+                container(
+                    "b-1",
+                    "b",
+                    1,
+                    &[ON, (labels::HOST, "chat")],
+                    &[(80, TCP, 1000)],
+                ),
+                container(
+                    "a-1",
+                    "a",
+                    1,
+                    &[ON, (labels::HOST, "chat")],
+                    &[(80, TCP, 1001)],
+                ),
+                container(
+                    "c-1",
+                    "c",
+                    1,
+                    &[ON, (labels::HOST, "chat"), (labels::PATH, "/api")],
+                    &[(80, TCP, 1002)],
+                ),
+            ]),
+            &settings(),
+        );
+        let d = p.desired.unwrap();
+        let routes: Vec<_> = d
+            .backends
+            .iter()
+            .map(|b| (b.service.as_str(), b.path.as_str()))
+            .collect();
+        assert_eq!(routes, vec![("a", "/"), ("c", "/api")]);
+        assert_eq!(p.refusals.len(), 1);
+        assert_eq!(p.refusals[0].service, "b");
+        assert_eq!(p.refusals[0].reason, "host-taken-in-composition");
+        assert_eq!(p.refusals[0].label, labels::HOST);
+    }
+
+    #[test]
+    fn template_without_port_collides_on_second_port() {
+        let mut s = settings();
+        s.host_template = "{service}-{project}".into();
+        let p = plan(
+            &project(vec![container(
+                "web-1",
+                "web",
+                1,
+                &[ON],
+                &[(80, TCP, 1000), (443, TCP, 1001)],
+            )]),
+            &s,
+        );
+        assert_eq!(hosts(&p), vec!["web-demochat.composition.example.com"]);
+        assert_eq!(p.desired.unwrap().backends[0].container_port, 80);
+        assert_eq!(p.refusals[0].reason, "host-taken-in-composition");
+        assert_eq!(p.refusals[0].label, TEMPLATE_SOURCE);
+    }
+
+    #[test]
+    fn class_conflict_refuses_later_services() {
+        let p = plan(
+            &project(vec![
+                container(
+                    "a-1",
+                    "a",
+                    1,
+                    &[ON, (labels::CLASS, "heavy")],
+                    &[(80, TCP, 1000)],
+                ),
+                container(
+                    "b-1",
+                    "b",
+                    1,
+                    &[ON, (labels::CLASS, "public")],
+                    &[(80, TCP, 1001)],
+                ),
+                container("c-1", "c", 1, &[ON], &[(80, TCP, 1002)]),
+            ]),
+            &settings(),
+        );
+        assert_eq!(p.refusals.len(), 1);
+        assert_eq!(p.refusals[0].service, "b");
+        assert_eq!(p.refusals[0].reason, "class-conflict");
+        let d = p.desired.unwrap();
+        assert_eq!(d.class.as_deref(), Some("heavy"));
+        let services: Vec<_> = d.backends.iter().map(|b| b.service.as_str()).collect();
+        assert_eq!(services, vec!["a", "c"]);
+    }
+
+    #[test]
+    fn rate_limit_is_the_minimum_and_tls_from_kompose() {
+        let p = plan(
+            &project(vec![
+                container(
+                    "a-1",
+                    "a",
+                    1,
+                    &[ON, (labels::RATE_LIMIT_RPS, "30")],
+                    &[(80, TCP, 1000)],
+                ),
+                container(
+                    "b-1",
+                    "b",
+                    1,
+                    &[
+                        (labels::KOMPOSE_EXPOSE, "true"),
+                        (labels::RATE_LIMIT_RPS, "50"),
+                        (labels::KOMPOSE_TLS_SECRET, "other-tls"),
+                    ],
+                    &[(80, TCP, 1001)],
+                ),
+            ]),
+            &settings(),
+        );
+        let d = p.desired.unwrap();
+        assert_eq!(d.rate_limit_rps, Some(30));
+        assert_eq!(d.tls_secret.as_deref(), Some("other-tls"));
+
+        let mut s = settings();
+        s.default_rps = None;
+        s.max_rps = None;
+        let p = plan(
+            &project(vec![container("a-1", "a", 1, &[ON], &[(80, TCP, 1000)])]),
+            &s,
+        );
+        assert_eq!(p.desired.unwrap().rate_limit_rps, None);
+    }
+
+    #[test]
+    fn kompose_hosts_with_one_port() {
+        let p = plan(
+            &project(vec![container(
+                "web-1",
+                "web",
+                1,
+                &[(
+                    labels::KOMPOSE_EXPOSE,
+                    "chat.composition.example.com,www.composition.example.com/app",
+                )],
+                &[(80, TCP, 1000)],
+            )]),
+            &settings(),
+        );
+        let d = p.desired.unwrap();
+        let routes: Vec<_> = d
+            .backends
+            .iter()
+            .map(|b| (b.host.as_str(), b.path.as_str(), b.service_port))
+            .collect();
+        let sp = d.backends[0].service_port;
+        assert_eq!(
+            routes,
+            vec![
+                ("chat.composition.example.com", "/", sp),
+                ("www.composition.example.com", "/app", sp)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_label_refuses_only_that_service() {
+        let p = plan(
+            &project(vec![
+                container(
+                    "a-1",
+                    "a",
+                    1,
+                    &[ON, (labels::HOST, "x.evil.com")],
+                    &[(80, TCP, 1)],
+                ),
+                container("b-1", "b", 1, &[ON], &[(80, TCP, 2)]),
+            ]),
+            &settings(),
+        );
+        assert_eq!(p.refusals.len(), 1);
+        assert_eq!(p.refusals[0].container, "a-1");
+        assert_eq!(p.refusals[0].reason, "host-outside-domain");
+        assert_eq!(
+            hosts(&p),
+            vec!["b-80-demochat-runner-3.composition.example.com"]
+        );
+    }
+
+    #[test]
+    fn deterministic_regardless_of_container_order() {
+        let cs = vec![
+            container("a-1", "a", 1, &[ON], &[(80, TCP, 1), (81, TCP, 2)]),
+            container("b-1", "b", 1, &[ON], &[(80, TCP, 3)]),
+            container(
+                "c-1",
+                "c",
+                1,
+                &[ON, (labels::HOST, "bad!")],
+                &[(80, TCP, 4)],
+            ),
+            container(
+                "d-1",
+                "d",
+                1,
+                &[ON, (labels::ENABLE, "maybe")],
+                &[(80, TCP, 5)],
+            ),
+        ];
+        let mut rev = cs.clone();
+        rev.reverse();
+        let p1 = plan(&project(cs), &settings());
+        let p2 = plan(&project(rev), &settings());
+        assert_eq!(p1, p2);
+        let d = p1.desired.unwrap();
+        let mut sorted = d.backends.clone();
+        sorted.sort();
+        assert_eq!(d.backends, sorted);
+    }
+
+    #[test]
+    fn service_ports_unique_stable_and_probed() {
+        let keys: BTreeSet<(String, u16)> = (0..500u16)
+            .map(|i| (format!("svc{}", i % 7), 80 + i))
+            .collect();
+        let a = assign_service_ports(&keys);
+        assert_eq!(a.len(), keys.len());
+        let distinct: BTreeSet<u16> = a.values().copied().collect();
+        assert_eq!(distinct.len(), keys.len());
+        assert!(a.values().all(|p| (1024..61024).contains(p)));
+        // stable: a key's number does not depend on unrelated keys that do not collide with it
+        let one: BTreeSet<(String, u16)> = [("web".to_string(), 80)].into();
+        let two: BTreeSet<(String, u16)> =
+            [("web".to_string(), 80), ("api".to_string(), 80)].into();
+        assert_eq!(
+            assign_service_ports(&one)[&("web".to_string(), 80)],
+            assign_service_ports(&two)[&("web".to_string(), 80)]
+        );
+    }
+
+    #[test]
+    fn two_services_same_container_port_get_distinct_service_ports() {
+        let p = plan(
+            &project(vec![
+                container("a-1", "a", 1, &[ON], &[(80, TCP, 1000)]),
+                container("b-1", "b", 1, &[ON], &[(80, TCP, 1001)]),
+            ]),
+            &settings(),
+        );
+        let d = p.desired.unwrap();
+        assert_ne!(d.backends[0].service_port, d.backends[1].service_port);
+        assert_ne!(d.backends[0].port_name, d.backends[1].port_name);
+    }
+}
