@@ -4,3 +4,4 @@ pub mod labels;
 pub mod model;
 pub mod naming;
 pub mod plan;
+pub mod render;

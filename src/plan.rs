@@ -96,7 +96,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
                     ports,
                 });
             }
-            Err(r) => refusals.push(r),
+            Err(r) => refusals.push(*r),
         }
     }
 
@@ -208,7 +208,7 @@ fn exposed_ports(
     service: &str,
     container: &ObservedContainer,
     exposure: &ServiceExposure,
-) -> Result<Vec<(u16, u16)>, Refusal> {
+) -> Result<Vec<(u16, u16)>, Box<Refusal>> {
     let mut tcp: BTreeMap<u16, u16> = BTreeMap::new();
     for p in &container.published {
         if p.protocol != Protocol::Tcp || p.host_port == 0 {
@@ -232,7 +232,7 @@ fn exposed_ports(
                 } else {
                     published.join(", ")
                 };
-                return Err(labels::refusal(
+                return Err(Box::new(labels::refusal(
                     &container.name,
                     service,
                     labels::PORTS,
@@ -246,7 +246,7 @@ fn exposed_ports(
                         missing.join(", "),
                         labels::PORTS
                     ),
-                ));
+                )));
             }
             wanted
                 .iter()
@@ -258,7 +258,7 @@ fn exposed_ports(
         && ports.len() > 1
     {
         let list: Vec<String> = ports.iter().map(|(c, _)| c.to_string()).collect();
-        return Err(labels::refusal(
+        return Err(Box::new(labels::refusal(
             &container.name,
             service,
             first.source,
@@ -272,7 +272,7 @@ fn exposed_ports(
                 list.join(", "),
                 labels::PORTS
             ),
-        ));
+        )));
     }
     Ok(ports)
 }
@@ -322,6 +322,10 @@ fn agree(
     }
 }
 
+/// A backend before host claims: (service, container port, host port, host, path, the label
+/// that chose the host or `None` for the template). Ordered so that sorting gives claim order.
+type Candidate<'a> = (&'a str, u16, u16, String, String, Option<&'static str>);
+
 /// Builds every candidate backend and gives each (host, path) to the first claimant in
 /// (service, container port) order.
 fn claim_hosts(
@@ -331,7 +335,7 @@ fn claim_hosts(
 ) -> (Vec<Backend>, Vec<Refusal>) {
     let mut refusals = Vec::new();
     // (service, container port, host port, host, path, source label or None for the template)
-    let mut candidates: Vec<(&str, u16, u16, String, String, Option<&'static str>)> = Vec::new();
+    let mut candidates: Vec<Candidate<'_>> = Vec::new();
     for a in accepted {
         for &(container_port, host_port) in &a.ports {
             if a.exposure.hosts.is_empty() {

@@ -1,0 +1,651 @@
+//! Desired composition -> Kubernetes objects (pure).
+//!
+//! Every object is labelled and owned so that the sidecar can find (and only ever touch) its own
+//! objects, and Kubernetes' garbage collector removes them with the pod. Each object carries a
+//! hash of its own rendering, so the applier can skip a write when the live object already has it.
+//! Nothing from container labels is copied into annotations: only allow-listed keys with values
+//! the planner validated.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use kube::api::DynamicObject;
+use kube::core::{ApiResource, GroupVersionKind};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::model::{Backend, DesiredComposition, OwnerPod, PlanSettings};
+use crate::naming;
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "compose-ingress";
+pub const POD_LABEL: &str = "compose-ingress/pod";
+pub const PROJECT_LABEL: &str = "compose-ingress/project";
+/// The raw project name: label values may have been sanitized + hashed, this is for humans.
+pub const PROJECT_NAME_ANNOTATION: &str = "compose-ingress/project-name";
+pub const HOST_ANNOTATION: &str = "compose-ingress/host";
+pub const SPEC_HASH_ANNOTATION: &str = "compose-ingress/spec-hash";
+
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const HTTP_ROUTE_VERSION: &str = "v1";
+pub const HTTP_ROUTE_KIND: &str = "HTTPRoute";
+pub const HTTP_ROUTE_PLURAL: &str = "httproutes";
+
+/// The `ApiResource` for `Api::<DynamicObject>` calls on HTTPRoutes.
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GATEWAY_GROUP, HTTP_ROUTE_VERSION, HTTP_ROUTE_KIND),
+        HTTP_ROUTE_PLURAL,
+    )
+}
+
+/// Labels that mark an object as ours, of this pod, for this project.
+pub fn ownership_labels(pod: &str, project: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+        (POD_LABEL.to_string(), naming::label_value(pod)),
+        (PROJECT_LABEL.to_string(), naming::label_value(project)),
+    ])
+}
+
+/// Annotations every object carries besides the spec hash.
+pub fn ownership_annotations(project: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(PROJECT_NAME_ANNOTATION.to_string(), project.to_string())])
+}
+
+/// Label selector for every object of this pod (list, GC, cleanup on exit).
+pub fn pod_selector_string(pod: &str) -> String {
+    format!(
+        "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{POD_LABEL}={}",
+        naming::label_value(pod)
+    )
+}
+
+/// Label selector for the objects of one project of this pod.
+pub fn project_selector_string(pod: &str, project: &str) -> String {
+    format!(
+        "{},{PROJECT_LABEL}={}",
+        pod_selector_string(pod),
+        naming::label_value(project)
+    )
+}
+
+/// Not a controller reference and no deletion blocking: we only want the garbage collector to
+/// delete our objects with the pod, without claiming the objects for a controller or requiring
+/// RBAC on pods/finalizers.
+pub fn owner_reference(owner: &OwnerPod) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".to_string(),
+        kind: "Pod".to_string(),
+        name: owner.name.clone(),
+        uid: owner.uid.clone(),
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    }
+}
+
+fn metadata(
+    name: String,
+    project: &str,
+    settings: &PlanSettings,
+    owner: &OwnerPod,
+    mut annotations: BTreeMap<String, String>,
+) -> ObjectMeta {
+    annotations.extend(ownership_annotations(project));
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(settings.namespace.clone()),
+        labels: Some(ownership_labels(&settings.pod_name, project)),
+        annotations: Some(annotations),
+        owner_references: Some(vec![owner_reference(owner)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// sha256 (16 hex) of the JSON serialization. Struct fields serialize in a fixed order and maps
+/// are `BTreeMap`s, so equal objects give equal hashes across runs.
+pub fn spec_hash<T: Serialize>(obj: &T) -> String {
+    let json = serde_json::to_string(obj).unwrap_or_else(|e| format!("unserializable: {e}"));
+    naming::hash_hex(&json, 16)
+}
+
+/// Sets the spec-hash annotation, computed over the object without it.
+fn stamp<K: Resource + Serialize>(mut obj: K) -> K {
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove(SPEC_HASH_ANNOTATION);
+    }
+    let hash = spec_hash(&obj);
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SPEC_HASH_ANNOTATION.to_string(), hash);
+    obj
+}
+
+/// The spec-hash annotation of a live or rendered object, if any.
+pub fn spec_hash_of<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta()
+        .annotations
+        .as_ref()?
+        .get(SPEC_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Backends grouped by host, paths sorted: one Ingress rule / one HTTPRoute per host.
+fn by_host(d: &DesiredComposition) -> BTreeMap<&str, Vec<&Backend>> {
+    let mut hosts: BTreeMap<&str, Vec<&Backend>> = BTreeMap::new();
+    for b in &d.backends {
+        hosts.entry(b.host.as_str()).or_default().push(b);
+    }
+    for backends in hosts.values_mut() {
+        backends.sort_by(|a, b| (&a.path, &a.service).cmp(&(&b.path, &b.service)));
+    }
+    hosts
+}
+
+/// ClusterIP Service selecting the runner pod; `targetPort` is the host port dind bound on the
+/// pod IP, `port`/`name` are the stable per-(service, container port) values from the plan.
+pub fn service(d: &DesiredComposition, settings: &PlanSettings, owner: &OwnerPod) -> Service {
+    let mut ports: Vec<ServicePort> = Vec::new();
+    for b in &d.backends {
+        // One (service, container port) may serve several hosts; it is one Service port.
+        if ports
+            .iter()
+            .any(|p| p.name.as_deref() == Some(b.port_name.as_str()))
+        {
+            continue;
+        }
+        ports.push(ServicePort {
+            name: Some(b.port_name.clone()),
+            port: i32::from(b.service_port),
+            target_port: Some(IntOrString::Int(i32::from(b.host_port))),
+            protocol: Some("TCP".to_string()),
+            ..ServicePort::default()
+        });
+    }
+    stamp(Service {
+        metadata: metadata(
+            d.object_name.clone(),
+            &d.project,
+            settings,
+            owner,
+            BTreeMap::new(),
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(settings.pod_selector.clone()),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// One Ingress per composition, one rule per host. Backends reference the Service port by
+/// *name*, so a new host port after a container restart changes only the Service (an endpoint
+/// update) and never the Ingress (a full reload in some controllers).
+pub fn ingress(d: &DesiredComposition, settings: &PlanSettings, owner: &OwnerPod) -> Ingress {
+    let hosts = by_host(d);
+    let rules: Vec<IngressRule> = hosts
+        .iter()
+        .map(|(host, backends)| IngressRule {
+            host: Some((*host).to_string()),
+            http: Some(HTTPIngressRuleValue {
+                paths: backends
+                    .iter()
+                    .map(|b| HTTPIngressPath {
+                        path: Some(b.path.clone()),
+                        path_type: "Prefix".to_string(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: d.object_name.clone(),
+                                port: Some(ServiceBackendPort {
+                                    name: Some(b.port_name.clone()),
+                                    number: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    })
+                    .collect(),
+            }),
+        })
+        .collect();
+    let tls = d.tls_secret.as_ref().map(|secret| {
+        vec![IngressTLS {
+            hosts: Some(hosts.keys().map(|h| (*h).to_string()).collect()),
+            secret_name: Some(secret.clone()),
+        }]
+    });
+    let mut annotations = BTreeMap::new();
+    if let Some(rps) = d.rate_limit_rps
+        && !settings.rate_limit_annotation.is_empty()
+    {
+        annotations.insert(settings.rate_limit_annotation.clone(), rps.to_string());
+    }
+    stamp(Ingress {
+        metadata: metadata(
+            d.object_name.clone(),
+            &d.project,
+            settings,
+            owner,
+            annotations,
+        ),
+        spec: Some(IngressSpec {
+            ingress_class_name: d.class.clone(),
+            rules: Some(rules),
+            tls,
+            default_backend: None,
+        }),
+        status: None,
+    })
+}
+
+/// Name of the HTTPRoute for one host of a composition (≤ 72 chars; route names are DNS
+/// subdomains, up to 253).
+pub fn http_route_name(object_name: &str, host: &str) -> String {
+    format!("{object_name}-{}", naming::short_hash(host))
+}
+
+/// HTTPRoutes for a composition: **one per host**.
+///
+/// In Gateway API `hostnames` belong to the whole HTTPRoute (`spec.hostnames`), not to a rule,
+/// and a rule matches only on path, headers, query parameters and method. One route holding all
+/// hosts would therefore route *every* host to *every* rule, i.e. `a.example.com/` could reach
+/// service b. Matching the `Host` header in a rule's `headers` is not a portable substitute:
+/// the spec defines host matching only through `hostnames` (and HTTP/2 carries `:authority`, not
+/// `Host`; some implementations, e.g. Go-based proxies, never see a `Host` header at all). So
+/// each host gets its own HTTPRoute with `hostnames: [host]` and one rule per path, each
+/// `PathPrefix`-matched to `backendRefs: [{name: <Service>, port: <service port>}]`.
+/// (Gateway API backendRefs take a port *number*; that number is stable per (service, container
+/// port), so a new host port still changes only the Service.) All routes share the composition's
+/// ownership labels, so listing by project finds stale ones.
+///
+/// Gateway API has no standard rate-limit field; the limit is not rendered here.
+pub fn http_routes(
+    d: &DesiredComposition,
+    settings: &PlanSettings,
+    owner: &OwnerPod,
+) -> Vec<DynamicObject> {
+    let resource = http_route_resource();
+    let parent_refs: Vec<serde_json::Value> = settings
+        .gateway
+        .iter()
+        .map(|g| {
+            let mut r = serde_json::Map::new();
+            r.insert("group".into(), json!(GATEWAY_GROUP));
+            r.insert("kind".into(), json!("Gateway"));
+            r.insert("name".into(), json!(g.name));
+            if let Some(ns) = &g.namespace {
+                r.insert("namespace".into(), json!(ns));
+            }
+            if let Some(section) = &g.section_name {
+                r.insert("sectionName".into(), json!(section));
+            }
+            serde_json::Value::Object(r)
+        })
+        .collect();
+    by_host(d)
+        .into_iter()
+        .map(|(host, backends)| {
+            let rules: Vec<serde_json::Value> = backends
+                .iter()
+                .map(|b| {
+                    json!({
+                        "matches": [{"path": {"type": "PathPrefix", "value": b.path}}],
+                        "backendRefs": [{
+                            "group": "",
+                            "kind": "Service",
+                            "name": d.object_name,
+                            "port": b.service_port,
+                        }],
+                    })
+                })
+                .collect();
+            let mut obj = DynamicObject::new(&http_route_name(&d.object_name, host), &resource)
+                .data(json!({
+                    "spec": {
+                        "parentRefs": parent_refs,
+                        "hostnames": [host],
+                        "rules": rules,
+                    }
+                }));
+            obj.metadata = metadata(
+                http_route_name(&d.object_name, host),
+                &d.project,
+                settings,
+                owner,
+                BTreeMap::from([(HOST_ANNOTATION.to_string(), host.to_string())]),
+            );
+            stamp(obj)
+        })
+        .collect()
+}
+
+/// The Lease that claims `host` for this pod. It is *created* (never applied) before the route,
+/// so two pods racing for one host collide on the name and exactly one create succeeds.
+pub fn host_lease(host: &str, project: &str, owner: &OwnerPod, settings: &PlanSettings) -> Lease {
+    stamp(Lease {
+        metadata: metadata(
+            naming::lease_name(host),
+            project,
+            settings,
+            owner,
+            BTreeMap::from([(HOST_ANNOTATION.to_string(), host.to_string())]),
+        ),
+        spec: Some(LeaseSpec {
+            holder_identity: Some(owner.name.clone()),
+            ..LeaseSpec::default()
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::tests::settings;
+    use crate::model::{GatewayRef, RouteApi};
+
+    fn owner() -> OwnerPod {
+        OwnerPod {
+            name: "runner-3".into(),
+            uid: "uid-123".into(),
+        }
+    }
+
+    fn backend(service: &str, port: u16, host: &str, path: &str, host_port: u16) -> Backend {
+        Backend {
+            service: service.into(),
+            container_port: port,
+            host_port,
+            port_name: naming::port_name(service, port),
+            service_port: if service == "api" {
+                3000 + port
+            } else {
+                2000 + port
+            },
+            host: host.into(),
+            path: path.into(),
+            chosen_host: false,
+        }
+    }
+
+    fn desired() -> DesiredComposition {
+        DesiredComposition {
+            project: "Demo_Chat".into(),
+            object_name: naming::object_name("runner-3", "Demo_Chat"),
+            backends: vec![
+                backend("api", 80, "chat.composition.example.com", "/api", 32001),
+                backend("web", 80, "chat.composition.example.com", "/", 32000),
+                backend("web", 80, "www.composition.example.com", "/", 32000),
+                backend("web", 443, "web-443.composition.example.com", "/", 32002),
+            ],
+            class: Some("public".into()),
+            rate_limit_rps: Some(20),
+            tls_secret: Some("wildcard-tls".into()),
+        }
+    }
+
+    #[test]
+    fn ownership() {
+        let l = ownership_labels("runner-3", "Demo Chat");
+        assert_eq!(l[MANAGED_BY_LABEL], "compose-ingress");
+        assert_eq!(l[POD_LABEL], "runner-3");
+        assert!(l[PROJECT_LABEL].starts_with("Demo-Chat-"));
+        assert_eq!(
+            pod_selector_string("runner-3"),
+            "app.kubernetes.io/managed-by=compose-ingress,compose-ingress/pod=runner-3"
+        );
+        assert_eq!(
+            project_selector_string("runner-3", "demo"),
+            "app.kubernetes.io/managed-by=compose-ingress,compose-ingress/pod=runner-3,compose-ingress/project=demo"
+        );
+        let o = owner_reference(&owner());
+        assert_eq!(
+            (
+                o.api_version.as_str(),
+                o.kind.as_str(),
+                o.name.as_str(),
+                o.uid.as_str()
+            ),
+            ("v1", "Pod", "runner-3", "uid-123")
+        );
+        assert_eq!(o.controller, Some(false));
+        assert_eq!(o.block_owner_deletion, Some(false));
+    }
+
+    fn check_meta(meta: &ObjectMeta) {
+        assert_eq!(meta.namespace.as_deref(), Some("ci"));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels, &ownership_labels("runner-3", "Demo_Chat"));
+        let ann = meta.annotations.as_ref().unwrap();
+        assert_eq!(ann[PROJECT_NAME_ANNOTATION], "Demo_Chat");
+        assert_eq!(ann[SPEC_HASH_ANNOTATION].len(), 16);
+        assert_eq!(
+            meta.owner_references.as_ref().unwrap(),
+            &vec![owner_reference(&owner())]
+        );
+    }
+
+    #[test]
+    fn service_ports_and_target_ports() {
+        let s = service(&desired(), &settings(), &owner());
+        check_meta(&s.metadata);
+        assert_eq!(s.metadata.name, Some(desired().object_name));
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.selector, Some(settings().pod_selector));
+        let ports: Vec<_> = spec
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.name.unwrap(),
+                    p.port,
+                    p.target_port.unwrap(),
+                    p.protocol.unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (
+                    naming::port_name("api", 80),
+                    3080,
+                    IntOrString::Int(32001),
+                    "TCP".into()
+                ),
+                (
+                    naming::port_name("web", 80),
+                    2080,
+                    IntOrString::Int(32000),
+                    "TCP".into()
+                ),
+                (
+                    naming::port_name("web", 443),
+                    2443,
+                    IntOrString::Int(32002),
+                    "TCP".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn ingress_rules_by_host_and_port_name() {
+        let i = ingress(&desired(), &settings(), &owner());
+        check_meta(&i.metadata);
+        let spec = i.spec.unwrap();
+        assert_eq!(spec.ingress_class_name.as_deref(), Some("public"));
+        let rules = spec.rules.unwrap();
+        let hosts: Vec<_> = rules.iter().map(|r| r.host.clone().unwrap()).collect();
+        assert_eq!(
+            hosts,
+            vec![
+                "chat.composition.example.com",
+                "web-443.composition.example.com",
+                "www.composition.example.com"
+            ]
+        );
+        let chat = &rules[0].http.as_ref().unwrap().paths;
+        assert_eq!(chat.len(), 2);
+        assert_eq!(chat[0].path.as_deref(), Some("/"));
+        assert_eq!(chat[0].path_type, "Prefix");
+        let svc = chat[0].backend.service.as_ref().unwrap();
+        assert_eq!(svc.name, desired().object_name);
+        assert_eq!(
+            svc.port,
+            Some(ServiceBackendPort {
+                name: Some(naming::port_name("web", 80)),
+                number: None
+            })
+        );
+        assert_eq!(chat[1].path.as_deref(), Some("/api"));
+        let tls = spec.tls.unwrap();
+        assert_eq!(tls.len(), 1);
+        assert_eq!(tls[0].secret_name.as_deref(), Some("wildcard-tls"));
+        assert_eq!(tls[0].hosts.as_ref().unwrap(), &hosts);
+    }
+
+    #[test]
+    fn ingress_annotations_are_allow_listed() {
+        let i = ingress(&desired(), &settings(), &owner());
+        let keys: Vec<_> = i.metadata.annotations.unwrap().into_keys().collect();
+        assert_eq!(
+            keys,
+            vec![
+                PROJECT_NAME_ANNOTATION,
+                SPEC_HASH_ANNOTATION,
+                "example.com/rps"
+            ]
+        );
+        let mut d = desired();
+        d.rate_limit_rps = None;
+        d.tls_secret = None;
+        d.class = None;
+        let i = ingress(&d, &settings(), &owner());
+        let ann = i.metadata.annotations.unwrap();
+        assert_eq!(ann.len(), 2);
+        let spec = i.spec.unwrap();
+        assert_eq!(spec.tls, None);
+        assert_eq!(spec.ingress_class_name, None);
+    }
+
+    #[test]
+    fn rate_limit_annotation_value() {
+        let i = ingress(&desired(), &settings(), &owner());
+        assert_eq!(i.metadata.annotations.unwrap()["example.com/rps"], "20");
+    }
+
+    #[test]
+    fn spec_hash_is_stable_and_tracks_changes() {
+        let a = ingress(&desired(), &settings(), &owner());
+        let b = ingress(&desired(), &settings(), &owner());
+        assert_eq!(spec_hash_of(&a), spec_hash_of(&b));
+        let mut d = desired();
+        d.backends[0].host_port = 40000;
+        // a new host port changes the Service but not the Ingress
+        assert_eq!(
+            spec_hash_of(&ingress(&d, &settings(), &owner())),
+            spec_hash_of(&a)
+        );
+        assert_ne!(
+            spec_hash_of(&service(&d, &settings(), &owner())),
+            spec_hash_of(&service(&desired(), &settings(), &owner()))
+        );
+        // the hash is over the object without the hash annotation
+        let mut stripped = a.clone();
+        stripped
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(SPEC_HASH_ANNOTATION);
+        assert_eq!(spec_hash_of(&a), Some(spec_hash(&stripped).as_str()));
+        assert_eq!(spec_hash_of(&stamp(a.clone())), spec_hash_of(&a));
+    }
+
+    #[test]
+    fn http_routes_one_per_host() {
+        let mut s = settings();
+        s.route_api = RouteApi::Gateway;
+        s.gateway = Some(GatewayRef {
+            namespace: Some("gw".into()),
+            name: "public".into(),
+            section_name: Some("https".into()),
+        });
+        let d = desired();
+        let routes = http_routes(&d, &s, &owner());
+        assert_eq!(routes.len(), 3);
+        let v = serde_json::to_value(&routes[0]).unwrap();
+        assert_eq!(v["apiVersion"], "gateway.networking.k8s.io/v1");
+        assert_eq!(v["kind"], "HTTPRoute");
+        assert_eq!(
+            v["metadata"]["name"],
+            http_route_name(&d.object_name, "chat.composition.example.com")
+        );
+        check_meta(&routes[0].metadata);
+        assert_eq!(
+            v["spec"]["parentRefs"],
+            json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "gw", "sectionName": "https"}])
+        );
+        assert_eq!(
+            v["spec"]["hostnames"],
+            json!(["chat.composition.example.com"])
+        );
+        assert_eq!(
+            v["spec"]["rules"],
+            json!([
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                 "backendRefs": [{"group": "", "kind": "Service", "name": d.object_name, "port": 2080}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                 "backendRefs": [{"group": "", "kind": "Service", "name": d.object_name, "port": 3080}]},
+            ])
+        );
+        let names: std::collections::BTreeSet<_> =
+            routes.iter().map(|r| r.metadata.name.clone()).collect();
+        assert_eq!(names.len(), 3);
+        assert!(spec_hash_of(&routes[0]).is_some());
+    }
+
+    #[test]
+    fn lease_claims_host() {
+        let l = host_lease(
+            "chat.composition.example.com",
+            "Demo_Chat",
+            &owner(),
+            &settings(),
+        );
+        check_meta(&l.metadata);
+        assert_eq!(
+            l.metadata.name.as_deref(),
+            Some(naming::lease_name("chat.composition.example.com").as_str())
+        );
+        assert_eq!(
+            l.metadata.annotations.as_ref().unwrap()[HOST_ANNOTATION],
+            "chat.composition.example.com"
+        );
+        assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("runner-3"));
+        let v = serde_json::to_value(host_lease("h", "p", &owner(), &settings())).unwrap();
+        assert_eq!(v["apiVersion"], "coordination.k8s.io/v1");
+        assert_eq!(v["kind"], "Lease");
+    }
+
+    #[test]
+    fn http_route_resource_names() {
+        let r = http_route_resource();
+        assert_eq!(r.api_version, "gateway.networking.k8s.io/v1");
+        assert_eq!(r.plural, "httproutes");
+        assert_eq!(r.kind, "HTTPRoute");
+    }
+}
