@@ -1,0 +1,256 @@
+//! Property tests: whatever users put in names and labels, naming yields valid DNS names, hosts
+//! stay under the operator's domain, and nothing panics.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use compose_ingress::labels::{self, MAX_SHOWN_CHARS};
+use compose_ingress::model::{
+    ObservedContainer, ObservedProject, PlanSettings, Protocol, PublishedPort, RouteApi,
+};
+use compose_ingress::{naming, plan};
+use proptest::prelude::*;
+
+const DOMAIN: &str = "composition.example.com";
+
+fn settings(template: &str) -> PlanSettings {
+    PlanSettings {
+        domain: DOMAIN.into(),
+        host_template: template.into(),
+        pod_name: "runner-3".into(),
+        namespace: "ci".into(),
+        route_api: RouteApi::Ingress,
+        ingress_class: Some("public".into()),
+        allowed_classes: vec!["public".into(), "heavy".into()],
+        tls_secret: Some("wildcard-tls".into()),
+        allowed_tls_secrets: vec!["wildcard-tls".into()],
+        gateway: None,
+        default_rps: Some(100),
+        max_rps: Some(200),
+        rate_limit_annotation: "example.com/rps".into(),
+        expose_by_default: true,
+        expose_plain_containers: true,
+        pod_selector: BTreeMap::from([(
+            "statefulset.kubernetes.io/pod-name".to_string(),
+            "runner-3".to_string(),
+        )]),
+    }
+}
+
+/// Unicode junk, near-valid text, huge values and values around the 1024-byte limit.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[a-zA-Z0-9._/~ ,:-]{0,80}",
+        "[a-z0-9-]{0,70}(\\.composition\\.example\\.com)?(/[a-z]{0,5})?",
+        "[a-z0-9.-]{1020,1030}",
+        ".{0,3000}",
+        Just(String::new()),
+    ]
+}
+
+/// Host-ish values: valid and invalid labels, full hosts, other domains, paths, dots, case.
+fn host_like() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9_-]{0,70}(\\.[a-z]{1,8})?(\\.composition\\.example\\.com|\\.evil\\.com|\\.)?(/[a-z./]{0,6})?"
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
+}
+
+fn is_iana_svc_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn assert_host_under_domain(host: &str) {
+    let label = host
+        .strip_suffix(&format!(".{DOMAIN}"))
+        .unwrap_or_else(|| panic!("{host} is not under {DOMAIN}"));
+    assert!(naming::is_dns_label(label), "{host}");
+    assert_eq!(
+        naming::host_label_under(host, DOMAIN).as_deref(),
+        Some(label)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn names_are_valid(raw in text(), other in text(), port in any::<u16>()) {
+        let l = naming::dns_label(&raw);
+        prop_assert!(naming::is_dns_label(&l), "{l:?}");
+        prop_assert_eq!(naming::dns_label(&l), l.clone());
+        let r = naming::rfc1035_label(&raw);
+        prop_assert!(naming::is_dns_label(&r) && r.starts_with(|c: char| c.is_ascii_lowercase()), "{r:?}");
+        let o = naming::object_name(&raw, &other);
+        prop_assert!(naming::is_dns_label(&o) && o.starts_with("ci-"), "{o:?}");
+        prop_assert_eq!(o, naming::object_name(&raw, &other));
+        prop_assert!(is_label_value(&naming::label_value(&raw)));
+        prop_assert!(is_iana_svc_name(&naming::port_name(&raw, port)));
+        prop_assert!(naming::is_dns_label(&naming::lease_name(&raw)));
+        prop_assert_eq!(naming::short_hash(&raw).len(), 8);
+    }
+
+    #[test]
+    fn distinct_long_inputs_stay_distinct(a in "[a-z]{64,120}", b in "[a-z]{64,120}") {
+        prop_assume!(a != b);
+        prop_assert_ne!(naming::dns_label(&a), naming::dns_label(&b));
+    }
+
+    #[test]
+    fn default_template_always_renders_a_host(
+        service in text(), project in text(), pod in text(), port in any::<u16>()
+    ) {
+        let label = naming::render_host_label(
+            "{service}-{port}-{project}-{pod}", &service, port, &project, &pod,
+        );
+        prop_assert!(label.is_ok());
+        let label = label.unwrap_or_default();
+        prop_assert!(naming::is_dns_label(&label), "{label:?}");
+        assert_host_under_domain(&naming::full_host(&label, DOMAIN));
+    }
+
+    #[test]
+    fn any_template_renders_a_label_or_a_clear_error(
+        template in prop_oneof![text(), "[a-z{}.-]{0,30}", "(\\{(service|port|project|pod|x)\\}|[a-z-]){0,6}"],
+        service in text(),
+    ) {
+        let checked = naming::validate_host_template(&template);
+        match naming::render_host_label(&template, &service, 80, "p", "pod") {
+            Ok(label) => {
+                prop_assert!(checked.is_ok());
+                prop_assert!(naming::is_dns_label(&label));
+                prop_assert!(!template.contains('.'));
+            }
+            Err(e) => {
+                prop_assert!(checked.is_err());
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn label_parsing_never_panics_and_hosts_stay_under_the_domain(
+        values in proptest::collection::vec(text(), 9),
+        present in proptest::collection::vec(any::<bool>(), 9),
+        junk_key in text(),
+    ) {
+        let keys = [
+            labels::ENABLE, labels::PORTS, labels::HOST, labels::PATH, labels::RATE_LIMIT_RPS,
+            labels::CLASS, labels::KOMPOSE_EXPOSE, labels::KOMPOSE_CLASS, labels::KOMPOSE_TLS_SECRET,
+        ];
+        let mut map = BTreeMap::new();
+        for ((key, value), on) in keys.iter().zip(&values).zip(&present) {
+            if *on {
+                map.insert((*key).to_string(), value.clone());
+            }
+        }
+        map.insert(junk_key, "x".to_string());
+        match labels::parse_service_labels("c", "s", &map, &settings("{service}-{port}")) {
+            Ok(e) => {
+                for h in &e.hosts {
+                    prop_assert!(naming::is_dns_label(&h.label));
+                    assert_host_under_domain(&naming::full_host(&h.label, DOMAIN));
+                    prop_assert!(labels::is_valid_path(&h.path));
+                }
+                prop_assert!(labels::is_valid_path(&e.path));
+                prop_assert!(e.rate_limit_rps.is_none_or(|r| (1..=200).contains(&r)));
+                prop_assert!(e.class.is_none_or(|c| c == "public" || c == "heavy"));
+                prop_assert!(e.tls_secret.is_none_or(|t| t == "wildcard-tls"));
+            }
+            Err(refusals) => {
+                prop_assert!(!refusals.is_empty());
+                for r in refusals {
+                    prop_assert!(r.value.chars().count() <= MAX_SHOWN_CHARS);
+                    prop_assert!(!r.value.contains('\n'));
+                    prop_assert!(!r.message.contains('\n'));
+                    prop_assert!(r.message.contains(&r.label));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn accepted_chosen_hosts_are_one_label_under_the_domain(
+        host in prop_oneof![text(), host_like()],
+        kompose in prop_oneof![text(), host_like(), "(x\\.composition\\.example\\.com,){0,3}[a-z.]{0,40}"],
+        with_host in any::<bool>(),
+        with_kompose in any::<bool>(),
+    ) {
+        let mut map = BTreeMap::new();
+        if with_host {
+            map.insert(labels::HOST.to_string(), host);
+        }
+        if with_kompose {
+            map.insert(labels::KOMPOSE_EXPOSE.to_string(), kompose);
+        }
+        if let Ok(e) = labels::parse_service_labels("c", "s", &map, &settings("{service}")) {
+            for h in &e.hosts {
+                assert_host_under_domain(&naming::full_host(&h.label, DOMAIN));
+                prop_assert!(labels::is_valid_path(&h.path));
+            }
+        }
+    }
+
+    #[test]
+    fn plans_route_only_to_hosts_under_the_domain(
+        services in proptest::collection::vec((text(), text(), text(), any::<u16>(), any::<u16>()), 1..6),
+        project in text(),
+    ) {
+        let containers: Vec<ObservedContainer> = services
+            .iter()
+            .enumerate()
+            .map(|(i, (service, host, ports, cport, hport))| ObservedContainer {
+                id: i.to_string(),
+                name: format!("c{i}"),
+                labels: BTreeMap::from([
+                    ("com.docker.compose.service".to_string(), service.clone()),
+                    (labels::ENABLE.to_string(), "true".to_string()),
+                    (labels::HOST.to_string(), host.clone()),
+                    (labels::PORTS.to_string(), ports.clone()),
+                ])
+                .into_iter()
+                .filter(|(k, v)| k != labels::HOST || !v.is_empty())
+                .filter(|(k, _)| k != labels::PORTS || i % 2 == 0)
+                .collect(),
+                running: true,
+                published: vec![
+                    PublishedPort { container_port: *cport, protocol: Protocol::Tcp, host_port: *hport },
+                    PublishedPort { container_port: cport.wrapping_add(1), protocol: Protocol::Tcp, host_port: *hport },
+                ],
+            })
+            .collect();
+        let p = plan::plan(
+            &ObservedProject { name: project, containers },
+            &settings("{service}-{port}-{project}-{pod}"),
+        );
+        if let Some(d) = p.desired {
+            prop_assert!(!d.backends.is_empty());
+            prop_assert!(naming::is_dns_label(&d.object_name));
+            let mut routes = BTreeSet::new();
+            let mut ports: BTreeMap<(String, u16), (u16, String)> = BTreeMap::new();
+            for b in &d.backends {
+                assert_host_under_domain(&b.host);
+                prop_assert!(routes.insert((b.host.clone(), b.path.clone())), "duplicate route");
+                prop_assert!((1024..61024).contains(&b.service_port));
+                ports.insert((b.service.clone(), b.container_port), (b.service_port, b.port_name.clone()));
+            }
+            let numbers: BTreeSet<u16> = ports.values().map(|(n, _)| *n).collect();
+            let names: BTreeSet<&String> = ports.values().map(|(_, n)| n).collect();
+            prop_assert_eq!(numbers.len(), ports.len());
+            prop_assert_eq!(names.len(), ports.len());
+        }
+    }
+}
