@@ -1,7 +1,17 @@
 //! compose-ingress: expose docker-compose projects of a dind runner pod through Kubernetes.
+//!
+//! Data flows one way: [`docker`] (events, listings) -> [`model`] (observed state) ->
+//! [`plan`] (pure) -> [`render`] (pure) -> [`cluster`] (server-side apply, delete), driven by
+//! the level-triggered [`reconcile`] loop.
 
+pub mod cluster;
+pub mod config;
+pub mod docker;
 pub mod labels;
 pub mod model;
 pub mod naming;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
+pub mod status;
+pub mod telemetry;

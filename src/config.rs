@@ -1,0 +1,592 @@
+//! Flags with environment fallbacks, and their validation into the settings every other module
+//! uses. A bad flag fails at start-up with one line naming the flag, the value and the fix,
+//! before anything is touched (exit code 2).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::model::{GatewayRef, OwnerPod, PlanSettings, RouteApi};
+use crate::naming;
+
+/// Expose docker-compose projects of this runner pod's Docker daemon through a Kubernetes Service
+/// and an Ingress (or Gateway API HTTPRoute) per composition.
+///
+/// Every flag also reads an environment variable (shown as [env: ...]).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "compose-ingress", version, about, long_about = None)]
+pub struct Args {
+    /// Domain every host lives under, e.g. composition.example.com (wildcard DNS points here).
+    #[arg(long, env = "COMPOSE_INGRESS_DOMAIN")]
+    pub domain: String,
+
+    /// Namespace of this runner pod; all objects are created there (downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+
+    /// Name of this runner pod (downward API).
+    #[arg(long = "pod-name", env = "POD_NAME")]
+    pub pod_name: String,
+
+    /// UID of this runner pod, for ownerReferences (downward API); read from the API when unset.
+    #[arg(long = "pod-uid", env = "POD_UID")]
+    pub pod_uid: Option<String>,
+
+    /// Docker daemon to watch: unix:///path or tcp://host:port.
+    #[arg(
+        long = "docker-host",
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
+
+    /// Route object per composition: an Ingress (networking.k8s.io/v1) or an HTTPRoute (Gateway API).
+    #[arg(long = "route-api", env = "COMPOSE_INGRESS_ROUTE_API", value_enum, default_value_t = RouteApiArg::Ingress)]
+    pub route_api: RouteApiArg,
+
+    /// ingressClassName of the Ingresses (Ingress mode); unset leaves the cluster default.
+    #[arg(long = "ingress-class", env = "COMPOSE_INGRESS_INGRESS_CLASS")]
+    pub ingress_class: Option<String>,
+
+    /// Further classes a composition may choose with the compose-ingress.class label (comma list).
+    #[arg(
+        long = "allowed-classes",
+        env = "COMPOSE_INGRESS_ALLOWED_CLASSES",
+        value_delimiter = ','
+    )]
+    pub allowed_classes: Vec<String>,
+
+    /// Secret with the wildcard certificate, put in every Ingress's TLS block.
+    #[arg(long = "tls-secret", env = "COMPOSE_INGRESS_TLS_SECRET")]
+    pub tls_secret: Option<String>,
+
+    /// Further TLS secrets a composition may choose with kompose.service.expose.tls-secret (comma list).
+    #[arg(
+        long = "allowed-tls-secrets",
+        env = "COMPOSE_INGRESS_ALLOWED_TLS_SECRETS",
+        value_delimiter = ','
+    )]
+    pub allowed_tls_secrets: Vec<String>,
+
+    /// Gateway the HTTPRoutes attach to: [namespace/]name[:sectionName] (required with --route-api=gateway).
+    #[arg(long, env = "COMPOSE_INGRESS_GATEWAY")]
+    pub gateway: Option<String>,
+
+    /// Template of the first DNS label of each host; placeholders {service} {port} {project} {pod}.
+    #[arg(
+        long = "host-template",
+        env = "COMPOSE_INGRESS_HOST_TEMPLATE",
+        default_value = "{service}-{port}-{project}-{pod}"
+    )]
+    pub host_template: String,
+
+    /// Per-composition rate limit (requests/s) set on every Ingress; labels may only lower it.
+    #[arg(long = "default-rps", env = "COMPOSE_INGRESS_DEFAULT_RPS")]
+    pub default_rps: Option<u32>,
+
+    /// Highest rate limit a label may ask for (default: --default-rps).
+    #[arg(long = "max-rps", env = "COMPOSE_INGRESS_MAX_RPS")]
+    pub max_rps: Option<u32>,
+
+    /// The one annotation that carries the rate limit (depends on your ingress controller).
+    #[arg(
+        long = "rate-limit-annotation",
+        env = "COMPOSE_INGRESS_RATE_LIMIT_ANNOTATION",
+        default_value = "nginx.ingress.kubernetes.io/limit-rps"
+    )]
+    pub rate_limit_annotation: String,
+
+    /// Expose services that publish ports even without compose-ingress.enable=true.
+    #[arg(long = "expose-by-default", env = "COMPOSE_INGRESS_EXPOSE_BY_DEFAULT")]
+    pub expose_by_default: bool,
+
+    /// Treat a container without compose labels as a project of its own.
+    #[arg(
+        long = "expose-plain-containers",
+        env = "COMPOSE_INGRESS_EXPOSE_PLAIN_CONTAINERS"
+    )]
+    pub expose_plain_containers: bool,
+
+    /// Full resync (Docker listing, owned objects, orphan GC) interval, e.g. 5m.
+    #[arg(long = "resync-interval", env = "COMPOSE_INGRESS_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Quiet time after a Docker event before the project is reconciled (coalesces compose up).
+    #[arg(long, env = "COMPOSE_INGRESS_DEBOUNCE", default_value = "300ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+
+    /// Wait this long after a composition stops exposing before deleting its objects.
+    #[arg(long = "delete-grace", env = "COMPOSE_INGRESS_DELETE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub delete_grace: Duration,
+
+    /// Print the planned objects as YAML instead of writing them; =server also validates them
+    /// with the apiserver (dryRun=All).
+    #[arg(long = "dry-run", env = "COMPOSE_INGRESS_DRY_RUN", value_enum, num_args = 0..=1, default_missing_value = "client", default_value_t = DryRun::None)]
+    pub dry_run: DryRun,
+
+    /// Log format.
+    #[arg(long = "log-format", env = "COMPOSE_INGRESS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Address of the HTTP server for /metrics, /healthz, /readyz and /exposures.
+    #[arg(long, env = "COMPOSE_INGRESS_LISTEN", default_value = "0.0.0.0:9102")]
+    pub listen: SocketAddr,
+
+    /// Service selector that matches only this pod, key=value; {pod} is replaced by the pod name.
+    #[arg(
+        long = "pod-selector",
+        env = "COMPOSE_INGRESS_POD_SELECTOR",
+        default_value = "statefulset.kubernetes.io/pod-name={pod}"
+    )]
+    pub pod_selector: String,
+
+    /// On SIGTERM: delete this pod's objects when the pod is terminating (auto), always, or never.
+    #[arg(long = "cleanup-on-exit", env = "COMPOSE_INGRESS_CLEANUP_ON_EXIT", value_enum, default_value_t = CleanupOnExit::Auto)]
+    pub cleanup_on_exit: CleanupOnExit,
+
+    /// Upper bound for the clean-up at exit.
+    #[arg(long = "shutdown-timeout", env = "COMPOSE_INGRESS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RouteApiArg {
+    Ingress,
+    Gateway,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    None,
+    Client,
+    Server,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CleanupOnExit {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Timings of the reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    pub resync_interval: Duration,
+    pub debounce: Duration,
+    pub delete_grace: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: PlanSettings,
+    pub pod_uid: Option<String>,
+    pub docker_host: String,
+    pub timings: Timings,
+    pub dry_run: DryRun,
+    pub log_format: LogFormat,
+    pub listen: SocketAddr,
+    pub cleanup_on_exit: CleanupOnExit,
+}
+
+impl Config {
+    pub fn owner(&self, uid: String) -> OwnerPod {
+        OwnerPod {
+            name: self.settings.pod_name.clone(),
+            uid,
+        }
+    }
+}
+
+/// A flag that cannot work, with the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {value:?}: {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+fn bad(flag: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        value: value.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: write e.g. 500ms, 10s, 5m or 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit '{unit}': use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(naming::is_dns_label)
+}
+
+fn validate_names(flag: &'static str, names: &[String]) -> Result<(), ConfigError> {
+    for n in names {
+        if !is_dns_subdomain(n) {
+            return Err(bad(
+                flag,
+                n,
+                "must be a lowercase DNS name ([a-z0-9-.], at most 253 characters)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_gateway(text: &str) -> Result<GatewayRef, ConfigError> {
+    let (path, section) = match text.split_once(':') {
+        Some((p, s)) => (p, Some(s.to_string())),
+        None => (text, None),
+    };
+    let (namespace, name) = match path.split_once('/') {
+        Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
+        None => (None, path.to_string()),
+    };
+    let valid = naming::is_dns_label(&name)
+        && namespace.as_deref().is_none_or(naming::is_dns_label)
+        && section.as_deref().is_none_or(naming::is_dns_label);
+    if !valid {
+        return Err(bad(
+            "--gateway",
+            text,
+            "expected [namespace/]name[:sectionName], each a DNS label",
+        ));
+    }
+    Ok(GatewayRef {
+        namespace,
+        name,
+        section_name: section,
+    })
+}
+
+fn parse_selector(text: &str, pod: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad("--pod-selector", text, "expected key=value[,key=value]"))?;
+        let v = v.trim().replace("{pod}", pod);
+        let k = k.trim();
+        if k.is_empty()
+            || k.len() > 317
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        {
+            return Err(bad(
+                "--pod-selector",
+                text,
+                format!("'{k}' is not a label key"),
+            ));
+        }
+        if naming::label_value(&v) != v {
+            return Err(bad(
+                "--pod-selector",
+                text,
+                format!("'{v}' is not a valid label value"),
+            ));
+        }
+        out.insert(k.to_string(), v);
+    }
+    if out.is_empty() {
+        return Err(bad(
+            "--pod-selector",
+            text,
+            "needs at least one key=value that matches only this pod",
+        ));
+    }
+    Ok(out)
+}
+
+impl Args {
+    /// Validates every flag; the first problem found is returned.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let domain = self
+            .domain
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if !is_dns_subdomain(&domain) || !domain.contains('.') {
+            return Err(bad(
+                "--domain",
+                &self.domain,
+                "must be a DNS name with at least two labels, e.g. composition.example.com",
+            ));
+        }
+        if !naming::is_dns_label(&self.namespace) {
+            return Err(bad(
+                "--namespace",
+                &self.namespace,
+                "must be a Kubernetes namespace name (set POD_NAMESPACE from the downward API)",
+            ));
+        }
+        if !is_dns_subdomain(&self.pod_name) {
+            return Err(bad(
+                "--pod-name",
+                &self.pod_name,
+                "must be a pod name (set POD_NAME from the downward API)",
+            ));
+        }
+        if let Some(uid) = &self.pod_uid
+            && (uid.is_empty() || uid.len() > 128)
+        {
+            return Err(bad(
+                "--pod-uid",
+                uid,
+                "must be the pod's metadata.uid (downward API), or unset",
+            ));
+        }
+        if !(self.docker_host.starts_with("unix://") || self.docker_host.starts_with("tcp://")) {
+            return Err(bad(
+                "--docker-host",
+                &self.docker_host,
+                "must start with unix:// or tcp://",
+            ));
+        }
+        naming::validate_host_template(&self.host_template)
+            .map_err(|e| bad("--host-template", &self.host_template, e.to_string()))?;
+        if let Some(c) = &self.ingress_class {
+            validate_names("--ingress-class", std::slice::from_ref(c))?;
+        }
+        validate_names("--allowed-classes", &self.allowed_classes)?;
+        if let Some(s) = &self.tls_secret {
+            validate_names("--tls-secret", std::slice::from_ref(s))?;
+        }
+        validate_names("--allowed-tls-secrets", &self.allowed_tls_secrets)?;
+        let route_api = match self.route_api {
+            RouteApiArg::Ingress => RouteApi::Ingress,
+            RouteApiArg::Gateway => RouteApi::Gateway,
+        };
+        let gateway = self.gateway.as_deref().map(parse_gateway).transpose()?;
+        if route_api == RouteApi::Gateway && gateway.is_none() {
+            return Err(bad(
+                "--gateway",
+                "",
+                "is required with --route-api=gateway: name the Gateway the HTTPRoutes attach to",
+            ));
+        }
+        if self.default_rps == Some(0) {
+            return Err(bad(
+                "--default-rps",
+                "0",
+                "must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        let max_rps = self.max_rps.or(self.default_rps);
+        if let (Some(d), Some(m)) = (self.default_rps, max_rps)
+            && m < d
+        {
+            return Err(bad(
+                "--max-rps",
+                &m.to_string(),
+                format!("must not be below --default-rps ({d})"),
+            ));
+        }
+        let key = &self.rate_limit_annotation;
+        let key_ok = key.split_once('/').is_some_and(|(prefix, name)| {
+            is_dns_subdomain(prefix)
+                && !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
+        if !key_ok {
+            return Err(bad(
+                "--rate-limit-annotation",
+                key,
+                "must be an annotation key prefix/name, e.g. nginx.ingress.kubernetes.io/limit-rps",
+            ));
+        }
+        for (flag, d) in [
+            ("--resync-interval", self.resync_interval),
+            ("--shutdown-timeout", self.shutdown_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(flag, "0", "must be more than zero"));
+            }
+        }
+        let pod_selector = parse_selector(&self.pod_selector, &self.pod_name)?;
+
+        let mut allowed_classes = self.allowed_classes.clone();
+        allowed_classes.extend(self.ingress_class.clone());
+        allowed_classes.sort();
+        allowed_classes.dedup();
+        let mut allowed_tls_secrets = self.allowed_tls_secrets.clone();
+        allowed_tls_secrets.extend(self.tls_secret.clone());
+        allowed_tls_secrets.sort();
+        allowed_tls_secrets.dedup();
+
+        Ok(Config {
+            settings: PlanSettings {
+                domain,
+                host_template: self.host_template,
+                pod_name: self.pod_name,
+                namespace: self.namespace,
+                route_api,
+                ingress_class: self.ingress_class,
+                allowed_classes,
+                tls_secret: self.tls_secret,
+                allowed_tls_secrets,
+                gateway,
+                default_rps: self.default_rps,
+                max_rps,
+                rate_limit_annotation: self.rate_limit_annotation,
+                expose_by_default: self.expose_by_default,
+                expose_plain_containers: self.expose_plain_containers,
+                pod_selector,
+            },
+            pod_uid: self.pod_uid,
+            docker_host: self.docker_host,
+            timings: Timings {
+                resync_interval: self.resync_interval,
+                debounce: self.debounce,
+                delete_grace: self.delete_grace,
+                shutdown_timeout: self.shutdown_timeout,
+            },
+            dry_run: self.dry_run,
+            log_format: self.log_format,
+            listen: self.listen,
+            cleanup_on_exit: self.cleanup_on_exit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec![
+            "compose-ingress",
+            "--domain",
+            "composition.example.com",
+            "--namespace",
+            "ci",
+            "--pod-name",
+            "runner-3",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = args(&[]).expect("valid");
+        assert_eq!(c.settings.domain, "composition.example.com");
+        assert_eq!(c.settings.host_template, "{service}-{port}-{project}-{pod}");
+        assert_eq!(
+            c.settings
+                .pod_selector
+                .get("statefulset.kubernetes.io/pod-name")
+                .map(String::as_str),
+            Some("runner-3")
+        );
+        assert_eq!(c.timings.delete_grace, Duration::from_secs(10));
+        assert_eq!(c.timings.resync_interval, Duration::from_secs(300));
+        assert_eq!(c.dry_run, DryRun::None);
+        assert_eq!(c.cleanup_on_exit, CleanupOnExit::Auto);
+    }
+
+    #[test]
+    fn each_bad_flag_names_itself() {
+        for (extra, flag) in [
+            (vec!["--domain", "nodots"], "--domain"),
+            (
+                vec!["--host-template", "{service}.{pod}"],
+                "--host-template",
+            ),
+            (vec!["--host-template", "{nope}"], "--host-template"),
+            (vec!["--route-api", "gateway"], "--gateway"),
+            (vec!["--gateway", "a/b/c"], "--gateway"),
+            (vec!["--default-rps", "10", "--max-rps", "5"], "--max-rps"),
+            (
+                vec!["--docker-host", "/var/run/docker.sock"],
+                "--docker-host",
+            ),
+            (vec!["--pod-selector", "nokey"], "--pod-selector"),
+            (vec!["--allowed-classes", "Bad_Class"], "--allowed-classes"),
+            (
+                vec!["--rate-limit-annotation", "snippet"],
+                "--rate-limit-annotation",
+            ),
+        ] {
+            let mut argv: Vec<&str> = vec![];
+            argv.extend(extra.iter().copied());
+            let err = args(&argv).expect_err(&format!("{extra:?} must be refused"));
+            assert!(
+                err.contains(flag),
+                "{extra:?}: error {err:?} does not name {flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(args(&["--debounce", "abc"]).is_err());
+    }
+
+    #[test]
+    fn gateway_reference_forms() {
+        let g = parse_gateway("infra/public:web").expect("valid");
+        assert_eq!(g.namespace.as_deref(), Some("infra"));
+        assert_eq!(g.name, "public");
+        assert_eq!(g.section_name.as_deref(), Some("web"));
+        assert!(parse_gateway("public").expect("valid").namespace.is_none());
+    }
+
+    #[test]
+    fn ingress_class_is_always_allowed() {
+        let c = args(&[
+            "--ingress-class",
+            "traefik",
+            "--allowed-classes",
+            "internal,dedicated",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.settings.allowed_classes,
+            vec!["dedicated", "internal", "traefik"]
+        );
+    }
+}

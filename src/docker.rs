@@ -1,0 +1,406 @@
+//! The Docker edge: lists containers into observed projects, and turns the daemon's event
+//! stream into project hints. The event reader never does I/O besides reading the stream: the
+//! daemon drops events for a subscriber slower than 100 ms, so it only pushes keys into a queue.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bollard::Docker;
+use bollard::models::{
+    ContainerSummary, ContainerSummaryStateEnum, EventMessage, PortSummaryTypeEnum,
+};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use futures::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::model::{ObservedContainer, ObservedProject, Protocol, PublishedPort};
+use crate::plan::COMPOSE_PROJECT;
+
+/// A project key: a compose project name, or `/<container name>` for a plain container (compose
+/// project names cannot contain '/').
+pub type ProjectKey = String;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "cannot connect to Docker at {host}: {source} (check --docker-host / DOCKER_HOST and that dind is running)"
+    )]
+    Connect {
+        host: String,
+        source: bollard::errors::Error,
+    },
+    #[error("Docker request {what} failed: {source} (is the Docker daemon at {host} up?)")]
+    Request {
+        host: String,
+        what: &'static str,
+        source: bollard::errors::Error,
+    },
+}
+
+/// What the reader tells the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// Something about this project may have changed.
+    Project(ProjectKey),
+    /// (Re)connected to Docker: list everything and converge, GC included.
+    Resync,
+    /// The event stream broke: Docker is unreachable until the next `Resync`.
+    DockerDown,
+}
+
+/// Container actions that can change what a project exposes (exec_*, attach, ... cannot).
+const RELEVANT_ACTIONS: &[&str] = &[
+    "create", "start", "restart", "die", "stop", "kill", "destroy", "pause", "unpause", "rename",
+    "update",
+];
+
+#[derive(Clone)]
+pub struct DockerClient {
+    docker: Docker,
+    host: String,
+    expose_plain: bool,
+}
+
+impl DockerClient {
+    /// Creates the client (no I/O yet: the daemon may still be starting, as dind is when a native
+    /// sidecar starts before it).
+    pub fn new(host: &str, expose_plain: bool) -> Result<Self, DockerError> {
+        let connect = |e| DockerError::Connect {
+            host: host.to_string(),
+            source: e,
+        };
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, 60, bollard::API_DEFAULT_VERSION).map_err(connect)?
+        } else {
+            Docker::connect_with_http(host, 60, bollard::API_DEFAULT_VERSION).map_err(connect)?
+        };
+        Ok(Self {
+            docker,
+            host: host.to_string(),
+            expose_plain,
+        })
+    }
+
+    fn request_error(
+        &self,
+        what: &'static str,
+    ) -> impl Fn(bollard::errors::Error) -> DockerError + '_ {
+        move |source| DockerError::Request {
+            host: self.host.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// Agrees on the API version with the daemon (dind may be older than this client).
+    pub async fn negotiate(&mut self) -> Result<(), DockerError> {
+        self.docker = self
+            .docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(self.request_error("version"))?;
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(self.request_error("list containers"))
+    }
+
+    /// Every container of one project, fresh from the daemon.
+    pub async fn project(&self, key: &str) -> Result<ObservedProject, DockerError> {
+        let mut filters = HashMap::new();
+        if let Some(name) = key.strip_prefix('/') {
+            filters.insert("name".to_string(), vec![format!("^/{name}$")]);
+        } else {
+            filters.insert(
+                "label".to_string(),
+                vec![format!("{COMPOSE_PROJECT}={key}")],
+            );
+        }
+        let containers = self
+            .list(filters)
+            .await?
+            .iter()
+            .filter(|c| project_key(c, self.expose_plain).as_deref() == Some(key))
+            .map(observe)
+            .collect();
+        Ok(ObservedProject {
+            name: key.to_string(),
+            containers,
+        })
+    }
+
+    /// A complete listing of the daemon, grouped by project key. Only a successful snapshot
+    /// may drive orphan GC (an empty answer from a daemon that is still starting is an error).
+    pub async fn snapshot(&self) -> Result<BTreeMap<ProjectKey, ObservedProject>, DockerError> {
+        let mut projects: BTreeMap<ProjectKey, ObservedProject> = BTreeMap::new();
+        for c in self.list(HashMap::new()).await? {
+            if let Some(key) = project_key(&c, self.expose_plain) {
+                let entry = projects
+                    .entry(key.clone())
+                    .or_insert_with(|| ObservedProject {
+                        name: key.clone(),
+                        containers: Vec::new(),
+                    });
+                entry.containers.push(observe(&c));
+            }
+        }
+        Ok(projects)
+    }
+
+    /// Reads the event stream until cancelled, reconnecting with backoff. Sends `Resync` after
+    /// every (re)connect and `DockerDown` when the stream breaks.
+    pub async fn watch(
+        mut self,
+        hints: UnboundedSender<Hint>,
+        events_seen: impl Fn(&str),
+        cancel: CancellationToken,
+    ) {
+        let mut backoff = reconnect_backoff();
+        let mut connected_once = false;
+        while !cancel.is_cancelled() {
+            if let Err(e) = self.negotiate().await {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Docker is not reachable; retrying");
+                let _ = hints.send(Hint::DockerDown);
+                tokio::select! { _ = tokio::time::sleep(delay) => continue, _ = cancel.cancelled() => break }
+            }
+            // Replay from a little before the resync's listing, so that an event between the
+            // listing and the subscription is never lost (hints are idempotent).
+            let since = SystemTime::now()
+                .checked_sub(Duration::from_secs(2))
+                .unwrap_or(UNIX_EPOCH);
+            let since = since
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let options = EventsOptions {
+                since: Some(since.to_string()),
+                filters: Some(HashMap::from([(
+                    "type".to_string(),
+                    vec!["container".to_string()],
+                )])),
+                ..Default::default()
+            };
+            let mut stream = self.docker.events(Some(options));
+            if connected_once {
+                info!(docker_host = %self.host, "reconnected to Docker; full resync");
+            } else {
+                info!(docker_host = %self.host, "connected to Docker; full resync");
+            }
+            connected_once = true;
+            if hints.send(Hint::Resync).is_err() {
+                break;
+            }
+            backoff = reconnect_backoff();
+            loop {
+                let next =
+                    tokio::select! { n = stream.next() => n, _ = cancel.cancelled() => return };
+                match next {
+                    Some(Ok(event)) => {
+                        if let Some((action, key)) = hint_of(&event, self.expose_plain) {
+                            events_seen(action);
+                            debug!(action, project = %key, "docker event");
+                            if hints.send(Hint::Project(key)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "Docker event stream broke; reconnecting");
+                        break;
+                    }
+                    None => {
+                        warn!("Docker event stream ended; reconnecting");
+                        break;
+                    }
+                }
+            }
+            let _ = hints.send(Hint::DockerDown);
+            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+            tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => break }
+        }
+    }
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The project an event is about, when its action can change what is exposed.
+fn hint_of(event: &EventMessage, expose_plain: bool) -> Option<(&str, ProjectKey)> {
+    let action = event.action.as_deref()?;
+    let base = action.split(':').next().unwrap_or(action).trim();
+    let relevant = RELEVANT_ACTIONS.contains(&base) || base == "health_status";
+    if !relevant {
+        return None;
+    }
+    let attributes = event.actor.as_ref()?.attributes.as_ref()?;
+    if let Some(project) = attributes.get(COMPOSE_PROJECT) {
+        return Some((base, project.clone()));
+    }
+    if expose_plain {
+        // "rename" carries the new name; the old name's key is cleaned up by the next resync.
+        return attributes
+            .get("name")
+            .map(|n| (base, format!("/{}", n.trim_start_matches('/'))));
+    }
+    None
+}
+
+fn project_key(c: &ContainerSummary, expose_plain: bool) -> Option<ProjectKey> {
+    if let Some(p) = c.labels.as_ref().and_then(|l| l.get(COMPOSE_PROJECT)) {
+        return Some(p.clone());
+    }
+    if expose_plain {
+        return c
+            .names
+            .as_ref()?
+            .first()
+            .map(|n| format!("/{}", n.trim_start_matches('/')));
+    }
+    None
+}
+
+fn observe(c: &ContainerSummary) -> ObservedContainer {
+    let mut published: Vec<PublishedPort> = c
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| {
+            // A port published only on the pod's loopback is unreachable for a Service.
+            let ip = p.ip.as_deref().unwrap_or("");
+            !(ip.starts_with("127.") || ip == "::1")
+        })
+        .filter_map(|p| {
+            let protocol = match p.typ {
+                Some(PortSummaryTypeEnum::TCP) => Protocol::Tcp,
+                Some(PortSummaryTypeEnum::UDP) => Protocol::Udp,
+                Some(PortSummaryTypeEnum::SCTP) => Protocol::Sctp,
+                _ => return None,
+            };
+            Some(PublishedPort {
+                container_port: p.private_port,
+                protocol,
+                host_port: p.public_port?,
+            })
+        })
+        .collect();
+    // IPv4 and IPv6 bindings of one port are the same port.
+    published.sort();
+    published.dedup();
+    ObservedContainer {
+        id: c.id.clone().unwrap_or_default(),
+        name: c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default(),
+        labels: c.labels.clone().unwrap_or_default().into_iter().collect(),
+        running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+        published,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{EventActor, PortSummary};
+
+    fn event(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
+        EventMessage {
+            action: Some(action.to_string()),
+            actor: Some(EventActor {
+                id: Some("abc".into()),
+                attributes: Some(
+                    attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_state_changes_of_compose_containers_are_hints() {
+        let labelled = [(COMPOSE_PROJECT, "demochat"), ("name", "demochat_web_1")];
+        assert_eq!(
+            hint_of(&event("start", &labelled), false),
+            Some(("start", "demochat".to_string()))
+        );
+        assert_eq!(
+            hint_of(&event("health_status: healthy", &labelled), false).map(|h| h.0),
+            Some("health_status")
+        );
+        assert_eq!(hint_of(&event("exec_start: sh", &labelled), false), None);
+        assert_eq!(hint_of(&event("start", &[("name", "plain")]), false), None);
+        assert_eq!(
+            hint_of(&event("start", &[("name", "plain")]), true),
+            Some(("start", "/plain".to_string()))
+        );
+    }
+
+    #[test]
+    fn observed_ports_skip_loopback_and_dedupe_ip_families() {
+        let port = |ip: &str, private: u16, public: Option<u16>, typ| PortSummary {
+            ip: Some(ip.to_string()),
+            private_port: private,
+            public_port: public,
+            typ: Some(typ),
+        };
+        let c = ContainerSummary {
+            id: Some("id1".into()),
+            names: Some(vec!["/demochat_web_1".into()]),
+            state: Some(ContainerSummaryStateEnum::RUNNING),
+            ports: Some(vec![
+                port("0.0.0.0", 5000, Some(32768), PortSummaryTypeEnum::TCP),
+                port("::", 5000, Some(32768), PortSummaryTypeEnum::TCP),
+                port("127.0.0.1", 6000, Some(6000), PortSummaryTypeEnum::TCP),
+                port("0.0.0.0", 53, Some(5353), PortSummaryTypeEnum::UDP),
+                port("", 7000, None, PortSummaryTypeEnum::TCP),
+            ]),
+            ..Default::default()
+        };
+        let o = observe(&c);
+        assert_eq!(o.name, "demochat_web_1");
+        assert!(o.running);
+        assert_eq!(
+            o.published,
+            vec![
+                PublishedPort {
+                    container_port: 53,
+                    protocol: Protocol::Udp,
+                    host_port: 5353
+                },
+                PublishedPort {
+                    container_port: 5000,
+                    protocol: Protocol::Tcp,
+                    host_port: 32768
+                },
+            ]
+        );
+    }
+}

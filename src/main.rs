@@ -1,0 +1,175 @@
+//! Wiring only: flags -> config -> tasks (Docker watcher, reconciler, HTTP) -> shutdown.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use compose_ingress::cluster::Cluster;
+use compose_ingress::config::{Args, CleanupOnExit, Config, DryRun};
+use compose_ingress::docker::DockerClient;
+use compose_ingress::reconcile::{Reconciler, delete_all_owned};
+use compose_ingress::status::Status;
+use compose_ingress::telemetry;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Args::try_parse() {
+        Ok(args) => match args.validate() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("compose-ingress: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(e) => e.exit(),
+    };
+    telemetry::init_logging(config.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client: run in a pod with a ServiceAccount, or set KUBECONFIG")?;
+    let settings = config.settings.clone();
+    let cluster = Cluster::new(
+        client,
+        &settings.namespace,
+        &settings.pod_name,
+        config.dry_run,
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+
+    let Some(uid) = pod_uid(&config, &cluster, &cancel).await else {
+        info!("stopped before start-up completed");
+        return Ok(());
+    };
+    let owner = config.owner(uid);
+    let status = Arc::new(Status::default());
+    let docker = DockerClient::new(&config.docker_host, settings.expose_plain_containers)?;
+    info!(
+        namespace = %settings.namespace, pod = %settings.pod_name, domain = %settings.domain,
+        route_api = ?settings.route_api, docker_host = %config.docker_host, dry_run = ?config.dry_run,
+        "compose-ingress starting"
+    );
+
+    let (hints_tx, hints_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = {
+        let status = status.clone();
+        tokio::spawn(docker.clone().watch(
+            hints_tx,
+            move |action| status.metrics.docker_event_action(action),
+            cancel.clone(),
+        ))
+    };
+    let reconciler = Reconciler::new(
+        docker,
+        cluster.clone(),
+        settings,
+        owner,
+        config.timings,
+        status.clone(),
+    );
+    let reconciling = tokio::spawn(reconciler.run(hints_rx, cancel.clone()));
+
+    cancel.cancelled().await;
+    info!("shutting down: stopped watching Docker");
+    let _ = reconciling.await;
+    let _ = watcher.await;
+    cleanup_on_exit(&config, &cluster).await;
+    info!("bye");
+    Ok(())
+}
+
+async fn cancel_on_signal(cancel: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+    cancel.cancel();
+}
+
+/// The pod's uid for ownerReferences: from the downward API, or read from the API server
+/// (retried with backoff: the API server may be briefly unreachable when the pod starts).
+async fn pod_uid(config: &Config, cluster: &Cluster, cancel: &CancellationToken) -> Option<String> {
+    if let Some(uid) = &config.pod_uid {
+        return Some(uid.clone());
+    }
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match cluster.own_pod().await {
+            Ok(pod) => return pod.metadata.uid,
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read this pod's uid (set POD_UID from the downward API to skip this); retrying");
+                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => return None }
+            }
+        }
+    }
+}
+
+/// On SIGTERM: delete this pod's objects when the pod itself is terminating (auto), or as the
+/// flag forces; a restart of the sidecar alone leaves them in place (no outage for users).
+async fn cleanup_on_exit(config: &Config, cluster: &Cluster) {
+    if config.dry_run == DryRun::Client {
+        return;
+    }
+    let delete = match config.cleanup_on_exit {
+        CleanupOnExit::Never => false,
+        CleanupOnExit::Always => true,
+        CleanupOnExit::Auto => match cluster.own_pod().await {
+            Ok(pod) => pod.metadata.deletion_timestamp.is_some(),
+            Err(e) if e.status() == Some(404) => {
+                info!("this pod is already gone: the garbage collector removes its objects");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot tell whether this pod is terminating; leaving its objects (the next start resyncs, the pod's deletion garbage-collects them)");
+                false
+            }
+        },
+    };
+    if !delete {
+        info!(cleanup_on_exit = ?config.cleanup_on_exit, "leaving this pod's objects in place");
+        return;
+    }
+    match tokio::time::timeout(config.timings.shutdown_timeout, delete_all_owned(cluster)).await {
+        Ok(Ok(n)) => info!(objects = n, "pod terminating: deleted this pod's objects"),
+        Ok(Err(e)) => {
+            warn!(error = %e, "clean-up at exit failed; the pod's garbage collection removes the rest")
+        }
+        Err(_) => warn!(
+            timeout_ms = config.timings.shutdown_timeout.as_millis() as u64,
+            "clean-up at exit timed out; the pod's garbage collection removes the rest"
+        ),
+    }
+}

@@ -1,0 +1,314 @@
+//! What the sidecar knows about itself, shared between the reconciler and the HTTP endpoints:
+//! readiness, the exposures of this pod's compositions, Prometheus metrics, and the queue of
+//! Kubernetes Events to post on the pod.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::cluster::Kind;
+use crate::model::{Backend, Refusal};
+
+/// The state of one composition, as `/exposures` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum CompositionState {
+    Exposed {
+        urls: Vec<String>,
+        #[serde(serialize_with = "serialize_backends")]
+        backends: Vec<Backend>,
+    },
+    PendingDeletion,
+}
+
+fn serialize_backends<S: serde::Serializer>(backends: &[Backend], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct View<'a> {
+        service: &'a str,
+        container_port: u16,
+        host_port: u16,
+        host: &'a str,
+        path: &'a str,
+    }
+    s.collect_seq(backends.iter().map(|b| View {
+        service: &b.service,
+        container_port: b.container_port,
+        host_port: b.host_port,
+        host: &b.host,
+        path: &b.path,
+    }))
+}
+
+/// A Kubernetes Event to post on the runner pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEvent {
+    /// `Normal` or `Warning`.
+    pub type_: &'static str,
+    /// CamelCase reason, e.g. `Exposed`, `LabelRefused`, `Unexposed`.
+    pub reason: &'static str,
+    pub composition: String,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: String,
+    kind: String,
+    result: String,
+}
+
+/// Prometheus metrics; every method is cheap and never blocks.
+pub struct Metrics {
+    pub registry: Registry,
+    docker_events: Family<ActionLabels, Counter>,
+    reconciles: Family<OutcomeLabels, Counter>,
+    api_requests: Family<RequestLabels, Counter>,
+    apply_seconds: Histogram,
+    refused_labels: Family<ReasonLabels, Counter>,
+    docker_reconnects: Counter,
+    exposed_compositions: Gauge,
+    exposed_hosts: Gauge,
+    last_resync: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("compose_ingress");
+        let m = Metrics {
+            docker_events: Family::default(),
+            reconciles: Family::default(),
+            api_requests: Family::default(),
+            apply_seconds: Histogram::new([
+                0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            refused_labels: Family::default(),
+            docker_reconnects: Counter::default(),
+            exposed_compositions: Gauge::default(),
+            exposed_hosts: Gauge::default(),
+            last_resync: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "docker_events",
+            "Docker container events received, by action",
+            m.docker_events.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "Project reconciles, by outcome (changed, unchanged, error)",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Kubernetes API writes, by verb, kind and result",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "apply_duration_seconds",
+            "Latency of Kubernetes API writes",
+            m.apply_seconds.clone(),
+        );
+        registry.register(
+            "refused_labels",
+            "Label values refused, by reason",
+            m.refused_labels.clone(),
+        );
+        registry.register(
+            "docker_reconnects",
+            "Times the Docker event stream was lost",
+            m.docker_reconnects.clone(),
+        );
+        registry.register(
+            "exposed_compositions",
+            "Compositions of this pod currently exposed",
+            m.exposed_compositions.clone(),
+        );
+        registry.register(
+            "exposed_hosts",
+            "Hosts of this pod currently routed",
+            m.exposed_hosts.clone(),
+        );
+        registry.register(
+            "last_resync_timestamp_seconds",
+            "Unix time of the last successful full resync (time since = now - this)",
+            m.last_resync.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn docker_event_action(&self, action: &str) {
+        self.docker_events
+            .get_or_create(&ActionLabels {
+                action: action.to_string(),
+            })
+            .inc();
+    }
+    /// A hint reached the reconciler (its action was counted by the reader).
+    pub fn docker_event(&self) {}
+    pub fn docker_reconnect(&self) {
+        self.docker_reconnects.inc();
+    }
+    pub fn reconcile(&self, outcome: &str) {
+        self.reconciles
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+    pub fn refused(&self, reason: &str) {
+        self.refused_labels
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+    pub fn api_write(&self, verb: &str, kind: Kind) {
+        self.api_request(verb, kind, true, Duration::ZERO);
+    }
+    pub fn api_request(&self, verb: &str, kind: Kind, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                verb: verb.to_string(),
+                kind: kind.as_str().to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        if !took.is_zero() {
+            self.apply_seconds.observe(took.as_secs_f64());
+        }
+    }
+}
+
+/// Shared state of the running sidecar.
+#[derive(Default)]
+pub struct Status {
+    pub metrics: Metrics,
+    docker_connected: AtomicBool,
+    initial_sync_done: AtomicBool,
+    compositions: RwLock<BTreeMap<String, CompositionState>>,
+    events: Mutex<Option<UnboundedSender<PodEvent>>>,
+}
+
+impl Status {
+    pub fn set_event_sink(&self, sink: UnboundedSender<PodEvent>) {
+        if let Ok(mut guard) = self.events.lock() {
+            *guard = Some(sink);
+        }
+    }
+
+    fn post(&self, event: PodEvent) {
+        if let Ok(guard) = self.events.lock()
+            && let Some(sink) = guard.as_ref()
+        {
+            let _ = sink.send(event);
+        }
+    }
+
+    pub fn docker_connected(&self) -> bool {
+        self.docker_connected.load(Ordering::Relaxed)
+    }
+    pub fn set_docker_connected(&self, up: bool) {
+        self.docker_connected.store(up, Ordering::Relaxed);
+    }
+    /// Ready = the initial full sync completed and Docker is connected now.
+    pub fn ready(&self) -> bool {
+        self.initial_sync_done.load(Ordering::Relaxed) && self.docker_connected()
+    }
+    pub fn resync_done(&self) {
+        self.initial_sync_done.store(true, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.metrics.last_resync.set(now);
+    }
+
+    pub fn compositions(&self) -> BTreeMap<String, CompositionState> {
+        self.compositions
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    fn update_gauges(&self, map: &BTreeMap<String, CompositionState>) {
+        let exposed = map
+            .values()
+            .filter(|s| matches!(s, CompositionState::Exposed { .. }))
+            .count();
+        let hosts: usize = map
+            .values()
+            .map(|s| match s {
+                CompositionState::Exposed { urls, .. } => urls.len(),
+                CompositionState::PendingDeletion => 0,
+            })
+            .sum();
+        self.metrics.exposed_compositions.set(exposed as i64);
+        self.metrics.exposed_hosts.set(hosts as i64);
+    }
+
+    pub fn set_composition(&self, key: &str, state: CompositionState) {
+        if let Ok(mut map) = self.compositions.write() {
+            map.insert(key.to_string(), state);
+            self.update_gauges(&map);
+        }
+    }
+    pub fn remove_composition(&self, key: &str) {
+        if let Ok(mut map) = self.compositions.write() {
+            map.remove(key);
+            self.update_gauges(&map);
+        }
+    }
+
+    pub fn event_exposed(&self, composition: &str, urls: &[String]) {
+        self.post(PodEvent {
+            type_: "Normal",
+            reason: "Exposed",
+            composition: composition.to_string(),
+            note: format!("composition {composition} exposed at {}", urls.join(", ")),
+        });
+    }
+    pub fn event_refused(&self, composition: &str, r: &Refusal) {
+        self.post(PodEvent {
+            type_: "Warning",
+            reason: "LabelRefused",
+            composition: composition.to_string(),
+            note: format!(
+                "container {}: label {}={}: {}",
+                r.container, r.label, r.value, r.message
+            ),
+        });
+    }
+    pub fn event_deleted(&self, composition: &str, objects: usize) {
+        self.post(PodEvent {
+            type_: "Normal",
+            reason: "Unexposed",
+            composition: composition.to_string(),
+            note: format!("composition {composition} is gone: {objects} objects deleted"),
+        });
+    }
+}

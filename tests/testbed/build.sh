@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the test bed's Go components from their published modules with the machine's Go
+# toolchain, and caches the binaries under the user's cache directory keyed by the pinned
+# versions (go.mod + go.sum + Go version). A warm run finds them and builds nothing; a cold
+# run (fresh machine) builds everything, which takes minutes: progress is printed.
+#
+# usage: build.sh [kube|etcd|traefik|compose ...]   (default: kube etcd traefik)
+# prints nothing on stdout but "NAME=DIR" lines, one per component, DIR holding its binaries.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${COMPOSE_INGRESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/compose-ingress}
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false -trimpath"
+export CGO_ENABLED=0
+
+log() { echo "[testbed/build] $*" >&2; }
+
+command -v go >/dev/null || { log "no Go toolchain on PATH: install Go >= 1.26 (the machine's toolchain builds the control plane)"; exit 1; }
+
+# The packages to build per component (main packages inside each wrapper module).
+packages_of() {
+  case $1 in
+    kube) echo k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl ;;
+    etcd) echo go.etcd.io/etcd/server/v3 ;;
+    traefik) echo github.com/traefik/traefik/v3/cmd/traefik ;;
+    compose) echo github.com/docker/compose/v2/cmd ;;
+    *) log "unknown component '$1' (known: kube etcd traefik compose)"; exit 2 ;;
+  esac
+}
+
+build_one() {
+  local name=$1 dir="$here/go/$1"
+  local key
+  key=$(cat "$dir/go.mod" "$dir/go.sum" <(go env GOVERSION) | sha256sum | cut -c1-16)
+  local out="$cache/bin/$name-$key"
+  if [ -f "$out/.complete" ]; then
+    log "$name: cached in $out"
+  else
+    log "$name: building $(packages_of "$name") (cold build: several minutes on 2 cores)"
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    local start=$SECONDS
+    (cd "$dir" && go build -ldflags='-s -w' -o "$out.tmp/" $(packages_of "$name")) >&2
+    rm -rf "$out" && mv "$out.tmp" "$out" && touch "$out/.complete"
+    log "$name: built in $((SECONDS - start)) s -> $out"
+  fi
+  echo "$name=$out"
+}
+
+components=("$@")
+[ ${#components[@]} -gt 0 ] || components=(kube etcd traefik)
+for c in "${components[@]}"; do build_one "$c"; done

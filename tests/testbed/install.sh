@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test bed needs when they are missing (idempotent, quiet).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need=()
+for pair in dockerd:docker.io docker-compose:docker-compose busybox:busybox-static ip:iproute2 \
+            iptables:iptables curl:curl openssl:openssl nsenter:util-linux setsid:util-linux flock:util-linux; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+# The test image has no libc: its busybox must be the static one.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing packages ${need[*]}: run as root (the bed starts dockerd and network namespaces)"
+  log "installing Debian packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi

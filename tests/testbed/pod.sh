@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# A runner pod of the test bed, modelled as it is in production: a network namespace whose veth
+# end is the pod IP, its own dockerd inside it (like dind), and a Pod object bound to the bed's
+# Node, marked Running and Ready with that IP through the status subresource (no kubelet).
+#
+#   pod.sh create NAMESPACE POD   -> prints env lines (POD_NAME, POD_NAMESPACE, POD_UID, POD_IP,
+#                                     DOCKER_HOST, POD_DIR, NETNS) and saves them in POD_DIR/env
+#   pod.sh delete POD_DIR         -> stops that pod's dockerd and removes its network namespace
+#   pod.sh dockerd-stop POD_DIR | dockerd-start POD_DIR  -> for restart scenarios
+#   pod.sh delete-all             -> every runner pod of the bed (used by down.sh)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[ -f "$TESTBED_DIR/env" ] || die "the test bed is not up: run tests/testbed/up.sh first"
+PODS=$TESTBED_DIR/pods
+
+start_dockerd() {
+  local dir=$1 netns=$2 idx=$3
+  mkdir -p "$dir/data" "/run/cibed/$idx"
+  rm -f "$dir/docker.sock"
+  # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then fails.
+  setsid nsenter --net="/run/netns/$netns" dockerd --data-root "$dir/data" --exec-root "/run/cibed/$idx" \
+    --host "unix://$dir/docker.sock" --pidfile "$dir/dockerd.pid" \
+    --bip 198.19.0.1/24 --default-address-pool base=198.19.128.0/17,size=24 \
+    >>"$dir/dockerd.log" 2>&1 </dev/null &
+  local deadline=$((SECONDS + 60))
+  until DOCKER_HOST="unix://$dir/docker.sock" docker version >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { tail -n 25 "$dir/dockerd.log" >&2; die "dockerd of pod $dir did not come up within 60s (log: $dir/dockerd.log)"; }
+    sleep 0.2
+  done
+}
+
+stop_dockerd() {
+  local dir=$1
+  [ -f "$dir/dockerd.pid" ] || return 0
+  local pid; pid=$(cat "$dir/dockerd.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$dir/dockerd.pid"
+}
+
+create() {
+  local ns=$1 pod=$2 idx
+  mkdir -p "$PODS"
+  # Allocate the pod's index (its /24 in 198.18.0.0/16) under a lock: tests create pods in parallel.
+  idx=$(flock "$PODS/.lock" bash -c 'n=$(( $(cat "$0/.next" 2>/dev/null || echo 1) )); [ $n -le 230 ] || n=1; echo $((n+1)) > "$0/.next"; echo $n' "$PODS")
+  local dir=$PODS/$idx netns=cibed$idx host_if=cibh$idx pod_if=cibp$idx
+  local host_ip=198.18.$idx.1 pod_ip=198.18.$idx.2
+  [ ! -d "$dir" ] || delete "$dir" >/dev/null 2>&1 || true
+  mkdir -p "$dir"
+  ip netns del "$netns" 2>/dev/null || true
+  ip link del "$host_if" 2>/dev/null || true
+  ip netns add "$netns"
+  ip link add "$host_if" type veth peer name "$pod_if"
+  ip link set "$pod_if" netns "$netns"
+  ip addr add "$host_ip/24" dev "$host_if"
+  ip link set "$host_if" up
+  ip -n "$netns" addr add "$pod_ip/24" dev "$pod_if"
+  ip -n "$netns" link set "$pod_if" up
+  ip -n "$netns" link set lo up
+  ip -n "$netns" route add default via "$host_ip"
+  start_dockerd "$dir" "$netns" "$idx"
+  DOCKER_HOST="unix://$dir/docker.sock" docker import "$TESTBED_DIR/busybox-rootfs.tar" "$TEST_IMAGE" >/dev/null
+
+  kubectl_bed get namespace "$ns" >/dev/null 2>&1 || kubectl_bed create namespace "$ns" >/dev/null 2>&1 || true
+  kubectl_bed apply -f - >/dev/null <<POD
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $pod
+  namespace: $ns
+  labels: {app.kubernetes.io/name: runner, statefulset.kubernetes.io/pod-name: $pod}
+spec:
+  nodeName: $NODE_NAME
+  automountServiceAccountToken: false
+  containers:
+  - {name: dind, image: "docker:dind"}
+POD
+  local now; now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  kubectl_bed -n "$ns" patch pod "$pod" --subresource=status --type=merge -p "{\"status\":{\"phase\":\"Running\",
+    \"podIP\":\"$pod_ip\",\"podIPs\":[{\"ip\":\"$pod_ip\"}],\"startTime\":\"$now\",
+    \"conditions\":[{\"type\":\"PodScheduled\",\"status\":\"True\",\"lastTransitionTime\":\"$now\"},
+      {\"type\":\"Initialized\",\"status\":\"True\",\"lastTransitionTime\":\"$now\"},
+      {\"type\":\"ContainersReady\",\"status\":\"True\",\"lastTransitionTime\":\"$now\"},
+      {\"type\":\"Ready\",\"status\":\"True\",\"lastTransitionTime\":\"$now\"}]}}" >/dev/null
+  local uid; uid=$(kubectl_bed -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid}')
+  cat > "$dir/env" <<ENV
+POD_NAME=$pod
+POD_NAMESPACE=$ns
+POD_UID=$uid
+POD_IP=$pod_ip
+DOCKER_HOST=unix://$dir/docker.sock
+POD_DIR=$dir
+NETNS=$netns
+ENV
+  cat "$dir/env"
+}
+
+delete() {
+  local dir=$1 idx; idx=$(basename "$dir")
+  if [ -S "$dir/docker.sock" ] && [ -f "$dir/dockerd.pid" ]; then
+    local ids; ids=$(DOCKER_HOST="unix://$dir/docker.sock" timeout 20 docker ps -aq 2>/dev/null || true)
+    [ -z "$ids" ] || DOCKER_HOST="unix://$dir/docker.sock" timeout 60 docker rm -f $ids >/dev/null 2>&1 || true
+  fi
+  stop_dockerd "$dir"
+  ip link del "cibh$idx" 2>/dev/null || true
+  ip netns del "cibed$idx" 2>/dev/null || true
+  umount "/run/cibed/$idx"/* 2>/dev/null || true
+  rm -rf "/run/cibed/$idx" "$dir"
+}
+
+case ${1:-} in
+  create) [ $# -eq 3 ] || die "usage: pod.sh create NAMESPACE POD"; create "$2" "$3" ;;
+  delete) [ $# -eq 2 ] || die "usage: pod.sh delete POD_DIR"; delete "$2" ;;
+  dockerd-stop) stop_dockerd "$2" ;;
+  dockerd-start) source "$2/env"; start_dockerd "$2" "$NETNS" "$(basename "$2")" ;;
+  delete-all) for d in "$PODS"/*/; do [ -d "$d" ] && delete "${d%/}"; done; rm -f "$PODS/.next" ;;
+  *) die "usage: pod.sh create NAMESPACE POD | delete POD_DIR | dockerd-stop POD_DIR | dockerd-start POD_DIR | delete-all" ;;
+esac

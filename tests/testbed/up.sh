@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Starts the whole test bed (idempotent: attaches to a bed that is already up):
+#   etcd, kube-apiserver, kube-controller-manager (built from Go modules, cached),
+#   Gateway API CRDs, a Node object, Traefik (Ingress + Gateway API providers),
+#   and the busybox test image tarball that every runner pod's dockerd imports.
+# Runner pods (a network namespace + its own dockerd + a Pod object) come from pod.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[ "$(id -u)" = 0 ] || die "run as root: the bed starts dockerd inside network namespaces"
+mkdir -p "$TESTBED_DIR"
+exec 9>"$TESTBED_DIR/up.lock"
+flock 9   # two callers (CI script and a test run) never start two beds
+
+if [ -f "$TESTBED_DIR/env" ] && curl -fsk --max-time 2 "$APISERVER/readyz" -H "Authorization: Bearer $(cat "$PKI/admin.token" 2>/dev/null)" >/dev/null 2>&1 \
+   && curl -fs --max-time 2 "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping" >/dev/null 2>&1; then
+  log "already up ($TESTBED_DIR/env)"; exit 0
+fi
+# A half-started or stale bed (e.g. after a reboot): clear it before starting anew.
+"$here/down.sh" >/dev/null 2>&1 || true
+mkdir -p "$LOGS" "$PKI" "$TESTBED_DIR/bin"
+
+"$here/install.sh"
+log "building control plane, etcd and Traefik from Go modules (cached; a cold build takes ~20 min on 2 cores)"
+while IFS='=' read -r name dir; do
+  for b in "$dir"/*; do ln -sf "$b" "$TESTBED_DIR/bin/$(basename "$b")"; done
+done < <("$here/build.sh" kube etcd traefik)
+# `go build` names etcd's main package (module .../server/v3) after its directory.
+[ -e "$TESTBED_DIR/bin/etcd" ] || ln -sf "$(readlink -f "$TESTBED_DIR/bin/server")" "$TESTBED_DIR/bin/etcd"
+BIN=$TESTBED_DIR/bin
+
+# --- PKI: a CA, the apiserver's serving cert, service-account keys, an admin token ----------
+if [ ! -f "$PKI/ca.crt" ]; then
+  log "generating CA, serving certificate and service-account keys in $PKI"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=compose-ingress-testbed-ca" \
+    -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$PKI/apiserver.key" \
+    -out "$PKI/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' > "$PKI/apiserver.ext"
+  openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$PKI/apiserver.ext" -out "$PKI/apiserver.crt" 2>/dev/null
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$PKI/admin.token"
+  echo "$(cat "$PKI/admin.token"),testbed-admin,testbed-admin,system:masters" > "$PKI/tokens.csv"
+fi
+ADMIN_TOKEN=$(cat "$PKI/admin.token")
+
+# --- etcd ----------------------------------------------------------------------------------
+log "starting etcd on 127.0.0.1:$ETCD_PORT"
+start_daemon etcd "$BIN/etcd" --name testbed --data-dir "$TESTBED_DIR/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "testbed=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --quota-backend-bytes 4294967296
+wait_for etcd 60 curl -fs "http://127.0.0.1:$ETCD_PORT/health"
+
+# --- kube-apiserver ------------------------------------------------------------------------
+log "starting kube-apiserver on $APISERVER"
+start_daemon kube-apiserver "$BIN/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+  --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+  --client-ca-file "$PKI/ca.crt" --token-auth-file "$PKI/tokens.csv" \
+  --authorization-mode Node,RBAC \
+  --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$PKI/sa.pub" \
+  --service-account-signing-key-file "$PKI/sa.key" --service-account-max-token-expiration 48h \
+  --service-cluster-ip-range 198.18.240.0/20 --endpoint-reconciler-type none \
+  --allow-privileged=true --cert-dir "$PKI" --profiling=false \
+  --audit-log-path "$LOGS/audit.log" --audit-policy-file "$here/audit-policy.yaml" --audit-log-maxsize 200
+wait_for kube-apiserver 120 curl -fsk "$APISERVER/readyz" -H "Authorization: Bearer $ADMIN_TOKEN"
+
+# --- kubeconfig for tests and people --------------------------------------------------------
+cat > "$KUBECONFIG_FILE" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: $APISERVER
+    certificate-authority: $PKI/ca.crt
+users:
+- name: testbed-admin
+  user:
+    token: $ADMIN_TOKEN
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: testbed-admin}
+current-context: testbed
+KC
+
+# --- kube-controller-manager: only what the bed needs (GC, EndpointSlices, SAs, namespaces) --
+log "starting kube-controller-manager (garbagecollector, endpointslice, serviceaccount, namespace)"
+start_daemon kube-controller-manager "$BIN/kube-controller-manager" \
+  --kubeconfig "$KUBECONFIG_FILE" --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
+  --controllers garbagecollector,endpointslice,serviceaccount,namespace \
+  --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
+  --concurrent-service-endpoint-syncs 10 --concurrent-gc-syncs 20
+wait_for kube-controller-manager 60 curl -fsk "https://127.0.0.1:$KCM_PORT/healthz"
+
+# --- cluster objects the bed provides: Gateway API CRDs, classes, a Gateway, the Node -------
+crd_dir=$(cd "$here/go/traefik" && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+[ -d "$crd_dir/config/crd/standard" ] || die "Gateway API CRDs not found in module sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION"
+kubectl_bed apply --server-side -f "$crd_dir/config/crd/standard/" >/dev/null
+kubectl_bed wait --for condition=Established --timeout 60s crd/httproutes.gateway.networking.k8s.io crd/gateways.gateway.networking.k8s.io >/dev/null
+sed -e "s/@NODE_NAME@/$NODE_NAME/" -e "s/@TRAEFIK_WEB_PORT@/$TRAEFIK_WEB_PORT/" "$here/cluster-objects.yaml" \
+  | kubectl_bed apply --server-side -f - >/dev/null
+
+# --- Traefik: Kubernetes Ingress + Gateway API providers, on loopback -----------------------
+log "starting Traefik on 127.0.0.1:$TRAEFIK_WEB_PORT (web) and :$TRAEFIK_ADMIN_PORT (ping/API)"
+k8s_flags=()
+for p in kubernetesingress kubernetesgateway; do
+  k8s_flags+=(--providers.$p=true --providers.$p.endpoint="$APISERVER" --providers.$p.token="$ADMIN_TOKEN"
+              --providers.$p.certauthfilepath="$PKI/ca.crt")
+done
+start_daemon traefik "$BIN/traefik" \
+  --entrypoints.web.address="127.0.0.1:$TRAEFIK_WEB_PORT" --entrypoints.traefik.address="127.0.0.1:$TRAEFIK_ADMIN_PORT" \
+  --ping=true --api=true --api.insecure=true --api.dashboard=false --log.level=INFO --global.checknewversion=false --global.sendanonymoususage=false \
+  --providers.providersthrottleduration=100ms "${k8s_flags[@]}"
+wait_for traefik 60 curl -fs "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping"
+
+# --- the test image: Debian's static busybox in an otherwise empty root fs -------------------
+if [ ! -f "$TESTBED_DIR/busybox-rootfs.tar" ]; then
+  rootfs=$TESTBED_DIR/busybox-rootfs
+  rm -rf "$rootfs" && mkdir -p "$rootfs/bin" "$rootfs/www" "$rootfs/tmp" "$rootfs/etc"
+  cp /bin/busybox "$rootfs/bin/busybox"
+  for applet in $(/bin/busybox --list); do [ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"; done
+  echo "root:x:0:0:root:/:/bin/sh" > "$rootfs/etc/passwd"
+  echo "compose-ingress test image" > "$rootfs/www/index.html"
+  tar -C "$rootfs" -cf "$TESTBED_DIR/busybox-rootfs.tar" .
+fi
+
+cat > "$TESTBED_DIR/env" <<ENV
+TESTBED_DIR=$TESTBED_DIR
+KUBECONFIG=$KUBECONFIG_FILE
+APISERVER=$APISERVER
+ADMIN_TOKEN=$ADMIN_TOKEN
+CA_CRT=$PKI/ca.crt
+TRAEFIK_WEB=http://127.0.0.1:$TRAEFIK_WEB_PORT
+TRAEFIK_ADMIN=http://127.0.0.1:$TRAEFIK_ADMIN_PORT
+TEST_IMAGE=$TEST_IMAGE
+NODE_NAME=$NODE_NAME
+GATEWAY_NAMESPACE=testbed-gateway
+GATEWAY_NAME=testbed
+BIN=$BIN
+ENV
+log "up: kubectl --kubeconfig $KUBECONFIG_FILE get ns; logs in $LOGS"
