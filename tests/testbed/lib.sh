@@ -38,7 +38,8 @@ wait_for() {
 start_daemon() {
   local name=$1; shift
   mkdir -p "$LOGS"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
+  # fd 9 is up.sh's lock: a daemon must not inherit it (it would hold the lock forever).
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! > "$TESTBED_DIR/$name.pid"
 }
 
