@@ -6,3 +6,5 @@
 mod support;
 
 mod smoke;
+mod scenarios;
+mod sidecar;
