@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod config;
 pub mod docker;
+pub mod events;
 pub mod labels;
 pub mod model;
 pub mod naming;

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use compose_ingress::cluster::Cluster;
 use compose_ingress::config::{Args, CleanupOnExit, Config, DryRun};
 use compose_ingress::docker::DockerClient;
+use compose_ingress::events;
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
 use compose_ingress::telemetry;
@@ -45,7 +46,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("cannot configure a Kubernetes client: run in a pod with a ServiceAccount, or set KUBECONFIG")?;
     let settings = config.settings.clone();
     let cluster = Cluster::new(
-        client,
+        client.clone(),
         &settings.namespace,
         &settings.pod_name,
         config.dry_run,
@@ -53,12 +54,44 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
 
+    // The HTTP endpoints come first: /healthz answers while start-up waits for the apiserver.
+    let status = Arc::new(Status::default());
+    let listener = telemetry::bind(config.listen).await?;
+    let server = tokio::spawn(telemetry::serve(
+        listener,
+        status.clone(),
+        telemetry::ServerInfo {
+            namespace: settings.namespace.clone(),
+            pod: settings.pod_name.clone(),
+            heartbeat_stale: HEARTBEAT_STALE,
+        },
+        cancel.clone(),
+    ));
+
     let Some(uid) = pod_uid(&config, &cluster, &cancel).await else {
         info!("stopped before start-up completed");
+        let _ = server.await;
         return Ok(());
     };
-    let owner = config.owner(uid);
-    let status = Arc::new(Status::default());
+    let owner = config.owner(uid.clone());
+    let poster = if config.dry_run == DryRun::None {
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        status.set_event_sink(events_tx);
+        Some(tokio::spawn(events::run(
+            client,
+            events::RegardingPod {
+                namespace: settings.namespace.clone(),
+                name: settings.pod_name.clone(),
+                uid,
+            },
+            status.clone(),
+            events::Limits::default(),
+            events_rx,
+            cancel.clone(),
+        )))
+    } else {
+        None
+    };
     let docker = DockerClient::new(&config.docker_host, settings.expose_plain_containers)?;
     info!(
         namespace = %settings.namespace, pod = %settings.pod_name, domain = %settings.domain,
@@ -69,9 +102,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let (hints_tx, hints_rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = {
         let status = status.clone();
-        tokio::spawn(docker.clone().watch(
-            hints_tx,
-            move |action| status.metrics.docker_event_action(action),
+        let metrics = status.clone();
+        tokio::spawn(report_end(
+            "docker-watcher",
+            docker.clone().watch(
+                hints_tx,
+                move |action| metrics.metrics.docker_event_action(action),
+                cancel.clone(),
+            ),
+            status,
             cancel.clone(),
         ))
     };
@@ -83,15 +122,46 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.timings,
         status.clone(),
     );
-    let reconciling = tokio::spawn(reconciler.run(hints_rx, cancel.clone()));
+    let reconciling = tokio::spawn(report_end(
+        "reconciler",
+        reconciler.run(hints_rx, cancel.clone()),
+        status.clone(),
+        cancel.clone(),
+    ));
 
     cancel.cancelled().await;
     info!("shutting down: stopped watching Docker");
     let _ = reconciling.await;
     let _ = watcher.await;
     cleanup_on_exit(&config, &cluster).await;
+    if let Some(poster) = poster {
+        let _ = poster.await;
+    }
+    let _ = server.await;
     info!("bye");
     Ok(())
+}
+
+/// `/healthz` fails when the reconciler loop has not turned for this long (it turns every
+/// few seconds when idle; a full resync against a slow apiserver may hold it for a while).
+const HEARTBEAT_STALE: Duration = Duration::from_secs(180);
+
+/// Runs a long-lived task; if it ends before shutdown, `/healthz` reports it (and the kubelet
+/// restarts the sidecar).
+async fn report_end(
+    name: &'static str,
+    task: impl std::future::Future<Output = ()>,
+    status: Arc<Status>,
+    cancel: CancellationToken,
+) {
+    task.await;
+    if !cancel.is_cancelled() {
+        error!(
+            task = name,
+            "a long-running task ended unexpectedly; /healthz now fails"
+        );
+        status.loop_stopped(name);
+    }
 }
 
 async fn cancel_on_signal(cancel: CancellationToken) {

@@ -18,7 +18,7 @@ use crate::docker::{DockerClient, Hint, ProjectKey};
 use crate::model::{DesiredComposition, ObservedProject, OwnerPod, PlanSettings, RouteApi};
 use crate::plan::plan;
 use crate::render;
-use crate::status::{CompositionState, Status};
+use crate::status::{CompositionState, RefusedReason, Status};
 
 /// What happened to one project in one pass (for tests of the queue logic and for metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub struct Reconciler {
     resync_due: Option<Instant>,
     resync_backoff: Option<ExponentialBackoff>,
 }
+
+/// The idle reconciler loop still turns this often (its heartbeat for `/healthz`).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 fn retry_backoff() -> ExponentialBackoff {
     ExponentialBuilder::default()
@@ -91,11 +94,14 @@ impl Reconciler {
     /// Runs until cancelled or until the hint channel closes.
     pub async fn run(mut self, mut hints: UnboundedReceiver<Hint>, cancel: CancellationToken) {
         loop {
+            self.status.heartbeat();
             let next_due = self.queue.values().min().copied();
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                // Turn at least this often, so that /healthz sees the loop alive when idle.
+                _ = tokio::time::sleep(HEARTBEAT) => {}
                 hint = hints.recv() => match hint {
                     Some(h) => self.on_hint(h),
                     None => break,
@@ -315,7 +321,17 @@ impl Reconciler {
                     .grace_until = None;
                 self.apply(key, &d).await
             }
-            None => self.stop_exposing(key).await,
+            None => {
+                let outcome = self.stop_exposing(key).await?;
+                if matches!(outcome, Outcome::Nothing | Outcome::Deleted) {
+                    let reasons = refused_reasons(&plan.refusals, self.projects.get(key));
+                    if !reasons.is_empty() {
+                        self.status
+                            .set_composition(key, CompositionState::Refused { reasons });
+                    }
+                }
+                Ok(outcome)
+            }
         }
     }
 
@@ -366,6 +382,7 @@ impl Reconciler {
                             "host refused: it is already claimed by pod {holder_pod} (composition {holder_project}); choose another compose-ingress.host"
                         );
                         self.status.metrics.refused("host-taken");
+                        self.status.event_host_taken(key, &host, &holder_pod);
                     }
                     messages.insert(line);
                     refused.insert(host);
@@ -527,6 +544,34 @@ fn owned_record(
         spec_hash: obj.spec_hash().map(str::to_string),
         host,
     }
+}
+
+/// Why nothing of a composition is exposed: the plan's label refusals, and the hosts that other
+/// pods hold (recorded as `host|<host>|<holder pod>|<holder composition>` lines).
+fn refused_reasons(
+    refusals: &[crate::model::Refusal],
+    state: Option<&ProjectState>,
+) -> Vec<RefusedReason> {
+    let mut reasons: Vec<RefusedReason> = refusals.iter().map(RefusedReason::from).collect();
+    for line in state.into_iter().flat_map(|s| s.refusals.iter()) {
+        let mut parts = line.splitn(4, '|');
+        if let (Some("host"), Some(host), Some(pod), Some(project)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            reasons.push(RefusedReason {
+                reason: "host-taken".to_string(),
+                message: format!(
+                    "host {host} is already claimed by pod {pod} (composition {project}); choose another compose-ingress.host"
+                ),
+                container: None,
+                service: None,
+                label: None,
+                value: None,
+                host: Some(host.to_string()),
+            });
+        }
+    }
+    reasons
 }
 
 /// The URLs users get: https when the operator configured a TLS secret.

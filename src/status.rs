@@ -29,6 +29,43 @@ pub enum CompositionState {
         backends: Vec<Backend>,
     },
     PendingDeletion,
+    /// Nothing of the composition is exposed because every candidate was refused.
+    Refused {
+        reasons: Vec<RefusedReason>,
+    },
+}
+
+/// Why a service (or a host) of a composition was not exposed, as `/exposures` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedReason {
+    /// Stable machine-readable reason (the `reason` label of the refused-labels metric).
+    pub reason: String,
+    /// What was wrong and what to do.
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl From<&Refusal> for RefusedReason {
+    fn from(r: &Refusal) -> Self {
+        RefusedReason {
+            reason: r.reason.to_string(),
+            message: r.message.clone(),
+            container: Some(r.container.clone()),
+            service: Some(r.service.clone()),
+            label: Some(r.label.clone()),
+            value: Some(r.value.clone()),
+            host: None,
+        }
+    }
 }
 
 fn serialize_backends<S: serde::Serializer>(backends: &[Backend], s: S) -> Result<S::Ok, S::Error> {
@@ -73,6 +110,11 @@ struct ReasonLabels {
     reason: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    reason: String,
+    result: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     verb: String,
     kind: String,
@@ -91,6 +133,8 @@ pub struct Metrics {
     exposed_compositions: Gauge,
     exposed_hosts: Gauge,
     last_resync: Gauge<i64, AtomicI64>,
+    ready: Gauge,
+    kube_events: Family<EventLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -108,6 +152,8 @@ impl Default for Metrics {
             exposed_compositions: Gauge::default(),
             exposed_hosts: Gauge::default(),
             last_resync: Gauge::default(),
+            ready: Gauge::default(),
+            kube_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -155,6 +201,16 @@ impl Default for Metrics {
             "Unix time of the last successful full resync (time since = now - this)",
             m.last_resync.clone(),
         );
+        registry.register(
+            "ready",
+            "1 when the initial sync is done and Docker is connected (what /readyz answers)",
+            m.ready.clone(),
+        );
+        registry.register(
+            "kube_events",
+            "Kubernetes Events on the pod, by reason and result (posted, rate-limited, error)",
+            m.kube_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -186,6 +242,15 @@ impl Metrics {
             })
             .inc();
     }
+    /// A Kubernetes Event was posted, dropped by the rate limiter, or failed.
+    pub fn kube_event(&self, reason: &str, result: &str) {
+        self.kube_events
+            .get_or_create(&EventLabels {
+                reason: reason.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
     pub fn api_write(&self, verb: &str, kind: Kind) {
         self.api_request(verb, kind, true, Duration::ZERO);
     }
@@ -210,6 +275,10 @@ pub struct Status {
     pub metrics: Metrics,
     docker_connected: AtomicBool,
     initial_sync_done: AtomicBool,
+    /// Unix milliseconds of the reconciler loop's last turn (see [`Status::heartbeat`]).
+    heartbeat_ms: AtomicI64,
+    /// The first long-running task that ended before shutdown, if any.
+    stopped_loop: Mutex<Option<&'static str>>,
     compositions: RwLock<BTreeMap<String, CompositionState>>,
     events: Mutex<Option<UnboundedSender<PodEvent>>>,
 }
@@ -229,11 +298,53 @@ impl Status {
         }
     }
 
+    /// The reconciler loop calls this on every turn (and at least every few seconds when idle).
+    pub fn heartbeat(&self) {
+        self.heartbeat_ms.store(unix_millis(), Ordering::Relaxed);
+    }
+    /// A long-running task (`reconciler`, `docker-watcher`, ...) ended while the process runs on.
+    pub fn loop_stopped(&self, name: &'static str) {
+        if let Ok(mut guard) = self.stopped_loop.lock() {
+            guard.get_or_insert(name);
+        }
+    }
+    /// Liveness: `Err(reason)` when a loop ended or the reconciler has not turned for `stale`.
+    pub fn alive(&self, stale: Duration) -> Result<(), String> {
+        if let Ok(guard) = self.stopped_loop.lock()
+            && let Some(name) = *guard
+        {
+            return Err(format!("the {name} loop has stopped"));
+        }
+        let last = self.heartbeat_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return Ok(()); // starting up: the reconciler has not started yet
+        }
+        let age = unix_millis().saturating_sub(last);
+        if age > stale.as_millis() as i64 {
+            return Err(format!(
+                "the reconciler loop has not turned for {} s",
+                age / 1000
+            ));
+        }
+        Ok(())
+    }
+    /// Readiness with its reason: `Err` names what is missing.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.initial_sync_done.load(Ordering::Relaxed) {
+            Err("the initial full sync has not completed yet")
+        } else if !self.docker_connected() {
+            Err("Docker is not connected")
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn docker_connected(&self) -> bool {
         self.docker_connected.load(Ordering::Relaxed)
     }
     pub fn set_docker_connected(&self, up: bool) {
         self.docker_connected.store(up, Ordering::Relaxed);
+        self.metrics.ready.set(i64::from(self.ready()));
     }
     /// Ready = the initial full sync completed and Docker is connected now.
     pub fn ready(&self) -> bool {
@@ -241,11 +352,8 @@ impl Status {
     }
     pub fn resync_done(&self) {
         self.initial_sync_done.store(true, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.metrics.last_resync.set(now);
+        self.metrics.last_resync.set(unix_millis() / 1000);
+        self.metrics.ready.set(i64::from(self.ready()));
     }
 
     pub fn compositions(&self) -> BTreeMap<String, CompositionState> {
@@ -264,7 +372,7 @@ impl Status {
             .values()
             .map(|s| match s {
                 CompositionState::Exposed { urls, .. } => urls.len(),
-                CompositionState::PendingDeletion => 0,
+                CompositionState::PendingDeletion | CompositionState::Refused { .. } => 0,
             })
             .sum();
         self.metrics.exposed_compositions.set(exposed as i64);
@@ -303,6 +411,16 @@ impl Status {
             ),
         });
     }
+    pub fn event_host_taken(&self, composition: &str, host: &str, holder_pod: &str) {
+        self.post(PodEvent {
+            type_: "Warning",
+            reason: "HostRefused",
+            composition: composition.to_string(),
+            note: format!(
+                "composition {composition}: host {host} is already claimed by pod {holder_pod}; choose another compose-ingress.host"
+            ),
+        });
+    }
     pub fn event_deleted(&self, composition: &str, objects: usize) {
         self.post(PodEvent {
             type_: "Normal",
@@ -311,4 +429,11 @@ impl Status {
             note: format!("composition {composition} is gone: {objects} objects deleted"),
         });
     }
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -1,4 +1,5 @@
-//! Logging set-up (structured, JSON by default in the container) and the HTTP endpoints.
+//! Logging set-up (structured, JSON by default in the container) and the HTTP endpoints
+//! (`/metrics`, `/healthz`, `/readyz`, `/exposures`).
 
 use tracing_subscriber::EnvFilter;
 
@@ -18,5 +19,328 @@ pub fn init_logging(format: LogFormat) {
             .with_span_list(false)
             .init(),
         LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP endpoints: /metrics, /healthz, /readyz, /exposures (GET or HEAD; anything else is refused
+// with a proper status). Hyper directly, with small limits: this server must survive any input.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::status::{CompositionState, Status};
+
+/// Request line + headers larger than this get `431 Request Header Fields Too Large`.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// More headers than this get `431` too.
+pub const MAX_HEADERS: usize = 64;
+/// Connections served at once; more are closed right after accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer than this (scrapes and probes take milliseconds).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error(
+        "cannot listen on {addr} for /metrics, /healthz, /readyz and /exposures: {source} (check --listen)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Who this sidecar is, for `/exposures`.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub namespace: String,
+    pub pod: String,
+    /// `/healthz` fails when the reconciler loop has not turned for this long.
+    pub heartbeat_stale: Duration,
+}
+
+/// Binds the listener (at start-up, so that a taken port fails fast with one clear line).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TelemetryError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind { addr, source })
+}
+
+/// Serves the endpoints until cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    status: Arc<Status>,
+    info: ServerInfo,
+    cancel: CancellationToken,
+) {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(listen = %addr, "serving /metrics, /healthz, /readyz and /exposures");
+    let info = Arc::new(info);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // e.g. out of file descriptors: back off a little, never exit.
+                    warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "too many HTTP connections; closing this one");
+            drop(stream);
+            continue;
+        };
+        let status = status.clone();
+        let info = info.clone();
+        let cancel = cancel.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let response = respond(&req, &status, &info);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(Duration::from_secs(2), conn.as_mut()).await.unwrap_or(Ok(()))
+                }
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => Ok(()),
+            };
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+const ENDPOINTS: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/exposures"];
+
+/// The response to one request (pure apart from reading `status`).
+pub fn respond<B>(req: &Request<B>, status: &Status, info: &ServerInfo) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !ENDPOINTS.contains(&path) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("not found: {path}; try {}\n", ENDPOINTS.join(", ")),
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} not allowed on {path}: use GET\n", req.method()),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/metrics" => metrics(status),
+        "/healthz" => match status.alive(info.heartbeat_stale) {
+            Ok(()) => text(StatusCode::OK, "ok\n".to_string()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {why}\n"),
+            ),
+        },
+        "/readyz" => match status.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n".to_string()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => exposures(status, info),
+    }
+}
+
+fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    with_type(code, body.into_bytes(), "text/plain; charset=utf-8")
+}
+
+fn with_type(code: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn metrics(status: &Status) -> Response<Full<Bytes>> {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &status.metrics.registry) {
+        Ok(()) => with_type(
+            StatusCode::OK,
+            body.into_bytes(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}\n"),
+        ),
+    }
+}
+
+/// The `/exposures` document.
+#[derive(Debug, Serialize)]
+pub struct Exposures<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub ready: bool,
+    pub compositions: Vec<CompositionView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompositionView {
+    pub name: String,
+    #[serde(flatten)]
+    pub state: CompositionState,
+}
+
+/// Builds the `/exposures` document (compositions sorted by name).
+pub fn exposures_doc<'a>(status: &Status, info: &'a ServerInfo) -> Exposures<'a> {
+    Exposures {
+        namespace: &info.namespace,
+        pod: &info.pod,
+        ready: status.ready(),
+        compositions: status
+            .compositions()
+            .into_iter()
+            .map(|(name, state)| CompositionView { name, state })
+            .collect(),
+    }
+}
+
+fn exposures(status: &Status, info: &ServerInfo) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(&exposures_doc(status, info)) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            with_type(StatusCode::OK, body, "application/json")
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode exposures: {e}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Backend;
+
+    fn info() -> ServerInfo {
+        ServerInfo {
+            namespace: "ci".into(),
+            pod: "runner-3".into(),
+            heartbeat_stale: Duration::from_secs(180),
+        }
+    }
+
+    fn get(method: Method, path: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn unknown_paths_and_methods_are_refused() {
+        let status = Status::default();
+        let r = respond(&get(Method::GET, "/nope"), &status, &info());
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = respond(&get(Method::POST, "/metrics"), &status, &info());
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+        let r = respond(&get(Method::HEAD, "/healthz?x=1"), &status, &info());
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn readyz_follows_sync_and_docker() {
+        let status = Status::default();
+        let code = |s: &Status| respond(&get(Method::GET, "/readyz"), s, &info()).status();
+        assert_eq!(code(&status), StatusCode::SERVICE_UNAVAILABLE);
+        status.set_docker_connected(true);
+        assert_eq!(code(&status), StatusCode::SERVICE_UNAVAILABLE);
+        status.resync_done();
+        assert_eq!(code(&status), StatusCode::OK);
+        status.set_docker_connected(false);
+        assert_eq!(code(&status), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn healthz_fails_when_a_loop_stopped() {
+        let status = Status::default();
+        status.heartbeat();
+        let code = |s: &Status| respond(&get(Method::GET, "/healthz"), s, &info()).status();
+        assert_eq!(code(&status), StatusCode::OK);
+        status.loop_stopped("reconciler");
+        assert_eq!(code(&status), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn exposures_document_shape() {
+        let status = Status::default();
+        status.set_composition(
+            "demo",
+            CompositionState::Exposed {
+                urls: vec!["http://web-80-demo-runner-3.example.com/".into()],
+                backends: vec![Backend {
+                    service: "web".into(),
+                    container_port: 80,
+                    host_port: 32768,
+                    port_name: "web-80".into(),
+                    service_port: 8080,
+                    host: "web-80-demo-runner-3.example.com".into(),
+                    path: "/".into(),
+                    chosen_host: false,
+                }],
+            },
+        );
+        status.set_composition("old", CompositionState::PendingDeletion);
+        let doc = serde_json::to_value(exposures_doc(&status, &info())).expect("json");
+        assert_eq!(doc["pod"], "runner-3");
+        assert_eq!(doc["compositions"][0]["name"], "demo");
+        assert_eq!(doc["compositions"][0]["state"], "exposed");
+        assert_eq!(doc["compositions"][0]["backends"][0]["host_port"], 32768);
+        assert_eq!(doc["compositions"][1]["state"], "pending-deletion");
     }
 }
