@@ -16,7 +16,7 @@ use crate::naming;
 ///
 /// Every flag also reads an environment variable (shown as [env: ...]).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "compose-ingress", version, about, long_about = None)]
+#[command(name = "compose-ingress", version, about, long_about = None, args_override_self = true)]
 pub struct Args {
     /// Domain every host lives under, e.g. composition.example.com (wildcard DNS points here).
     #[arg(long, env = "COMPOSE_INGRESS_DOMAIN")]

@@ -28,7 +28,25 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Err(e) => e.exit(),
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, whatever clap's multi-line rendering is, so that logs stay greppable.
+            let text = e.render().to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("For more information")
+                        && !l.starts_with("Usage:")
+                })
+                .collect();
+            eprintln!(
+                "compose-ingress: invalid configuration: {} (see --help)",
+                line.join(" ").trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
     };
     telemetry::init_logging(config.log_format);
     match run(config).await {

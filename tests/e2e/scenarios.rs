@@ -8,14 +8,23 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
-use crate::sidecar::{DOMAIN, Sidecar, ingress_hosts, ingresses_of, services_of, target_ports, wait_exposed, wait_gone};
+use crate::sidecar::{
+    DOMAIN, Sidecar, ingress_hosts, ingresses_of, services_of, target_ports, wait_exposed,
+    wait_gone,
+};
 use crate::support::{CONVERGE, RunnerPod, bed, eventually, http_get, unique_namespace};
 
 /// A compose service running busybox httpd on `container_port`, serving `page`, published as
 /// `publish` (e.g. `"5000"` for a random host port, `"18081:5000"` for a fixed one).
-pub fn web(name: &str, page: &str, container_port: u16, publish: &str, labels: &[(&str, &str)]) -> String {
+pub fn web(
+    name: &str,
+    page: &str,
+    container_port: u16,
+    publish: &str,
+    labels: &[(&str, &str)],
+) -> String {
     let mut s = format!(
-        "  {name}:\n    image: compose-ingress-test/busybox:1\n    command: [\"sh\", \"-c\", \"echo {page} > /www/index.html && exec httpd -f -p {container_port} -h /www\"]\n"
+        "  {name}:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    command: [\"sh\", \"-c\", \"echo {page} > /www/index.html && exec httpd -f -p {container_port} -h /www\"]\n"
     );
     if !publish.is_empty() {
         s.push_str(&format!("    ports: [\"{publish}\"]\n"));
@@ -23,7 +32,11 @@ pub fn web(name: &str, page: &str, container_port: u16, publish: &str, labels: &
     if !labels.is_empty() {
         s.push_str("    labels:\n");
         for (k, v) in labels {
-            s.push_str(&format!("      {k}: {v:?}\n"));
+            // JSON strings are valid YAML double-quoted scalars, escapes included.
+            s.push_str(&format!(
+                "      {k}: {}\n",
+                serde_json::Value::String(v.to_string())
+            ));
         }
     }
     s
@@ -63,7 +76,10 @@ async fn opted_in_service_gets_service_and_ingress_and_is_routable() {
     let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
     pod.compose(
         "demochat",
-        &compose_file(&[web("web", "demochat-web-page", 5000, "5000", &[ENABLE]), web("db", "not-exposed", 6000, "6000", &[])]),
+        &compose_file(&[
+            web("web", "demochat-web-page", 5000, "5000", &[ENABLE]),
+            web("db", "not-exposed", 6000, "6000", &[]),
+        ]),
         &["up", "-d"],
     );
     let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "demochat").await;
@@ -71,10 +87,23 @@ async fn opted_in_service_gets_service_and_ingress_and_is_routable() {
     let expected_host = host_of("web", 5000, "demochat", "runner-0");
     assert_eq!(ingress_hosts(&ingress), vec![expected_host.clone()]);
     let ports = target_ports(&service);
-    assert_eq!(ports.len(), 1, "only the opted-in service is exposed: {ports:?}");
-    assert_eq!(ports[0].1, host_port as i32, "targetPort is the published host port");
+    assert_eq!(
+        ports.len(),
+        1,
+        "only the opted-in service is exposed: {ports:?}"
+    );
+    assert_eq!(
+        ports[0].1, host_port as i32,
+        "targetPort is the published host port"
+    );
     let spec = service.spec.clone().expect("spec");
-    assert_eq!(spec.selector.expect("selector").get("statefulset.kubernetes.io/pod-name").map(String::as_str), Some("runner-0"));
+    assert_eq!(
+        spec.selector
+            .expect("selector")
+            .get("statefulset.kubernetes.io/pod-name")
+            .map(String::as_str),
+        Some("runner-0")
+    );
     for meta in [&service.metadata, &ingress.metadata] {
         let labels = meta.labels.clone().expect("labels");
         assert_eq!(labels["app.kubernetes.io/managed-by"], "compose-ingress");
@@ -82,33 +111,88 @@ async fn opted_in_service_gets_service_and_ingress_and_is_routable() {
         assert_eq!(labels["compose-ingress/project"], "demochat");
         let owners = meta.owner_references.clone().expect("ownerReferences");
         assert_eq!(owners.len(), 1);
-        assert_eq!((owners[0].kind.as_str(), owners[0].name.as_str(), owners[0].uid.as_str()), ("Pod", "runner-0", pod.uid.as_str()));
+        assert_eq!(
+            (
+                owners[0].kind.as_str(),
+                owners[0].name.as_str(),
+                owners[0].uid.as_str()
+            ),
+            ("Pod", "runner-0", pod.uid.as_str())
+        );
     }
     let ispec = ingress.spec.clone().expect("ingress spec");
     assert_eq!(ispec.ingress_class_name.as_deref(), Some("traefik"));
-    let path = ispec.rules.expect("rules")[0].http.clone().expect("http").paths[0].clone();
+    let path = ispec.rules.expect("rules")[0]
+        .http
+        .clone()
+        .expect("http")
+        .paths[0]
+        .clone();
     assert_eq!(path.path_type, "Prefix");
     assert_eq!(path.path.as_deref(), Some("/"));
-    let backend_port = path.backend.service.expect("service backend").port.expect("port");
-    assert_eq!(backend_port.name.as_deref(), Some(ports[0].0.as_str()), "Ingress points at the Service port by name");
-    assert_eq!(through_ingress(&expected_host).await.trim(), "demochat-web-page");
+    let backend_port = path
+        .backend
+        .service
+        .expect("service backend")
+        .port
+        .expect("port");
+    assert_eq!(
+        backend_port.name.as_deref(),
+        Some(ports[0].0.as_str()),
+        "Ingress points at the Service port by name"
+    );
+    assert_eq!(
+        through_ingress(&expected_host).await.trim(),
+        "demochat-web-page"
+    );
 }
 
 #[tokio::test]
 async fn gateway_mode_creates_an_httproute_that_routes() {
     let (ns, pod, admin) = setup("gateway").await;
-    let gateway = format!("{}/{}", bed().get("GATEWAY_NAMESPACE"), bed().get("GATEWAY_NAME"));
-    let _sidecar = Sidecar::start(bed(), &pod, &["--route-api", "gateway", "--gateway", &gateway]).await;
-    pod.compose("gwdemo", &compose_file(&[web("web", "gateway-page", 8080, "8080", &[ENABLE])]), &["up", "-d"]);
+    let gateway = format!(
+        "{}/{}",
+        bed().get("GATEWAY_NAMESPACE"),
+        bed().get("GATEWAY_NAME")
+    );
+    let _sidecar = Sidecar::start(
+        bed(),
+        &pod,
+        &["--route-api", "gateway", "--gateway", &gateway],
+    )
+    .await;
+    pod.compose(
+        "gwdemo",
+        &compose_file(&[web("web", "gateway-page", 8080, "8080", &[ENABLE])]),
+        &["up", "-d"],
+    );
     let host = host_of("web", 8080, "gwdemo", "runner-0");
     assert_eq!(through_ingress(&host).await.trim(), "gateway-page");
-    let routes = bed().kubectl(&["-n", &ns, "get", "httproutes", "-l", "compose-ingress/project=gwdemo", "-o", "json"]);
-    let routes: serde_json::Value = serde_json::from_slice(&routes.stdout).expect("httproutes json");
+    let routes = bed().kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "httproutes",
+        "-l",
+        "compose-ingress/project=gwdemo",
+        "-o",
+        "json",
+    ]);
+    let routes: serde_json::Value =
+        serde_json::from_slice(&routes.stdout).expect("httproutes json");
     let items = routes["items"].as_array().expect("items");
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["spec"]["hostnames"], serde_json::json!([host]));
-    assert_eq!(items[0]["metadata"]["ownerReferences"][0]["uid"], serde_json::json!(pod.uid));
-    assert!(ingresses_of(&admin, &ns, "runner-0", "gwdemo").await.is_empty(), "no Ingress in gateway mode");
+    assert_eq!(
+        items[0]["metadata"]["ownerReferences"][0]["uid"],
+        serde_json::json!(pod.uid)
+    );
+    assert!(
+        ingresses_of(&admin, &ns, "runner-0", "gwdemo")
+            .await
+            .is_empty(),
+        "no Ingress in gateway mode"
+    );
 }
 
 #[tokio::test]
@@ -116,20 +200,61 @@ async fn nothing_is_created_for_services_that_do_not_qualify() {
     let (ns, pod, admin) = setup("negatives").await;
     let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
     // Not opted in; opted in without a published port; opted in with UDP only; a one-off run.
-    pod.compose("notoptedin", &compose_file(&[web("web", "x", 80, "80", &[])]), &["up", "-d"]);
-    pod.compose("noports", &compose_file(&[web("web", "x", 80, "", &[ENABLE])]), &["up", "-d"]);
-    pod.compose("udponly", &compose_file(&[web("web", "x", 80, "5353/udp", &[ENABLE])]), &["up", "-d"]);
-    pod.compose("oneoff", &compose_file(&[web("web", "x", 80, "80", &[ENABLE])]), &["run", "-d", "--service-ports", "web"]);
+    pod.compose(
+        "notoptedin",
+        &compose_file(&[web("web", "x", 80, "80", &[])]),
+        &["up", "-d"],
+    );
+    pod.compose(
+        "noports",
+        &compose_file(&[web("web", "x", 80, "", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    pod.compose(
+        "udponly",
+        &compose_file(&[web("web", "x", 80, "5353/udp", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    pod.compose(
+        "oneoff",
+        &compose_file(&[web("web", "x", 80, "80", &[ENABLE])]),
+        &["run", "-d", "--service-ports", "web"],
+    );
     // A control composition that does qualify, started last: once it is exposed, the hints of
     // the others (earlier events) have been reconciled too.
-    pod.compose("control", &compose_file(&[web("web", "control", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "control",
+        &compose_file(&[web("web", "control", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     wait_exposed(&admin, &ns, "runner-0", "control").await;
     let all: Api<Service> = Api::namespaced(admin.clone(), &ns);
-    let names: Vec<String> = all.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|s| s.metadata.name).collect();
-    assert_eq!(names.len(), 1, "only the control composition has a Service: {names:?}");
+    let names: Vec<String> = all
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "only the control composition has a Service: {names:?}"
+    );
     for project in ["notoptedin", "noports", "udponly", "oneoff"] {
-        assert!(services_of(&admin, &ns, "runner-0", project).await.is_empty(), "{project} must not be exposed");
-        assert!(ingresses_of(&admin, &ns, "runner-0", project).await.is_empty(), "{project} must not be exposed");
+        assert!(
+            services_of(&admin, &ns, "runner-0", project)
+                .await
+                .is_empty(),
+            "{project} must not be exposed"
+        );
+        assert!(
+            ingresses_of(&admin, &ns, "runner-0", project)
+                .await
+                .is_empty(),
+            "{project} must not be exposed"
+        );
     }
 }
 
@@ -144,71 +269,146 @@ async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_
 
     // A recreate with another host port (stop + new container), inside the grace: the objects
     // stay (same uids) and targetPort follows the new host port.
-    pod.compose("life", &compose_file(&[web("web", "v2", 80, "18082:80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "life",
+        &compose_file(&[web("web", "v2", 80, "18082:80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     let moved = eventually("targetPort follows the new host port", CONVERGE, || async {
         let s = services_of(&admin, &ns, "runner-0", "life").await;
         s.first().filter(|s| target_ports(s)[0].1 == 18082).cloned()
     })
     .await;
-    assert_eq!(moved.metadata.uid, service.metadata.uid, "the Service was not deleted and re-created");
+    assert_eq!(
+        moved.metadata.uid, service.metadata.uid,
+        "the Service was not deleted and re-created"
+    );
     let (_, ingress_after) = wait_exposed(&admin, &ns, "runner-0", "life").await;
-    assert_eq!(ingress_after.metadata.uid, ingress.metadata.uid, "the Ingress was not deleted and re-created");
-    assert_eq!(ingress_after.metadata.resource_version, ingress.metadata.resource_version, "a host port change must not rewrite the Ingress");
+    assert_eq!(
+        ingress_after.metadata.uid, ingress.metadata.uid,
+        "the Ingress was not deleted and re-created"
+    );
+    assert_eq!(
+        ingress_after.metadata.resource_version, ingress.metadata.resource_version,
+        "a host port change must not rewrite the Ingress"
+    );
 
     // docker restart inside the grace: still the same objects, targetPort = current host port.
     let out = pod.docker_cli(&["restart", "life_web_1"]);
-    assert!(out.status.success(), "docker restart: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (s2, i2) = wait_exposed(&admin, &ns, "runner-0", "life").await;
     assert_eq!(s2.metadata.uid, service.metadata.uid);
     assert_eq!(i2.metadata.uid, ingress.metadata.uid);
-    assert_eq!(target_ports(&s2)[0].1, pod.published_port("life", "web", 80) as i32);
+    assert_eq!(
+        target_ports(&s2)[0].1,
+        pod.published_port("life", "web", 80) as i32
+    );
 
     // down: the objects survive the grace, then go.
     pod.compose("life", &file, &["down"]);
     let still = services_of(&admin, &ns, "runner-0", "life").await;
     assert_eq!(still.len(), 1, "objects are kept during the delete grace");
     wait_gone(&admin, &ns, "runner-0", "life").await;
-    let leases = bed().kubectl(&["-n", &ns, "get", "leases", "-l", "compose-ingress/project=life", "-o", "name"]);
-    assert_eq!(String::from_utf8_lossy(&leases.stdout).trim(), "", "host leases are released too");
+    let leases = bed().kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "leases",
+        "-l",
+        "compose-ingress/project=life",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&leases.stdout).trim(),
+        "",
+        "host leases are released too"
+    );
 }
 
 #[tokio::test]
 async fn scaled_service_exposes_its_first_replica() {
     let (ns, pod, admin) = setup("scaled").await;
     let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
-    pod.compose("scaled", &compose_file(&[web("web", "replica", 80, "80", &[ENABLE])]), &["up", "-d", "--scale", "web=2"]);
+    pod.compose(
+        "scaled",
+        &compose_file(&[web("web", "replica", 80, "80", &[ENABLE])]),
+        &["up", "-d", "--scale", "web=2"],
+    );
     let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "scaled").await;
-    assert_eq!(ingress_hosts(&ingress), vec![host_of("web", 80, "scaled", "runner-0")]);
+    assert_eq!(
+        ingress_hosts(&ingress),
+        vec![host_of("web", 80, "scaled", "runner-0")]
+    );
     let first = pod.docker_cli(&["port", "scaled_web_1", "80/tcp"]);
-    let first_port: i32 = String::from_utf8_lossy(&first.stdout).lines().next().and_then(|l| l.rsplit(':').next()).and_then(|p| p.trim().parse().ok()).expect("port of replica 1");
-    assert_eq!(target_ports(&service), vec![(target_ports(&service)[0].0.clone(), first_port)], "one port, targeting replica number 1");
+    let first_port: i32 = String::from_utf8_lossy(&first.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .expect("port of replica 1");
+    assert_eq!(
+        target_ports(&service),
+        vec![(target_ports(&service)[0].0.clone(), first_port)],
+        "one port, targeting replica number 1"
+    );
 }
 
 #[tokio::test]
 async fn compositions_running_before_the_sidecar_are_exposed_at_start() {
     let (ns, pod, admin) = setup("prestart").await;
-    pod.compose("early", &compose_file(&[web("web", "early-bird", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "early",
+        &compose_file(&[web("web", "early-bird", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
     let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "early").await;
-    assert_eq!(through_ingress(&ingress_hosts(&ingress)[0]).await.trim(), "early-bird");
+    assert_eq!(
+        through_ingress(&ingress_hosts(&ingress)[0]).await.trim(),
+        "early-bird"
+    );
 }
 
 #[tokio::test]
 async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start() {
     let (ns, pod, admin) = setup("orphans").await;
     let mut sidecar = Sidecar::start(bed(), &pod, &[]).await;
-    pod.compose("gone", &compose_file(&[web("web", "gone", 80, "80", &[ENABLE])]), &["up", "-d"]);
-    pod.compose("stays", &compose_file(&[web("web", "stays", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "gone",
+        &compose_file(&[web("web", "gone", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    pod.compose(
+        "stays",
+        &compose_file(&[web("web", "stays", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     wait_exposed(&admin, &ns, "runner-0", "gone").await;
     let (stays_svc, _) = wait_exposed(&admin, &ns, "runner-0", "stays").await;
     sidecar.kill9();
-    pod.compose("gone", &compose_file(&[web("web", "gone", 80, "80", &[ENABLE])]), &["down"]);
-    assert_eq!(services_of(&admin, &ns, "runner-0", "gone").await.len(), 1, "SIGKILL leaves the objects behind");
+    pod.compose(
+        "gone",
+        &compose_file(&[web("web", "gone", 80, "80", &[ENABLE])]),
+        &["down"],
+    );
+    assert_eq!(
+        services_of(&admin, &ns, "runner-0", "gone").await.len(),
+        1,
+        "SIGKILL leaves the objects behind"
+    );
     let restarted = Sidecar::start(bed(), &pod, &[]).await;
     wait_gone(&admin, &ns, "runner-0", "gone").await;
     let (after, _) = wait_exposed(&admin, &ns, "runner-0", "stays").await;
-    assert_eq!(after.metadata.resource_version, stays_svc.metadata.resource_version, "an unchanged composition is not rewritten at restart");
+    assert_eq!(
+        after.metadata.resource_version, stays_svc.metadata.resource_version,
+        "an unchanged composition is not rewritten at restart"
+    );
     drop(restarted);
 }
 
@@ -216,50 +416,107 @@ async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start() {
 async fn dockerd_restart_under_a_running_sidecar_converges() {
     let (ns, pod, admin) = setup("dockerd").await;
     let sidecar = Sidecar::start(bed(), &pod, &[]).await;
-    pod.compose("before", &compose_file(&[web("web", "before", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "before",
+        &compose_file(&[web("web", "before", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     wait_exposed(&admin, &ns, "runner-0", "before").await;
     let pod_sh = crate::support::repo_root().join("tests/testbed/pod.sh");
-    let stop = std::process::Command::new(&pod_sh).arg("dockerd-stop").arg(&pod.dir).output().expect("stop dockerd");
-    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    let stop = std::process::Command::new(&pod_sh)
+        .arg("dockerd-stop")
+        .arg(&pod.dir)
+        .output()
+        .expect("stop dockerd");
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
     sidecar.wait_log("Docker event stream").await;
-    let start = std::process::Command::new(&pod_sh).arg("dockerd-start").arg(&pod.dir).output().expect("start dockerd");
-    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let start = std::process::Command::new(&pod_sh)
+        .arg("dockerd-start")
+        .arg(&pod.dir)
+        .output()
+        .expect("start dockerd");
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
     // Without a restart policy the containers of "before" are stopped after the daemon's
     // restart: the sidecar must notice on its resync and unexpose them.
     wait_gone(&admin, &ns, "runner-0", "before").await;
-    pod.compose("after", &compose_file(&[web("web", "after", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "after",
+        &compose_file(&[web("web", "after", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "after").await;
-    assert_eq!(through_ingress(&ingress_hosts(&ingress)[0]).await.trim(), "after");
-    assert!(!sidecar.log_lines("reconnected to Docker").is_empty(), "the sidecar logs its reconnect");
+    assert_eq!(
+        through_ingress(&ingress_hosts(&ingress)[0]).await.trim(),
+        "after"
+    );
+    assert!(
+        !sidecar.log_lines("reconnected to Docker").is_empty(),
+        "the sidecar logs its reconnect"
+    );
 }
 
 #[tokio::test]
 async fn deleting_the_runner_pod_garbage_collects_the_sidecar_objects() {
     let (ns, pod, admin) = setup("podgc").await;
     let _sidecar = Sidecar::start(bed(), &pod, &["--cleanup-on-exit", "never"]).await;
-    pod.compose("gc", &compose_file(&[web("web", "gc", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "gc",
+        &compose_file(&[web("web", "gc", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     wait_exposed(&admin, &ns, "runner-0", "gc").await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-    pods.delete("runner-0", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete pod");
+    pods.delete(
+        "runner-0",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("delete pod");
     wait_gone(&admin, &ns, "runner-0", "gc").await;
 }
 
-async fn sigterm_case(test: &str, extra: &[&str], delete_pod_first: bool) -> (kube::Client, String, i32, bool) {
+async fn sigterm_case(
+    test: &str,
+    extra: &[&str],
+    delete_pod_first: bool,
+) -> (kube::Client, String, i32, bool) {
     let (ns, pod, admin) = setup(test).await;
     let mut sidecar = Sidecar::start(bed(), &pod, extra).await;
-    pod.compose("term", &compose_file(&[web("web", "term", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "term",
+        &compose_file(&[web("web", "term", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     wait_exposed(&admin, &ns, "runner-0", "term").await;
     if delete_pod_first {
         // Graceful delete: without a kubelet the pod stays Terminating, as a real pod does
         // while its containers get SIGTERM.
         let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-        pods.delete("runner-0", &DeleteParams::default()).await.expect("delete pod");
-        let p = pods.get("runner-0").await.expect("pod still there while terminating");
+        pods.delete("runner-0", &DeleteParams::default())
+            .await
+            .expect("delete pod");
+        let p = pods
+            .get("runner-0")
+            .await
+            .expect("pod still there while terminating");
         assert!(p.metadata.deletion_timestamp.is_some());
     }
     sidecar.signal("TERM");
     let status = sidecar.wait_exit(CONVERGE);
-    let remaining = !services_of(&admin, &ns, "runner-0", "term").await.is_empty();
+    let remaining = !services_of(&admin, &ns, "runner-0", "term")
+        .await
+        .is_empty();
     (admin, ns, status.code().unwrap_or(-1), remaining)
 }
 
@@ -267,8 +524,15 @@ async fn sigterm_case(test: &str, extra: &[&str], delete_pod_first: bool) -> (ku
 async fn sigterm_of_a_terminating_pod_deletes_its_objects_and_exits_zero() {
     let (admin, ns, code, remaining) = sigterm_case("sigterm-pod", &[], true).await;
     assert_eq!(code, 0);
-    assert!(!remaining, "objects deleted on SIGTERM when the pod is terminating");
-    assert!(ingresses_of(&admin, &ns, "runner-0", "term").await.is_empty());
+    assert!(
+        !remaining,
+        "objects deleted on SIGTERM when the pod is terminating"
+    );
+    assert!(
+        ingresses_of(&admin, &ns, "runner-0", "term")
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -280,7 +544,8 @@ async fn sigterm_of_the_sidecar_alone_keeps_the_objects_and_exits_zero() {
 
 #[tokio::test]
 async fn sigterm_with_cleanup_always_deletes_the_objects() {
-    let (_, _, code, remaining) = sigterm_case("sigterm-always", &["--cleanup-on-exit", "always"], false).await;
+    let (_, _, code, remaining) =
+        sigterm_case("sigterm-always", &["--cleanup-on-exit", "always"], false).await;
     assert_eq!(code, 0);
     assert!(!remaining);
 }
@@ -293,24 +558,79 @@ async fn bad_labels_are_refused_one_warning_each_and_others_still_expose() {
     let long_name = "x".repeat(70);
     let cases: Vec<(&str, &str, String, &str)> = vec![
         // (service, label, value, expected reason)
-        ("badchars", "compose-ingress.host", "my_host!".into(), "invalid-host"),
-        ("outside", "compose-ingress.host", "evil.attacker.example.org".into(), "host-outside-domain"),
-        ("rpshigh", "compose-ingress.rate-limit.rps", "5000".into(), "rate-limit-above-max"),
-        ("rpsnan", "compose-ingress.rate-limit.rps", "fast".into(), "invalid-rate-limit"),
-        ("badclass", "compose-ingress.class", "vip".into(), "class-not-allowed"),
-        ("notpub", "compose-ingress.ports", "9999".into(), "port-not-published"),
+        (
+            "badchars",
+            "compose-ingress.host",
+            "my_host!".into(),
+            "invalid-host",
+        ),
+        (
+            "outside",
+            "compose-ingress.host",
+            "evil.attacker.example.org".into(),
+            "host-outside-domain",
+        ),
+        (
+            "rpshigh",
+            "compose-ingress.rate-limit.rps",
+            "5000".into(),
+            "rate-limit-above-max",
+        ),
+        (
+            "rpsnan",
+            "compose-ingress.rate-limit.rps",
+            "fast".into(),
+            "invalid-rate-limit",
+        ),
+        (
+            "badclass",
+            "compose-ingress.class",
+            "vip".into(),
+            "class-not-allowed",
+        ),
+        (
+            "notpub",
+            "compose-ingress.ports",
+            "9999".into(),
+            "port-not-published",
+        ),
         ("huge", "compose-ingress.path", huge, "value-too-long"),
-        ("junk", "compose-ingress.host", "\u{1b}[31m\u{0}\u{7f}ÿ".into(), "invalid-host"),
-        ("longhost", "compose-ingress.host", long_name, "invalid-host"),
+        (
+            "junk",
+            "compose-ingress.host",
+            "\u{1b}[31mÿ\u{202e}".into(),
+            "invalid-host",
+        ),
+        (
+            "longhost",
+            "compose-ingress.host",
+            long_name,
+            "invalid-host",
+        ),
     ];
     let mut services = vec![web("good", "good-page", 80, "80", &[ENABLE])];
     for (svc, label, value, _) in &cases {
         services.push(web(svc, svc, 80, "80", &[ENABLE, (label, value.as_str())]));
     }
     // Two services claiming the same host: the first (by name) keeps it.
-    services.push(web("claima", "claim-a", 80, "80", &[ENABLE, ("compose-ingress.host", "shared-claim")]));
-    services.push(web("claimb", "claim-b", 80, "80", &[ENABLE, ("compose-ingress.host", "shared-claim")]));
-    let yaml = compose_file(&services).replace("\\u0000", "");
+    // Hosts are unique per test namespace: Traefik serves every namespace, including the
+    // namespaces that failed runs keep for inspection.
+    let shared = format!("shared-{ns}");
+    services.push(web(
+        "claima",
+        "claim-a",
+        80,
+        "80",
+        &[ENABLE, ("compose-ingress.host", shared.as_str())],
+    ));
+    services.push(web(
+        "claimb",
+        "claim-b",
+        80,
+        "80",
+        &[ENABLE, ("compose-ingress.host", shared.as_str())],
+    ));
+    let yaml = compose_file(&services);
     pod.compose("bad", &yaml, &["up", "-d"]);
     let (_, ingress) = eventually("good and claima exposed", CONVERGE, || async {
         let i = ingresses_of(&admin, &ns, "runner-0", "bad").await;
@@ -320,8 +640,17 @@ async fn bad_labels_are_refused_one_warning_each_and_others_still_expose() {
     .await;
     let mut hosts = ingress_hosts(&ingress);
     hosts.sort();
-    assert_eq!(hosts, vec![host_of("good", 80, "bad", "runner-0"), format!("shared-claim.{DOMAIN}")]);
-    assert_eq!(through_ingress(&format!("shared-claim.{DOMAIN}")).await.trim(), "claim-a");
+    assert_eq!(
+        hosts,
+        vec![
+            host_of("good", 80, "bad", "runner-0"),
+            format!("{shared}.{DOMAIN}")
+        ]
+    );
+    assert_eq!(
+        through_ingress(&format!("{shared}.{DOMAIN}")).await.trim(),
+        "claim-a"
+    );
     // A further event and a resync must not repeat the warnings.
     pod.compose("bad", &yaml, &["restart", "good"]);
     sidecar.wait_resyncs(1).await;
@@ -329,14 +658,34 @@ async fn bad_labels_are_refused_one_warning_each_and_others_still_expose() {
     let refusals = sidecar.log_lines("label refused");
     for (svc, label, _, reason) in &cases {
         let matching: Vec<_> = refusals.iter().filter(|l| l["service"] == *svc).collect();
-        assert_eq!(matching.len(), 1, "exactly one warning for service {svc}: {matching:?}");
+        assert_eq!(
+            matching.len(),
+            1,
+            "exactly one warning for service {svc}: {matching:?}"
+        );
         assert_eq!(matching[0]["label"], *label, "warning names the label");
-        assert_eq!(matching[0]["reason"], *reason, "service {svc}: {:?}", matching[0]);
+        assert_eq!(
+            matching[0]["reason"], *reason,
+            "service {svc}: {:?}",
+            matching[0]
+        );
         assert_eq!(matching[0]["level"], "WARN");
-        assert!(matching[0]["value"].as_str().is_some_and(|v| v.chars().count() <= 80), "the value shown is shortened");
+        assert!(
+            matching[0]["value"]
+                .as_str()
+                .is_some_and(|v| v.chars().count() <= 80),
+            "the value shown is shortened"
+        );
     }
-    let claim: Vec<_> = refusals.iter().filter(|l| l["service"] == "claimb").collect();
-    assert_eq!(claim.len(), 1, "one warning for the second claim of a host: {claim:?}");
+    let claim: Vec<_> = refusals
+        .iter()
+        .filter(|l| l["service"] == "claimb")
+        .collect();
+    assert_eq!(
+        claim.len(),
+        1,
+        "one warning for the second claim of a host: {claim:?}"
+    );
 }
 
 #[tokio::test]
@@ -346,15 +695,29 @@ async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping() {
     let a = bed.runner_pod(&ns, "runner-0");
     let b = bed.runner_pod(&ns, "runner-1");
     let admin = bed.admin().await;
-    let labels = [ENABLE, ("compose-ingress.host", "contested")];
-    a.compose("proj", &compose_file(&[web("web", "from-a", 80, "80", &labels)]), &["up", "-d"]);
-    b.compose("proj", &compose_file(&[web("web", "from-b", 80, "80", &labels)]), &["up", "-d"]);
-    let (sa, sb) = tokio::join!(Sidecar::start(bed, &a, &[]), Sidecar::start(bed, &b, &[]));
-    let host = format!("contested.{DOMAIN}");
+    let contested = format!("contested-{ns}");
+    let labels = [ENABLE, ("compose-ingress.host", contested.as_str())];
+    a.compose(
+        "proj",
+        &compose_file(&[web("web", "from-a", 80, "80", &labels)]),
+        &["up", "-d"],
+    );
+    b.compose(
+        "proj",
+        &compose_file(&[web("web", "from-b", 80, "80", &labels)]),
+        &["up", "-d"],
+    );
+    let fast = ["--resync-interval", "1s"];
+    let (sa, sb) = tokio::join!(
+        Sidecar::start(bed, &a, &fast),
+        Sidecar::start(bed, &b, &fast)
+    );
+    let host = format!("{contested}.{DOMAIN}");
     let winner = eventually("one pod wins the host", CONVERGE, || async {
         let ia = ingresses_of(&admin, &ns, "runner-0", "proj").await;
         let ib = ingresses_of(&admin, &ns, "runner-1", "proj").await;
-        let refused = !sa.log_lines("host refused").is_empty() || !sb.log_lines("host refused").is_empty();
+        let refused =
+            !sa.log_lines("host refused").is_empty() || !sb.log_lines("host refused").is_empty();
         match (ia.len(), ib.len(), refused) {
             (1, 0, true) => Some(("runner-0", ia[0].clone())),
             (0, 1, true) => Some(("runner-1", ib[0].clone())),
@@ -363,21 +726,48 @@ async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping() {
     })
     .await;
     assert_eq!(ingress_hosts(&winner.1), vec![host.clone()]);
-    let expected_page = if winner.0 == "runner-0" { "from-a" } else { "from-b" };
+    let expected_page = if winner.0 == "runner-0" {
+        "from-a"
+    } else {
+        "from-b"
+    };
     assert_eq!(through_ingress(&host).await.trim(), expected_page);
     let loser = if winner.0 == "runner-0" { &sb } else { &sa };
     let line = loser.wait_log("host refused").await;
-    assert_eq!(line["holder_pod"], winner.0, "the refusal names the pod that holds the host");
-    // Nothing flaps: more events on both sides, and the winner's Ingress is untouched.
-    a.compose("proj", &compose_file(&[web("web", "from-a", 80, "80", &labels)]), &["restart"]);
-    b.compose("proj", &compose_file(&[web("web", "from-b", 80, "80", &labels)]), &["restart"]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        line["holder_pod"], winner.0,
+        "the refusal names the pod that holds the host"
+    );
+    // Nothing flaps: both sidecars re-check everything every second; after several passes the
+    // winner's Ingress is the same object, never rewritten, and the loser has none.
+    let (ra, rb) = (
+        sa.log_lines("full resync done").len(),
+        sb.log_lines("full resync done").len(),
+    );
+    sa.wait_resyncs(ra + 3).await;
+    sb.wait_resyncs(rb + 3).await;
     let now = ingresses_of(&admin, &ns, winner.0, "proj").await;
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].metadata.uid, winner.1.metadata.uid);
-    let loser_pod = if winner.0 == "runner-0" { "runner-1" } else { "runner-0" };
-    assert!(ingresses_of(&admin, &ns, loser_pod, "proj").await.is_empty());
-    assert_eq!(loser.log_lines("host refused").len(), 1, "the refusal is logged once, not on every pass");
+    assert_eq!(
+        now[0].metadata.resource_version,
+        winner.1.metadata.resource_version
+    );
+    let loser_pod = if winner.0 == "runner-0" {
+        "runner-1"
+    } else {
+        "runner-0"
+    };
+    assert!(
+        ingresses_of(&admin, &ns, loser_pod, "proj")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        loser.log_lines("host refused").len(),
+        1,
+        "the refusal is logged once, not on every pass"
+    );
 }
 
 #[tokio::test]
@@ -394,51 +784,120 @@ async fn objects_that_are_not_this_pods_are_never_touched() {
     let object_name = compose_ingress::naming::object_name("runner-0", "taken");
     let pp = PostParams::default();
     // Same name the sidecar would use for composition "taken", no labels.
-    services.create(&pp, &svc(&object_name, serde_json::json!({}))).await.expect("create");
+    services
+        .create(&pp, &svc(&object_name, serde_json::json!({})))
+        .await
+        .expect("create");
     // Another pod's object, and one of "ours" by name pattern but without labels.
     services
         .create(&pp, &svc("other-pods", serde_json::json!({"app.kubernetes.io/managed-by": "compose-ingress", "compose-ingress/pod": "runner-9", "compose-ingress/project": "x"})))
         .await
         .expect("create");
-    services.create(&pp, &svc("ci-lookalike-runner-0-1234abcd", serde_json::json!({}))).await.expect("create");
-    let before: Vec<(String, String)> = services.list(&ListParams::default()).await.expect("list").items.iter().map(|s| (s.metadata.name.clone().unwrap_or_default(), s.metadata.resource_version.clone().unwrap_or_default())).collect();
+    services
+        .create(
+            &pp,
+            &svc("ci-lookalike-runner-0-1234abcd", serde_json::json!({})),
+        )
+        .await
+        .expect("create");
+    let before: Vec<(String, String)> = services
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.name.clone().unwrap_or_default(),
+                s.metadata.resource_version.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
 
     let sidecar = Sidecar::start(bed(), &pod, &["--resync-interval", "2s"]).await;
-    pod.compose("taken", &compose_file(&[web("web", "taken", 80, "80", &[ENABLE])]), &["up", "-d"]);
-    pod.compose("fine", &compose_file(&[web("web", "fine", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "taken",
+        &compose_file(&[web("web", "taken", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    pod.compose(
+        "fine",
+        &compose_file(&[web("web", "fine", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     wait_exposed(&admin, &ns, "runner-0", "fine").await;
     sidecar.wait_resyncs(3).await;
     let line = sidecar.wait_log("reconcile failed").await;
-    assert!(line["error"].as_str().is_some_and(|e| e.contains("not owned by compose-ingress")), "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not owned by compose-ingress")),
+        "{line}"
+    );
     for (name, rv) in before {
-        let now = services.get(&name).await.unwrap_or_else(|e| panic!("{name} must still exist: {e}"));
-        assert_eq!(now.metadata.resource_version.as_deref(), Some(rv.as_str()), "{name} must not be modified");
+        let now = services
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} must still exist: {e}"));
+        assert_eq!(
+            now.metadata.resource_version.as_deref(),
+            Some(rv.as_str()),
+            "{name} must not be modified"
+        );
     }
-    assert!(ingresses_of(&admin, &ns, "runner-0", "taken").await.is_empty(), "no route to a Service that is not ours");
+    assert!(
+        ingresses_of(&admin, &ns, "runner-0", "taken")
+            .await
+            .is_empty(),
+        "no route to a Service that is not ours"
+    );
 }
 
 #[tokio::test]
 async fn dry_run_prints_the_objects_and_writes_nothing() {
     let (ns, pod, admin) = setup("dryrun").await;
-    pod.compose("dry", &compose_file(&[web("web", "dry", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "dry",
+        &compose_file(&[web("web", "dry", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     let sidecar = Sidecar::start(bed(), &pod, &["--dry-run"]).await;
     let stdout = eventually("dry-run YAML on stdout", CONVERGE, || async {
         let out = std::fs::read_to_string(&sidecar.stdout).unwrap_or_default();
         (out.contains("kind: Ingress") && out.contains("kind: Service")).then_some(out)
     })
     .await;
-    assert!(stdout.contains(&format!("host: {}", host_of("web", 80, "dry", "runner-0"))), "{stdout}");
+    assert!(
+        stdout.contains(&format!("host: {}", host_of("web", 80, "dry", "runner-0"))),
+        "{stdout}"
+    );
     sidecar.wait_resyncs(1).await;
-    assert!(services_of(&admin, &ns, "runner-0", "dry").await.is_empty(), "dry run created a Service");
-    assert!(ingresses_of(&admin, &ns, "runner-0", "dry").await.is_empty(), "dry run created an Ingress");
+    assert!(
+        services_of(&admin, &ns, "runner-0", "dry").await.is_empty(),
+        "dry run created a Service"
+    );
+    assert!(
+        ingresses_of(&admin, &ns, "runner-0", "dry")
+            .await
+            .is_empty(),
+        "dry run created an Ingress"
+    );
     let leases = bed().kubectl(&["-n", &ns, "get", "leases", "-o", "name"]);
-    assert_eq!(String::from_utf8_lossy(&leases.stdout).trim(), "", "dry run created a Lease");
+    assert_eq!(
+        String::from_utf8_lossy(&leases.stdout).trim(),
+        "",
+        "dry run created a Lease"
+    );
 }
 
 #[tokio::test]
 async fn server_dry_run_validates_with_the_apiserver_and_writes_nothing() {
     let (ns, pod, admin) = setup("dryrunsrv").await;
-    pod.compose("dry", &compose_file(&[web("web", "dry", 80, "80", &[ENABLE])]), &["up", "-d"]);
+    pod.compose(
+        "dry",
+        &compose_file(&[web("web", "dry", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
     let sidecar = Sidecar::start(bed(), &pod, &["--dry-run=server"]).await;
     eventually("server dry-run YAML on stdout", CONVERGE, || async {
         let out = std::fs::read_to_string(&sidecar.stdout).unwrap_or_default();
@@ -446,19 +905,59 @@ async fn server_dry_run_validates_with_the_apiserver_and_writes_nothing() {
     })
     .await;
     sidecar.wait_resyncs(1).await;
-    assert!(sidecar.log_lines("reconcile failed").is_empty(), "the apiserver accepted the objects: {}", sidecar.logs());
+    assert!(
+        sidecar.log_lines("reconcile failed").is_empty(),
+        "the apiserver accepted the objects: {}",
+        sidecar.logs()
+    );
     assert!(services_of(&admin, &ns, "runner-0", "dry").await.is_empty());
-    assert!(ingresses_of(&admin, &ns, "runner-0", "dry").await.is_empty());
+    assert!(
+        ingresses_of(&admin, &ns, "runner-0", "dry")
+            .await
+            .is_empty()
+    );
 }
 
 #[test]
 fn bad_flags_fail_at_start_with_one_line_and_exit_code_2() {
     for (args, flag) in [
         (vec!["--domain", "nodots"], "--domain"),
-        (vec!["--domain", "composition.example.com", "--host-template", "{service}.{pod}"], "--host-template"),
-        (vec!["--domain", "composition.example.com", "--route-api", "gateway"], "--gateway"),
-        (vec!["--domain", "composition.example.com", "--delete-grace", "soon"], "--delete-grace"),
-        (vec!["--domain", "composition.example.com", "--route-api", "carrier-pigeon"], "--route-api"),
+        (
+            vec![
+                "--domain",
+                "composition.example.com",
+                "--host-template",
+                "{service}.{pod}",
+            ],
+            "--host-template",
+        ),
+        (
+            vec![
+                "--domain",
+                "composition.example.com",
+                "--route-api",
+                "gateway",
+            ],
+            "--gateway",
+        ),
+        (
+            vec![
+                "--domain",
+                "composition.example.com",
+                "--delete-grace",
+                "soon",
+            ],
+            "--delete-grace",
+        ),
+        (
+            vec![
+                "--domain",
+                "composition.example.com",
+                "--route-api",
+                "carrier-pigeon",
+            ],
+            "--route-api",
+        ),
     ] {
         // An unreachable apiserver: a bad flag must fail before any API call is attempted.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_compose-ingress"))
@@ -471,9 +970,22 @@ fn bad_flags_fail_at_start_with_one_line_and_exit_code_2() {
             .expect("run compose-ingress");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")).collect();
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| {
+                !l.trim().is_empty()
+                    && !l.starts_with("For more information")
+                    && !l.starts_with("Usage:")
+            })
+            .collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr:?}");
-        assert!(lines[0].contains(flag), "{args:?}: the line names {flag}: {stderr:?}");
-        assert!(!stderr.contains("kubeconfig"), "{args:?}: no API client was built: {stderr:?}");
+        assert!(
+            lines[0].contains(flag),
+            "{args:?}: the line names {flag}: {stderr:?}"
+        );
+        assert!(
+            !stderr.contains("kubeconfig"),
+            "{args:?}: no API client was built: {stderr:?}"
+        );
     }
 }

@@ -56,7 +56,12 @@ impl Sidecar {
         Self::start_with_kubeconfig(pod, &kubeconfig, extra, "sidecar")
     }
 
-    pub fn start_with_kubeconfig(pod: &RunnerPod, kubeconfig: &std::path::Path, extra: &[&str], name: &str) -> Sidecar {
+    pub fn start_with_kubeconfig(
+        pod: &RunnerPod,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+        name: &str,
+    ) -> Sidecar {
         let listen = format!("127.0.0.1:{}", free_port());
         let log = pod.dir.join(format!("{name}.log"));
         let stdout = pod.dir.join(format!("{name}.stdout"));
@@ -68,14 +73,29 @@ impl Sidecar {
             .env("POD_NAME", &pod.name)
             .env("POD_NAMESPACE", &pod.namespace)
             .env("DOCKER_HOST", &pod.docker_host)
-            .args(["--domain", DOMAIN, "--ingress-class", "traefik", "--delete-grace", "2s", "--debounce", "200ms"])
+            .args([
+                "--domain",
+                DOMAIN,
+                "--ingress-class",
+                "traefik",
+                "--delete-grace",
+                "2s",
+                "--debounce",
+                "200ms",
+            ])
             .args(["--log-format", "json", "--listen", &listen])
             .args(extra)
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start compose-ingress");
-        Sidecar { child: Some(child), log, stdout, listen, pod_name: pod.name.clone() }
+        Sidecar {
+            child: Some(child),
+            log,
+            stdout,
+            listen,
+            pod_name: pod.name.clone(),
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -92,23 +112,30 @@ impl Sidecar {
     }
 
     pub async fn wait_log(&self, needle: &str) -> serde_json::Value {
-        eventually(&format!("sidecar log line {needle:?} (log: {})", self.log.display()), CONVERGE, || async {
-            self.log_lines(needle).into_iter().next()
-        })
+        eventually(
+            &format!("sidecar log line {needle:?} (log: {})", self.log.display()),
+            CONVERGE,
+            || async { self.log_lines(needle).into_iter().next() },
+        )
         .await
     }
 
     /// Waits until `count` full resyncs have been logged (start-up is the first).
     pub async fn wait_resyncs(&self, count: usize) {
-        eventually(&format!("{count} full resyncs (log: {})", self.log.display()), CONVERGE, || async {
-            (self.log_lines("full resync done").len() >= count).then_some(())
-        })
+        eventually(
+            &format!("{count} full resyncs (log: {})", self.log.display()),
+            CONVERGE,
+            || async { (self.log_lines("full resync done").len() >= count).then_some(()) },
+        )
         .await
     }
 
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let status = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
             assert!(status.is_ok_and(|s| s.success()), "kill -{signal} sidecar");
         }
     }
@@ -122,7 +149,11 @@ impl Sidecar {
                 self.child = None;
                 return status;
             }
-            assert!(start.elapsed() < deadline, "sidecar did not exit within {deadline:?}; log:\n{}", self.logs());
+            assert!(
+                start.elapsed() < deadline,
+                "sidecar did not exit within {deadline:?}; log:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -140,42 +171,77 @@ impl Drop for Sidecar {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("sidecar log of pod {}: {}", self.pod_name, self.log.display());
+            eprintln!(
+                "sidecar log of pod {}: {}",
+                self.pod_name,
+                self.log.display()
+            );
         }
     }
 }
 
 /// The Services and Ingresses of one composition, selected by the sidecar's labels.
 pub fn project_selector(pod: &str, project: &str) -> String {
-    format!("app.kubernetes.io/managed-by=compose-ingress,compose-ingress/pod={pod},compose-ingress/project={project}")
+    format!(
+        "app.kubernetes.io/managed-by=compose-ingress,compose-ingress/pod={pod},compose-ingress/project={project}"
+    )
 }
 
-pub async fn services_of(client: &kube::Client, ns: &str, pod: &str, project: &str) -> Vec<Service> {
+pub async fn services_of(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    project: &str,
+) -> Vec<Service> {
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default().labels(&project_selector(pod, project))).await.expect("list services").items
+    api.list(&ListParams::default().labels(&project_selector(pod, project)))
+        .await
+        .expect("list services")
+        .items
 }
 
-pub async fn ingresses_of(client: &kube::Client, ns: &str, pod: &str, project: &str) -> Vec<Ingress> {
+pub async fn ingresses_of(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    project: &str,
+) -> Vec<Ingress> {
     let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default().labels(&project_selector(pod, project))).await.expect("list ingresses").items
+    api.list(&ListParams::default().labels(&project_selector(pod, project)))
+        .await
+        .expect("list ingresses")
+        .items
 }
 
 /// Waits until the composition has exactly one Service and one Ingress, and returns them.
-pub async fn wait_exposed(client: &kube::Client, ns: &str, pod: &str, project: &str) -> (Service, Ingress) {
-    eventually(&format!("Service + Ingress of {ns}/{project}"), CONVERGE, || async {
-        let s = services_of(client, ns, pod, project).await;
-        let i = ingresses_of(client, ns, pod, project).await;
-        (s.len() == 1 && i.len() == 1).then(|| (s[0].clone(), i[0].clone()))
-    })
+pub async fn wait_exposed(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    project: &str,
+) -> (Service, Ingress) {
+    eventually(
+        &format!("Service + Ingress of {ns}/{project}"),
+        CONVERGE,
+        || async {
+            let s = services_of(client, ns, pod, project).await;
+            let i = ingresses_of(client, ns, pod, project).await;
+            (s.len() == 1 && i.len() == 1).then(|| (s[0].clone(), i[0].clone()))
+        },
+    )
     .await
 }
 
 pub async fn wait_gone(client: &kube::Client, ns: &str, pod: &str, project: &str) {
-    eventually(&format!("objects of {ns}/{project} deleted"), CONVERGE, || async {
-        let s = services_of(client, ns, pod, project).await;
-        let i = ingresses_of(client, ns, pod, project).await;
-        (s.is_empty() && i.is_empty()).then_some(())
-    })
+    eventually(
+        &format!("objects of {ns}/{project} deleted"),
+        CONVERGE,
+        || async {
+            let s = services_of(client, ns, pod, project).await;
+            let i = ingresses_of(client, ns, pod, project).await;
+            (s.is_empty() && i.is_empty()).then_some(())
+        },
+    )
     .await
 }
 
@@ -202,7 +268,9 @@ pub fn target_ports(service: &Service) -> Vec<(String, i32)> {
                 .map(|p| {
                     let t = match &p.target_port {
                         Some(IntOrString::Int(i)) => *i,
-                        other => panic!("targetPort must be the published host port, got {other:?}"),
+                        other => {
+                            panic!("targetPort must be the published host port, got {other:?}")
+                        }
                     };
                     (p.name.clone().unwrap_or_default(), t)
                 })
