@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
-use crate::support::{CONVERGE, bed, eventually, http_get, unique_namespace};
+use crate::support::{CONVERGE, ComposeVersion, bed, eventually, http_get, unique_namespace};
 
 const WEB_COMPOSE: &str = r#"
 version: "2.4"
@@ -55,6 +55,78 @@ async fn compose_project_answers_on_the_pod_ip() {
         "{{.Label \"com.docker.compose.service\"}}",
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "web");
+}
+
+#[tokio::test]
+async fn compose_v2_project_answers_on_the_pod_ip() {
+    let v2 = ComposeVersion::V2;
+    let bed = bed();
+    let ns = unique_namespace(&format!("smoke-compose-{v2}"));
+    let pod = bed.runner_pod(&ns, "runner-0");
+    // The same compose file as v1's smoke test: v2 accepts it (it only warns that `version` is
+    // obsolete).
+    pod.compose_as(v2, "smokev2", WEB_COMPOSE, &["up", "-d"]);
+    let port = pod.published_port_as(v2, "smokev2", "web", 80);
+    let url = format!("http://{}:{port}/", pod.ip);
+    let body = eventually("v2 container page on the pod IP", CONVERGE, || async {
+        let (code, body) = http_get(&url, None);
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert!(body.starts_with("hello from "), "unexpected page {body:?}");
+
+    // v2 names containers project-service-N (v1: project_service_N).
+    let out = pod.docker_cli(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=com.docker.compose.project=smokev2",
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "smokev2-web-1");
+    assert_eq!(v2.container_name("smokev2", "web", 1), "smokev2-web-1");
+
+    // The labels the sidecar keys on, as docker reports them, and proof that v2 made them.
+    let out = pod.docker_cli(&[
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}}",
+        "smokev2-web-1",
+    ]);
+    assert!(
+        out.status.success(),
+        "docker inspect smokev2-web-1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&out.stdout).expect("container labels as JSON");
+    for (key, expected) in [
+        ("com.docker.compose.project", "smokev2"),
+        ("com.docker.compose.service", "web"),
+        ("com.docker.compose.container-number", "1"),
+        ("com.docker.compose.oneoff", "False"),
+    ] {
+        assert_eq!(
+            labels.get(key).map(String::as_str),
+            Some(expected),
+            "label {key} of smokev2-web-1 (all labels: {labels:?})"
+        );
+    }
+    let version = std::process::Command::new(v2.program())
+        .args(["version", "--short"])
+        .output()
+        .expect("run compose v2 version");
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    assert!(
+        version.starts_with("2."),
+        "the bed's Compose v2 reports version {version:?}"
+    );
+    assert_eq!(
+        labels.get("com.docker.compose.version"),
+        Some(&version),
+        "the container was made by the bed's Compose v2"
+    );
 }
 
 #[tokio::test]

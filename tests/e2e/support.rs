@@ -164,6 +164,53 @@ fn base64_decode(input: &str) -> Vec<u8> {
     out
 }
 
+/// Which Docker Compose drives a project. Users run both: v1 is Debian's Python
+/// `docker-compose` 1.29 (containers `project_service_1`), v2 the Go rewrite the bed builds from
+/// its module as the standalone binary `docker-compose-v2` (containers `project-service-1`, more
+/// labels, recreate through a temporary name). `Display` gives "v1"/"v2", for test and namespace
+/// names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ComposeVersion {
+    V1,
+    V2,
+}
+
+impl ComposeVersion {
+    pub const ALL: [ComposeVersion; 2] = [ComposeVersion::V1, ComposeVersion::V2];
+
+    /// The program that runs this version, as the bed's env names it (`COMPOSE_V1`/`COMPOSE_V2`).
+    pub fn program(self) -> PathBuf {
+        let key = match self {
+            ComposeVersion::V1 => "COMPOSE_V1",
+            ComposeVersion::V2 => "COMPOSE_V2",
+        };
+        match bed().env.get(key) {
+            Some(path) => PathBuf::from(path),
+            None => panic!(
+                "the test bed env has no {key}: the bed predates Compose v2; \
+                 run tests/testbed/up.sh (it adds it to a running bed)"
+            ),
+        }
+    }
+
+    /// The name this version gives container `number` of `service` in `project`.
+    pub fn container_name(self, project: &str, service: &str, number: u32) -> String {
+        match self {
+            ComposeVersion::V1 => format!("{project}_{service}_{number}"),
+            ComposeVersion::V2 => format!("{project}-{service}-{number}"),
+        }
+    }
+}
+
+impl std::fmt::Display for ComposeVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ComposeVersion::V1 => "v1",
+            ComposeVersion::V2 => "v2",
+        })
+    }
+}
+
 /// One runner pod of the bed. Removed when dropped, unless the test is failing: then its
 /// dockerd, containers and logs stay for inspection (`tests/testbed/down.sh` clears them).
 pub struct RunnerPod {
@@ -183,11 +230,25 @@ impl RunnerPod {
     }
 
     /// Runs docker-compose (v1) for `project` with the compose file `yaml`; panics with its
-    /// output when it fails.
+    /// output when it fails. Shorthand for `compose_as(ComposeVersion::V1, ..)`.
     pub fn compose(&self, project: &str, yaml: &str, args: &[&str]) -> Output {
-        let file = self.dir.join(format!("{project}.compose.yml"));
+        self.compose_as(ComposeVersion::V1, project, yaml, args)
+    }
+
+    /// Runs Compose `version` for `project` with the compose file `yaml` (written to the pod's
+    /// directory, so a later call without a changed file can reuse it); panics with its output
+    /// when it fails.
+    pub fn compose_as(
+        &self,
+        version: ComposeVersion,
+        project: &str,
+        yaml: &str,
+        args: &[&str],
+    ) -> Output {
+        let file = self.compose_file(project);
         std::fs::write(&file, yaml).expect("write compose file");
-        let out = Command::new("docker-compose")
+        let program = version.program();
+        let out = Command::new(&program)
             .env("DOCKER_HOST", &self.docker_host)
             .arg("-p")
             .arg(project)
@@ -195,13 +256,18 @@ impl RunnerPod {
             .arg(&file)
             .args(args)
             .output()
-            .expect("run docker-compose");
+            .unwrap_or_else(|e| panic!("run {} ({version}): {e}", program.display()));
         assert!(
             out.status.success(),
-            "docker-compose -p {project} {args:?} failed:\n{}",
+            "{} ({version}) -p {project} {args:?} failed:\n{}",
+            program.display(),
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    fn compose_file(&self, project: &str) -> PathBuf {
+        self.dir.join(format!("{project}.compose.yml"))
     }
 
     pub fn docker_cli(&self, args: &[&str]) -> Output {
@@ -212,22 +278,39 @@ impl RunnerPod {
             .expect("run docker")
     }
 
-    /// The host port a container port of a compose service is published on (in the pod).
+    /// The host port a container port of a compose service is published on (in the pod), as
+    /// docker-compose (v1) reports it. Shorthand for `published_port_as(ComposeVersion::V1, ..)`.
     pub fn published_port(&self, project: &str, service: &str, container_port: u16) -> u16 {
-        let out = Command::new("docker-compose")
+        self.published_port_as(ComposeVersion::V1, project, service, container_port)
+    }
+
+    /// The host port a container port of a compose service is published on (in the pod), as
+    /// `compose port` of Compose `version` reports it (for the project's last compose file).
+    pub fn published_port_as(
+        &self,
+        version: ComposeVersion,
+        project: &str,
+        service: &str,
+        container_port: u16,
+    ) -> u16 {
+        let out = Command::new(version.program())
             .env("DOCKER_HOST", &self.docker_host)
             .args(["-p", project, "-f"])
-            .arg(self.dir.join(format!("{project}.compose.yml")))
+            .arg(self.compose_file(project))
             .args(["port", service, &container_port.to_string()])
             .output()
-            .expect("run docker-compose port");
+            .unwrap_or_else(|e| panic!("run compose port ({version}): {e}"));
         let text = String::from_utf8_lossy(&out.stdout);
         text.trim()
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| {
-                panic!("no published port for {project}/{service}:{container_port}: {text:?}")
+                panic!(
+                    "no published port for {project}/{service}:{container_port} ({version}): \
+                     {text:?} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
             })
     }
 

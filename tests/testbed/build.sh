@@ -27,6 +27,25 @@ packages_of() {
   esac
 }
 
+# The binary's file name where the main package's directory would name it badly (`go build`
+# names a binary after its package's directory: compose's main package is .../v2/cmd). Empty:
+# keep go's names (one component may build several binaries).
+binary_of() {
+  case $1 in
+    compose) echo docker-compose-v2 ;;
+    *) echo "" ;;
+  esac
+}
+
+# Extra linker flags per component: compose reports (and labels its containers with,
+# com.docker.compose.version) the version stamped here, "dev" otherwise.
+ldflags_of() {
+  case $1 in
+    compose) echo "-X github.com/docker/compose/v2/internal.Version=$(cd "$here/go/compose" && go list -m -f '{{.Version}}' github.com/docker/compose/v2)" ;;
+    *) echo "" ;;
+  esac
+}
+
 build_one() {
   local name=$1 dir="$here/go/$1"
   local key
@@ -38,7 +57,7 @@ build_one() {
     log "$name: building $(packages_of "$name") (cold build: several minutes on 2 cores)"
     rm -rf "$out.tmp" && mkdir -p "$out.tmp"
     local start=$SECONDS
-    (cd "$dir" && go build -ldflags='-s -w' -o "$out.tmp/" $(packages_of "$name")) >&2
+    (cd "$dir" && go build -ldflags="-s -w $(ldflags_of "$name")" -o "$out.tmp/$(binary_of "$name")" $(packages_of "$name")) >&2
     rm -rf "$out" && mv "$out.tmp" "$out" && touch "$out/.complete"
     log "$name: built in $((SECONDS - start)) s -> $out"
   fi

@@ -2,6 +2,7 @@
 # Starts the whole test bed (idempotent: attaches to a bed that is already up):
 #   etcd, kube-apiserver, kube-controller-manager (built from Go modules, cached),
 #   Gateway API CRDs, a Node object, Traefik (Ingress + Gateway API providers),
+#   Docker Compose v2 (standalone binary, built from its Go module, cached),
 #   and the busybox test image tarball that every runner pod's dockerd imports.
 # Runner pods (a network namespace + its own dockerd + a Pod object) come from pod.sh.
 set -euo pipefail
@@ -11,8 +12,29 @@ mkdir -p "$TESTBED_DIR"
 exec 9>"$TESTBED_DIR/up.lock"
 flock 9   # two callers (CI script and a test run) never start two beds
 
+# Builds components with build.sh (cached) and links their binaries into the bed's bin directory.
+link_components() {
+  mkdir -p "$TESTBED_DIR/bin"
+  while IFS='=' read -r name dir; do
+    for b in "$dir"/*; do ln -sf "$b" "$TESTBED_DIR/bin/$(basename "$b")"; done
+  done < <("$here/build.sh" "$@")
+}
+# Docker Compose v2 runs as a standalone binary (`docker-compose-v2 -p P -f F up -d`), not as the
+# docker CLI plugin: nothing is installed in ~/.docker/cli-plugins, the machine's docker client
+# stays as it is. Compose v1 is Debian's docker-compose (1.29, Python) on PATH.
+compose_env() {
+  [ -x "$TESTBED_DIR/bin/docker-compose-v2" ] || die "Compose v2 was not built ($TESTBED_DIR/bin/docker-compose-v2 missing; see tests/testbed/build.sh compose)"
+  echo "COMPOSE_V1=$(command -v docker-compose)"
+  echo "COMPOSE_V2=$TESTBED_DIR/bin/docker-compose-v2"
+}
+
 if [ -f "$TESTBED_DIR/env" ] && curl -fsk --max-time 2 "$APISERVER/readyz" -H "Authorization: Bearer $(cat "$PKI/admin.token" 2>/dev/null)" >/dev/null 2>&1 \
    && curl -fs --max-time 2 "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping" >/dev/null 2>&1; then
+  # A bed started before Compose v2 was part of it gains it here, without a restart.
+  if ! grep -q '^COMPOSE_V2=' "$TESTBED_DIR/env"; then
+    link_components compose
+    compose_env >> "$TESTBED_DIR/env"
+  fi
   log "already up ($TESTBED_DIR/env)"; exit 0
 fi
 # A half-started or stale bed (e.g. after a reboot): clear it before starting anew.
@@ -20,13 +42,12 @@ fi
 mkdir -p "$LOGS" "$PKI" "$TESTBED_DIR/bin"
 
 "$here/install.sh"
-log "building control plane, etcd and Traefik from Go modules (cached; a cold build takes ~20 min on 2 cores)"
-while IFS='=' read -r name dir; do
-  for b in "$dir"/*; do ln -sf "$b" "$TESTBED_DIR/bin/$(basename "$b")"; done
-done < <("$here/build.sh" kube etcd traefik)
+log "building control plane, etcd, Traefik and Compose v2 from Go modules (cached; a cold build takes ~20 min on 2 cores)"
+link_components kube etcd traefik compose
 # `go build` names etcd's main package (module .../server/v3) after its directory.
 [ -e "$TESTBED_DIR/bin/etcd" ] || ln -sf "$(readlink -f "$TESTBED_DIR/bin/server")" "$TESTBED_DIR/bin/etcd"
 BIN=$TESTBED_DIR/bin
+compose_env >/dev/null   # fails now, not after the control plane started, if v2 is missing
 
 # --- PKI: a CA, the apiserver's serving cert, service-account keys, an admin token ----------
 if [ ! -f "$PKI/ca.crt" ]; then
@@ -55,7 +76,7 @@ wait_for etcd 60 curl -fs "http://127.0.0.1:$ETCD_PORT/health"
 
 # --- kube-apiserver ------------------------------------------------------------------------
 log "starting kube-apiserver on $APISERVER"
-start_daemon kube-apiserver "$BIN/kube-apiserver" \
+apiserver_cmd=("$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
@@ -65,7 +86,10 @@ start_daemon kube-apiserver "$BIN/kube-apiserver" \
   --service-account-signing-key-file "$PKI/sa.key" --service-account-max-token-expiration 48h \
   --service-cluster-ip-range 198.18.240.0/20 --endpoint-reconciler-type none \
   --allow-privileged=true --cert-dir "$PKI" --profiling=false \
-  --audit-log-path "$LOGS/audit.log" --audit-policy-file "$here/audit-policy.yaml" --audit-log-maxsize 200
+  --audit-log-path "$LOGS/audit.log" --audit-policy-file "$here/audit-policy.yaml" --audit-log-maxsize 200)
+# Saved so that tests/testbed/apiserver.sh can stop and start it again (outage scenarios).
+printf '%q ' "${apiserver_cmd[@]}" > "$TESTBED_DIR/kube-apiserver.cmd"
+start_daemon kube-apiserver "${apiserver_cmd[@]}"
 wait_for kube-apiserver 120 curl -fsk "$APISERVER/readyz" -H "Authorization: Bearer $ADMIN_TOKEN"
 
 # --- kubeconfig for tests and people --------------------------------------------------------
@@ -141,5 +165,6 @@ NODE_NAME=$NODE_NAME
 GATEWAY_NAMESPACE=testbed-gateway
 GATEWAY_NAME=testbed
 BIN=$BIN
+$(compose_env)
 ENV
 log "up: kubectl --kubeconfig $KUBECONFIG_FILE get ns; logs in $LOGS"
