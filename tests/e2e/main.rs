@@ -5,6 +5,9 @@
 
 mod support;
 
-mod smoke;
+mod disruptive;
+mod operability;
+
 mod scenarios;
 mod sidecar;
+mod smoke;

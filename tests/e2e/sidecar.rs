@@ -158,6 +158,14 @@ impl Sidecar {
         }
     }
 
+    /// Whether the process is still alive (it has not exited, for whatever reason).
+    pub fn still_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     pub fn kill9(&mut self) {
         self.signal("KILL");
         self.wait_exit(CONVERGE);

@@ -28,8 +28,21 @@ compose_env() {
   echo "COMPOSE_V2=$TESTBED_DIR/bin/docker-compose-v2"
 }
 
-if [ -f "$TESTBED_DIR/env" ] && curl -fsk --max-time 2 "$APISERVER/readyz" -H "Authorization: Bearer $(cat "$PKI/admin.token" 2>/dev/null)" >/dev/null 2>&1 \
-   && curl -fs --max-time 2 "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping" >/dev/null 2>&1; then
+bed_ready() {
+  curl -fsk --max-time 2 "$APISERVER/readyz" -H "Authorization: Bearer $(cat "$PKI/admin.token" 2>/dev/null)" >/dev/null 2>&1 \
+    && curl -fs --max-time 2 "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping" >/dev/null 2>&1
+}
+daemons_alive() {
+  for name in etcd kube-controller-manager traefik; do
+    [ -f "$TESTBED_DIR/$name.pid" ] && kill -0 "$(cat "$TESTBED_DIR/$name.pid")" 2>/dev/null || return 1
+  done
+}
+# A running bed whose apiserver is briefly away (an outage scenario stops it on purpose) is
+# waited for, never torn down: tearing it down would kill every other test's runner pods.
+if [ -f "$TESTBED_DIR/env" ] && daemons_alive; then
+  for _ in $(seq 1 90); do bed_ready && break; sleep 1; done
+fi
+if [ -f "$TESTBED_DIR/env" ] && bed_ready; then
   # A bed started before Compose v2 was part of it gains it here, without a restart.
   if ! grep -q '^COMPOSE_V2=' "$TESTBED_DIR/env"; then
     link_components compose
