@@ -110,7 +110,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let docker = DockerClient::new(&config.docker_host, settings.expose_plain_containers)?;
+    let Some(docker) = docker_client(&config, &cancel).await else {
+        info!("stopped before Docker was reachable");
+        if let Some(poster) = poster {
+            let _ = poster.await;
+        }
+        let _ = server.await;
+        return Ok(());
+    };
     info!(
         namespace = %settings.namespace, pod = %settings.pod_name, domain = %settings.domain,
         route_api = ?settings.route_api, docker_host = %config.docker_host, dry_run = ?config.dry_run,
@@ -158,6 +165,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = server.await;
     info!("bye");
     Ok(())
+}
+
+/// The Docker client. bollard refuses a unix socket that does not exist yet, which is the normal
+/// state while dind starts (a native sidecar starts before it): retry with backoff, not ready
+/// meanwhile, instead of exiting.
+async fn docker_client(config: &Config, cancel: &CancellationToken) -> Option<DockerClient> {
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match DockerClient::new(&config.docker_host, config.settings.expose_plain_containers) {
+            Ok(docker) => return Some(docker),
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Docker is not reachable yet; retrying");
+                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => return None }
+            }
+        }
+    }
 }
 
 /// `/healthz` fails when the reconciler loop has not turned for this long (it turns every

@@ -1,0 +1,889 @@
+//! Operability on the test bed: the real sidecar binary runs against a runner pod (as its
+//! ServiceAccount, with the Role from deploy/base/rbac.yaml); the tests scrape and parse
+//! `/metrics`, watch `/readyz` and `/healthz`, compare `/exposures` with the objects in the
+//! apiserver, list the Events on the pod, and throw bad requests at the HTTP server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ListParams};
+
+use crate::support::{Bed, CONVERGE, RunnerPod, bed, eventually, repo_root, unique_namespace};
+
+const DOMAIN: &str = "composition.example.com";
+/// Generous bound for Docker reconnects (the sidecar's reconnect backoff reaches 30 s).
+const RECONNECT: Duration = Duration::from_secs(120);
+
+// ------------------------------------------------------------------------------------------
+// A small spawner of the sidecar (this module's own, so it does not depend on other modules).
+
+struct Sidecar {
+    child: Child,
+    listen: String,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    async fn start(bed: &Bed, pod: &RunnerPod, extra: &[&str]) -> Sidecar {
+        let admin = bed.admin().await;
+        let token = pod.sidecar_token(&admin).await;
+        let kubeconfig = pod.dir.join("operability.kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: sidecar\n  user:\n    token: {token}\ncontexts:\n- name: sidecar\n  context: {{cluster: bed, user: sidecar, namespace: {}}}\n\
+             current-context: sidecar\n",
+            bed.get("APISERVER"),
+            bed.get("CA_CRT"),
+            pod.namespace
+        );
+        std::fs::write(&kubeconfig, text).expect("write the sidecar's kubeconfig");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let listen = format!("127.0.0.1:{port}");
+        let log = pod.dir.join("operability-sidecar.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_compose-ingress"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,compose_ingress=debug")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAME", &pod.name)
+            .env("POD_NAMESPACE", &pod.namespace)
+            .env("POD_UID", &pod.uid)
+            .env("DOCKER_HOST", &pod.docker_host)
+            .args(["--domain", DOMAIN, "--ingress-class", "traefik"])
+            .args(["--listen", &listen, "--log-format", "json"])
+            .args(["--delete-grace", "5s", "--debounce", "200ms"])
+            .args(extra)
+            .stdout(
+                std::fs::File::create(pod.dir.join("operability-sidecar.stdout"))
+                    .expect("stdout file"),
+            )
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start compose-ingress");
+        Sidecar { child, listen, log }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .count()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, String), String> {
+        raw(
+            &self.listen,
+            format!("GET {path} HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    }
+
+    async fn wait_status(&self, path: &str, code: u16) -> String {
+        eventually(
+            &format!("{path} answers {code} (log: {})", self.log.display()),
+            RECONNECT,
+            || async {
+                self.get(path)
+                    .ok()
+                    .filter(|(c, _)| *c == code)
+                    .map(|(_, b)| b)
+            },
+        )
+        .await
+    }
+
+    fn metrics(&self) -> Metrics {
+        let (code, body) = self.get("/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "GET /metrics: {body}");
+        Metrics::parse(&body)
+    }
+
+    fn exposures(&self) -> serde_json::Value {
+        let (code, body) = self.get("/exposures").expect("GET /exposures");
+        assert_eq!(code, 200, "GET /exposures: {body}");
+        serde_json::from_str(&body).expect("/exposures is JSON")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("sidecar log: {}", self.log.display());
+        }
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection: (status, body), or Err when the server closed
+/// the connection without an answer.
+fn raw(addr: &str, request: &[u8]) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    // The server may answer and close before reading everything (huge headers): still read.
+    let wrote = s.write_all(request);
+    let mut buf = Vec::new();
+    let read = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let Some(code) = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+    else {
+        return Err(format!(
+            "no HTTP answer (write: {wrote:?}, read: {read:?}, got {text:?})"
+        ));
+    };
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+// ------------------------------------------------------------------------------------------
+// Prometheus/OpenMetrics text parsing (what a scraper does).
+
+struct Metrics(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Metrics {
+    fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("metric line {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("metric value in {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let inner = rest
+                        .strip_suffix('}')
+                        .unwrap_or_else(|| panic!("labels in {line:?}"));
+                    let labels = inner
+                        .split(',')
+                        .filter(|kv| !kv.is_empty())
+                        .map(|kv| {
+                            let (k, v) = kv
+                                .split_once('=')
+                                .unwrap_or_else(|| panic!("label in {line:?}"));
+                            (k.to_string(), v.trim_matches('"').to_string())
+                        })
+                        .collect();
+                    (name.to_string(), labels)
+                }
+                None => (series.to_string(), BTreeMap::new()),
+            };
+            samples.push((name, labels, value));
+        }
+        Metrics(samples)
+    }
+
+    /// Sum of the samples of `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _, _)| n == name)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn web_compose(page: &str, labels: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "version: \"2.4\"\nservices:\n  web:\n    image: compose-ingress-test/busybox:1\n    \
+         command: [\"sh\", \"-c\", \"echo {page} > /www/index.html && exec httpd -f -p 80 -h /www\"]\n    \
+         ports: [\"80\"]\n    labels:\n      compose-ingress.enable: \"true\"\n"
+    );
+    for (k, v) in labels {
+        s.push_str(&format!("      {k}: {v:?}\n"));
+    }
+    s
+}
+
+fn pod_sh(bed: &Bed, args: &[&str], dir: &Path) {
+    let out = Command::new(repo_root().join("tests/testbed/pod.sh"))
+        .args(args)
+        .arg(dir)
+        .env("TESTBED_DIR", &bed.dir)
+        .output()
+        .expect("run tests/testbed/pod.sh");
+    assert!(
+        out.status.success(),
+        "pod.sh {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn composition<'a>(doc: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    doc["compositions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+fn state_of(doc: &serde_json::Value, name: &str) -> Option<String> {
+    composition(doc, name).and_then(|c| c["state"].as_str().map(str::to_string))
+}
+
+fn selector(pod: &str, project: &str) -> ListParams {
+    ListParams::default().labels(&format!(
+        "app.kubernetes.io/managed-by=compose-ingress,compose-ingress/pod={pod},compose-ingress/project={project}"
+    ))
+}
+
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn metrics_move_as_a_composition_comes_and_goes() {
+    let bed = bed();
+    let ns = unique_namespace("ops-metrics");
+    let pod = bed.runner_pod(&ns, "runner-0");
+    let sidecar = Sidecar::start(bed, &pod, &[]).await;
+    sidecar.wait_status("/readyz", 200).await;
+
+    let before = sidecar.metrics();
+    for name in [
+        "compose_ingress_ready",
+        "compose_ingress_exposed_compositions",
+        "compose_ingress_exposed_hosts",
+        "compose_ingress_docker_reconnects_total",
+        "compose_ingress_last_resync_timestamp_seconds",
+        "compose_ingress_apply_duration_seconds_count",
+    ] {
+        assert!(before.has(name), "{name} missing from /metrics");
+    }
+    assert_eq!(before.value("compose_ingress_ready", &[]), 1.0);
+    assert!(before.value("compose_ingress_last_resync_timestamp_seconds", &[]) > 1.6e9);
+    assert_eq!(
+        before.value("compose_ingress_exposed_compositions", &[]),
+        0.0
+    );
+
+    pod.compose("metered", &web_compose("metered", &[]), &["up", "-d"]);
+    let up = eventually("metrics show one exposed composition", CONVERGE, || async {
+        let m = sidecar.metrics();
+        (m.value("compose_ingress_exposed_compositions", &[]) == 1.0).then_some(m)
+    })
+    .await;
+    assert_eq!(up.value("compose_ingress_exposed_hosts", &[]), 1.0);
+    assert!(
+        up.value(
+            "compose_ingress_docker_events_total",
+            &[("action", "start")]
+        ) >= 1.0
+    );
+    assert!(
+        up.value(
+            "compose_ingress_docker_events_total",
+            &[("action", "create")]
+        ) >= 1.0
+    );
+    assert!(
+        up.value(
+            "compose_ingress_reconciles_total",
+            &[("outcome", "changed")]
+        ) >= 1.0
+    );
+    for kind in ["Service", "Ingress"] {
+        assert!(
+            up.value(
+                "compose_ingress_api_requests_total",
+                &[("verb", "create"), ("kind", kind), ("result", "ok")]
+            ) >= 1.0,
+            "a create of the {kind} was counted"
+        );
+    }
+    assert!(
+        up.value("compose_ingress_apply_duration_seconds_count", &[])
+            >= before.value("compose_ingress_apply_duration_seconds_count", &[]) + 2.0
+    );
+
+    // Refused labels are counted by reason.
+    pod.compose(
+        "refusing",
+        &web_compose("refusing", &[("compose-ingress.host", "evil.com")]),
+        &["up", "-d"],
+    );
+    eventually("a refused label is counted", CONVERGE, || async {
+        let m = sidecar.metrics();
+        (m.value(
+            "compose_ingress_refused_labels_total",
+            &[("reason", "host-outside-domain")],
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
+
+    pod.compose("metered", &web_compose("metered", &[]), &["down"]);
+    let down = eventually("metrics show the composition gone", CONVERGE, || async {
+        let m = sidecar.metrics();
+        (m.value("compose_ingress_exposed_compositions", &[]) == 0.0
+            && m.value(
+                "compose_ingress_api_requests_total",
+                &[("verb", "delete"), ("kind", "Ingress")],
+            ) >= 1.0
+            && m.value(
+                "compose_ingress_api_requests_total",
+                &[("verb", "delete"), ("kind", "Service")],
+            ) >= 1.0)
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(down.value("compose_ingress_exposed_hosts", &[]), 0.0);
+    assert!(
+        down.value(
+            "compose_ingress_docker_events_total",
+            &[("action", "destroy")]
+        ) >= 1.0
+    );
+    assert!(
+        down.value(
+            "compose_ingress_api_requests_total",
+            &[("verb", "delete"), ("kind", "Service"), ("result", "ok")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        down.value("compose_ingress_api_requests_total", &[("result", "error")]),
+        0.0,
+        "no API request failed"
+    );
+    assert!(
+        down.value(
+            "compose_ingress_kube_events_total",
+            &[("reason", "Exposed"), ("result", "posted")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn readyz_flips_after_the_initial_sync_and_follows_dockerd() {
+    let bed = bed();
+    let ns = unique_namespace("ops-ready");
+    let pod = bed.runner_pod(&ns, "runner-0");
+    // Start with dind down, as when the native sidecar starts before the dind container.
+    pod_sh(bed, &["dockerd-stop"], &pod.dir);
+    let mut sidecar = Sidecar::start(bed, &pod, &[]).await;
+    sidecar.wait_status("/healthz", 200).await;
+    // While Docker never answered: alive, not ready, and it says why (sampled several times).
+    for _ in 0..10 {
+        let (code, body) = sidecar.get("/readyz").expect("GET /readyz");
+        assert_eq!(code, 503, "ready without an initial sync: {body}");
+        assert!(body.contains("initial full sync"), "{body}");
+        assert_eq!(sidecar.get("/healthz").expect("GET /healthz").0, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(sidecar.metrics().value("compose_ingress_ready", &[]), 0.0);
+    assert_eq!(sidecar.log_count("full resync done"), 0);
+
+    pod_sh(bed, &["dockerd-start"], &pod.dir);
+    sidecar.wait_status("/readyz", 200).await;
+    assert!(
+        sidecar.log_count("full resync done") >= 1,
+        "ready before the initial full sync was logged:\n{}",
+        sidecar.logs()
+    );
+    let synced = sidecar.metrics();
+    assert_eq!(synced.value("compose_ingress_ready", &[]), 1.0);
+
+    // dind stops: not ready (Docker not connected), still alive.
+    pod_sh(bed, &["dockerd-stop"], &pod.dir);
+    let body = sidecar.wait_status("/readyz", 503).await;
+    assert!(body.contains("Docker is not connected"), "{body}");
+    assert_eq!(sidecar.get("/healthz").expect("GET /healthz").0, 200);
+    let lost = sidecar.metrics();
+    assert_eq!(lost.value("compose_ingress_ready", &[]), 0.0);
+    assert!(lost.value("compose_ingress_docker_reconnects_total", &[]) >= 1.0);
+
+    // dind is back: ready again after a new full resync.
+    pod_sh(bed, &["dockerd-start"], &pod.dir);
+    sidecar.wait_status("/readyz", 200).await;
+    assert!(
+        sidecar.log_count("full resync done") >= 2,
+        "{}",
+        sidecar.logs()
+    );
+    assert!(sidecar.alive(), "the sidecar survived dind going away");
+}
+
+#[tokio::test]
+async fn exposures_match_the_objects_in_the_cluster() {
+    let bed = bed();
+    let ns = unique_namespace("ops-exposures");
+    let pod = bed.runner_pod(&ns, "runner-0");
+    let admin = bed.admin().await;
+    let sidecar = Sidecar::start(bed, &pod, &[]).await;
+    sidecar.wait_status("/readyz", 200).await;
+
+    let two = "version: \"2.4\"\nservices:\n  web:\n    image: compose-ingress-test/busybox:1\n    \
+               command: [\"sh\", \"-c\", \"echo web > /www/index.html && exec httpd -f -p 80 -h /www\"]\n    \
+               ports: [\"80\"]\n    labels:\n      compose-ingress.enable: \"true\"\n  \
+               api:\n    image: compose-ingress-test/busybox:1\n    \
+               command: [\"sh\", \"-c\", \"echo api > /www/index.html && exec httpd -f -p 5000 -h /www\"]\n    \
+               ports: [\"5000\"]\n    labels:\n      compose-ingress.enable: \"true\"\n      compose-ingress.host: \"myapi\"\n";
+    pod.compose("shop", two, &["up", "-d"]);
+    pod.compose(
+        "bad",
+        &web_compose("bad", &[("compose-ingress.ports", "80,x")]),
+        &["up", "-d"],
+    );
+
+    let doc = eventually(
+        "/exposures shows shop exposed and bad refused",
+        CONVERGE,
+        || async {
+            let doc = sidecar.exposures();
+            let shop = composition(&doc, "shop")?;
+            (shop["state"] == "exposed"
+                && shop["backends"].as_array().map(Vec::len) == Some(2)
+                && state_of(&doc, "bad").as_deref() == Some("refused"))
+            .then_some(doc)
+        },
+    )
+    .await;
+    assert_eq!(doc["pod"], "runner-0");
+    assert_eq!(doc["namespace"], ns.as_str());
+    assert_eq!(doc["ready"], true);
+
+    // Same hosts as the Ingress rules, same host ports as the Service's target ports.
+    let shop = composition(&doc, "shop").expect("shop");
+    let backends = shop["backends"].as_array().expect("backends");
+    let hosts: BTreeSet<String> = backends
+        .iter()
+        .map(|b| b["host"].as_str().expect("host").to_string())
+        .collect();
+    let expected_hosts: BTreeSet<String> = [
+        format!("web-80-shop-runner-0.{DOMAIN}"),
+        format!("myapi.{DOMAIN}"),
+    ]
+    .into();
+    assert_eq!(hosts, expected_hosts);
+    let ingresses: Api<Ingress> = Api::namespaced(admin.clone(), &ns);
+    let ing = ingresses
+        .list(&selector("runner-0", "shop"))
+        .await
+        .expect("list ingresses");
+    assert_eq!(ing.items.len(), 1, "one Ingress per composition");
+    let rule_hosts: BTreeSet<String> = ing.items[0]
+        .spec
+        .iter()
+        .flat_map(|s| s.rules.iter().flatten())
+        .filter_map(|r| r.host.clone())
+        .collect();
+    assert_eq!(rule_hosts, hosts, "/exposures hosts = Ingress rule hosts");
+    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
+    let svc = services
+        .list(&selector("runner-0", "shop"))
+        .await
+        .expect("list services");
+    assert_eq!(svc.items.len(), 1, "one Service per composition");
+    let target_ports: BTreeSet<i64> = svc.items[0]
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter_map(|p| match &p.target_port {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                Some(i64::from(*n))
+            }
+            _ => None,
+        })
+        .collect();
+    let host_ports: BTreeSet<i64> = backends
+        .iter()
+        .map(|b| b["host_port"].as_i64().expect("host_port"))
+        .collect();
+    assert_eq!(
+        host_ports, target_ports,
+        "/exposures host ports = Service target ports"
+    );
+    for (service, port) in [("web", 80), ("api", 5000)] {
+        let b = backends
+            .iter()
+            .find(|b| b["service"] == service)
+            .expect("backend");
+        assert_eq!(b["container_port"], port);
+        assert_eq!(
+            b["host_port"].as_i64(),
+            Some(i64::from(pod.published_port("shop", service, port)))
+        );
+    }
+    let urls: BTreeSet<String> = shop["urls"]
+        .as_array()
+        .expect("urls")
+        .iter()
+        .map(|u| u.as_str().expect("url").to_string())
+        .collect();
+    assert_eq!(urls, hosts.iter().map(|h| format!("http://{h}/")).collect());
+
+    // The refused composition says why, and has no objects.
+    let bad = composition(&doc, "bad").expect("bad");
+    let reason = &bad["reasons"][0];
+    assert_eq!(reason["reason"], "invalid-port", "{bad}");
+    assert_eq!(reason["label"], "compose-ingress.ports");
+    assert_eq!(reason["service"], "web");
+    assert!(reason["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        services
+            .list(&selector("runner-0", "bad"))
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+
+    // Down: pending deletion during the grace, then gone from /exposures and from the cluster.
+    pod.compose("shop", two, &["down"]);
+    eventually("shop pending deletion", CONVERGE, || async {
+        (state_of(&sidecar.exposures(), "shop").as_deref() == Some("pending-deletion"))
+            .then_some(())
+    })
+    .await;
+    eventually("shop gone from /exposures", CONVERGE, || async {
+        state_of(&sidecar.exposures(), "shop")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        ingresses
+            .list(&selector("runner-0", "shop"))
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    assert!(
+        services
+            .list(&selector("runner-0", "shop"))
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    pod.compose(
+        "bad",
+        &web_compose("bad", &[("compose-ingress.ports", "80,x")]),
+        &["down"],
+    );
+    eventually("bad gone from /exposures", CONVERGE, || async {
+        state_of(&sidecar.exposures(), "bad")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+fn pod_events(list: &[Event], uid: &str, reason: &str) -> Vec<Event> {
+    list.iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn events_on_the_pod_are_posted_and_rate_limited() {
+    let bed = bed();
+    let ns = unique_namespace("ops-events");
+    let pod = bed.runner_pod(&ns, "runner-0");
+    let admin = bed.admin().await;
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+    let sidecar = Sidecar::start(bed, &pod, &[]).await;
+    sidecar.wait_status("/readyz", 200).await;
+
+    pod.compose("evented", &web_compose("evented", &[]), &["up", "-d"]);
+    let url = format!("http://web-80-evented-runner-0.{DOMAIN}/");
+    let exposed = eventually("an Exposed Event on the pod", CONVERGE, || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .expect("list events");
+        pod_events(&list.items, &pod.uid, "Exposed")
+            .into_iter()
+            .next()
+    })
+    .await;
+    let regarding = exposed.regarding.as_ref().expect("regarding");
+    assert_eq!(regarding.kind.as_deref(), Some("Pod"));
+    assert_eq!(regarding.name.as_deref(), Some("runner-0"));
+    assert_eq!(exposed.type_.as_deref(), Some("Normal"));
+    assert_eq!(
+        exposed.reporting_controller.as_deref(),
+        Some("compose-ingress")
+    );
+    assert_eq!(exposed.action.as_deref(), Some("Expose"));
+    assert!(
+        exposed.note.as_deref().is_some_and(|n| n.contains(&url)),
+        "{:?}",
+        exposed.note
+    );
+
+    pod.compose("evented", &web_compose("evented", &[]), &["down"]);
+    let unexposed = eventually(
+        "an Unexposed Event (objects garbage-collected)",
+        CONVERGE,
+        || async {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .expect("list events");
+            pod_events(&list.items, &pod.uid, "Unexposed")
+                .into_iter()
+                .next()
+        },
+    )
+    .await;
+    assert!(
+        unexposed
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("evented"))
+    );
+
+    // A flapping container with a refused label: each start is a new refusal, but at most a
+    // burst of 5 Events (then 1 a minute) reach the apiserver; the rest are counted as dropped.
+    pod.compose(
+        "flappy",
+        &web_compose("flappy", &[("compose-ingress.host", "evil.com")]),
+        &["up", "-d"],
+    );
+    let container = String::from_utf8_lossy(
+        &pod.docker_cli(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.compose.project=flappy",
+        ])
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    assert!(!container.is_empty(), "flappy container running");
+    let started = Instant::now();
+    let cycles = 8;
+    for i in 0..cycles {
+        if i > 0 {
+            let out = pod.docker_cli(&["start", &container]);
+            assert!(
+                out.status.success(),
+                "docker start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        eventually("flappy refused", CONVERGE, || async {
+            (state_of(&sidecar.exposures(), "flappy").as_deref() == Some("refused")).then_some(())
+        })
+        .await;
+        let out = pod.docker_cli(&["stop", "-t", "0", &container]);
+        assert!(
+            out.status.success(),
+            "docker stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eventually("flappy no longer listed", CONVERGE, || async {
+            state_of(&sidecar.exposures(), "flappy")
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+    let minutes = started.elapsed().as_secs() / 60;
+    let m = eventually(
+        "all LabelRefused events accounted for",
+        CONVERGE,
+        || async {
+            let m = sidecar.metrics();
+            let seen = m.value(
+                "compose_ingress_kube_events_total",
+                &[("reason", "LabelRefused")],
+            );
+            (seen >= f64::from(cycles)).then_some(m)
+        },
+    )
+    .await;
+    let posted = m.value(
+        "compose_ingress_kube_events_total",
+        &[("reason", "LabelRefused"), ("result", "posted")],
+    );
+    let dropped = m.value(
+        "compose_ingress_kube_events_total",
+        &[("reason", "LabelRefused"), ("result", "rate-limited")],
+    );
+    let allowed = 5 + minutes as usize + 1;
+    assert!(
+        posted >= 5.0 && posted <= allowed as f64,
+        "posted {posted}, allowed {allowed}"
+    );
+    assert!(
+        dropped >= f64::from(cycles) - allowed as f64,
+        "dropped {dropped}"
+    );
+    let list = events
+        .list(&ListParams::default())
+        .await
+        .expect("list events");
+    let refused = pod_events(&list.items, &pod.uid, "LabelRefused");
+    assert_eq!(
+        refused.len() as f64,
+        posted,
+        "Events in the apiserver = posted"
+    );
+    assert!(
+        refused.len() <= allowed,
+        "{} LabelRefused events",
+        refused.len()
+    );
+    let first = &refused[0];
+    assert_eq!(first.type_.as_deref(), Some("Warning"));
+    assert!(
+        first
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("compose-ingress.host") && n.contains("evil.com")),
+        "{:?}",
+        first.note
+    );
+    assert!(sidecar.log_count("Kubernetes Events rate-limited") >= 1);
+}
+
+#[tokio::test]
+async fn bad_requests_get_proper_status_codes_and_never_crash_the_sidecar() {
+    let bed = bed();
+    let ns = unique_namespace("ops-http");
+    let pod = bed.runner_pod(&ns, "runner-0");
+    let mut sidecar = Sidecar::start(bed, &pod, &[]).await;
+    sidecar.wait_status("/healthz", 200).await;
+    let addr = sidecar.listen.clone();
+
+    assert_eq!(sidecar.get("/nope").expect("GET /nope").0, 404);
+    assert_eq!(
+        sidecar
+            .get("/metrics/../etc/passwd")
+            .expect("GET traversal")
+            .0,
+        404
+    );
+    assert_eq!(
+        sidecar
+            .get("/healthz?verbose=1")
+            .expect("GET with a query")
+            .0,
+        200
+    );
+    let post = raw(
+        &addr,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .expect("POST /metrics");
+    assert_eq!(post.0, 405);
+    let delete = raw(
+        &addr,
+        b"DELETE /exposures HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("DELETE");
+    assert_eq!(delete.0, 405);
+    let head = raw(
+        &addr,
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("HEAD");
+    assert_eq!(head.0, 200);
+    let garbage = raw(&addr, b"\x00\x01 not http at all\r\n\r\n");
+    assert!(
+        matches!(garbage, Ok((400, _)) | Err(_)),
+        "garbage request: {garbage:?}"
+    );
+
+    // A 64 KiB header: 431, or the connection is closed; never a crash.
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let answer = raw(&addr, huge.as_bytes());
+    assert!(
+        matches!(answer, Ok((431, _)) | Err(_)),
+        "64 KiB header: {answer:?}"
+    );
+    // Many headers.
+    let mut many = String::from("GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..500 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("Connection: close\r\n\r\n");
+    let answer = raw(&addr, many.as_bytes());
+    assert!(
+        matches!(answer, Ok((431, _)) | Err(_)),
+        "500 headers: {answer:?}"
+    );
+    // A huge URI.
+    let uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "u".repeat(64 * 1024)
+    );
+    let answer = raw(&addr, uri.as_bytes());
+    assert!(
+        matches!(answer, Ok((414 | 431, _)) | Err(_)),
+        "64 KiB URI: {answer:?}"
+    );
+    // Clients that connect and send nothing, or half a request, then go away.
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        let _ = s.write_all(b"GET /metr");
+    }
+    // Keep-alive: two requests on one connection.
+    let two = raw(
+        &addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("pipelined requests");
+    assert_eq!(two.0, 200);
+
+    assert!(sidecar.alive(), "the sidecar is still running");
+    assert_eq!(
+        sidecar.get("/healthz").expect("GET /healthz after abuse").0,
+        200
+    );
+    assert_eq!(
+        sidecar
+            .metrics()
+            .value("compose_ingress_exposed_compositions", &[]),
+        0.0
+    );
+    assert_eq!(sidecar.get("/exposures").expect("GET /exposures").0, 200);
+}
