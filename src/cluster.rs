@@ -108,7 +108,7 @@ pub enum ClusterError {
         kind: Kind,
         namespace: String,
         name: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error(
         "{kind} {namespace}/{name} exists and is not owned by compose-ingress for pod {pod}: it is left untouched; \
@@ -124,7 +124,7 @@ pub enum ClusterError {
     Pod {
         namespace: String,
         name: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("cannot encode {kind}: {source}")]
     Encode {
@@ -137,14 +137,12 @@ impl ClusterError {
     /// The HTTP status of an API error, if any.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ClusterError::Api {
-                source: kube::Error::Api(e),
-                ..
+            ClusterError::Api { source, .. } | ClusterError::Pod { source, .. } => {
+                match source.as_ref() {
+                    kube::Error::Api(e) => Some(e.code),
+                    _ => None,
+                }
             }
-            | ClusterError::Pod {
-                source: kube::Error::Api(e),
-                ..
-            } => Some(e.code),
             _ => None,
         }
     }
@@ -200,7 +198,7 @@ impl Cluster {
             kind,
             namespace: self.namespace.clone(),
             name,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -220,7 +218,7 @@ impl Cluster {
             .map_err(|source| ClusterError::Pod {
                 namespace: self.namespace.clone(),
                 name: self.pod.clone(),
-                source,
+                source: Box::new(source),
             })
     }
 
