@@ -5,6 +5,8 @@
 
 mod support;
 
+mod compose_v2;
+mod deploy;
 mod disruptive;
 mod operability;
 

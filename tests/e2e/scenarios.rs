@@ -12,7 +12,9 @@ use crate::sidecar::{
     DOMAIN, Sidecar, ingress_hosts, ingresses_of, services_of, target_ports, wait_exposed,
     wait_gone,
 };
-use crate::support::{CONVERGE, RunnerPod, bed, eventually, http_get, unique_namespace};
+use crate::support::{
+    CONVERGE, ComposeVersion, RunnerPod, bed, eventually, http_get, unique_namespace,
+};
 
 /// A compose service running busybox httpd on `container_port`, serving `page`, published as
 /// `publish` (e.g. `"5000"` for a random host port, `"18081:5000"` for a fixed one).
@@ -70,11 +72,11 @@ async fn setup(test: &str) -> (String, RunnerPod, kube::Client) {
     (ns, pod, admin)
 }
 
-#[tokio::test]
-async fn opted_in_service_gets_service_and_ingress_and_is_routable() {
+async fn opted_in_service_gets_service_and_ingress_and_is_routable(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("expose").await;
     let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "demochat",
         &compose_file(&[
             web("web", "demochat-web-page", 5000, "5000", &[ENABLE]),
@@ -83,7 +85,7 @@ async fn opted_in_service_gets_service_and_ingress_and_is_routable() {
         &["up", "-d"],
     );
     let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "demochat").await;
-    let host_port = pod.published_port("demochat", "web", 5000);
+    let host_port = pod.published_port_as(compose, "demochat", "web", 5000);
     let expected_host = host_of("web", 5000, "demochat", "runner-0");
     assert_eq!(ingress_hosts(&ingress), vec![expected_host.clone()]);
     let ports = target_ports(&service);
@@ -147,8 +149,7 @@ async fn opted_in_service_gets_service_and_ingress_and_is_routable() {
     );
 }
 
-#[tokio::test]
-async fn gateway_mode_creates_an_httproute_that_routes() {
+async fn gateway_mode_creates_an_httproute_that_routes(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("gateway").await;
     let gateway = format!(
         "{}/{}",
@@ -161,7 +162,8 @@ async fn gateway_mode_creates_an_httproute_that_routes() {
         &["--route-api", "gateway", "--gateway", &gateway],
     )
     .await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "gwdemo",
         &compose_file(&[web("web", "gateway-page", 8080, "8080", &[ENABLE])]),
         &["up", "-d"],
@@ -195,34 +197,38 @@ async fn gateway_mode_creates_an_httproute_that_routes() {
     );
 }
 
-#[tokio::test]
-async fn nothing_is_created_for_services_that_do_not_qualify() {
+async fn nothing_is_created_for_services_that_do_not_qualify(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("negatives").await;
     let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
     // Not opted in; opted in without a published port; opted in with UDP only; a one-off run.
-    pod.compose(
+    pod.compose_as(
+        compose,
         "notoptedin",
         &compose_file(&[web("web", "x", 80, "80", &[])]),
         &["up", "-d"],
     );
-    pod.compose(
+    pod.compose_as(
+        compose,
         "noports",
         &compose_file(&[web("web", "x", 80, "", &[ENABLE])]),
         &["up", "-d"],
     );
-    pod.compose(
+    pod.compose_as(
+        compose,
         "udponly",
         &compose_file(&[web("web", "x", 80, "5353/udp", &[ENABLE])]),
         &["up", "-d"],
     );
-    pod.compose(
+    pod.compose_as(
+        compose,
         "oneoff",
         &compose_file(&[web("web", "x", 80, "80", &[ENABLE])]),
         &["run", "-d", "--service-ports", "web"],
     );
     // A control composition that does qualify, started last: once it is exposed, the hints of
     // the others (earlier events) have been reconciled too.
-    pod.compose(
+    pod.compose_as(
+        compose,
         "control",
         &compose_file(&[web("web", "control", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -258,18 +264,20 @@ async fn nothing_is_created_for_services_that_do_not_qualify() {
     }
 }
 
-#[tokio::test]
-async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_objects() {
+async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_objects(
+    compose: ComposeVersion,
+) {
     let (ns, pod, admin) = setup("lifecycle").await;
     let _sidecar = Sidecar::start(bed(), &pod, &["--delete-grace", "8s"]).await;
     let file = compose_file(&[web("web", "v1", 80, "18081:80", &[ENABLE])]);
-    pod.compose("life", &file, &["up", "-d"]);
+    pod.compose_as(compose, "life", &file, &["up", "-d"]);
     let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "life").await;
     assert_eq!(target_ports(&service)[0].1, 18081);
 
     // A recreate with another host port (stop + new container), inside the grace: the objects
     // stay (same uids) and targetPort follows the new host port.
-    pod.compose(
+    pod.compose_as(
+        compose,
         "life",
         &compose_file(&[web("web", "v2", 80, "18082:80", &[ENABLE])]),
         &["up", "-d"],
@@ -294,7 +302,7 @@ async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_
     );
 
     // docker restart inside the grace: still the same objects, targetPort = current host port.
-    let out = pod.docker_cli(&["restart", "life_web_1"]);
+    let out = pod.docker_cli(&["restart", &compose.container_name("life", "web", 1)]);
     assert!(
         out.status.success(),
         "docker restart: {}",
@@ -306,11 +314,11 @@ async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_
     assert_eq!(i2.metadata.uid, ingress.metadata.uid);
     assert_eq!(
         target_ports(&s2)[0].1,
-        pod.published_port("life", "web", 80) as i32
+        pod.published_port_as(compose, "life", "web", 80) as i32
     );
 
     // down: the objects survive the grace, then go.
-    pod.compose("life", &file, &["down"]);
+    pod.compose_as(compose, "life", &file, &["down"]);
     let still = services_of(&admin, &ns, "runner-0", "life").await;
     assert_eq!(still.len(), 1, "objects are kept during the delete grace");
     wait_gone(&admin, &ns, "runner-0", "life").await;
@@ -331,38 +339,47 @@ async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_
     );
 }
 
-#[tokio::test]
-async fn scaled_service_exposes_its_first_replica() {
+async fn scaled_service_exposes_its_first_replica(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("scaled").await;
     let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "scaled",
         &compose_file(&[web("web", "replica", 80, "80", &[ENABLE])]),
-        &["up", "-d", "--scale", "web=2"],
+        &["up", "-d", "--scale", "web=3"],
     );
-    let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "scaled").await;
+    let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "scaled").await;
     assert_eq!(
         ingress_hosts(&ingress),
         vec![host_of("web", 80, "scaled", "runner-0")]
     );
-    let first = pod.docker_cli(&["port", "scaled_web_1", "80/tcp"]);
+    let first = pod.docker_cli(&[
+        "port",
+        &compose.container_name("scaled", "web", 1),
+        "80/tcp",
+    ]);
     let first_port: i32 = String::from_utf8_lossy(&first.stdout)
         .lines()
         .next()
         .and_then(|l| l.rsplit(':').next())
         .and_then(|p| p.trim().parse().ok())
         .expect("port of replica 1");
-    assert_eq!(
-        target_ports(&service),
-        vec![(target_ports(&service)[0].0.clone(), first_port)],
-        "one port, targeting replica number 1"
-    );
+    // Replicas start in any order (v2 starts them concurrently): the Service converges to
+    // replica number 1 once it runs, and keeps exactly one port.
+    let ports = eventually("the Service targets replica number 1", CONVERGE, || async {
+        let s = services_of(&admin, &ns, "runner-0", "scaled").await;
+        s.first()
+            .map(target_ports)
+            .filter(|p| p.len() == 1 && p[0].1 == first_port)
+    })
+    .await;
+    assert_eq!(ports.len(), 1, "one port for the scaled service");
 }
 
-#[tokio::test]
-async fn compositions_running_before_the_sidecar_are_exposed_at_start() {
+async fn compositions_running_before_the_sidecar_are_exposed_at_start(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("prestart").await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "early",
         &compose_file(&[web("web", "early-bird", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -375,16 +392,17 @@ async fn compositions_running_before_the_sidecar_are_exposed_at_start() {
     );
 }
 
-#[tokio::test]
-async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start() {
+async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("orphans").await;
     let mut sidecar = Sidecar::start(bed(), &pod, &[]).await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "gone",
         &compose_file(&[web("web", "gone", 80, "80", &[ENABLE])]),
         &["up", "-d"],
     );
-    pod.compose(
+    pod.compose_as(
+        compose,
         "stays",
         &compose_file(&[web("web", "stays", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -392,7 +410,8 @@ async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start() {
     wait_exposed(&admin, &ns, "runner-0", "gone").await;
     let (stays_svc, _) = wait_exposed(&admin, &ns, "runner-0", "stays").await;
     sidecar.kill9();
-    pod.compose(
+    pod.compose_as(
+        compose,
         "gone",
         &compose_file(&[web("web", "gone", 80, "80", &[ENABLE])]),
         &["down"],
@@ -412,11 +431,11 @@ async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start() {
     drop(restarted);
 }
 
-#[tokio::test]
-async fn dockerd_restart_under_a_running_sidecar_converges() {
+async fn dockerd_restart_under_a_running_sidecar_converges(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("dockerd").await;
     let sidecar = Sidecar::start(bed(), &pod, &[]).await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "before",
         &compose_file(&[web("web", "before", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -447,7 +466,8 @@ async fn dockerd_restart_under_a_running_sidecar_converges() {
     // Without a restart policy the containers of "before" are stopped after the daemon's
     // restart: the sidecar must notice on its resync and unexpose them.
     wait_gone(&admin, &ns, "runner-0", "before").await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "after",
         &compose_file(&[web("web", "after", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -463,11 +483,11 @@ async fn dockerd_restart_under_a_running_sidecar_converges() {
     );
 }
 
-#[tokio::test]
-async fn deleting_the_runner_pod_garbage_collects_the_sidecar_objects() {
+async fn deleting_the_runner_pod_garbage_collects_the_sidecar_objects(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("podgc").await;
     let _sidecar = Sidecar::start(bed(), &pod, &["--cleanup-on-exit", "never"]).await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "gc",
         &compose_file(&[web("web", "gc", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -487,13 +507,15 @@ async fn deleting_the_runner_pod_garbage_collects_the_sidecar_objects() {
 }
 
 async fn sigterm_case(
+    compose: ComposeVersion,
     test: &str,
     extra: &[&str],
     delete_pod_first: bool,
 ) -> (kube::Client, String, i32, bool) {
     let (ns, pod, admin) = setup(test).await;
     let mut sidecar = Sidecar::start(bed(), &pod, extra).await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "term",
         &compose_file(&[web("web", "term", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -520,9 +542,8 @@ async fn sigterm_case(
     (admin, ns, status.code().unwrap_or(-1), remaining)
 }
 
-#[tokio::test]
-async fn sigterm_of_a_terminating_pod_deletes_its_objects_and_exits_zero() {
-    let (admin, ns, code, remaining) = sigterm_case("sigterm-pod", &[], true).await;
+async fn sigterm_of_a_terminating_pod_deletes_its_objects_and_exits_zero(compose: ComposeVersion) {
+    let (admin, ns, code, remaining) = sigterm_case(compose, "sigterm-pod", &[], true).await;
     assert_eq!(code, 0);
     assert!(
         !remaining,
@@ -535,23 +556,25 @@ async fn sigterm_of_a_terminating_pod_deletes_its_objects_and_exits_zero() {
     );
 }
 
-#[tokio::test]
-async fn sigterm_of_the_sidecar_alone_keeps_the_objects_and_exits_zero() {
-    let (_, _, code, remaining) = sigterm_case("sigterm-restart", &[], false).await;
+async fn sigterm_of_the_sidecar_alone_keeps_the_objects_and_exits_zero(compose: ComposeVersion) {
+    let (_, _, code, remaining) = sigterm_case(compose, "sigterm-restart", &[], false).await;
     assert_eq!(code, 0);
     assert!(remaining, "a sidecar restart must not take the routes down");
 }
 
-#[tokio::test]
-async fn sigterm_with_cleanup_always_deletes_the_objects() {
-    let (_, _, code, remaining) =
-        sigterm_case("sigterm-always", &["--cleanup-on-exit", "always"], false).await;
+async fn sigterm_with_cleanup_always_deletes_the_objects(compose: ComposeVersion) {
+    let (_, _, code, remaining) = sigterm_case(
+        compose,
+        "sigterm-always",
+        &["--cleanup-on-exit", "always"],
+        false,
+    )
+    .await;
     assert_eq!(code, 0);
     assert!(!remaining);
 }
 
-#[tokio::test]
-async fn bad_labels_are_refused_one_warning_each_and_others_still_expose() {
+async fn bad_labels_are_refused_one_warning_each_and_others_still_expose(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("badlabels").await;
     let sidecar = Sidecar::start(bed(), &pod, &["--max-rps", "50", "--default-rps", "20"]).await;
     let huge = "a".repeat(64 * 1024);
@@ -631,7 +654,7 @@ async fn bad_labels_are_refused_one_warning_each_and_others_still_expose() {
         &[ENABLE, ("compose-ingress.host", shared.as_str())],
     ));
     let yaml = compose_file(&services);
-    pod.compose("bad", &yaml, &["up", "-d"]);
+    pod.compose_as(compose, "bad", &yaml, &["up", "-d"]);
     let (_, ingress) = eventually("good and claima exposed", CONVERGE, || async {
         let i = ingresses_of(&admin, &ns, "runner-0", "bad").await;
         let s = services_of(&admin, &ns, "runner-0", "bad").await;
@@ -652,7 +675,7 @@ async fn bad_labels_are_refused_one_warning_each_and_others_still_expose() {
         "claim-a"
     );
     // A further event and a resync must not repeat the warnings.
-    pod.compose("bad", &yaml, &["restart", "good"]);
+    pod.compose_as(compose, "bad", &yaml, &["restart", "good"]);
     sidecar.wait_resyncs(1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let refusals = sidecar.log_lines("label refused");
@@ -688,8 +711,7 @@ async fn bad_labels_are_refused_one_warning_each_and_others_still_expose() {
     );
 }
 
-#[tokio::test]
-async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping() {
+async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping(compose: ComposeVersion) {
     let bed = bed();
     let ns = unique_namespace("race");
     let a = bed.runner_pod(&ns, "runner-0");
@@ -697,12 +719,14 @@ async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping() {
     let admin = bed.admin().await;
     let contested = format!("contested-{ns}");
     let labels = [ENABLE, ("compose-ingress.host", contested.as_str())];
-    a.compose(
+    a.compose_as(
+        compose,
         "proj",
         &compose_file(&[web("web", "from-a", 80, "80", &labels)]),
         &["up", "-d"],
     );
-    b.compose(
+    b.compose_as(
+        compose,
         "proj",
         &compose_file(&[web("web", "from-b", 80, "80", &labels)]),
         &["up", "-d"],
@@ -770,8 +794,7 @@ async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping() {
     );
 }
 
-#[tokio::test]
-async fn objects_that_are_not_this_pods_are_never_touched() {
+async fn objects_that_are_not_this_pods_are_never_touched(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("foreign").await;
     let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
     let svc = |name: &str, labels: serde_json::Value| -> Service {
@@ -815,12 +838,14 @@ async fn objects_that_are_not_this_pods_are_never_touched() {
         .collect();
 
     let sidecar = Sidecar::start(bed(), &pod, &["--resync-interval", "2s"]).await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "taken",
         &compose_file(&[web("web", "taken", 80, "80", &[ENABLE])]),
         &["up", "-d"],
     );
-    pod.compose(
+    pod.compose_as(
+        compose,
         "fine",
         &compose_file(&[web("web", "fine", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -853,10 +878,10 @@ async fn objects_that_are_not_this_pods_are_never_touched() {
     );
 }
 
-#[tokio::test]
-async fn dry_run_prints_the_objects_and_writes_nothing() {
+async fn dry_run_prints_the_objects_and_writes_nothing(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("dryrun").await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "dry",
         &compose_file(&[web("web", "dry", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -890,10 +915,10 @@ async fn dry_run_prints_the_objects_and_writes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn server_dry_run_validates_with_the_apiserver_and_writes_nothing() {
+async fn server_dry_run_validates_with_the_apiserver_and_writes_nothing(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("dryrunsrv").await;
-    pod.compose(
+    pod.compose_as(
+        compose,
         "dry",
         &compose_file(&[web("web", "dry", 80, "80", &[ENABLE])]),
         &["up", "-d"],
@@ -989,3 +1014,41 @@ fn bad_flags_fail_at_start_with_one_line_and_exit_code_2() {
         );
     }
 }
+
+/// One test per Compose version (v1: Debian's docker-compose 1.29; v2: built from its Go
+/// module), from one scenario body: `scenarios::<name>::v1` and `scenarios::<name>::v2`.
+macro_rules! for_each_compose {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::ComposeVersion;
+            #[tokio::test]
+            async fn v1() {
+                super::$name(ComposeVersion::V1).await
+            }
+            #[tokio::test]
+            async fn v2() {
+                super::$name(ComposeVersion::V2).await
+            }
+        }
+    )*};
+}
+
+for_each_compose!(
+    opted_in_service_gets_service_and_ingress_and_is_routable,
+    gateway_mode_creates_an_httproute_that_routes,
+    nothing_is_created_for_services_that_do_not_qualify,
+    compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_objects,
+    scaled_service_exposes_its_first_replica,
+    compositions_running_before_the_sidecar_are_exposed_at_start,
+    orphans_of_a_killed_sidecar_are_deleted_by_the_next_start,
+    dockerd_restart_under_a_running_sidecar_converges,
+    deleting_the_runner_pod_garbage_collects_the_sidecar_objects,
+    sigterm_of_a_terminating_pod_deletes_its_objects_and_exits_zero,
+    sigterm_of_the_sidecar_alone_keeps_the_objects_and_exits_zero,
+    sigterm_with_cleanup_always_deletes_the_objects,
+    bad_labels_are_refused_one_warning_each_and_others_still_expose,
+    two_pods_racing_for_one_host_exactly_one_wins_without_flapping,
+    objects_that_are_not_this_pods_are_never_touched,
+    dry_run_prints_the_objects_and_writes_nothing,
+    server_dry_run_validates_with_the_apiserver_and_writes_nothing,
+);
