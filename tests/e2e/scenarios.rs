@@ -52,8 +52,12 @@ pub const ENABLE: (&str, &str) = ("compose-ingress.enable", "true");
 
 /// GET through Traefik with the Host header until it answers 200; returns the body.
 pub async fn through_ingress(host: &str) -> String {
+    through_ingress_within(host, CONVERGE).await
+}
+
+pub async fn through_ingress_within(host: &str, deadline: Duration) -> String {
     let traefik = bed().get("TRAEFIK_WEB").to_string();
-    eventually(&format!("Traefik routes {host}"), CONVERGE, || async {
+    eventually(&format!("Traefik routes {host}"), deadline, || async {
         let (code, body) = http_get(&format!("{traefik}/"), Some(host));
         (code == 200).then_some(body)
     })

@@ -63,6 +63,13 @@ create() {
   DOCKER_HOST="unix://$dir/docker.sock" docker import "$TESTBED_DIR/busybox-rootfs.tar" "$TEST_IMAGE" >/dev/null
 
   kubectl_bed get namespace "$ns" >/dev/null 2>&1 || kubectl_bed create namespace "$ns" >/dev/null 2>&1 || true
+  # Pod admission needs the namespace's "default" ServiceAccount, which the controller-manager
+  # creates shortly after the namespace (later still right after an apiserver restart).
+  local sa_deadline=$((SECONDS + 120))
+  until kubectl_bed -n "$ns" get serviceaccount default >/dev/null 2>&1; do
+    [ $SECONDS -lt $sa_deadline ] || die "namespace $ns got no default ServiceAccount within 120s (is kube-controller-manager running? $LOGS/kube-controller-manager.log)"
+    sleep 0.2
+  done
   kubectl_bed apply -f - >/dev/null <<POD
 apiVersion: v1
 kind: Pod
