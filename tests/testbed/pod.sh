@@ -15,6 +15,12 @@ PODS=$TESTBED_DIR/pods
 
 start_dockerd() {
   local dir=$1 netns=$2 idx=$3
+  # A dockerd killed without a clean stop (an earlier session, a crash) leaves its exec root:
+  # its stale containerd socket and pid files would confuse the new daemon.
+  if [ -d "/run/cibed/$idx" ] && ! { [ -f "$dir/dockerd.pid" ] && kill -0 "$(cat "$dir/dockerd.pid")" 2>/dev/null; }; then
+    grep -o " /run/cibed/$idx/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "/run/cibed/$idx"
+  fi
   mkdir -p "$dir/data" "/run/cibed/$idx"
   rm -f "$dir/docker.sock"
   # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then fails.
