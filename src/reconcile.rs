@@ -30,12 +30,30 @@ pub enum Outcome {
     Nothing,
 }
 
+/// Why (part of) a composition is not exposed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Problem {
+    /// A label value the contract refuses.
+    Label {
+        container: String,
+        label: String,
+        message: String,
+    },
+    /// A host another pod (or another composition) holds the Lease of.
+    HostTaken {
+        host: String,
+        holder_pod: String,
+        holder_project: String,
+    },
+}
+
 #[derive(Default)]
 struct ProjectState {
     grace_until: Option<Instant>,
     backoff: Option<ExponentialBackoff>,
-    /// Last refusal messages logged, so that a warning is logged once per change, not per pass.
-    refusals: BTreeSet<String>,
+    /// The problems logged at the last pass, so that a warning is logged once per change, not
+    /// on every pass.
+    problems: BTreeSet<Problem>,
     last_error: Option<String>,
     urls: Vec<String>,
 }
@@ -119,7 +137,6 @@ impl Reconciler {
     fn on_hint(&mut self, hint: Hint) {
         match hint {
             Hint::Project(key) => {
-                self.status.metrics.docker_event();
                 let due = Instant::now() + self.timings.debounce;
                 let entry = self.queue.entry(key).or_insert(due);
                 *entry = (*entry).min(due);
@@ -263,7 +280,7 @@ impl Reconciler {
                     "reconciled"
                 );
                 if outcome == Outcome::Deleted || outcome == Outcome::Nothing {
-                    let forget = state.grace_until.is_none() && state.refusals.is_empty();
+                    let forget = state.grace_until.is_none() && state.problems.is_empty();
                     if forget {
                         self.projects.remove(key);
                     }
@@ -294,25 +311,25 @@ impl Reconciler {
         observed: &ObservedProject,
     ) -> Result<Outcome, ClusterError> {
         let plan = plan(observed, &self.settings);
-        let mut messages: BTreeSet<String> = BTreeSet::new();
+        let mut problems: BTreeSet<Problem> = BTreeSet::new();
         for r in &plan.refusals {
-            let line = format!("{}|{}|{}", r.container, r.label, r.message);
-            if !self
-                .projects
-                .get(key)
-                .is_some_and(|s| s.refusals.contains(&line))
-            {
+            let problem = Problem::Label {
+                container: r.container.clone(),
+                label: r.label.clone(),
+                message: r.message.clone(),
+            };
+            if self.is_new(key, &problem) {
                 warn!(container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason, "label refused: {}", r.message);
                 self.status.metrics.refused(r.reason);
                 self.status.event_refused(key, r);
             }
-            messages.insert(line);
+            problems.insert(problem);
         }
         let desired = match plan.desired {
-            Some(d) => self.claim_hosts(key, d, &mut messages).await?,
+            Some(d) => self.claim_hosts(key, d, &mut problems).await?,
             None => None,
         };
-        self.projects.entry(key.to_string()).or_default().refusals = messages;
+        self.projects.entry(key.to_string()).or_default().problems = problems;
         match desired {
             Some(d) => {
                 self.projects
@@ -341,7 +358,7 @@ impl Reconciler {
         &mut self,
         key: &str,
         mut d: DesiredComposition,
-        messages: &mut BTreeSet<String>,
+        problems: &mut BTreeSet<Problem>,
     ) -> Result<Option<DesiredComposition>, ClusterError> {
         let hosts: BTreeSet<String> = d.backends.iter().map(|b| b.host.clone()).collect();
         let mut refused: BTreeSet<String> = BTreeSet::new();
@@ -364,12 +381,12 @@ impl Reconciler {
                     holder_pod,
                     holder_project,
                 } => {
-                    let line = format!("host|{host}|{holder_pod}|{holder_project}");
-                    if !self
-                        .projects
-                        .get(key)
-                        .is_some_and(|s| s.refusals.contains(&line))
-                    {
+                    let problem = Problem::HostTaken {
+                        host: host.clone(),
+                        holder_pod: holder_pod.clone(),
+                        holder_project: holder_project.clone(),
+                    };
+                    if self.is_new(key, &problem) {
                         let services: Vec<&str> = d
                             .backends
                             .iter()
@@ -384,13 +401,21 @@ impl Reconciler {
                         self.status.metrics.refused("host-taken");
                         self.status.event_host_taken(key, &host, &holder_pod);
                     }
-                    messages.insert(line);
+                    problems.insert(problem);
                     refused.insert(host);
                 }
             }
         }
         d.backends.retain(|b| !refused.contains(&b.host));
         Ok((!d.backends.is_empty()).then_some(d))
+    }
+
+    /// Whether `problem` was not already there at the project's last pass (then it is logged).
+    fn is_new(&self, key: &str, problem: &Problem) -> bool {
+        !self
+            .projects
+            .get(key)
+            .is_some_and(|s| s.problems.contains(problem))
     }
 
     fn render_all(&self, d: &DesiredComposition) -> Result<Vec<DesiredObject>, ClusterError> {
@@ -547,27 +572,29 @@ fn owned_record(
 }
 
 /// Why nothing of a composition is exposed: the plan's label refusals, and the hosts that other
-/// pods hold (recorded as `host|<host>|<holder pod>|<holder composition>` lines).
+/// pods hold.
 fn refused_reasons(
     refusals: &[crate::model::Refusal],
     state: Option<&ProjectState>,
 ) -> Vec<RefusedReason> {
     let mut reasons: Vec<RefusedReason> = refusals.iter().map(RefusedReason::from).collect();
-    for line in state.into_iter().flat_map(|s| s.refusals.iter()) {
-        let mut parts = line.splitn(4, '|');
-        if let (Some("host"), Some(host), Some(pod), Some(project)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+    for problem in state.into_iter().flat_map(|s| s.problems.iter()) {
+        if let Problem::HostTaken {
+            host,
+            holder_pod,
+            holder_project,
+        } = problem
         {
             reasons.push(RefusedReason {
                 reason: "host-taken".to_string(),
                 message: format!(
-                    "host {host} is already claimed by pod {pod} (composition {project}); choose another compose-ingress.host"
+                    "host {host} is already claimed by pod {holder_pod} (composition {holder_project}); choose another compose-ingress.host"
                 ),
                 container: None,
                 service: None,
                 label: None,
                 value: None,
-                host: Some(host.to_string()),
+                host: Some(host.clone()),
             });
         }
     }

@@ -223,8 +223,6 @@ impl Metrics {
             })
             .inc();
     }
-    /// A hint reached the reconciler (its action was counted by the reader).
-    pub fn docker_event(&self) {}
     pub fn docker_reconnect(&self) {
         self.docker_reconnects.inc();
     }
