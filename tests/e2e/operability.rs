@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
@@ -15,80 +15,22 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 
-use crate::support::{Bed, CONVERGE, RunnerPod, bed, eventually, repo_root, unique_namespace};
+use crate::sidecar::{DOMAIN, Sidecar};
+use crate::support::{Bed, CONVERGE, bed, eventually, repo_root, unique_namespace};
 
-const DOMAIN: &str = "composition.example.com";
 /// Generous bound for Docker reconnects (the sidecar's reconnect backoff reaches 30 s).
 const RECONNECT: Duration = Duration::from_secs(120);
 
-// ------------------------------------------------------------------------------------------
-// A small spawner of the sidecar (this module's own, so it does not depend on other modules).
-
-struct Sidecar {
-    child: Child,
-    listen: String,
-    log: PathBuf,
+/// The HTTP endpoints of a running sidecar (crate::sidecar::Sidecar runs the binary).
+trait Endpoints {
+    fn get(&self, path: &str) -> Result<(u16, String), String>;
+    async fn wait_status(&self, path: &str, code: u16) -> String;
+    fn metrics(&self) -> Metrics;
+    fn exposures(&self) -> serde_json::Value;
+    fn log_count(&self, needle: &str) -> usize;
 }
 
-impl Sidecar {
-    async fn start(bed: &Bed, pod: &RunnerPod, extra: &[&str]) -> Sidecar {
-        let admin = bed.admin().await;
-        let token = pod.sidecar_token(&admin).await;
-        let kubeconfig = pod.dir.join("operability.kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-             users:\n- name: sidecar\n  user:\n    token: {token}\ncontexts:\n- name: sidecar\n  context: {{cluster: bed, user: sidecar, namespace: {}}}\n\
-             current-context: sidecar\n",
-            bed.get("APISERVER"),
-            bed.get("CA_CRT"),
-            pod.namespace
-        );
-        std::fs::write(&kubeconfig, text).expect("write the sidecar's kubeconfig");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let listen = format!("127.0.0.1:{port}");
-        let log = pod.dir.join("operability-sidecar.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_compose-ingress"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info,compose_ingress=debug")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("POD_NAME", &pod.name)
-            .env("POD_NAMESPACE", &pod.namespace)
-            .env("POD_UID", &pod.uid)
-            .env("DOCKER_HOST", &pod.docker_host)
-            .args(["--domain", DOMAIN, "--ingress-class", "traefik"])
-            .args(["--listen", &listen, "--log-format", "json"])
-            .args(["--delete-grace", "5s", "--debounce", "200ms"])
-            .args(extra)
-            .stdout(
-                std::fs::File::create(pod.dir.join("operability-sidecar.stdout"))
-                    .expect("stdout file"),
-            )
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start compose-ingress");
-        Sidecar { child, listen, log }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        self.logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(needle)))
-            .count()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
+impl Endpoints for Sidecar {
     fn get(&self, path: &str) -> Result<(u16, String), String> {
         raw(
             &self.listen,
@@ -121,15 +63,9 @@ impl Sidecar {
         assert_eq!(code, 200, "GET /exposures: {body}");
         serde_json::from_str(&body).expect("/exposures is JSON")
     }
-}
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("sidecar log: {}", self.log.display());
-        }
+    fn log_count(&self, needle: &str) -> usize {
+        self.log_lines(needle).len()
     }
 }
 
@@ -275,7 +211,7 @@ async fn metrics_move_as_a_composition_comes_and_goes() {
     let bed = bed();
     let ns = unique_namespace("ops-metrics");
     let pod = bed.runner_pod(&ns, "runner-0");
-    let sidecar = Sidecar::start(bed, &pod, &[]).await;
+    let sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/readyz", 200).await;
 
     let before = sidecar.metrics();
@@ -399,7 +335,7 @@ async fn readyz_flips_after_the_initial_sync_and_follows_dockerd() {
     let pod = bed.runner_pod(&ns, "runner-0");
     // Start with dind down, as when the native sidecar starts before the dind container.
     pod_sh(bed, &["dockerd-stop"], &pod.dir);
-    let mut sidecar = Sidecar::start(bed, &pod, &[]).await;
+    let mut sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/healthz", 200).await;
     // While Docker never answered: alive, not ready, and it says why (sampled several times).
     for _ in 0..10 {
@@ -439,7 +375,10 @@ async fn readyz_flips_after_the_initial_sync_and_follows_dockerd() {
         "{}",
         sidecar.logs()
     );
-    assert!(sidecar.alive(), "the sidecar survived dind going away");
+    assert!(
+        sidecar.still_running(),
+        "the sidecar survived dind going away"
+    );
 }
 
 #[tokio::test]
@@ -448,7 +387,7 @@ async fn exposures_match_the_objects_in_the_cluster() {
     let ns = unique_namespace("ops-exposures");
     let pod = bed.runner_pod(&ns, "runner-0");
     let admin = bed.admin().await;
-    let sidecar = Sidecar::start(bed, &pod, &[]).await;
+    let sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/readyz", 200).await;
 
     let two = "version: \"2.4\"\nservices:\n  web:\n    image: compose-ingress-test/busybox:1\n    \
@@ -624,7 +563,7 @@ async fn events_on_the_pod_are_posted_and_rate_limited() {
     let pod = bed.runner_pod(&ns, "runner-0");
     let admin = bed.admin().await;
     let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
-    let sidecar = Sidecar::start(bed, &pod, &[]).await;
+    let sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/readyz", 200).await;
 
     pod.compose("evented", &web_compose("evented", &[]), &["up", "-d"]);
@@ -787,7 +726,7 @@ async fn bad_requests_get_proper_status_codes_and_never_crash_the_sidecar() {
     let bed = bed();
     let ns = unique_namespace("ops-http");
     let pod = bed.runner_pod(&ns, "runner-0");
-    let mut sidecar = Sidecar::start(bed, &pod, &[]).await;
+    let mut sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/healthz", 200).await;
     let addr = sidecar.listen.clone();
 
@@ -874,7 +813,7 @@ async fn bad_requests_get_proper_status_codes_and_never_crash_the_sidecar() {
     .expect("pipelined requests");
     assert_eq!(two.0, 200);
 
-    assert!(sidecar.alive(), "the sidecar is still running");
+    assert!(sidecar.still_running(), "the sidecar is still running");
     assert_eq!(
         sidecar.get("/healthz").expect("GET /healthz after abuse").0,
         200

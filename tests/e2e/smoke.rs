@@ -261,15 +261,6 @@ async fn service_selecting_the_runner_pod_gets_its_ip_in_an_endpointslice() {
     assert_eq!(addresses, vec![pod.ip.clone()]);
 }
 
-async fn route_answers(host: &str) -> String {
-    let traefik = bed().get("TRAEFIK_WEB").to_string();
-    eventually(&format!("Traefik routes {host}"), CONVERGE, || async {
-        let (code, body) = http_get(&format!("{traefik}/"), Some(host));
-        (code == 200).then_some(body)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn ingress_controller_routes_a_hand_written_ingress_to_the_compose_port() {
     let bed = bed();
@@ -303,7 +294,7 @@ async fn ingress_controller_routes_a_hand_written_ingress_to_the_compose_port() 
         .create(&PostParams::default(), &ingress)
         .await
         .expect("create ingress");
-    let body = route_answers(&host).await;
+    let body = crate::scenarios::through_ingress(&host).await;
     assert!(body.starts_with("via ingress"), "Traefik answered {body:?}");
     let (code, _) = http_get(
         &format!("{}/", bed.get("TRAEFIK_WEB")),
@@ -351,6 +342,6 @@ async fn ingress_controller_routes_a_hand_written_httproute_to_the_compose_port(
         "kubectl apply httproute: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let body = route_answers(&host).await;
+    let body = crate::scenarios::through_ingress(&host).await;
     assert!(body.starts_with("via gateway"), "Traefik answered {body:?}");
 }
