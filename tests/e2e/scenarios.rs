@@ -1056,3 +1056,81 @@ for_each_compose!(
     dry_run_prints_the_objects_and_writes_nothing,
     server_dry_run_validates_with_the_apiserver_and_writes_nothing,
 );
+
+#[tokio::test]
+async fn plain_containers_are_exposed_only_with_the_flag() {
+    let (ns, pod, admin) = setup("plain").await;
+    let _sidecar = Sidecar::start(bed(), &pod, &["--expose-plain-containers"]).await;
+    for (name, enabled) in [("plainweb", "true"), ("plainoff", "false")] {
+        let out = pod.docker_cli(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            "80",
+            "--label",
+            &format!("compose-ingress.enable={enabled}"),
+            "compose-ingress-test/busybox:1",
+            "sh",
+            "-c",
+            "echo plain-page > /www/index.html && exec httpd -f -p 80 -h /www",
+        ]);
+        assert!(
+            out.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let host = host_of("plainweb", 80, "plainweb", "runner-0");
+    assert_eq!(through_ingress(&host).await.trim(), "plain-page");
+    let all: Api<Service> = Api::namespaced(admin.clone(), &ns);
+    let services = all.list(&ListParams::default()).await.expect("list").items;
+    assert_eq!(
+        services.len(),
+        1,
+        "only the opted-in plain container is exposed"
+    );
+    let annotations = services[0].metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("compose-ingress/project-name")
+            .map(String::as_str),
+        Some("/plainweb")
+    );
+    // Without the flag, a container without compose labels is never a project.
+    let other = bed().runner_pod(&ns, "runner-1");
+    let _plain_off = Sidecar::start(bed(), &other, &[]).await;
+    let out = other.docker_cli(&[
+        "run",
+        "-d",
+        "--name",
+        "plainweb",
+        "-p",
+        "80",
+        "--label",
+        "compose-ingress.enable=true",
+        "compose-ingress-test/busybox:1",
+        "sh",
+        "-c",
+        "exec httpd -f -p 80 -h /www",
+    ]);
+    assert!(out.status.success());
+    other.compose_as(
+        ComposeVersion::V1,
+        "control",
+        &compose_file(&[web("web", "control", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    wait_exposed(&admin, &ns, "runner-1", "control").await;
+    let of_runner_1 = all
+        .list(&ListParams::default().labels("compose-ingress/pod=runner-1"))
+        .await
+        .expect("list")
+        .items;
+    assert_eq!(
+        of_runner_1.len(),
+        1,
+        "runner-1 exposes only its compose project"
+    );
+}
