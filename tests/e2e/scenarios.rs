@@ -1134,3 +1134,89 @@ async fn plain_containers_are_exposed_only_with_the_flag() {
         "runner-1 exposes only its compose project"
     );
 }
+
+#[tokio::test]
+async fn kompose_labels_rate_limits_and_tls_shape_the_ingress() {
+    let (ns, pod, admin) = setup("shape").await;
+    let _sidecar = Sidecar::start(
+        bed(),
+        &pod,
+        &[
+            "--default-rps",
+            "20",
+            "--max-rps",
+            "50",
+            "--tls-secret",
+            "wildcard-cert",
+            "--allowed-classes",
+            "internal",
+        ],
+    )
+    .await;
+    let kompose_host = format!("kp-{ns}.{DOMAIN}");
+    let expose = format!("{kompose_host}/api");
+    pod.compose_as(
+        ComposeVersion::V1,
+        "shape",
+        &compose_file(&[
+            web(
+                "api",
+                "api",
+                8080,
+                "8080",
+                &[("kompose.service.expose", expose.as_str())],
+            ),
+            web(
+                "web",
+                "web",
+                80,
+                "80",
+                &[ENABLE, ("compose-ingress.rate-limit.rps", "5")],
+            ),
+        ]),
+        &["up", "-d"],
+    );
+    let (_, ingress) = eventually("both services exposed", CONVERGE, || async {
+        let i = ingresses_of(&admin, &ns, "runner-0", "shape").await;
+        let s = services_of(&admin, &ns, "runner-0", "shape").await;
+        (i.len() == 1 && ingress_hosts(&i[0]).len() == 2).then(|| (s[0].clone(), i[0].clone()))
+    })
+    .await;
+    let spec = ingress.spec.clone().expect("spec");
+    let rules = spec.rules.clone().expect("rules");
+    let api_rule = rules
+        .iter()
+        .find(|r| r.host.as_deref() == Some(kompose_host.as_str()))
+        .expect("kompose host rule");
+    let api_path = &api_rule.http.as_ref().expect("http").paths[0];
+    assert_eq!(api_path.path.as_deref(), Some("/api"));
+    assert_eq!(api_path.path_type, "Prefix");
+    // The lowest of the operator's default (20) and the labels (5) wins; nothing else from
+    // labels reaches the annotations.
+    let annotations = ingress.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("nginx.ingress.kubernetes.io/limit-rps")
+            .map(String::as_str),
+        Some("5")
+    );
+    let foreign: Vec<&String> = annotations
+        .keys()
+        .filter(|k| {
+            !k.starts_with("compose-ingress/")
+                && !k.starts_with("nginx.ingress.kubernetes.io/limit-rps")
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "only allow-listed annotations: {foreign:?}"
+    );
+    let tls = spec.tls.expect("TLS block with the operator's secret");
+    assert_eq!(tls.len(), 1);
+    assert_eq!(tls[0].secret_name.as_deref(), Some("wildcard-cert"));
+    let mut tls_hosts = tls[0].hosts.clone().unwrap_or_default();
+    tls_hosts.sort();
+    let mut hosts = ingress_hosts(&ingress);
+    hosts.sort();
+    assert_eq!(tls_hosts, hosts);
+}
