@@ -6,13 +6,16 @@
 #      $DOCKER_HOST (a runner pod's, from `tests/testbed/pod.sh create`).
 # Prints the image size. Usage:
 #   DOCKER_HOST=unix://.../docker.sock tests/testbed/image.sh [IMAGE_TAG]   (default compose-ingress:dev)
+#   tests/testbed/image.sh --binary-only     (step 1 only; ./test runs it before the tests)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+binary_only=0
+[ "${1:-}" != --binary-only ] || { binary_only=1; shift; }
 tag=${1:-compose-ingress:dev}
 log() { echo "[image] $*" >&2; }
 die() { echo "[image] ERROR: $*" >&2; exit 1; }
-[ -n "${DOCKER_HOST:-}" ] || die "set DOCKER_HOST to a runner pod's dockerd (see tests/testbed/pod.sh create)"
+[ $binary_only = 1 ] || [ -n "${DOCKER_HOST:-}" ] || die "set DOCKER_HOST to a runner pod's dockerd (see tests/testbed/pod.sh create)"
 
 target=x86_64-unknown-linux-gnu
 out=$repo/target/static
@@ -25,6 +28,7 @@ if command -v readelf >/dev/null && readelf -l "$bin" | grep -q 'Requesting prog
   die "$bin is dynamically linked: crt-static did not take effect"
 fi
 cp "$bin" "$out/compose-ingress"
+if [ $binary_only = 1 ]; then log "static binary: $out/compose-ingress ($(stat -c %s "$out/compose-ingress") bytes)"; exit 0; fi
 
 # A minimal build context: the Dockerfile, .dockerignore and the binary (not the whole target/).
 ctx=$(mktemp -d)
