@@ -9,6 +9,7 @@ pub mod config;
 pub mod docker;
 pub mod events;
 pub mod labels;
+pub mod logging;
 pub mod model;
 pub mod naming;
 pub mod plan;

@@ -16,7 +16,7 @@ use compose_ingress::docker::DockerClient;
 use compose_ingress::events;
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
-use compose_ingress::telemetry;
+use compose_ingress::{logging, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(config.log_format);
+    logging::init(config.log_format);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

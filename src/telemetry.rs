@@ -1,30 +1,7 @@
-//! Logging set-up (structured, JSON by default in the container) and the HTTP endpoints
-//! (`/metrics`, `/healthz`, `/readyz`, `/exposures`).
+//! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/exposures`.
 
-use tracing_subscriber::EnvFilter;
-
-use crate::config::LogFormat;
-
-/// Installs the global subscriber; `RUST_LOG` overrides the default level (`info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.with_target(false).init(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP endpoints: /metrics, /healthz, /readyz, /exposures (GET or HEAD; anything else is refused
-// with a proper status). Hyper directly, with small limits: this server must survive any input.
+// GET or HEAD only; anything else is refused with a proper status. Hyper directly, with small
+// limits: this server must survive any input.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -54,6 +54,9 @@ create() {
   local host_ip=198.18.$idx.1 pod_ip=198.18.$idx.2
   [ ! -d "$dir" ] || delete "$dir" >/dev/null 2>&1 || true
   mkdir -p "$dir"
+  # A pod that fails half-way (dockerd, image import, Pod object) leaves nothing behind: its env
+  # file is written last, so without it the namespace, veth and dockerd are removed again.
+  trap '[ -f "'"$dir"'/env" ] || delete "'"$dir"'" >/dev/null 2>&1' EXIT
   ip netns del "$netns" 2>/dev/null || true
   ip link del "$host_if" 2>/dev/null || true
   ip netns add "$netns"
