@@ -273,6 +273,8 @@ pub struct Status {
     pub metrics: Metrics,
     docker_connected: AtomicBool,
     initial_sync_done: AtomicBool,
+    /// A full resync completed since Docker was last (re)connected.
+    synced_since_connect: AtomicBool,
     /// Unix milliseconds of the reconciler loop's last turn (see [`Status::heartbeat`]).
     heartbeat_ms: AtomicI64,
     /// The first long-running task that ended before shutdown, if any.
@@ -332,6 +334,8 @@ impl Status {
             Err("the initial full sync has not completed yet")
         } else if !self.docker_connected() {
             Err("Docker is not connected")
+        } else if !self.synced_since_connect.load(Ordering::Relaxed) {
+            Err("resyncing after a Docker reconnect")
         } else {
             Ok(())
         }
@@ -342,14 +346,18 @@ impl Status {
     }
     pub fn set_docker_connected(&self, up: bool) {
         self.docker_connected.store(up, Ordering::Relaxed);
+        if !up {
+            self.synced_since_connect.store(false, Ordering::Relaxed);
+        }
         self.metrics.ready.set(i64::from(self.ready()));
     }
-    /// Ready = the initial full sync completed and Docker is connected now.
+    /// Ready = Docker is connected and a full resync completed since it (re)connected.
     pub fn ready(&self) -> bool {
-        self.initial_sync_done.load(Ordering::Relaxed) && self.docker_connected()
+        self.readiness().is_ok()
     }
     pub fn resync_done(&self) {
         self.initial_sync_done.store(true, Ordering::Relaxed);
+        self.synced_since_connect.store(true, Ordering::Relaxed);
         self.metrics.last_resync.set(unix_millis() / 1000);
         self.metrics.ready.set(i64::from(self.ready()));
     }

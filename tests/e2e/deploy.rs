@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::sidecar::{DOMAIN, ingress_hosts, wait_exposed};
+use crate::sidecar::{domain, ingress_hosts, wait_exposed};
 use crate::support::{Bed, CONVERGE, bed, eventually, http_get, repo_root, unique_namespace};
 
 const OVERLAYS: [&str; 3] = ["base", "overlays/ingress", "overlays/gateway"];
@@ -565,7 +565,7 @@ async fn container_image_exposes_a_composition() {
         "-e",
         &format!("POD_UID={}", pod.uid),
         "-e",
-        &format!("COMPOSE_INGRESS_DOMAIN={DOMAIN}"),
+        &format!("COMPOSE_INGRESS_DOMAIN={}", domain(&pod.namespace)),
         "-e",
         "COMPOSE_INGRESS_INGRESS_CLASS=traefik",
         "-e",
@@ -597,7 +597,7 @@ async fn container_image_exposes_a_composition() {
     pod.compose("imageweb", WEB_COMPOSE, &["up", "-d"]);
     let client = bed.admin().await;
     let (_svc, ingress) = wait_exposed(&client, &ns, &pod.name, "imageweb").await;
-    let host = format!("web-80-imageweb-{}.{DOMAIN}", pod.name);
+    let host = format!("web-80-imageweb-{}.{}", pod.name, domain(&pod.namespace));
     assert_eq!(ingress_hosts(&ingress), vec![host.clone()]);
     let traefik = format!("{}/", bed.get("TRAEFIK_WEB"));
     let body = eventually(

@@ -15,7 +15,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 
-use crate::sidecar::{DOMAIN, Sidecar};
+use crate::sidecar::{Sidecar, domain};
 use crate::support::{Bed, CONVERGE, bed, eventually, repo_root, unique_namespace};
 
 /// Generous bound for Docker reconnects (the sidecar's reconnect backoff reaches 30 s).
@@ -428,8 +428,8 @@ async fn exposures_match_the_objects_in_the_cluster() {
         .map(|b| b["host"].as_str().expect("host").to_string())
         .collect();
     let expected_hosts: BTreeSet<String> = [
-        format!("web-80-shop-runner-0.{DOMAIN}"),
-        format!("myapi.{DOMAIN}"),
+        format!("web-80-shop-runner-0.{}", domain(&ns)),
+        format!("myapi.{}", domain(&ns)),
     ]
     .into();
     assert_eq!(hosts, expected_hosts);
@@ -567,7 +567,7 @@ async fn events_on_the_pod_are_posted_and_rate_limited() {
     sidecar.wait_status("/readyz", 200).await;
 
     pod.compose("evented", &web_compose("evented", &[]), &["up", "-d"]);
-    let url = format!("http://web-80-evented-runner-0.{DOMAIN}/");
+    let url = format!("http://web-80-evented-runner-0.{}/", domain(&ns));
     let exposed = eventually("an Exposed Event on the pod", CONVERGE, || async {
         let list = events
             .list(&ListParams::default())

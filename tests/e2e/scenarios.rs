@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 use crate::sidecar::{
-    DOMAIN, Sidecar, ingress_hosts, ingresses_of, services_of, target_ports, wait_exposed,
+    Sidecar, domain, ingress_hosts, ingresses_of, services_of, target_ports, wait_exposed,
     wait_gone,
 };
 use crate::support::{
@@ -64,8 +64,8 @@ pub async fn through_ingress_within(host: &str, deadline: Duration) -> String {
     .await
 }
 
-fn host_of(service: &str, port: u16, project: &str, pod: &str) -> String {
-    format!("{service}-{port}-{project}-{pod}.{DOMAIN}")
+fn host_of(ns: &str, service: &str, port: u16, project: &str, pod: &str) -> String {
+    format!("{service}-{port}-{project}-{pod}.{}", domain(ns))
 }
 
 async fn setup(test: &str) -> (String, RunnerPod, kube::Client) {
@@ -90,7 +90,7 @@ async fn opted_in_service_gets_service_and_ingress_and_is_routable(compose: Comp
     );
     let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "demochat").await;
     let host_port = pod.published_port_as(compose, "demochat", "web", 5000);
-    let expected_host = host_of("web", 5000, "demochat", "runner-0");
+    let expected_host = host_of(&ns, "web", 5000, "demochat", "runner-0");
     assert_eq!(ingress_hosts(&ingress), vec![expected_host.clone()]);
     let ports = target_ports(&service);
     assert_eq!(
@@ -172,7 +172,7 @@ async fn gateway_mode_creates_an_httproute_that_routes(compose: ComposeVersion) 
         &compose_file(&[web("web", "gateway-page", 8080, "8080", &[ENABLE])]),
         &["up", "-d"],
     );
-    let host = host_of("web", 8080, "gwdemo", "runner-0");
+    let host = host_of(&ns, "web", 8080, "gwdemo", "runner-0");
     assert_eq!(through_ingress(&host).await.trim(), "gateway-page");
     let routes = bed().kubectl(&[
         "-n",
@@ -355,7 +355,7 @@ async fn scaled_service_exposes_its_first_replica(compose: ComposeVersion) {
     let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "scaled").await;
     assert_eq!(
         ingress_hosts(&ingress),
-        vec![host_of("web", 80, "scaled", "runner-0")]
+        vec![host_of(&ns, "web", 80, "scaled", "runner-0")]
     );
     let first = pod.docker_cli(&[
         "port",
@@ -670,12 +670,14 @@ async fn bad_labels_are_refused_one_warning_each_and_others_still_expose(compose
     assert_eq!(
         hosts,
         vec![
-            host_of("good", 80, "bad", "runner-0"),
-            format!("{shared}.{DOMAIN}")
+            host_of(&ns, "good", 80, "bad", "runner-0"),
+            format!("{shared}.{}", domain(&ns))
         ]
     );
     assert_eq!(
-        through_ingress(&format!("{shared}.{DOMAIN}")).await.trim(),
+        through_ingress(&format!("{shared}.{}", domain(&ns)))
+            .await
+            .trim(),
         "claim-a"
     );
     // A further event and a resync must not repeat the warnings.
@@ -740,7 +742,7 @@ async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping(compose:
         Sidecar::start(bed, &a, &fast),
         Sidecar::start(bed, &b, &fast)
     );
-    let host = format!("{contested}.{DOMAIN}");
+    let host = format!("{contested}.{}", domain(&ns));
     let winner = eventually("one pod wins the host", CONVERGE, || async {
         let ia = ingresses_of(&admin, &ns, "runner-0", "proj").await;
         let ib = ingresses_of(&admin, &ns, "runner-1", "proj").await;
@@ -897,7 +899,10 @@ async fn dry_run_prints_the_objects_and_writes_nothing(compose: ComposeVersion) 
     })
     .await;
     assert!(
-        stdout.contains(&format!("host: {}", host_of("web", 80, "dry", "runner-0"))),
+        stdout.contains(&format!(
+            "host: {}",
+            host_of(&ns, "web", 80, "dry", "runner-0")
+        )),
         "{stdout}"
     );
     sidecar.wait_resyncs(1).await;
@@ -1082,7 +1087,7 @@ async fn plain_containers_are_exposed_only_with_the_flag() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let host = host_of("plainweb", 80, "plainweb", "runner-0");
+    let host = host_of(&ns, "plainweb", 80, "plainweb", "runner-0");
     assert_eq!(through_ingress(&host).await.trim(), "plain-page");
     let all: Api<Service> = Api::namespaced(admin.clone(), &ns);
     let services = all.list(&ListParams::default()).await.expect("list").items;
@@ -1153,7 +1158,7 @@ async fn kompose_labels_rate_limits_and_tls_shape_the_ingress() {
         ],
     )
     .await;
-    let kompose_host = format!("kp-{ns}.{DOMAIN}");
+    let kompose_host = format!("kp-{ns}.{}", domain(&ns));
     let expose = format!("{kompose_host}/api");
     pod.compose_as(
         ComposeVersion::V1,

@@ -13,6 +13,14 @@ use kube::api::{Api, ListParams};
 
 use crate::support::{Bed, CONVERGE, RunnerPod, eventually};
 
+/// The domain a test's sidecar serves: one per test namespace. Traefik serves every namespace,
+/// so equal hosts in two namespaces (the v1 and v2 run of one scenario, or a namespace a failed
+/// run kept for inspection) would otherwise shadow each other.
+pub fn domain(namespace: &str) -> String {
+    format!("{namespace}.{DOMAIN}")
+}
+
+/// The base domain of the bed's wildcard (the bench serves it directly).
 pub const DOMAIN: &str = "composition.example.com";
 
 pub struct Sidecar {
@@ -75,7 +83,7 @@ impl Sidecar {
             .env("DOCKER_HOST", &pod.docker_host)
             .args([
                 "--domain",
-                DOMAIN,
+                &domain(&pod.namespace),
                 "--ingress-class",
                 "traefik",
                 "--delete-grace",
