@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bollard::Docker;
 use bollard::models::{
     ContainerSummary, ContainerSummaryStateEnum, EventMessage, PortSummaryTypeEnum,
@@ -239,12 +238,7 @@ impl DockerClient {
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::retry::backoff(Duration::from_millis(200), Duration::from_secs(30))
 }
 
 /// The project an event is about, when its action can change what is exposed.

@@ -15,5 +15,6 @@ pub mod naming;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod retry;
 pub mod status;
 pub mod telemetry;

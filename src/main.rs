@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -16,7 +15,7 @@ use compose_ingress::docker::DockerClient;
 use compose_ingress::events;
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
-use compose_ingress::{logging, telemetry};
+use compose_ingress::{logging, retry, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -171,12 +170,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// state while dind starts (a native sidecar starts before it): retry with backoff, not ready
 /// meanwhile, instead of exiting.
 async fn docker_client(config: &Config, cancel: &CancellationToken) -> Option<DockerClient> {
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut backoff = retry::backoff(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match DockerClient::new(&config.docker_host, config.settings.expose_plain_containers) {
             Ok(docker) => return Some(docker),
@@ -236,12 +230,7 @@ async fn pod_uid(config: &Config, cluster: &Cluster, cancel: &CancellationToken)
     if let Some(uid) = &config.pod_uid {
         return Some(uid.clone());
     }
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut backoff = retry::backoff(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         match cluster.own_pod().await {
             Ok(pod) => return pod.metadata.uid,

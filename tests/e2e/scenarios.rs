@@ -497,16 +497,7 @@ async fn deleting_the_runner_pod_garbage_collects_the_sidecar_objects(compose: C
         &["up", "-d"],
     );
     wait_exposed(&admin, &ns, "runner-0", "gc").await;
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-    pods.delete(
-        "runner-0",
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("delete pod");
+    pod.force_delete(&admin).await;
     wait_gone(&admin, &ns, "runner-0", "gc").await;
 }
 

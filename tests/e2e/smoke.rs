@@ -199,18 +199,7 @@ async fn deleting_the_runner_pod_garbage_collects_owned_services() {
         )
         .await
         .expect("create unowned service");
-    // No kubelet confirms a graceful delete: a forced delete is what the kubelet's final
-    // confirmation amounts to.
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-    pods.delete(
-        "runner-0",
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("delete runner pod");
+    pod.force_delete(&admin).await;
     eventually(
         "garbage collector deletes the owned service",
         CONVERGE,

@@ -270,6 +270,20 @@ impl RunnerPod {
         self.dir.join(format!("{project}.compose.yml"))
     }
 
+    /// Deletes the Pod object at once: without a kubelet, a graceful delete would leave it
+    /// Terminating forever; a forced delete is what the kubelet's final confirmation amounts to.
+    pub async fn force_delete(&self, admin: &kube::Client) {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(admin.clone(), &self.namespace);
+        let params = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        pods.delete(&self.name, &params)
+            .await
+            .expect("force-delete the runner Pod object");
+    }
+
     pub fn docker_cli(&self, args: &[&str]) -> Output {
         Command::new("docker")
             .env("DOCKER_HOST", &self.docker_host)
