@@ -1,8 +1,9 @@
 //! Benchmarks of compose-ingress on the real test bed (see BENCHMARKS.md).
 //!
-//!   cargo bench --bench bench                      # every phase, full size (~20 min)
+//!   cargo bench --bench bench                      # every phase, full size (~22 min)
 //!   cargo bench --bench bench -- --smoke           # tiny run of every phase (CI keeps it alive)
 //!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o routable side burst restart
+//!   cargo bench --bench bench -- --replot          # redraw the plots from results.json
 //!
 //! `cargo bench` builds the sidecar with the release settings (the bench profile inherits them)
 //! and runs this program (harness = false; it ignores the `--bench` flag cargo adds). It starts
