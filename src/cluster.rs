@@ -15,10 +15,13 @@ use tracing::debug;
 use crate::config::DryRun;
 use crate::render::{
     self, HOST_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POD_LABEL, PROJECT_LABEL,
-    PROJECT_NAME_ANNOTATION,
+    PROJECT_NAME_ANNOTATION, SPEC_HASH_ANNOTATION,
 };
 
 pub const FIELD_MANAGER: &str = "compose-ingress";
+
+/// Page size of the owned-object listings.
+const LIST_PAGE: u32 = 500;
 
 /// The kinds of object the sidecar owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -224,35 +227,51 @@ impl Cluster {
 
     /// Every object of this pod, of every kind (a missing HTTPRoute CRD is not an error).
     pub async fn list_owned(&self) -> Result<Vec<OwnedObject>, ClusterError> {
-        let lp = ListParams::default().labels(&render::pod_selector_string(&self.pod));
         let mut out = Vec::new();
         for kind in Kind::ALL {
-            let list = match self.api(kind).list(&lp).await {
-                Ok(l) => l,
-                Err(e) if kind == Kind::HttpRoute && is_status(&e, 404) => continue,
-                Err(e) => return Err(self.err("list", kind, "*")(e)),
-            };
-            for o in list.items {
-                if !self.is_ours(&o.metadata) {
-                    continue; // the selector already says so; this keeps the rule in one place
+            // Metadata only (names, uids, labels, the spec-hash annotation is all we need), in
+            // pages: a full listing of thousands of objects would hold every spec in memory.
+            let mut lp = ListParams::default()
+                .labels(&render::pod_selector_string(&self.pod))
+                .limit(LIST_PAGE);
+            loop {
+                let page = match self.api(kind).list_metadata(&lp).await {
+                    Ok(l) => l,
+                    Err(e) if kind == Kind::HttpRoute && is_status(&e, 404) => break,
+                    Err(e) => return Err(self.err("list", kind, "*")(e)),
+                };
+                for o in page.items {
+                    if let Some(owned) = self.owned_object(kind, o.metadata) {
+                        out.push(owned);
+                    }
                 }
-                let annotations = o.metadata.annotations.clone().unwrap_or_default();
-                let labels = o.metadata.labels.clone().unwrap_or_default();
-                out.push(OwnedObject {
-                    kind,
-                    name: o.metadata.name.clone().unwrap_or_default(),
-                    uid: o.metadata.uid.clone().unwrap_or_default(),
-                    project: annotations
-                        .get(PROJECT_NAME_ANNOTATION)
-                        .or_else(|| labels.get(PROJECT_LABEL))
-                        .cloned()
-                        .unwrap_or_default(),
-                    spec_hash: render::spec_hash_of(&o).map(str::to_string),
-                    host: annotations.get(HOST_ANNOTATION).cloned(),
-                });
+                match page.metadata.continue_ {
+                    Some(token) if !token.is_empty() => lp = lp.continue_token(&token),
+                    _ => break,
+                }
             }
         }
         Ok(out)
+    }
+
+    fn owned_object(&self, kind: Kind, meta: kube::api::ObjectMeta) -> Option<OwnedObject> {
+        if !self.is_ours(&meta) {
+            return None; // the selector already says so; this keeps the rule in one place
+        }
+        let annotations = meta.annotations.unwrap_or_default();
+        let labels = meta.labels.unwrap_or_default();
+        Some(OwnedObject {
+            kind,
+            name: meta.name.unwrap_or_default(),
+            uid: meta.uid.unwrap_or_default(),
+            project: annotations
+                .get(PROJECT_NAME_ANNOTATION)
+                .or_else(|| labels.get(PROJECT_LABEL))
+                .cloned()
+                .unwrap_or_default(),
+            spec_hash: annotations.get(SPEC_HASH_ANNOTATION).cloned(),
+            host: annotations.get(HOST_ANNOTATION).cloned(),
+        })
     }
 
     fn print(&self, verb: &str, obj: &DesiredObject) {
