@@ -17,7 +17,11 @@ use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
 use compose_ingress::{logging, retry, telemetry};
 
-#[tokio::main]
+// One thread runs every task. The sidecar's work is I/O: a serial reconciler, one Docker event
+// reader, a few HTTP requests; a worker per core (tokio's default, 64 on a big node without a CPU
+// limit) buys nothing here and costs memory: glibc gives each thread that allocates its own malloc
+// arena, and the peaks of a start-up resync stay fragmented across them (BENCHMARKS.md, "Cost").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = match Args::try_parse() {
         Ok(args) => match args.validate() {
