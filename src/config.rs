@@ -117,6 +117,12 @@ pub struct Args {
     #[arg(long, env = "COMPOSE_INGRESS_DEBOUNCE", default_value = "300ms", value_parser = parse_duration)]
     pub debounce: Duration,
 
+    /// Longest wait for opted-in services that are created but not started yet (compose creates
+    /// every container of `up` before starting them) before the rest is exposed without them;
+    /// 0 exposes each service as soon as it runs.
+    #[arg(long = "settle-time", env = "COMPOSE_INGRESS_SETTLE_TIME", default_value = "10s", value_parser = parse_duration)]
+    pub settle_time: Duration,
+
     /// Wait this long after a composition stops exposing before deleting its objects.
     #[arg(long = "delete-grace", env = "COMPOSE_INGRESS_DELETE_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub delete_grace: Duration,
@@ -182,6 +188,7 @@ pub enum CleanupOnExit {
 pub struct Timings {
     pub resync_interval: Duration,
     pub debounce: Duration,
+    pub settle_time: Duration,
     pub delete_grace: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -472,6 +479,7 @@ impl Args {
             timings: Timings {
                 resync_interval: self.resync_interval,
                 debounce: self.debounce,
+                settle_time: self.settle_time,
                 delete_grace: self.delete_grace,
                 shutdown_timeout: self.shutdown_timeout,
             },

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::model::{ObservedContainer, ObservedProject, Protocol, PublishedPort};
+use crate::model::{ContainerState, ObservedContainer, ObservedProject, Protocol, PublishedPort};
 use crate::plan::COMPOSE_PROJECT;
 
 /// A project key: a compose project name, or `/<container name>` for a plain container (compose
@@ -312,7 +312,11 @@ fn observe(c: &ContainerSummary) -> ObservedContainer {
             .map(|n| n.trim_start_matches('/').to_string())
             .unwrap_or_default(),
         labels: c.labels.clone().unwrap_or_default().into_iter().collect(),
-        running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+        state: match c.state {
+            Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
+            Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
+            _ => ContainerState::Stopped,
+        },
         published,
     }
 }
@@ -380,7 +384,7 @@ mod tests {
         };
         let o = observe(&c);
         assert_eq!(o.name, "demochat_web_1");
-        assert!(o.running);
+        assert_eq!(o.state, ContainerState::Running);
         assert_eq!(
             o.published,
             vec![

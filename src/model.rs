@@ -27,9 +27,20 @@ pub struct ObservedContainer {
     /// Display name without the leading '/': used in log lines only, never as a key.
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// Only running containers are exposed; the docker edge may still report stopped ones.
-    pub running: bool,
+    /// Only running containers are exposed; the docker edge may still report others.
+    pub state: ContainerState,
     pub published: Vec<PublishedPort>,
+}
+
+/// The part of Docker's container state the planner cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Running,
+    /// Created and never started: Compose v2 creates every container of `up` first and then
+    /// starts them, and a recreate creates the replacement before it starts it.
+    Created,
+    /// Exited, paused, restarting, dead, being removed.
+    Stopped,
 }
 
 /// Every container the docker edge saw for one project key (compose project, or a plain
@@ -145,4 +156,7 @@ pub struct Plan {
     /// `None` when nothing of the project is to be exposed (objects go after the grace).
     pub desired: Option<DesiredComposition>,
     pub refusals: Vec<Refusal>,
+    /// Opted-in services with no running container but one that is created and not yet started
+    /// (sorted): the composition is still coming up, so the reconciler may wait for them.
+    pub awaiting_start: Vec<String>,
 }

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::labels::{self, ServiceExposure};
 use crate::model::{
-    Backend, DesiredComposition, ObservedContainer, ObservedProject, Plan, PlanSettings, Protocol,
-    Refusal,
+    Backend, ContainerState, DesiredComposition, ObservedContainer, ObservedProject, Plan,
+    PlanSettings, Protocol, Refusal,
 };
 use crate::naming;
 
@@ -37,6 +37,8 @@ pub const TEMPLATE_SOURCE: &str = "--host-template";
 ///   replica on its own host port, and one Service port can target only one port of the pod, so
 ///   load balancing across replicas is not possible through this pod's Service.
 /// - Only published TCP ports count. A service without one is simply not exposed.
+/// - Opted-in services with a created but not yet started container and no running one are
+///   listed in `awaiting_start` (Compose v2 creates every container before it starts them).
 /// - Hosts come from the template unless a label chose one; a chosen host needs exactly one
 ///   exposed port. When two backends claim the same host and path, the first in (service,
 ///   container port) order keeps it and the others are refused.
@@ -49,7 +51,9 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
     let mut class: Option<(String, String)> = None; // (class, service that chose it)
     let mut tls: Option<(String, String)> = None;
 
-    for (service, members) in group_services(project, settings) {
+    let running = group_services(project, settings, ContainerState::Running);
+    let awaiting_start = awaiting_start(project, settings, &running);
+    for (service, members) in running {
         let Some(container) = pick_replica(&members) else {
             continue;
         };
@@ -125,6 +129,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
         return Plan {
             desired: None,
             refusals,
+            awaiting_start,
         };
     }
     let live: BTreeSet<&str> = backends.iter().map(|b| b.service.as_str()).collect();
@@ -151,6 +156,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
             tls_secret: chosen_tls.or_else(|| settings.tls_secret.clone()),
         }),
         refusals,
+        awaiting_start,
     }
 }
 
@@ -162,13 +168,15 @@ struct Accepted<'a> {
     ports: Vec<(u16, u16)>,
 }
 
+/// The project's containers in `state`, by service (one-off containers left out).
 fn group_services<'a>(
     project: &'a ObservedProject,
     settings: &PlanSettings,
+    state: ContainerState,
 ) -> BTreeMap<String, Vec<&'a ObservedContainer>> {
     let mut groups: BTreeMap<String, Vec<&ObservedContainer>> = BTreeMap::new();
     for c in &project.containers {
-        if !c.running {
+        if c.state != state {
             continue;
         }
         if c.labels
@@ -185,6 +193,29 @@ fn group_services<'a>(
         groups.entry(service).or_default().push(c);
     }
     groups
+}
+
+/// Services that opted in and have a created, never started container but no running one.
+/// A created container lists no published ports yet, so the opt-in label is all there is to go
+/// by; a label error is reported once the container runs, not here.
+fn awaiting_start(
+    project: &ObservedProject,
+    settings: &PlanSettings,
+    running: &BTreeMap<String, Vec<&ObservedContainer>>,
+) -> Vec<String> {
+    group_services(project, settings, ContainerState::Created)
+        .into_iter()
+        .filter(|(service, _)| !running.contains_key(service))
+        .filter(|(service, members)| {
+            members.iter().any(|c| {
+                matches!(
+                    labels::parse_service_labels(&c.name, service, &c.labels, settings),
+                    Ok(e) if e.enabled
+                )
+            })
+        })
+        .map(|(service, _)| service)
+        .collect()
 }
 
 /// The replica with the lowest container number (ties and missing numbers: by name, then id),
@@ -503,7 +534,7 @@ mod tests {
             id: format!("id-{name}"),
             name: name.into(),
             labels: l,
-            running: true,
+            state: ContainerState::Running,
             published: ports
                 .iter()
                 .map(|&(container_port, protocol, host_port)| PublishedPort {
@@ -582,11 +613,41 @@ mod tests {
     #[test]
     fn skips_stopped_and_oneoff_containers() {
         let mut stopped = container("web-1", "web", 1, &[ON], &[(80, TCP, 1000)]);
-        stopped.running = false;
+        stopped.state = ContainerState::Stopped;
         let mut oneoff = container("web-run-1", "web", 1, &[ON], &[(80, TCP, 1001)]);
         oneoff.labels.insert(COMPOSE_ONEOFF.into(), "True".into());
         let p = plan(&project(vec![stopped, oneoff]), &settings());
         assert_eq!(p.desired, None);
+    }
+
+    #[test]
+    fn created_opted_in_services_without_a_running_container_are_awaited() {
+        let web = container("demochat-web-1", "web", 1, &[ON], &[(80, TCP, 1000)]);
+        let mut api = container("demochat-api-1", "api", 1, &[ON], &[]);
+        api.state = ContainerState::Created;
+        let mut db = container("demochat-db-1", "db", 1, &[], &[]);
+        db.state = ContainerState::Created;
+        let mut web2 = container("demochat-web-2", "web", 2, &[ON], &[]);
+        web2.state = ContainerState::Created;
+        let mut bad = container(
+            "demochat-bad-1",
+            "bad",
+            1,
+            &[(labels::ENABLE, "maybe")],
+            &[],
+        );
+        bad.state = ContainerState::Created;
+        let mut exited = container("demochat-old-1", "old", 1, &[ON], &[]);
+        exited.state = ContainerState::Stopped;
+        let p = plan(&project(vec![web, api, db, web2, bad, exited]), &settings());
+        // web runs (its second replica does not matter), db did not opt in, bad's label is
+        // refused once it runs, old has stopped: only api is still to come.
+        assert_eq!(p.awaiting_start, vec!["api".to_string()]);
+        assert_eq!(
+            hosts(&p),
+            vec!["web-80-demochat-runner-3.composition.example.com"]
+        );
+        assert!(p.refusals.is_empty(), "{:?}", p.refusals);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::cluster::{Claim, Cluster, ClusterError, DesiredObject, Kind, OwnedObject};
 use crate::config::Timings;
 use crate::docker::{DockerClient, Hint, ProjectKey};
-use crate::model::{DesiredComposition, ObservedProject, OwnerPod, PlanSettings, RouteApi};
+use crate::model::{DesiredComposition, ObservedProject, OwnerPod, Plan, PlanSettings, RouteApi};
 use crate::plan::plan;
 use crate::render;
 use crate::status::{CompositionState, RefusedReason, Status};
@@ -28,6 +28,9 @@ pub enum Outcome {
     GracePending,
     Deleted,
     Nothing,
+    /// Opted-in services are created but not started yet: no write until they start or the
+    /// settle time runs out.
+    Waiting,
 }
 
 /// Why (part of) a composition is not exposed.
@@ -56,6 +59,8 @@ struct ProjectState {
     problems: BTreeSet<Problem>,
     last_error: Option<String>,
     urls: Vec<String>,
+    /// Since when the composition has had opted-in services created and not yet started.
+    starting_since: Option<Instant>,
 }
 
 pub struct Reconciler {
@@ -260,13 +265,11 @@ impl Reconciler {
         let state = self.projects.entry(key.to_string()).or_default();
         match result {
             Ok(outcome) => {
-                self.status
-                    .metrics
-                    .reconcile(if outcome == Outcome::Unchanged {
-                        "unchanged"
-                    } else {
-                        "changed"
-                    });
+                self.status.metrics.reconcile(match outcome {
+                    Outcome::Unchanged => "unchanged",
+                    Outcome::Waiting => "waiting",
+                    _ => "changed",
+                });
                 state.backoff = None;
                 state.last_error = None;
                 debug!(
@@ -306,6 +309,16 @@ impl Reconciler {
         observed: &ObservedProject,
     ) -> Result<Outcome, ClusterError> {
         let plan = plan(observed, &self.settings);
+        if let Some(wait) = self.wait_for_start(key, &plan) {
+            debug!(
+                awaiting = ?plan.awaiting_start,
+                wait_ms = wait.as_millis() as u64,
+                "services created and not started yet; waiting for them"
+            );
+            // A start event re-queues the project earlier; this is the deadline if none comes.
+            self.queue.insert(key.to_string(), Instant::now() + wait);
+            return Ok(Outcome::Waiting);
+        }
         let mut problems: BTreeSet<Problem> = BTreeSet::new();
         for r in &plan.refusals {
             let problem = Problem::Label {
@@ -345,6 +358,24 @@ impl Reconciler {
                 Ok(outcome)
             }
         }
+    }
+
+    /// How much longer to wait for the plan's `awaiting_start` services before exposing the
+    /// rest, so that a composition that comes up in steps is written once, not once per step.
+    /// The clock starts at the first pass that has something to expose while services are still
+    /// awaited (a composition created long ago and started now gets the whole settle time).
+    /// `None`: expose now (nothing awaited, nothing to expose yet, or the settle time is over).
+    fn wait_for_start(&mut self, key: &str, plan: &Plan) -> Option<Duration> {
+        let state = self.projects.entry(key.to_string()).or_default();
+        if plan.awaiting_start.is_empty() || plan.desired.is_none() {
+            state.starting_since = None;
+            return None;
+        }
+        let since = *state.starting_since.get_or_insert_with(Instant::now);
+        self.timings
+            .settle_time
+            .checked_sub(since.elapsed())
+            .filter(|left| !left.is_zero())
     }
 
     /// Claims every host of the composition with a Lease; backends whose host another pod (or

@@ -163,7 +163,7 @@ impl Default for Metrics {
         );
         registry.register(
             "reconciles",
-            "Project reconciles, by outcome (changed, unchanged, error)",
+            "Project reconciles, by outcome (changed, unchanged, waiting, error)",
             m.reconciles.clone(),
         );
         registry.register(

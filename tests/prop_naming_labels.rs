@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use compose_ingress::labels::{self, MAX_SHOWN_CHARS};
 use compose_ingress::model::{
-    ObservedContainer, ObservedProject, PlanSettings, Protocol, PublishedPort, RouteApi,
+    ContainerState, ObservedContainer, ObservedProject, PlanSettings, Protocol, PublishedPort,
+    RouteApi,
 };
 use compose_ingress::{naming, plan};
 use proptest::prelude::*;
@@ -225,7 +226,7 @@ proptest! {
                 .filter(|(k, v)| k != labels::HOST || !v.is_empty())
                 .filter(|(k, _)| k != labels::PORTS || i % 2 == 0)
                 .collect(),
-                running: true,
+                state: ContainerState::Running,
                 published: vec![
                     PublishedPort { container_port: *cport, protocol: Protocol::Tcp, host_port: *hport },
                     PublishedPort { container_port: cport.wrapping_add(1), protocol: Protocol::Tcp, host_port: *hport },

@@ -380,6 +380,42 @@ async fn scaled_service_exposes_its_first_replica(compose: ComposeVersion) {
     assert_eq!(ports.len(), 1, "one port for the scaled service");
 }
 
+/// Compose v2 creates every container of `up` and then starts them; services that start a
+/// while apart must not cost one write each. And a service that never starts must not hold the
+/// others back for longer than `--settle-time`.
+async fn services_started_in_steps_are_exposed_in_one_write(compose: ComposeVersion) {
+    let (ns, pod, admin) = setup("settle").await;
+    let _sidecar = Sidecar::start(bed(), &pod, &["--settle-time", "4s"]).await;
+    let file = compose_file(&[
+        web("web", "web-page", 80, "80", &[ENABLE]),
+        web("api", "api-page", 81, "81", &[ENABLE]),
+    ]);
+    pod.compose_as(compose, "steps", &file, &["up", "--no-start"]);
+    pod.compose_as(compose, "steps", &file, &["start", "web"]);
+    // Longer than the debounce: the sidecar sees web running and api created but not started.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pod.compose_as(compose, "steps", &file, &["start", "api"]);
+    let ingress = eventually("the Ingress of steps with both hosts", CONVERGE, || async {
+        ingresses_of(&admin, &ns, "runner-0", "steps")
+            .await
+            .into_iter()
+            .find(|i| ingress_hosts(i).len() == 2)
+    })
+    .await;
+    assert_eq!(
+        ingress.metadata.generation,
+        Some(1),
+        "the Ingress spec was written once, not once per service that started"
+    );
+
+    pod.compose_as(compose, "partial", &file, &["up", "--no-start"]);
+    pod.compose_as(compose, "partial", &file, &["start", "web"]);
+    let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "partial").await;
+    let web_host = host_of(&ns, "web", 80, "partial", "runner-0");
+    assert_eq!(ingress_hosts(&ingress), vec![web_host.clone()]);
+    assert_eq!(through_ingress(&web_host).await.trim(), "web-page");
+}
+
 async fn compositions_running_before_the_sidecar_are_exposed_at_start(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("prestart").await;
     pod.compose_as(
@@ -1039,6 +1075,7 @@ for_each_compose!(
     nothing_is_created_for_services_that_do_not_qualify,
     compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_objects,
     scaled_service_exposes_its_first_replica,
+    services_started_in_steps_are_exposed_in_one_write,
     compositions_running_before_the_sidecar_are_exposed_at_start,
     orphans_of_a_killed_sidecar_are_deleted_by_the_next_start,
     dockerd_restart_under_a_running_sidecar_converges,
