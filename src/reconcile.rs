@@ -59,8 +59,12 @@ struct ProjectState {
     problems: BTreeSet<Problem>,
     last_error: Option<String>,
     urls: Vec<String>,
-    /// Since when the composition has had opted-in services created and not yet started.
+    /// Since when the composition has had something to expose while opted-in services were
+    /// still created and not started (the settle clock).
     starting_since: Option<Instant>,
+    /// The last pass found opted-in services created and not started, within the settle time:
+    /// their `start` is expected, so its hint needs no debounce (see `on_hint`).
+    expecting_start: bool,
 }
 
 pub struct Reconciler {
@@ -137,7 +141,16 @@ impl Reconciler {
     fn on_hint(&mut self, hint: Hint) {
         match hint {
             Hint::Project(key) => {
-                let due = Instant::now() + self.timings.debounce;
+                // The debounce guesses when a composition has finished coming up. When the last
+                // pass saw which services are still to start, nothing is left to guess: the
+                // settle wait (`wait_for_start`) coalesces their starts, so go at once.
+                let expecting = self.projects.get(&key).is_some_and(|s| s.expecting_start);
+                let debounce = if expecting {
+                    Duration::ZERO
+                } else {
+                    self.timings.debounce
+                };
+                let due = Instant::now() + debounce;
                 let entry = self.queue.entry(key).or_insert(due);
                 *entry = (*entry).min(due);
             }
@@ -278,7 +291,9 @@ impl Reconciler {
                     "reconciled"
                 );
                 if outcome == Outcome::Deleted || outcome == Outcome::Nothing {
-                    let forget = state.grace_until.is_none() && state.problems.is_empty();
+                    let forget = state.grace_until.is_none()
+                        && state.problems.is_empty()
+                        && !state.expecting_start;
                     if forget {
                         self.projects.remove(key);
                     }
@@ -344,7 +359,8 @@ impl Reconciler {
                     .entry(key.to_string())
                     .or_default()
                     .grace_until = None;
-                self.apply(key, &d).await
+                let refused = refused_reasons(&plan.refusals, self.projects.get(key));
+                self.apply(key, &d, refused).await
             }
             None => {
                 let outcome = self.stop_exposing(key).await?;
@@ -369,13 +385,19 @@ impl Reconciler {
         let state = self.projects.entry(key.to_string()).or_default();
         if plan.awaiting_start.is_empty() || plan.desired.is_none() {
             state.starting_since = None;
+            // `--settle-time 0` turns the whole mechanism off, the debounce included.
+            state.expecting_start =
+                !plan.awaiting_start.is_empty() && !self.timings.settle_time.is_zero();
             return None;
         }
         let since = *state.starting_since.get_or_insert_with(Instant::now);
-        self.timings
+        let left = self
+            .timings
             .settle_time
             .checked_sub(since.elapsed())
-            .filter(|left| !left.is_zero())
+            .filter(|left| !left.is_zero());
+        state.expecting_start = left.is_some();
+        left
     }
 
     /// Claims every host of the composition with a Lease; backends whose host another pod (or
@@ -397,9 +419,18 @@ impl Reconciler {
             if self.owned.get(&id).is_some_and(|o| o.project == key) {
                 continue;
             }
-            match self.cluster.claim(&lease).await? {
+            let timer = std::time::Instant::now();
+            let claim = self.cluster.claim(&lease).await;
+            let result = match &claim {
+                Ok(Claim::Ours { .. }) => "ok",
+                Ok(Claim::Taken { .. }) => "conflict",
+                Err(_) => "error",
+            };
+            self.status
+                .metrics
+                .api_request("create", Kind::Lease, result, timer.elapsed());
+            match claim? {
                 Claim::Ours { uid } => {
-                    self.status.metrics.api_write("create", Kind::Lease);
                     self.owned
                         .insert(id.clone(), owned_record(&lease, key, uid, Some(host)));
                 }
@@ -463,7 +494,12 @@ impl Reconciler {
         Ok(objects)
     }
 
-    async fn apply(&mut self, key: &str, d: &DesiredComposition) -> Result<Outcome, ClusterError> {
+    async fn apply(
+        &mut self,
+        key: &str,
+        d: &DesiredComposition,
+        refused: Vec<RefusedReason>,
+    ) -> Result<Outcome, ClusterError> {
         let objects = self.render_all(d)?;
         let mut wrote = false;
         // Service first, so that a route never points at a Service that does not exist yet.
@@ -478,7 +514,7 @@ impl Reconciler {
             let result = self.cluster.upsert(obj, known.is_some()).await;
             self.status
                 .metrics
-                .api_request(verb, obj.kind, result.is_ok(), timer.elapsed());
+                .api_request(verb, obj.kind, ok_or_error(&result), timer.elapsed());
             let uid = result?;
             self.owned.insert(id, owned_record(obj, key, uid, None));
             wrote = true;
@@ -516,6 +552,7 @@ impl Reconciler {
             CompositionState::Exposed {
                 urls,
                 backends: d.backends.clone(),
+                refused,
             },
         );
         Ok(if wrote || changed {
@@ -574,7 +611,7 @@ impl Reconciler {
         let result = self.cluster.delete(o.kind, &o.name, &o.uid).await;
         self.status
             .metrics
-            .api_request("delete", o.kind, result.is_ok(), timer.elapsed());
+            .api_request("delete", o.kind, ok_or_error(&result), timer.elapsed());
         result?;
         self.owned.remove(&(o.kind, o.name.clone()));
         Ok(())
@@ -597,8 +634,8 @@ fn owned_record(
     }
 }
 
-/// Why nothing of a composition is exposed: the plan's label refusals, and the hosts that other
-/// pods hold.
+/// What of a composition is refused: the plan's label refusals, and the hosts that other pods
+/// (or compositions) hold.
 fn refused_reasons(
     refusals: &[crate::model::Refusal],
     state: Option<&ProjectState>,
@@ -652,4 +689,8 @@ pub async fn delete_all_owned(cluster: &Cluster) -> Result<usize, ClusterError> 
         cluster.delete(o.kind, &o.name, &o.uid).await?;
     }
     Ok(owned.len())
+}
+/// The `result` label of an API request metric.
+fn ok_or_error<T, E>(result: &Result<T, E>) -> &'static str {
+    if result.is_ok() { "ok" } else { "error" }
 }

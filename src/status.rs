@@ -27,6 +27,9 @@ pub enum CompositionState {
         urls: Vec<String>,
         #[serde(serialize_with = "serialize_backends")]
         backends: Vec<Backend>,
+        /// What of the composition was refused while the rest is exposed (omitted when empty).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        refused: Vec<RefusedReason>,
     },
     PendingDeletion,
     /// Nothing of the composition is exposed because every candidate was refused.
@@ -249,11 +252,9 @@ impl Metrics {
             })
             .inc();
     }
-    pub fn api_write(&self, verb: &str, kind: Kind) {
-        self.api_request(verb, kind, true, Duration::ZERO);
-    }
-    pub fn api_request(&self, verb: &str, kind: Kind, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "error" };
+    /// One Kubernetes API write; `result` is `ok`, `error`, or `conflict` (a host claim that
+    /// found the Lease held by someone else: the apiserver's 409, an answer rather than a fault).
+    pub fn api_request(&self, verb: &str, kind: Kind, result: &str, took: Duration) {
         self.api_requests
             .get_or_create(&RequestLabels {
                 verb: verb.to_string(),

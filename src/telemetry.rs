@@ -310,6 +310,7 @@ mod tests {
                     path: "/".into(),
                     chosen_host: false,
                 }],
+                refused: vec![],
             },
         );
         status.set_composition("old", CompositionState::PendingDeletion);
@@ -318,6 +319,10 @@ mod tests {
         assert_eq!(doc["compositions"][0]["name"], "demo");
         assert_eq!(doc["compositions"][0]["state"], "exposed");
         assert_eq!(doc["compositions"][0]["backends"][0]["host_port"], 32768);
+        assert!(
+            doc["compositions"][0].get("refused").is_none(),
+            "no refused list when nothing was refused"
+        );
         assert_eq!(doc["compositions"][1]["state"], "pending-deletion");
     }
 }

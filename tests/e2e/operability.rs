@@ -22,7 +22,7 @@ use crate::support::{Bed, CONVERGE, bed, eventually, repo_root, unique_namespace
 const RECONNECT: Duration = Duration::from_secs(120);
 
 /// The HTTP endpoints of a running sidecar (crate::sidecar::Sidecar runs the binary).
-trait Endpoints {
+pub(crate) trait Endpoints {
     fn get(&self, path: &str) -> Result<(u16, String), String>;
     async fn wait_status(&self, path: &str, code: u16) -> String;
     fn metrics(&self) -> Metrics;
@@ -101,7 +101,7 @@ fn raw(addr: &str, request: &[u8]) -> Result<(u16, String), String> {
 // ------------------------------------------------------------------------------------------
 // Prometheus/OpenMetrics text parsing (what a scraper does).
 
-struct Metrics(Vec<(String, BTreeMap<String, String>, f64)>);
+pub(crate) struct Metrics(Vec<(String, BTreeMap<String, String>, f64)>);
 
 impl Metrics {
     fn parse(text: &str) -> Metrics {
@@ -141,7 +141,7 @@ impl Metrics {
     }
 
     /// Sum of the samples of `name` whose labels include `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.0
             .iter()
             .filter(|(n, l, _)| {
@@ -257,7 +257,7 @@ async fn metrics_move_as_a_composition_comes_and_goes() {
             &[("outcome", "changed")]
         ) >= 1.0
     );
-    for kind in ["Service", "Ingress"] {
+    for kind in ["Lease", "Service", "Ingress"] {
         assert!(
             up.value(
                 "compose_ingress_api_requests_total",

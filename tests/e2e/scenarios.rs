@@ -3,11 +3,13 @@
 //! EndpointSlice controller, and Traefik routing real HTTP to the containers. The sidecar runs
 //! as its ServiceAccount with the Role from deploy/base/rbac.yaml.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
+use crate::operability::Endpoints;
 use crate::sidecar::{
     Sidecar, domain, ingress_hosts, ingresses_of, services_of, target_ports, wait_exposed,
     wait_gone,
@@ -742,6 +744,33 @@ async fn bad_labels_are_refused_one_warning_each_and_others_still_expose(compose
         1,
         "one warning for the second claim of a host: {claim:?}"
     );
+    // /exposures shows the composition exposed, with every refused service and its reason.
+    let exposures = sidecar.exposures();
+    let bad = exposures["compositions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "bad"))
+        .unwrap_or_else(|| panic!("composition bad in /exposures: {exposures}"));
+    assert_eq!(bad["state"], "exposed");
+    let refused: BTreeSet<(String, String)> = bad["refused"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a refused list: {bad}"))
+        .iter()
+        .map(|r| {
+            (
+                r["service"].as_str().unwrap_or_default().to_string(),
+                r["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let mut expected: BTreeSet<(String, String)> = cases
+        .iter()
+        .map(|(svc, _, _, reason)| (svc.to_string(), reason.to_string()))
+        .collect();
+    expected.insert((
+        "claimb".to_string(),
+        "host-taken-in-composition".to_string(),
+    ));
+    assert_eq!(refused, expected, "/exposures lists what was refused");
 }
 
 async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping(compose: ComposeVersion) {
@@ -794,6 +823,17 @@ async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping(compose:
     assert_eq!(
         line["holder_pod"], winner.0,
         "the refusal names the pod that holds the host"
+    );
+    assert!(
+        loser.metrics().value(
+            "compose_ingress_api_requests_total",
+            &[
+                ("verb", "create"),
+                ("kind", "Lease"),
+                ("result", "conflict")
+            ]
+        ) >= 1.0,
+        "the lost claim is counted as a conflict"
     );
     // Nothing flaps: both sidecars re-check everything every second; after several passes the
     // winner's Ingress is the same object, never rewritten, and the loser has none.
