@@ -1040,6 +1040,26 @@ async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
     let docker = pod.docker();
     ensure_networks(&docker, 1).await;
     let admin = bed().admin().await;
+    // "N existing routes" is only true on a bed without other routes: Traefik builds routers for
+    // every namespace, so leftovers of an interrupted run or of tests would skew every point.
+    // (The smoke run in ./test comes after the integration tests, whose routes it tolerates.)
+    for kind in ["Ingress", "HTTPRoute"] {
+        let all: Api<DynamicObject> = Api::all_with(admin.clone(), &resource(kind));
+        let others = all
+            .list_metadata(&ListParams::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0);
+        say(format!(
+            "routable: {others} {kind} objects of others on the bed"
+        ));
+        assert!(
+            others == 0 || scale.smoke,
+            "routable: {others} {kind} objects already exist on the bed (an interrupted run or \
+             tests left them): delete their namespaces, or start from a fresh bed \
+             (tests/testbed/down.sh), and run again"
+        );
+    }
     prepare_filler_ns(&admin, &pod).await;
     let traefik = bed()
         .get("TRAEFIK_WEB")

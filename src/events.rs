@@ -78,10 +78,21 @@ impl Bucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Post,
-    /// Dropped; `first` is true for the first drop after an event of this key was let through.
+    /// Dropped; `first` is true for the first drop of a run (after an event went through), so
+    /// that one log line covers the run.
     Drop {
         first: bool,
+        limit: Limit,
     },
+}
+
+/// Which bucket dropped an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// This (reason, composition) produced Events too fast.
+    Composition,
+    /// The pod as a whole did (many compositions at once).
+    Pod,
 }
 
 /// Token buckets per (reason, composition) and for the whole pod. Pure (time is passed in).
@@ -130,11 +141,19 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             global.tokens -= 1.0;
             bucket.dropped = 0;
+            global.dropped = 0;
             Verdict::Post
-        } else {
+        } else if bucket.tokens < 1.0 {
             bucket.dropped += 1;
             Verdict::Drop {
                 first: bucket.dropped == 1,
+                limit: Limit::Composition,
+            }
+        } else {
+            global.dropped += 1;
+            Verdict::Drop {
+                first: global.dropped == 1,
+                limit: Limit::Pod,
             }
         }
     }
@@ -230,11 +249,19 @@ pub async fn run(
             e = queue.recv() => match e { Some(e) => e, None => break },
         };
         match limiter.check(event.reason, &event.composition, Instant::now()) {
-            Verdict::Drop { first } => {
+            Verdict::Drop { first, limit } => {
                 status.metrics.kube_event(event.reason, "rate-limited");
-                if first {
-                    info!(reason = event.reason, composition = %event.composition,
-                        "Kubernetes Events rate-limited: dropping further {} events of this composition for now", event.reason);
+                match (first, limit) {
+                    (false, _) => {}
+                    (true, Limit::Composition) => {
+                        info!(reason = event.reason, composition = %event.composition,
+                        "Kubernetes Events rate-limited: dropping further {} events of this composition for now", event.reason)
+                    }
+                    (true, Limit::Pod) => {
+                        info!(reason = event.reason, composition = %event.composition,
+                        "Kubernetes Events rate-limited: this pod posts at most {} Events in a burst, then one every {} ms; dropping Events of every composition for now",
+                        limits.global_burst, limits.global_refill.as_millis())
+                    }
                 }
                 continue;
             }
@@ -294,18 +321,19 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(l.check("Exposed", "web", t0), Verdict::Post);
         }
-        assert_eq!(l.check("Exposed", "web", t0), Verdict::Drop { first: true });
-        assert_eq!(
-            l.check("Exposed", "web", t0),
-            Verdict::Drop { first: false }
-        );
+        let drop = |first| Verdict::Drop {
+            first,
+            limit: Limit::Composition,
+        };
+        assert_eq!(l.check("Exposed", "web", t0), drop(true));
+        assert_eq!(l.check("Exposed", "web", t0), drop(false));
         // other keys are independent
         assert_eq!(l.check("Unexposed", "web", t0), Verdict::Post);
         assert_eq!(l.check("Exposed", "api", t0), Verdict::Post);
         // one token per minute
         let t1 = t0 + Duration::from_secs(61);
         assert_eq!(l.check("Exposed", "web", t1), Verdict::Post);
-        assert_eq!(l.check("Exposed", "web", t1), Verdict::Drop { first: true });
+        assert_eq!(l.check("Exposed", "web", t1), drop(true));
     }
 
     #[test]
@@ -316,10 +344,21 @@ mod tests {
             ..limits()
         });
         let t0 = Instant::now();
-        let posted = (0..10)
-            .filter(|i| l.check("Exposed", &format!("p{i}"), t0) == Verdict::Post)
+        let verdicts: Vec<Verdict> = (0..10)
+            .map(|i| l.check("Exposed", &format!("p{i}"), t0))
+            .collect();
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Post).count(), 3);
+        // One log-worthy drop for the whole run of pod-wide drops, not one per composition.
+        let firsts = verdicts
+            .iter()
+            .filter(|v| {
+                **v == Verdict::Drop {
+                    first: true,
+                    limit: Limit::Pod,
+                }
+            })
             .count();
-        assert_eq!(posted, 3);
+        assert_eq!(firsts, 1);
     }
 
     #[test]
