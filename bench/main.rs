@@ -1748,7 +1748,7 @@ fn machine() -> Value {
         "nproc": run("nproc", &[]),
         "free_g": run("free", &["-g"]),
         "kernel": run("uname", &["-r"]),
-        "docker": run("docker", &["version", "--format", "{{.Client.Version}}"]),
+        "docker_engine": run("dockerd", &["--version"]),
     })
 }
 
