@@ -1048,8 +1048,9 @@ async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
         let others = all
             .list_metadata(&ListParams::default())
             .await
-            .map(|l| l.items.len())
-            .unwrap_or(0);
+            .unwrap_or_else(|e| panic!("routable: cannot list the bed's {kind} objects: {e}"))
+            .items
+            .len();
         say(format!(
             "routable: {others} {kind} objects of others on the bed"
         ));
