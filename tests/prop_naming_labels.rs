@@ -141,17 +141,54 @@ proptest! {
             }
         }
     }
+}
 
-    #[test]
-    fn label_parsing_never_panics_and_hosts_stay_under_the_domain(
-        values in proptest::collection::vec(text(), 9),
-        present in proptest::collection::vec(any::<bool>(), 9),
-        junk_key in text(),
-    ) {
-        let keys = [
-            labels::ENABLE, labels::PORTS, labels::HOST, labels::PATH, labels::RATE_LIMIT_RPS,
-            labels::CLASS, labels::KOMPOSE_EXPOSE, labels::KOMPOSE_CLASS, labels::KOMPOSE_TLS_SECRET,
-        ];
+/// Runs `case` on `cases` generated values (as `proptest!` does, shrinking included) and returns
+/// how many of them the code under test accepted (`case` returned `Ok(true)`): a property about
+/// accepted values is only worth something if enough generated values were accepted.
+fn accepted_of<S: Strategy>(
+    cases: u32,
+    strategy: S,
+    case: impl Fn(S::Value) -> Result<bool, TestCaseError>,
+) -> u32 {
+    let accepted = std::cell::Cell::new(0u32);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+    let result = runner.run(&strategy, |value| {
+        if case(value)? {
+            accepted.set(accepted.get() + 1);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    accepted.get()
+}
+
+const CASES: u32 = 512;
+
+/// At least this many of `CASES` must reach the branch a property is about (5%).
+const ENOUGH: u32 = CASES / 20;
+
+#[test]
+fn label_parsing_never_panics_and_hosts_stay_under_the_domain() {
+    let keys = [
+        labels::ENABLE,
+        labels::PORTS,
+        labels::HOST,
+        labels::PATH,
+        labels::RATE_LIMIT_RPS,
+        labels::CLASS,
+        labels::KOMPOSE_EXPOSE,
+        labels::KOMPOSE_CLASS,
+        labels::KOMPOSE_TLS_SECRET,
+    ];
+    let strategy = (
+        proptest::collection::vec(text(), 9),
+        proptest::collection::vec(any::<bool>(), 9),
+        text(),
+    );
+    let accepted = accepted_of(CASES, strategy, |(values, present, junk_key)| {
         let mut map = BTreeMap::new();
         for ((key, value), on) in keys.iter().zip(&values).zip(&present) {
             if *on {
@@ -170,6 +207,7 @@ proptest! {
                 prop_assert!(e.rate_limit_rps.is_none_or(|r| (1..=200).contains(&r)));
                 prop_assert!(e.class.is_none_or(|c| c == "public" || c == "heavy"));
                 prop_assert!(e.tls_secret.is_none_or(|t| t == "wildcard-tls"));
+                Ok(true)
             }
             Err(refusals) => {
                 prop_assert!(!refusals.is_empty());
@@ -179,79 +217,134 @@ proptest! {
                     prop_assert!(!r.message.contains('\n'));
                     prop_assert!(r.message.contains(&r.label));
                 }
+                Ok(false)
             }
         }
-    }
+    });
+    assert!(
+        accepted >= ENOUGH,
+        "only {accepted} of {CASES} label sets were accepted"
+    );
+    assert!(
+        CASES - accepted >= ENOUGH,
+        "only {} of {CASES} label sets were refused",
+        CASES - accepted
+    );
+}
 
-    #[test]
-    fn accepted_chosen_hosts_are_one_label_under_the_domain(
-        host in prop_oneof![text(), host_like()],
-        kompose in prop_oneof![text(), host_like(), "(x\\.composition\\.example\\.com,){0,3}[a-z.]{0,40}"],
-        with_host in any::<bool>(),
-        with_kompose in any::<bool>(),
-    ) {
-        let mut map = BTreeMap::new();
-        if with_host {
-            map.insert(labels::HOST.to_string(), host);
-        }
-        if with_kompose {
-            map.insert(labels::KOMPOSE_EXPOSE.to_string(), kompose);
-        }
-        if let Ok(e) = labels::parse_service_labels("c", "s", &map, &settings("{service}")) {
+#[test]
+fn accepted_chosen_hosts_are_one_label_under_the_domain() {
+    let strategy = (
+        prop_oneof![text(), host_like()],
+        prop_oneof![
+            text(),
+            host_like(),
+            "(x\\.composition\\.example\\.com,){0,3}[a-z.]{0,40}"
+        ],
+        any::<bool>(),
+        any::<bool>(),
+    );
+    let accepted = accepted_of(
+        CASES,
+        strategy,
+        |(host, kompose, with_host, with_kompose)| {
+            let mut map = BTreeMap::new();
+            if with_host {
+                map.insert(labels::HOST.to_string(), host);
+            }
+            if with_kompose {
+                map.insert(labels::KOMPOSE_EXPOSE.to_string(), kompose);
+            }
+            let Ok(e) = labels::parse_service_labels("c", "s", &map, &settings("{service}")) else {
+                return Ok(false);
+            };
             for h in &e.hosts {
                 assert_host_under_domain(&naming::full_host(&h.label, DOMAIN));
                 prop_assert!(labels::is_valid_path(&h.path));
             }
-        }
-    }
+            Ok(!e.hosts.is_empty())
+        },
+    );
+    assert!(
+        accepted >= ENOUGH,
+        "only {accepted} of {CASES} cases had an accepted chosen host"
+    );
+}
 
-    #[test]
-    fn plans_route_only_to_hosts_under_the_domain(
-        services in proptest::collection::vec((text(), text(), text(), any::<u16>(), any::<u16>()), 1..6),
-        project in text(),
-    ) {
+#[test]
+fn plans_route_only_to_hosts_under_the_domain() {
+    let strategy = (
+        proptest::collection::vec((text(), text(), text(), any::<u16>(), any::<u16>()), 1..6),
+        text(),
+    );
+    let exposed = accepted_of(CASES, strategy, |(services, project)| {
         let containers: Vec<ObservedContainer> = services
             .iter()
             .enumerate()
-            .map(|(i, (service, host, ports, cport, hport))| ObservedContainer {
-                id: i.to_string(),
-                name: format!("c{i}"),
-                labels: BTreeMap::from([
-                    ("com.docker.compose.service".to_string(), service.clone()),
-                    (labels::ENABLE.to_string(), "true".to_string()),
-                    (labels::HOST.to_string(), host.clone()),
-                    (labels::PORTS.to_string(), ports.clone()),
-                ])
-                .into_iter()
-                .filter(|(k, v)| k != labels::HOST || !v.is_empty())
-                .filter(|(k, _)| k != labels::PORTS || i % 2 == 0)
-                .collect(),
-                state: ContainerState::Running,
-                published: vec![
-                    PublishedPort { container_port: *cport, protocol: Protocol::Tcp, host_port: *hport },
-                    PublishedPort { container_port: cport.wrapping_add(1), protocol: Protocol::Tcp, host_port: *hport },
-                ],
-            })
+            .map(
+                |(i, (service, host, ports, cport, hport))| ObservedContainer {
+                    id: i.to_string(),
+                    name: format!("c{i}"),
+                    labels: BTreeMap::from([
+                        ("com.docker.compose.service".to_string(), service.clone()),
+                        (labels::ENABLE.to_string(), "true".to_string()),
+                        (labels::HOST.to_string(), host.clone()),
+                        (labels::PORTS.to_string(), ports.clone()),
+                    ])
+                    .into_iter()
+                    .filter(|(k, v)| k != labels::HOST || !v.is_empty())
+                    .filter(|(k, _)| k != labels::PORTS || i % 2 == 0)
+                    .collect(),
+                    state: ContainerState::Running,
+                    published: vec![
+                        PublishedPort {
+                            container_port: *cport,
+                            protocol: Protocol::Tcp,
+                            host_port: *hport,
+                        },
+                        PublishedPort {
+                            container_port: cport.wrapping_add(1),
+                            protocol: Protocol::Tcp,
+                            host_port: *hport,
+                        },
+                    ],
+                },
+            )
             .collect();
         let p = plan::plan(
-            &ObservedProject { name: project, containers },
+            &ObservedProject {
+                name: project,
+                containers,
+            },
             &settings("{service}-{port}-{project}-{pod}"),
         );
-        if let Some(d) = p.desired {
-            prop_assert!(!d.backends.is_empty());
-            prop_assert!(naming::is_dns_label(&d.object_name));
-            let mut routes = BTreeSet::new();
-            let mut ports: BTreeMap<(String, u16), (u16, String)> = BTreeMap::new();
-            for b in &d.backends {
-                assert_host_under_domain(&b.host);
-                prop_assert!(routes.insert((b.host.clone(), b.path.clone())), "duplicate route");
-                prop_assert!((1024..61024).contains(&b.service_port));
-                ports.insert((b.service.clone(), b.container_port), (b.service_port, b.port_name.clone()));
-            }
-            let numbers: BTreeSet<u16> = ports.values().map(|(n, _)| *n).collect();
-            let names: BTreeSet<&String> = ports.values().map(|(_, n)| n).collect();
-            prop_assert_eq!(numbers.len(), ports.len());
-            prop_assert_eq!(names.len(), ports.len());
+        let Some(d) = p.desired else {
+            return Ok(false);
+        };
+        prop_assert!(!d.backends.is_empty());
+        prop_assert!(naming::is_dns_label(&d.object_name));
+        let mut routes = BTreeSet::new();
+        let mut ports: BTreeMap<(String, u16), (u16, String)> = BTreeMap::new();
+        for b in &d.backends {
+            assert_host_under_domain(&b.host);
+            prop_assert!(
+                routes.insert((b.host.clone(), b.path.clone())),
+                "duplicate route"
+            );
+            prop_assert!((1024..61024).contains(&b.service_port));
+            ports.insert(
+                (b.service.clone(), b.container_port),
+                (b.service_port, b.port_name.clone()),
+            );
         }
-    }
+        let numbers: BTreeSet<u16> = ports.values().map(|(n, _)| *n).collect();
+        let names: BTreeSet<&String> = ports.values().map(|(_, n)| n).collect();
+        prop_assert_eq!(numbers.len(), ports.len());
+        prop_assert_eq!(names.len(), ports.len());
+        Ok(true)
+    });
+    assert!(
+        exposed >= ENOUGH,
+        "only {exposed} of {CASES} generated compositions were exposed"
+    );
 }

@@ -128,6 +128,27 @@ impl Sidecar {
         .await
     }
 
+    /// Whether the sidecar has held `project` back, waiting for created services to start (its
+    /// debug line, in the composition's span).
+    pub fn waited_for(&self, project: &str) -> bool {
+        self.log_lines("waiting for them")
+            .iter()
+            .any(|l| l["span"]["composition"] == project)
+    }
+
+    /// Waits until the sidecar says it holds `project` back for services not started yet.
+    pub async fn wait_waiting_for(&self, project: &str) {
+        eventually(
+            &format!(
+                "the sidecar waits for the rest of {project} to start (log: {})",
+                self.log.display()
+            ),
+            CONVERGE,
+            || async { self.waited_for(project).then_some(()) },
+        )
+        .await
+    }
+
     /// Waits until `count` full resyncs have been logged (start-up is the first).
     pub async fn wait_resyncs(&self, count: usize) {
         eventually(

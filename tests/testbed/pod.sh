@@ -28,9 +28,9 @@ start_dockerd() {
     --host "unix://$dir/docker.sock" --pidfile "$dir/dockerd.pid" \
     --bip 198.19.0.1/24 --default-address-pool base=198.19.128.0/17,size=24 \
     >>"$dir/dockerd.log" 2>&1 </dev/null &
-  local deadline=$((SECONDS + 60))
+  local deadline=$((SECONDS + 120))
   until DOCKER_HOST="unix://$dir/docker.sock" docker version >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || { tail -n 25 "$dir/dockerd.log" >&2; die "dockerd of pod $dir did not come up within 60s (log: $dir/dockerd.log)"; }
+    [ $SECONDS -lt $deadline ] || { tail -n 25 "$dir/dockerd.log" >&2; die "dockerd of pod $dir did not come up within 120s (log: $dir/dockerd.log)"; }
     sleep 0.2
   done
 }
