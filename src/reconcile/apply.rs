@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::{LOG_TARGET, Outcome, Problem, ProjectState, Reconciler};
 use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject};
-use crate::model::{DesiredComposition, RouteApi};
+use crate::model::{DesiredComposition, Refusal, RouteApi};
 use crate::render;
 use crate::status::{CompositionState, RefusedReason};
 
@@ -19,6 +19,25 @@ impl Reconciler {
             .filter(|o| o.project == project)
             .cloned()
             .collect()
+    }
+
+    /// The plan's label refusals as problems; a new one is logged, counted and posted once.
+    pub(super) fn label_problems(&self, key: &str, refusals: &[Refusal]) -> BTreeSet<Problem> {
+        let mut problems = BTreeSet::new();
+        for r in refusals {
+            let problem = Problem::Label {
+                container: r.container.clone(),
+                label: r.label.clone(),
+                message: r.message.clone(),
+            };
+            if self.is_new(key, &problem) {
+                warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason, "label refused: {}", r.message);
+                self.status.metrics.refused(r.reason);
+                self.status.event_refused(key, r);
+            }
+            problems.insert(problem);
+        }
+        problems
     }
 
     /// Claims every host of the composition with a Lease; backends whose host another pod (or
@@ -90,7 +109,7 @@ impl Reconciler {
     }
 
     /// Whether `problem` was not already there at the project's last pass (then it is logged).
-    pub(super) fn is_new(&self, key: &str, problem: &Problem) -> bool {
+    fn is_new(&self, key: &str, problem: &Problem) -> bool {
         !self
             .projects
             .get(key)
@@ -235,7 +254,7 @@ fn owned_record(
 /// What of a composition is refused: the plan's label refusals, and the hosts that other pods
 /// (or compositions) hold.
 pub(super) fn refused_reasons(
-    refusals: &[crate::model::Refusal],
+    refusals: &[Refusal],
     state: Option<&ProjectState>,
 ) -> Vec<RefusedReason> {
     let mut reasons: Vec<RefusedReason> = refusals.iter().map(RefusedReason::from).collect();

@@ -333,20 +333,7 @@ impl Reconciler {
             self.queue.schedule(key.to_string(), until);
             return Ok(Outcome::Waiting);
         }
-        let mut problems: BTreeSet<Problem> = BTreeSet::new();
-        for r in &plan.refusals {
-            let problem = Problem::Label {
-                container: r.container.clone(),
-                label: r.label.clone(),
-                message: r.message.clone(),
-            };
-            if self.is_new(key, &problem) {
-                warn!(container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason, "label refused: {}", r.message);
-                self.status.metrics.refused(r.reason);
-                self.status.event_refused(key, r);
-            }
-            problems.insert(problem);
-        }
+        let mut problems = self.label_problems(key, &plan.refusals);
         let desired = match plan.desired {
             Some(d) => self.claim_hosts(key, d, &mut problems).await?,
             None => None,
