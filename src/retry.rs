@@ -15,6 +15,42 @@ pub fn backoff(min: Duration, max: Duration) -> ExponentialBackoff {
         .build()
 }
 
+/// The retry delays of one thing that fails and is retried (a project, the full resync): they
+/// grow while the failures go on and start from `min` again after a success, so that one old
+/// failure does not slow down the retry of the next one.
+#[derive(Debug)]
+pub struct Retry {
+    min: Duration,
+    max: Duration,
+    /// `None` until the first failure since the last success.
+    current: Option<ExponentialBackoff>,
+}
+
+impl Retry {
+    pub const fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            current: None,
+        }
+    }
+
+    /// The delay before the next attempt, after one more failure.
+    pub fn next_delay(&mut self) -> Duration {
+        let (min, max) = (self.min, self.max);
+        self.current
+            .get_or_insert_with(|| backoff(min, max))
+            .next()
+            // Never reached (the backoff is endless), but a retry must never become "never".
+            .unwrap_or(max)
+    }
+
+    /// A success: the next failure starts from `min` again.
+    pub fn reset(&mut self) {
+        self.current = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -27,5 +63,45 @@ mod tests {
         // Jitter adds up to one more delay on top; the cap bounds the base delay.
         assert!(delays.iter().all(|d| *d <= max * 2), "{delays:?}");
         assert!(delays[10] >= Duration::from_millis(100));
+    }
+
+    const MIN: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn retry_delays_grow_as_a_whole_and_are_capped() {
+        // Repeated, so that a lucky jitter cannot make a broken growth pass.
+        for _ in 0..100 {
+            let mut retry = Retry::new(MIN, MAX);
+            let delays: Vec<Duration> = (0..20).map(|_| retry.next_delay()).collect();
+            // The base doubles from MIN; jitter adds less than one more base on top. So every
+            // delay of the first three is under 4 s, and every one from the 9th on is at least
+            // the cap: the later delays are larger, not only their minimum.
+            let early_max = delays[..3].iter().max().copied().unwrap_or_default();
+            let late_min = delays[8..].iter().min().copied().unwrap_or_default();
+            assert!(early_max < Duration::from_secs(4), "{delays:?}");
+            assert!(late_min >= MAX, "{delays:?}");
+            assert!(late_min > early_max, "{delays:?}");
+            // Each delay is at least its base and under twice its base.
+            for (i, d) in delays.iter().enumerate() {
+                let base = MIN.saturating_mul(1 << i.min(16)).min(MAX);
+                assert!(
+                    *d >= base && *d < base * 2,
+                    "delay {i} = {d:?} ({delays:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_success_resets_the_delays() {
+        let mut retry = Retry::new(MIN, MAX);
+        for _ in 0..10 {
+            retry.next_delay();
+        }
+        assert!(retry.next_delay() >= MAX);
+        retry.reset();
+        let first = retry.next_delay();
+        assert!(first >= MIN && first < MIN * 2, "{first:?}");
     }
 }

@@ -1,0 +1,287 @@
+//! The apply step of a pass: host claims (Leases), server-side applies and deletes of the
+//! composition's objects, and what they tell (Events, metrics, the composition's status).
+
+use std::collections::BTreeSet;
+
+use tracing::info;
+use tracing::warn;
+
+use super::{LOG_TARGET, Outcome, Problem, ProjectState, Reconciler};
+use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject};
+use crate::model::{DesiredComposition, Refusal, RouteApi};
+use crate::render;
+use crate::status::{CompositionState, RefusedReason};
+
+impl Reconciler {
+    fn owned_of(&self, project: &str) -> Vec<OwnedObject> {
+        self.owned
+            .values()
+            .filter(|o| o.project == project)
+            .cloned()
+            .collect()
+    }
+
+    /// The plan's label refusals as problems; a new one is logged, counted and posted once.
+    pub(super) fn label_problems(&self, key: &str, refusals: &[Refusal]) -> BTreeSet<Problem> {
+        let mut problems = BTreeSet::new();
+        for r in refusals {
+            let problem = Problem::Label {
+                container: r.container.clone(),
+                label: r.label.clone(),
+                message: r.message.clone(),
+            };
+            if self.is_new(key, &problem) {
+                warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason, "label refused: {}", r.message);
+                self.status.metrics.refused(r.reason);
+                self.status.event_refused(key, r);
+            }
+            problems.insert(problem);
+        }
+        problems
+    }
+
+    /// Claims every host of the composition with a Lease; backends whose host another pod (or
+    /// another composition) holds are dropped with one warning.
+    pub(super) async fn claim_hosts(
+        &mut self,
+        key: &str,
+        mut d: DesiredComposition,
+        problems: &mut BTreeSet<Problem>,
+    ) -> Result<Option<DesiredComposition>, ClusterError> {
+        let hosts: BTreeSet<String> = d.backends.iter().map(|b| b.host.clone()).collect();
+        let mut refused: BTreeSet<String> = BTreeSet::new();
+        for host in hosts {
+            let lease = DesiredObject::new(
+                Kind::Lease,
+                &render::host_lease(&host, &d.project, &self.owner, &self.settings),
+            )?;
+            let id = (Kind::Lease, lease.name().to_string());
+            if self.owned.get(&id).is_some_and(|o| o.project == key) {
+                continue;
+            }
+            let timer = std::time::Instant::now();
+            let claim = self.cluster.claim(&lease).await;
+            let result = match &claim {
+                Ok(Claim::Ours { .. }) => "ok",
+                Ok(Claim::Taken { .. }) => "conflict",
+                Err(_) => "error",
+            };
+            self.status
+                .metrics
+                .api_request("create", Kind::Lease, result, timer.elapsed());
+            match claim? {
+                Claim::Ours { uid } => {
+                    self.owned
+                        .insert(id.clone(), owned_record(&lease, key, uid, Some(host)));
+                }
+                Claim::Taken {
+                    holder_pod,
+                    holder_project,
+                } => {
+                    let problem = Problem::HostTaken {
+                        host: host.clone(),
+                        holder_pod: holder_pod.clone(),
+                        holder_project: holder_project.clone(),
+                    };
+                    if self.is_new(key, &problem) {
+                        let services: Vec<&str> = d
+                            .backends
+                            .iter()
+                            .filter(|b| b.host == host)
+                            .map(|b| b.service.as_str())
+                            .collect();
+                        warn!(
+                            target: LOG_TARGET,
+                            host = %host, services = ?services, holder_pod = %holder_pod, holder_composition = %holder_project,
+                            reason = "host-taken",
+                            "host refused: it is already claimed by pod {holder_pod} (composition {holder_project}); choose another compose-ingress.host"
+                        );
+                        self.status.metrics.refused("host-taken");
+                        self.status.event_host_taken(key, &host, &holder_pod);
+                    }
+                    problems.insert(problem);
+                    refused.insert(host);
+                }
+            }
+        }
+        d.backends.retain(|b| !refused.contains(&b.host));
+        Ok((!d.backends.is_empty()).then_some(d))
+    }
+
+    /// Whether `problem` was not already there at the project's last pass (then it is logged).
+    fn is_new(&self, key: &str, problem: &Problem) -> bool {
+        !self
+            .projects
+            .get(key)
+            .is_some_and(|s| s.problems.contains(problem))
+    }
+
+    fn render_all(&self, d: &DesiredComposition) -> Result<Vec<DesiredObject>, ClusterError> {
+        let mut objects = vec![DesiredObject::new(
+            Kind::Service,
+            &render::service(d, &self.settings, &self.owner),
+        )?];
+        match self.settings.route_api {
+            RouteApi::Ingress => objects.push(DesiredObject::new(
+                Kind::Ingress,
+                &render::ingress(d, &self.settings, &self.owner),
+            )?),
+            RouteApi::Gateway => {
+                for r in render::http_routes(d, &self.settings, &self.owner) {
+                    objects.push(DesiredObject::new(Kind::HttpRoute, &r)?);
+                }
+            }
+        }
+        Ok(objects)
+    }
+
+    pub(super) async fn apply(
+        &mut self,
+        key: &str,
+        d: &DesiredComposition,
+        refused: Vec<RefusedReason>,
+    ) -> Result<Outcome, ClusterError> {
+        let objects = self.render_all(d)?;
+        let mut wrote = false;
+        // Service first, so that a route never points at a Service that does not exist yet.
+        for obj in &objects {
+            let id = (obj.kind, obj.name().to_string());
+            let known = self.owned.get(&id);
+            if known.is_some_and(|o| o.spec_hash.as_deref() == obj.spec_hash()) {
+                continue; // unchanged: zero writes
+            }
+            let verb = if known.is_some() { "apply" } else { "create" };
+            let timer = std::time::Instant::now();
+            let result = self.cluster.upsert(obj, known.is_some()).await;
+            self.status
+                .metrics
+                .api_request(verb, obj.kind, ok_or_error(&result), timer.elapsed());
+            let uid = result?;
+            self.owned.insert(id, owned_record(obj, key, uid, None));
+            wrote = true;
+        }
+        // Objects of this composition that the plan no longer wants (a host dropped, a route of
+        // the other API, a lease of a host given up): routes first, leases last.
+        let wanted: BTreeSet<(Kind, String)> = objects
+            .iter()
+            .map(|o| (o.kind, o.name().to_string()))
+            .collect();
+        let wanted_hosts: BTreeSet<&str> = d.backends.iter().map(|b| b.host.as_str()).collect();
+        let mut stale: Vec<OwnedObject> = self
+            .owned_of(key)
+            .into_iter()
+            .filter(|o| match o.kind {
+                Kind::Lease => !o.host.as_deref().is_some_and(|h| wanted_hosts.contains(h)),
+                _ => !wanted.contains(&(o.kind, o.name.clone())),
+            })
+            .collect();
+        stale.sort_by_key(|o| std::cmp::Reverse(o.kind));
+        for o in stale {
+            self.delete_owned(&o).await?;
+            wrote = true;
+        }
+        let urls = super::urls_of(d, &self.settings);
+        let state = self.projects.entry(key.to_string()).or_default();
+        let changed = state.urls != urls;
+        if changed {
+            info!(target: LOG_TARGET, urls = ?urls, objects = objects.len(), "composition exposed");
+            self.status.event_exposed(key, &urls);
+            state.urls = urls.clone();
+        }
+        self.status.set_composition(
+            key,
+            CompositionState::Exposed {
+                urls,
+                backends: d.backends.clone(),
+                refused,
+            },
+        );
+        Ok(if wrote || changed {
+            Outcome::Exposed
+        } else {
+            Outcome::Unchanged
+        })
+    }
+
+    /// Deletes every object of a composition whose grace is over: routes first, leases last.
+    pub(super) async fn delete_composition(&mut self, key: &str) -> Result<(), ClusterError> {
+        let mut objects = self.owned_of(key);
+        objects.sort_by_key(|o| std::cmp::Reverse(o.kind));
+        for o in &objects {
+            self.delete_owned(o).await?;
+        }
+        let state = self.projects.entry(key.to_string()).or_default();
+        state.lifecycle.deleted();
+        state.urls.clear();
+        info!(
+            target: LOG_TARGET,
+            objects = objects.len(),
+            "composition unexposed: objects deleted"
+        );
+        self.status.event_deleted(key, objects.len());
+        self.status.remove_composition(key);
+        Ok(())
+    }
+
+    async fn delete_owned(&mut self, o: &OwnedObject) -> Result<(), ClusterError> {
+        let timer = std::time::Instant::now();
+        let result = self.cluster.delete(o.kind, &o.name, &o.uid).await;
+        self.status
+            .metrics
+            .api_request("delete", o.kind, ok_or_error(&result), timer.elapsed());
+        result?;
+        self.owned.remove(&(o.kind, o.name.clone()));
+        Ok(())
+    }
+}
+
+fn owned_record(
+    obj: &DesiredObject,
+    project: &str,
+    uid: String,
+    host: Option<String>,
+) -> OwnedObject {
+    OwnedObject {
+        kind: obj.kind,
+        name: obj.name().to_string(),
+        uid,
+        project: project.to_string(),
+        spec_hash: obj.spec_hash().map(str::to_string),
+        host,
+    }
+}
+
+/// What of a composition is refused: the plan's label refusals, and the hosts that other pods
+/// (or compositions) hold.
+pub(super) fn refused_reasons(
+    refusals: &[Refusal],
+    state: Option<&ProjectState>,
+) -> Vec<RefusedReason> {
+    let mut reasons: Vec<RefusedReason> = refusals.iter().map(RefusedReason::from).collect();
+    for problem in state.into_iter().flat_map(|s| s.problems.iter()) {
+        if let Problem::HostTaken {
+            host,
+            holder_pod,
+            holder_project,
+        } = problem
+        {
+            reasons.push(RefusedReason {
+                reason: "host-taken".to_string(),
+                message: format!(
+                    "host {host} is already claimed by pod {holder_pod} (composition {holder_project}); choose another compose-ingress.host"
+                ),
+                container: None,
+                service: None,
+                label: None,
+                value: None,
+                host: Some(host.clone()),
+            });
+        }
+    }
+    reasons
+}
+
+/// The `result` label of an API request metric.
+fn ok_or_error<T, E>(result: &Result<T, E>) -> &'static str {
+    if result.is_ok() { "ok" } else { "error" }
+}

@@ -1,0 +1,329 @@
+//! The pure timing decisions of a composition's life: how long a hint waits (the debounce),
+//! whether a pass exposes now or waits for services still to start (the settle time), whether a
+//! composition that no longer exposes anything is held (the delete grace) or deleted, and when a
+//! project's state can be forgotten. No I/O: the reconciler does what these say.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Outcome;
+use crate::config::Timings;
+
+/// The timing state of one project, kept between passes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Until when the objects of a composition that no longer exposes anything are kept.
+    pub grace_until: Option<Instant>,
+    /// Since when the composition has had something to expose while opted-in services were
+    /// still created and not started (the settle clock).
+    pub starting_since: Option<Instant>,
+    /// The last pass found opted-in services created and not started, within the settle time:
+    /// their `start` is expected, so its hint needs no debounce (see `hint_due`).
+    pub expecting_start: bool,
+}
+
+/// What a pass's plan holds, as far as timing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanShape {
+    /// The plan has something to expose.
+    pub exposable: bool,
+    /// Opted-in services are created and not started yet.
+    pub awaiting_start: bool,
+}
+
+/// Whether a pass goes on with its plan or waits for the services still to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Go,
+    /// Write nothing; pass again at `until` at the latest (a start hint comes sooner).
+    Wait {
+        until: Instant,
+    },
+}
+
+/// What to do with a composition's objects after its hosts are claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure<T> {
+    /// Write the desired objects.
+    Expose(T),
+    /// Nothing to expose and no objects: nothing to do.
+    Nothing,
+    /// It just stopped exposing: keep the objects until `until`.
+    StartGrace { until: Instant },
+    /// Still within the grace: keep the objects until `until`.
+    HoldGrace { until: Instant },
+    /// The grace is over: delete the objects (then call `Lifecycle::deleted`).
+    Delete,
+}
+
+/// When a hint for a project with this lifecycle is due. The debounce guesses when a
+/// composition has finished coming up; when the last pass saw which services are still to
+/// start, nothing is left to guess: the settle wait coalesces their starts, so go at once.
+/// `--settle-time 0` turns the whole mechanism off, the debounce skip included.
+pub fn hint_due(timings: &Timings, expecting_start: bool, now: Instant) -> Instant {
+    now + debounce(timings, expecting_start)
+}
+
+fn debounce(timings: &Timings, expecting_start: bool) -> Duration {
+    if expecting_start && !timings.settle_time.is_zero() {
+        Duration::ZERO
+    } else {
+        timings.debounce
+    }
+}
+
+impl Lifecycle {
+    /// Whether to wait for the plan's services still to start before exposing the rest, so
+    /// that a composition that comes up in steps is written once, not once per step. The clock
+    /// starts at the first pass that has something to expose while services are still awaited
+    /// (a composition created long ago and started now gets the whole settle time); later
+    /// passes do not restart it. `Go`: nothing awaited, nothing to expose yet, or the settle
+    /// time is over.
+    pub fn settle(&mut self, plan: PlanShape, settle_time: Duration, now: Instant) -> Settle {
+        if !plan.awaiting_start || !plan.exposable {
+            self.starting_since = None;
+            self.expecting_start = plan.awaiting_start && !settle_time.is_zero();
+            return Settle::Go;
+        }
+        let since = *self.starting_since.get_or_insert(now);
+        let left = settle_time
+            .checked_sub(now.saturating_duration_since(since))
+            .filter(|left| !left.is_zero());
+        self.expecting_start = left.is_some();
+        match left {
+            Some(left) => Settle::Wait { until: now + left },
+            None => Settle::Go,
+        }
+    }
+
+    /// What to do with the objects, given what is to be exposed (after the host claims) and
+    /// whether the composition has objects. A composition that comes back within the grace keeps its
+    /// objects (the grace is cleared); one that stopped is deleted only after the grace, so
+    /// that a restart or a recreate does not flap the route.
+    pub fn exposure<T>(
+        &mut self,
+        desired: Option<T>,
+        has_objects: bool,
+        delete_grace: Duration,
+        now: Instant,
+    ) -> Exposure<T> {
+        if let Some(desired) = desired {
+            self.grace_until = None;
+            return Exposure::Expose(desired);
+        }
+        if !has_objects {
+            return Exposure::Nothing;
+        }
+        match self.grace_until {
+            None => {
+                let until = now + delete_grace;
+                self.grace_until = Some(until);
+                Exposure::StartGrace { until }
+            }
+            Some(until) if until > now => Exposure::HoldGrace { until },
+            // Cleared only once the deletes succeeded (`deleted`): a failed delete is retried
+            // without a new grace.
+            Some(_) => Exposure::Delete,
+        }
+    }
+
+    /// The objects are deleted: the grace is done.
+    pub fn deleted(&mut self) {
+        self.grace_until = None;
+    }
+
+    /// Whether the project's state can be forgotten after a pass with `outcome`: nothing of it
+    /// is left in the cluster, and nothing is pending (a grace, a start, problems to log only
+    /// once).
+    pub fn forgettable(&self, outcome: &Outcome, has_problems: bool) -> bool {
+        matches!(outcome, Outcome::Deleted | Outcome::Nothing)
+            && self.grace_until.is_none()
+            && !has_problems
+            && !self.expecting_start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTLE: Duration = Duration::from_secs(10);
+    const GRACE: Duration = Duration::from_secs(10);
+
+    const GONE: Option<()> = None;
+    const BACK: Option<()> = Some(());
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    const WAITING: PlanShape = PlanShape {
+        exposable: true,
+        awaiting_start: true,
+    };
+    const READY: PlanShape = PlanShape {
+        exposable: true,
+        awaiting_start: false,
+    };
+    const NOT_YET: PlanShape = PlanShape {
+        exposable: false,
+        awaiting_start: true,
+    };
+
+    #[test]
+    fn settle_waits_from_the_first_such_pass() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        assert_eq!(
+            l.settle(WAITING, SETTLE, t0),
+            Settle::Wait { until: t0 + SETTLE }
+        );
+        assert_eq!(l.starting_since, Some(t0));
+        assert!(l.expecting_start);
+        // A later pass does not restart the clock.
+        assert_eq!(
+            l.settle(WAITING, SETTLE, t0 + s(4)),
+            Settle::Wait { until: t0 + SETTLE }
+        );
+        assert_eq!(l.starting_since, Some(t0));
+    }
+
+    #[test]
+    fn settle_exposes_once_the_settle_time_is_over() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        l.settle(WAITING, SETTLE, t0);
+        assert_eq!(l.settle(WAITING, SETTLE, t0 + SETTLE), Settle::Go);
+        assert!(!l.expecting_start, "no start is expected any more");
+        assert_eq!(l.settle(WAITING, SETTLE, t0 + s(11)), Settle::Go);
+    }
+
+    #[test]
+    fn nothing_awaited_exposes_at_once() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        l.settle(WAITING, SETTLE, t0);
+        // The awaited services started.
+        assert_eq!(l.settle(READY, SETTLE, t0 + s(1)), Settle::Go);
+        assert_eq!(l.starting_since, None);
+        assert!(!l.expecting_start);
+        assert_eq!(Lifecycle::default().settle(READY, SETTLE, t0), Settle::Go);
+    }
+
+    #[test]
+    fn nothing_to_expose_yet_starts_no_settle_clock() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        assert_eq!(l.settle(NOT_YET, SETTLE, t0), Settle::Go);
+        assert_eq!(l.starting_since, None);
+        assert!(l.expecting_start, "their start is expected all the same");
+        // The clock starts when something can be exposed: the whole settle time from then.
+        assert_eq!(
+            l.settle(WAITING, SETTLE, t0 + s(30)),
+            Settle::Wait {
+                until: t0 + s(30) + SETTLE
+            }
+        );
+    }
+
+    #[test]
+    fn settle_time_zero_never_waits_nor_expects() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        assert_eq!(l.settle(WAITING, Duration::ZERO, t0), Settle::Go);
+        assert!(!l.expecting_start);
+        assert_eq!(l.settle(NOT_YET, Duration::ZERO, t0), Settle::Go);
+        assert!(!l.expecting_start);
+    }
+
+    #[test]
+    fn a_composition_no_longer_exposed_is_held_for_the_grace() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        assert_eq!(
+            l.exposure(GONE, true, GRACE, t0),
+            Exposure::StartGrace { until: t0 + GRACE }
+        );
+        // Later passes within the grace hold it, with the same deadline.
+        assert_eq!(
+            l.exposure(GONE, true, GRACE, t0 + s(9)),
+            Exposure::HoldGrace { until: t0 + GRACE }
+        );
+    }
+
+    #[test]
+    fn coming_back_within_the_grace_clears_it_and_keeps_the_objects() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        l.exposure(GONE, true, GRACE, t0);
+        assert_eq!(
+            l.exposure(BACK, true, GRACE, t0 + s(5)),
+            Exposure::Expose(())
+        );
+        assert_eq!(l.grace_until, None);
+        // Stopping again later starts a new, whole grace.
+        assert_eq!(
+            l.exposure(GONE, true, GRACE, t0 + s(20)),
+            Exposure::StartGrace {
+                until: t0 + s(20) + GRACE
+            }
+        );
+    }
+
+    #[test]
+    fn the_objects_go_once_the_grace_is_over() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        l.exposure(GONE, true, GRACE, t0);
+        assert_eq!(l.exposure(GONE, true, GRACE, t0 + GRACE), Exposure::Delete);
+        // A failed delete is retried as a delete, not with a new grace.
+        assert_eq!(l.exposure(GONE, true, GRACE, t0 + s(11)), Exposure::Delete);
+        l.deleted();
+        assert_eq!(l.grace_until, None);
+    }
+
+    #[test]
+    fn no_objects_means_nothing_to_do() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        assert_eq!(l.exposure(GONE, false, GRACE, t0), Exposure::Nothing);
+        assert_eq!(l.grace_until, None);
+    }
+
+    #[test]
+    fn a_settled_project_is_forgotten_after_deleted_or_nothing() {
+        let l = Lifecycle::default();
+        assert!(l.forgettable(&Outcome::Deleted, false));
+        assert!(l.forgettable(&Outcome::Nothing, false));
+        for kept in [
+            Outcome::Exposed,
+            Outcome::Unchanged,
+            Outcome::GracePending,
+            Outcome::Waiting,
+        ] {
+            assert!(!l.forgettable(&kept, false), "{kept:?}");
+        }
+    }
+
+    #[test]
+    fn a_project_with_something_pending_is_kept() {
+        let t0 = Instant::now();
+        let in_grace = Lifecycle {
+            grace_until: Some(t0),
+            ..Lifecycle::default()
+        };
+        let expecting = Lifecycle {
+            expecting_start: true,
+            ..Lifecycle::default()
+        };
+        for outcome in [Outcome::Deleted, Outcome::Nothing] {
+            assert!(!in_grace.forgettable(&outcome, false));
+            assert!(!expecting.forgettable(&outcome, false));
+            assert!(
+                !Lifecycle::default().forgettable(&outcome, true),
+                "problems"
+            );
+        }
+    }
+}

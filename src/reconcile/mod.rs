@@ -1,0 +1,418 @@
+//! The reconciler: the I/O loop. Hints come in from the Docker reader; a due project's
+//! containers are read fresh from Docker, planned, and converged in the cluster; a periodic full
+//! resync converges everything and GCs the orphans. Level-triggered: a hint only says "look at
+//! project P"; what to do is recomputed from Docker (the source of truth) and the live owned
+//! objects.
+//!
+//! When a project is due is the [`queue`]'s business, the timing rules (debounce, settle time,
+//! delete grace, forgetting) are [`lifecycle`]'s, the writes (claims, applies, deletes, Events,
+//! metrics) are [`apply`]'s.
+
+mod apply;
+mod lifecycle;
+mod queue;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::cluster::{Cluster, ClusterError, Kind, OwnedObject};
+use crate::config::Timings;
+use crate::docker::{DockerClient, Hint, ProjectKey};
+use crate::model::{DesiredComposition, ObservedProject, OwnerPod, PlanSettings, RouteApi};
+use crate::plan::plan;
+use crate::retry::Retry;
+use crate::status::{CompositionState, Status};
+
+use self::lifecycle::{Exposure, Lifecycle, PlanShape, Settle};
+use self::queue::DelayQueue;
+
+/// The `target` of every log line of the reconciler, its submodules' too: log collectors and
+/// docs/operability.md know the reconciler's lines by it.
+const LOG_TARGET: &str = module_path!();
+
+/// What happened to one project in one pass (for tests of the queue logic and for metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exposed,
+    Unchanged,
+    GracePending,
+    Deleted,
+    Nothing,
+    /// Opted-in services are created but not started yet: no write until they start or the
+    /// settle time runs out.
+    Waiting,
+}
+
+/// Why (part of) a composition is not exposed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Problem {
+    /// A label value the contract refuses.
+    Label {
+        container: String,
+        label: String,
+        message: String,
+    },
+    /// A host another pod (or another composition) holds the Lease of.
+    HostTaken {
+        host: String,
+        holder_pod: String,
+        holder_project: String,
+    },
+}
+
+struct ProjectState {
+    lifecycle: Lifecycle,
+    retry: Retry,
+    /// The problems logged at the last pass, so that a warning is logged once per change, not
+    /// on every pass.
+    problems: BTreeSet<Problem>,
+    last_error: Option<String>,
+    urls: Vec<String>,
+}
+
+impl Default for ProjectState {
+    fn default() -> Self {
+        Self {
+            lifecycle: Lifecycle::default(),
+            retry: retry(),
+            problems: BTreeSet::new(),
+            last_error: None,
+            urls: Vec::new(),
+        }
+    }
+}
+
+/// The one retry policy of the reconciler, for a project (a failed Docker read or cluster
+/// write) and for the full resync alike.
+fn retry() -> Retry {
+    Retry::new(Duration::from_millis(500), Duration::from_secs(60))
+}
+
+pub struct Reconciler {
+    docker: DockerClient,
+    cluster: Cluster,
+    settings: PlanSettings,
+    owner: OwnerPod,
+    timings: Timings,
+    status: Arc<Status>,
+    projects: HashMap<ProjectKey, ProjectState>,
+    /// This pod's live objects, from the last listing plus our own writes since.
+    owned: BTreeMap<(Kind, String), OwnedObject>,
+    queue: DelayQueue<ProjectKey>,
+    resync_due: Option<Instant>,
+    resync_retry: Retry,
+}
+
+/// The idle reconciler loop still turns this often (its heartbeat for `/healthz`).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+impl Reconciler {
+    pub fn new(
+        docker: DockerClient,
+        cluster: Cluster,
+        settings: PlanSettings,
+        owner: OwnerPod,
+        timings: Timings,
+        status: Arc<Status>,
+    ) -> Self {
+        Self {
+            docker,
+            cluster,
+            settings,
+            owner,
+            timings,
+            status,
+            projects: HashMap::new(),
+            owned: BTreeMap::new(),
+            queue: DelayQueue::default(),
+            resync_due: None,
+            resync_retry: retry(),
+        }
+    }
+
+    /// Runs until cancelled or until the hint channel closes.
+    pub async fn run(mut self, mut hints: UnboundedReceiver<Hint>, cancel: CancellationToken) {
+        loop {
+            self.status.heartbeat();
+            let next_due = self.queue.next_due();
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                // Turn at least this often, so that /healthz sees the loop alive when idle.
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                hint = hints.recv() => match hint {
+                    Some(h) => self.on_hint(h),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(self.resync_due.unwrap_or(far)), if self.resync_due.is_some() => {
+                    self.full_resync().await;
+                }
+                _ = tokio::time::sleep_until(next_due.unwrap_or(far)), if next_due.is_some() => {
+                    self.process_due().await;
+                }
+            }
+        }
+    }
+
+    fn on_hint(&mut self, hint: Hint) {
+        match hint {
+            Hint::Project(key) => {
+                // A start the last pass was waiting for needs no debounce (`hint_due`).
+                let expecting = self
+                    .projects
+                    .get(&key)
+                    .is_some_and(|s| s.lifecycle.expecting_start);
+                let due = lifecycle::hint_due(&self.timings, expecting, Instant::now());
+                self.queue.schedule(key, due);
+            }
+            Hint::Resync => {
+                self.status.set_docker_connected(true);
+                self.resync_due = Some(Instant::now());
+            }
+            Hint::DockerDown => {
+                if self.status.docker_connected() {
+                    self.status.metrics.docker_reconnect();
+                }
+                self.status.set_docker_connected(false);
+            }
+        }
+    }
+
+    async fn process_due(&mut self) {
+        for key in self.queue.pop_due(Instant::now()) {
+            let span = info_span!("reconcile", composition = %key);
+            match self.docker.project(&key).instrument(span.clone()).await {
+                Ok(observed) => {
+                    self.reconcile_project(&key, &observed)
+                        .instrument(span)
+                        .await
+                }
+                Err(e) => {
+                    // Docker is the source of truth: without it, change nothing and retry.
+                    let _enter = span.enter();
+                    warn!(error = %e, "cannot read the project's containers; will retry");
+                    self.schedule_retry(&key);
+                }
+            }
+        }
+    }
+
+    /// Lists everything in Docker and every owned object, converges each project and GCs the
+    /// orphans. GC runs only from a complete, successful listing of the Docker daemon.
+    async fn full_resync(&mut self) {
+        self.resync_due = None;
+        let started = Instant::now();
+        let snapshot = match self.docker.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                return self.resync_failed(format!("Docker listing failed, no GC this time: {e}"));
+            }
+        };
+        let owned = match self.cluster.list_owned().await {
+            Ok(o) => o,
+            Err(e) => return self.resync_failed(format!("listing this pod's objects failed: {e}")),
+        };
+        self.resync_retry.reset();
+        self.owned = owned
+            .into_iter()
+            .map(|o| ((o.kind, o.name.clone()), o))
+            .collect();
+        let mut keys: BTreeSet<ProjectKey> = snapshot.keys().cloned().collect();
+        keys.extend(self.owned.values().map(|o| o.project.clone()));
+        keys.extend(self.projects.keys().cloned());
+        let empty = ObservedProject::default();
+        for key in keys {
+            self.queue.remove(&key);
+            let observed = snapshot
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| ObservedProject {
+                    name: key.clone(),
+                    ..empty.clone()
+                });
+            self.reconcile_project(&key, &observed)
+                .instrument(info_span!("reconcile", composition = %key))
+                .await;
+        }
+        self.resync_due = Some(Instant::now() + self.timings.resync_interval);
+        self.status.resync_done();
+        info!(
+            projects = snapshot.len(),
+            owned_objects = self.owned.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "full resync done"
+        );
+    }
+
+    fn resync_failed(&mut self, why: String) {
+        let delay = self.resync_retry.next_delay();
+        warn!(
+            retry_in_ms = delay.as_millis() as u64,
+            "full resync incomplete: {why}"
+        );
+        self.resync_due = Some(Instant::now() + delay);
+    }
+
+    fn schedule_retry(&mut self, key: &str) {
+        let state = self.projects.entry(key.to_string()).or_default();
+        let delay = state.retry.next_delay();
+        self.queue.schedule(key.to_string(), Instant::now() + delay);
+    }
+
+    async fn reconcile_project(&mut self, key: &str, observed: &ObservedProject) {
+        let started = std::time::Instant::now();
+        let result = self.converge(key, observed).await;
+        let state = self.projects.entry(key.to_string()).or_default();
+        match result {
+            Ok(outcome) => {
+                self.status.metrics.reconcile(match outcome {
+                    Outcome::Unchanged => "unchanged",
+                    Outcome::Waiting => "waiting",
+                    _ => "changed",
+                });
+                state.retry.reset();
+                state.last_error = None;
+                debug!(
+                    ?outcome,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "reconciled"
+                );
+                if state
+                    .lifecycle
+                    .forgettable(&outcome, !state.problems.is_empty())
+                {
+                    self.projects.remove(key);
+                }
+            }
+            Err(e) => {
+                self.status.metrics.reconcile("error");
+                let message = e.to_string();
+                let delay = state.retry.next_delay();
+                if state.last_error.as_deref() != Some(message.as_str()) {
+                    warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "reconcile failed; will retry");
+                } else {
+                    debug!(error = %message, retry_in_ms = delay.as_millis() as u64, "reconcile failed again");
+                }
+                state.last_error = Some(message);
+                self.queue.schedule(key.to_string(), Instant::now() + delay);
+            }
+        }
+    }
+
+    async fn converge(
+        &mut self,
+        key: &str,
+        observed: &ObservedProject,
+    ) -> Result<Outcome, ClusterError> {
+        let plan = plan(observed, &self.settings);
+        let now = Instant::now();
+        let shape = PlanShape {
+            exposable: plan.desired.is_some(),
+            awaiting_start: !plan.awaiting_start.is_empty(),
+        };
+        let settle = self
+            .projects
+            .entry(key.to_string())
+            .or_default()
+            .lifecycle
+            .settle(shape, self.timings.settle_time, now);
+        if let Settle::Wait { until } = settle {
+            debug!(
+                awaiting = ?plan.awaiting_start,
+                wait_ms = until.saturating_duration_since(now).as_millis() as u64,
+                "services created and not started yet; waiting for them"
+            );
+            // A start event re-queues the project earlier; this is the deadline if none comes.
+            self.queue.schedule(key.to_string(), until);
+            return Ok(Outcome::Waiting);
+        }
+        let mut problems = self.label_problems(key, &plan.refusals);
+        let desired = match plan.desired {
+            Some(d) => self.claim_hosts(key, d, &mut problems).await?,
+            None => None,
+        };
+        self.projects.entry(key.to_string()).or_default().problems = problems;
+        let has_objects = self.owned.values().any(|o| o.project == key);
+        let exposure = self
+            .projects
+            .entry(key.to_string())
+            .or_default()
+            .lifecycle
+            .exposure(
+                desired,
+                has_objects,
+                self.timings.delete_grace,
+                Instant::now(),
+            );
+        let outcome = match exposure {
+            Exposure::Expose(d) => {
+                let refused = apply::refused_reasons(&plan.refusals, self.projects.get(key));
+                return self.apply(key, &d, refused).await;
+            }
+            Exposure::Nothing => {
+                self.status.remove_composition(key);
+                Outcome::Nothing
+            }
+            Exposure::StartGrace { until } => {
+                self.queue.schedule(key.to_string(), until);
+                info!(
+                    grace_ms = self.timings.delete_grace.as_millis() as u64,
+                    "composition no longer exposed; deleting its objects after the grace"
+                );
+                self.status
+                    .set_composition(key, CompositionState::PendingDeletion);
+                Outcome::GracePending
+            }
+            Exposure::HoldGrace { until } => {
+                self.queue.schedule(key.to_string(), until);
+                Outcome::GracePending
+            }
+            Exposure::Delete => {
+                self.delete_composition(key).await?;
+                Outcome::Deleted
+            }
+        };
+        if matches!(outcome, Outcome::Nothing | Outcome::Deleted) {
+            let reasons = apply::refused_reasons(&plan.refusals, self.projects.get(key));
+            if !reasons.is_empty() {
+                self.status
+                    .set_composition(key, CompositionState::Refused { reasons });
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// The URLs users get: https when the operator configured a TLS secret.
+pub fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<String> {
+    let scheme = if d.tls_secret.is_some() && settings.route_api == RouteApi::Ingress {
+        "https"
+    } else {
+        "http"
+    };
+    let mut urls: Vec<String> = d
+        .backends
+        .iter()
+        .map(|b| format!("{scheme}://{}{}", b.host, b.path))
+        .collect();
+    urls.sort();
+    urls.dedup();
+    urls
+}
+
+/// Deletes every object of this pod (shutdown of a terminating pod): routes first, leases last.
+pub async fn delete_all_owned(cluster: &Cluster) -> Result<usize, ClusterError> {
+    let mut owned = cluster.list_owned().await?;
+    owned.sort_by_key(|o| std::cmp::Reverse(o.kind));
+    for o in &owned {
+        cluster.delete(o.kind, &o.name, &o.uid).await?;
+    }
+    Ok(owned.len())
+}
