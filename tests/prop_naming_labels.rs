@@ -54,6 +54,38 @@ fn host_like() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9_-]{0,70}(\\.[a-z]{1,8})?(\\.composition\\.example\\.com|\\.evil\\.com|\\.)?(/[a-z./]{0,6})?"
 }
 
+/// Values the label contract accepts for `key` (with the settings below), so that a good share
+/// of generated label sets is accepted and the properties about accepted values are exercised.
+fn valid_value(key: &'static str) -> BoxedStrategy<String> {
+    let host = "[a-z][a-z0-9-]{0,20}[a-z0-9]";
+    match key {
+        k if k == labels::ENABLE => prop_oneof![Just("true"), Just("True")]
+            .prop_map(String::from)
+            .boxed(),
+        k if k == labels::PORTS => "[1-9][0-9]{0,3}(,[1-9][0-9]{0,3}){0,2}".boxed(),
+        k if k == labels::HOST => host.boxed(),
+        k if k == labels::PATH => "/([a-z0-9]{1,6}/?){0,3}".boxed(),
+        k if k == labels::RATE_LIMIT_RPS => (1u32..=200).prop_map(|n| n.to_string()).boxed(),
+        k if k == labels::CLASS || k == labels::KOMPOSE_CLASS => {
+            prop_oneof![Just("public"), Just("heavy")]
+                .prop_map(String::from)
+                .boxed()
+        }
+        k if k == labels::KOMPOSE_EXPOSE => prop_oneof![
+            Just("true".to_string()),
+            "[a-z][a-z0-9-]{0,20}[a-z0-9]\\.composition\\.example\\.com(/[a-z]{1,5})?",
+        ]
+        .boxed(),
+        k if k == labels::KOMPOSE_TLS_SECRET => Just("wildcard-tls".to_string()).boxed(),
+        _ => text().boxed(),
+    }
+}
+
+/// Mostly valid values for `key`, sometimes anything at all.
+fn value_for(key: &'static str) -> BoxedStrategy<String> {
+    prop_oneof![4 => valid_value(key), 1 => text()].boxed()
+}
+
 fn is_label_value(s: &str) -> bool {
     s.is_empty()
         || (s.len() <= 63
@@ -162,6 +194,7 @@ fn accepted_of<S: Strategy>(
     if let Err(e) = result {
         panic!("{e}");
     }
+    eprintln!("{} of {cases} generated cases accepted", accepted.get());
     accepted.get()
 }
 
@@ -184,7 +217,7 @@ fn label_parsing_never_panics_and_hosts_stay_under_the_domain() {
         labels::KOMPOSE_TLS_SECRET,
     ];
     let strategy = (
-        proptest::collection::vec(text(), 9),
+        keys.map(value_for).to_vec(),
         proptest::collection::vec(any::<bool>(), 9),
         text(),
     );
@@ -235,11 +268,12 @@ fn label_parsing_never_panics_and_hosts_stay_under_the_domain() {
 #[test]
 fn accepted_chosen_hosts_are_one_label_under_the_domain() {
     let strategy = (
-        prop_oneof![text(), host_like()],
+        prop_oneof![text(), host_like(), valid_value(labels::HOST)],
         prop_oneof![
             text(),
             host_like(),
-            "(x\\.composition\\.example\\.com,){0,3}[a-z.]{0,40}"
+            "(x\\.composition\\.example\\.com,){0,3}[a-z.]{0,40}",
+            valid_value(labels::KOMPOSE_EXPOSE),
         ],
         any::<bool>(),
         any::<bool>(),
