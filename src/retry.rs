@@ -55,14 +55,14 @@ impl Retry {
 mod tests {
     use super::*;
 
+    /// (That the delays grow is `retry_delays_grow_as_a_whole_and_are_capped`.)
     #[test]
-    fn delays_grow_and_stay_under_the_cap_forever() {
+    fn delays_never_give_up_and_stay_under_the_cap() {
         let max = Duration::from_secs(2);
         let delays: Vec<Duration> = backoff(Duration::from_millis(100), max).take(50).collect();
         assert_eq!(delays.len(), 50, "never gives up");
         // Jitter adds up to one more delay on top; the cap bounds the base delay.
         assert!(delays.iter().all(|d| *d <= max * 2), "{delays:?}");
-        assert!(delays[10] >= Duration::from_millis(100));
     }
 
     const MIN: Duration = Duration::from_millis(500);
