@@ -391,6 +391,57 @@ fn assert_sidecar(sts: &StatefulSet, dir: &str) {
         Some("compose-ingress"),
         "{dir}: pods run as the sidecar's ServiceAccount"
     );
+    assert_token_only_in_the_sidecar(sts, dir);
+}
+
+/// The ServiceAccount token reaches the sidecar and no other container: no automount, and the
+/// one projected token volume is mounted by the sidecar alone, where kube's in-cluster config
+/// reads it. (That dind really cannot read a token needs a kubelet: the real-node tests.)
+fn assert_token_only_in_the_sidecar(sts: &StatefulSet, dir: &str) {
+    const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let spec = pod_spec(sts);
+    assert_eq!(
+        spec.automount_service_account_token,
+        Some(false),
+        "{dir}: no automatic token mount into every container"
+    );
+    let volumes = spec.volumes.clone().unwrap_or_default();
+    let token_volumes: Vec<&str> = volumes
+        .iter()
+        .filter(|v| {
+            v.projected.as_ref().is_some_and(|p| {
+                p.sources
+                    .iter()
+                    .flatten()
+                    .any(|s| s.service_account_token.is_some())
+            })
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(token_volumes.len(), 1, "{dir}: one token volume");
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter());
+    for c in containers {
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| token_volumes.contains(&m.name.as_str()))
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        if c.name == "compose-ingress" {
+            assert_eq!(mounts, vec![TOKEN_DIR], "{dir}: the sidecar's token");
+        } else {
+            assert!(
+                mounts.is_empty(),
+                "{dir}: container {} mounts the token",
+                c.name
+            );
+        }
+    }
 }
 
 /// The sidecar's env, as rendered, is a configuration the binary accepts (a bad value would

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod admission;
 mod compose_v2;
 mod deploy;
 mod disruptive;

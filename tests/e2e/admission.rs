@@ -1,0 +1,235 @@
+//! The optional admission guard (`deploy/admission`), on the bed's real apiserver: whoever holds
+//! the sidecar's ServiceAccount token (a CI job that got hold of it, say) can create, change or
+//! delete only what the sidecar itself would; and the sidecar works unchanged under it. The guard
+//! is applied as a user applies it (`kubectl kustomize deploy/admission | kubectl apply -n NS`),
+//! with the one change a user makes: the domain in its ConfigMap.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, PostParams};
+
+use crate::scenarios::{ENABLE, compose_file, through_ingress, web};
+use crate::sidecar::{Sidecar, domain, ingress_hosts, wait_exposed, wait_gone};
+use crate::support::{Bed, CONVERGE, ComposeVersion, bed, eventually, repo_root, unique_namespace};
+
+/// Renders `deploy/admission` and applies it into `ns` with the test's domain.
+fn install_guard(bed: &Bed, ns: &str) {
+    let dir = repo_root().join("deploy/admission");
+    let rendered = bed.kubectl(&["kustomize", &dir.to_string_lossy()]);
+    assert!(
+        rendered.status.success(),
+        "kubectl kustomize deploy/admission"
+    );
+    let yaml = String::from_utf8_lossy(&rendered.stdout).to_string();
+    let default_domain = "  domain: composition.example.com\n";
+    assert_eq!(
+        yaml.matches(default_domain).count(),
+        1,
+        "the ConfigMap's domain line:\n{yaml}"
+    );
+    let yaml = yaml.replace(default_domain, &format!("  domain: {}\n", domain(ns)));
+    let mut child = Command::new(std::path::Path::new(bed.get("BIN")).join("kubectl"))
+        .args([
+            "--kubeconfig",
+            bed.kubeconfig(),
+            "apply",
+            "-n",
+            ns,
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl apply");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write the guard to kubectl");
+    let out = child.wait_with_output().expect("kubectl apply");
+    assert!(
+        out.status.success(),
+        "apply deploy/admission: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ours() -> serde_json::Value {
+    serde_json::json!({"app.kubernetes.io/managed-by": "compose-ingress"})
+}
+
+fn ingress(name: &str, host: &str, annotations: serde_json::Value) -> Ingress {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": ours(), "annotations": annotations},
+        "spec": {"rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "x", "port": {"number": 80}}}}]}}]}
+    }))
+    .expect("ingress")
+}
+
+fn service(name: &str, labels: serde_json::Value, spec: serde_json::Value) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": spec,
+    }))
+    .expect("service")
+}
+
+/// The guard's answer to a request it must refuse: the apiserver's message, which names the
+/// policy and says what is allowed.
+fn refused<T: std::fmt::Debug>(what: &str, result: kube::Result<T>) -> String {
+    match result {
+        Err(kube::Error::Api(e)) if e.message.contains("compose-ingress-guard") => {
+            assert_eq!(e.code, 403, "{what}: {e:?}");
+            e.message
+        }
+        other => panic!("{what}: the guard must refuse it, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn admission_guard_bounds_the_sidecar_token_and_the_sidecar_works_under_it() {
+    let bed = bed();
+    let ns = unique_namespace("guard");
+    let pod = bed.runner_pod(&ns, "runner-0");
+    let admin = bed.admin().await;
+    install_guard(bed, &ns);
+    let token = pod.sidecar_token(&admin).await;
+    let stolen = bed.client_with_token(&token).await;
+    let pp = PostParams::default();
+    let ingresses: Api<Ingress> = Api::namespaced(stolen.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(stolen.clone(), &ns);
+
+    // The apiserver loads policies and their parameters asynchronously: wait until the guard
+    // acts (an Ingress that got through before that is removed again).
+    let message = eventually(
+        "the guard refuses a host outside the domain",
+        CONVERGE,
+        || async {
+            let evil = ingress("evil", "evil.attacker.example.org", serde_json::json!({}));
+            match ingresses.create(&pp, &evil).await {
+                Ok(_) => {
+                    let _ = ingresses.delete("evil", &DeleteParams::default()).await;
+                    None
+                }
+                result => Some(refused("an Ingress for another domain", result)),
+            }
+        },
+    )
+    .await;
+    assert!(
+        message.contains(&format!("one DNS label under {}", domain(&ns))),
+        "{message}"
+    );
+    let two_labels = format!("a.b.{}", domain(&ns));
+    refused(
+        "a host two labels under the domain",
+        ingresses
+            .create(&pp, &ingress("deep", &two_labels, serde_json::json!({})))
+            .await,
+    );
+    let host = format!("ok-{}", domain(&ns));
+    let message = refused(
+        "an annotation outside the allow-list",
+        ingresses
+            .create(
+                &pp,
+                &ingress(
+                    "snippet",
+                    &host,
+                    serde_json::json!({"traefik.ingress.kubernetes.io/router.middlewares": "x"}),
+                ),
+            )
+            .await,
+    );
+    assert!(
+        message.contains("nginx.ingress.kubernetes.io/limit-rps"),
+        "{message}"
+    );
+    let runner = serde_json::json!({"statefulset.kubernetes.io/pod-name": "runner-0"});
+    let port = serde_json::json!([{"port": 80}]);
+    refused(
+        "a NodePort Service",
+        services
+            .create(
+                &pp,
+                &service(
+                    "nodeport",
+                    ours(),
+                    serde_json::json!({"type": "NodePort", "selector": runner, "ports": port}),
+                ),
+            )
+            .await,
+    );
+    refused(
+        "a Service selecting another workload",
+        services
+            .create(
+                &pp,
+                &service(
+                    "database",
+                    ours(),
+                    serde_json::json!({"selector": {"app": "postgres"}, "ports": port}),
+                ),
+            )
+            .await,
+    );
+    refused(
+        "a Service without the ownership label",
+        services
+            .create(
+                &pp,
+                &service(
+                    "unlabelled",
+                    serde_json::json!({}),
+                    serde_json::json!({"selector": runner, "ports": port}),
+                ),
+            )
+            .await,
+    );
+    // Someone else's Service: the token's Role may delete Services, the guard says no.
+    let foreign = service(
+        "foreign",
+        serde_json::json!({}),
+        serde_json::json!({"selector": runner, "ports": port}),
+    );
+    Api::<Service>::namespaced(admin.clone(), &ns)
+        .create(&pp, &foreign)
+        .await
+        .expect("admin creates a Service of its own");
+    refused(
+        "deleting a Service the sidecar does not own",
+        services.delete("foreign", &DeleteParams::default()).await,
+    );
+    assert!(
+        Api::<Service>::namespaced(admin.clone(), &ns)
+            .get("foreign")
+            .await
+            .is_ok(),
+        "the foreign Service is still there"
+    );
+
+    // The sidecar itself, with the same ServiceAccount and a rate-limit annotation: every
+    // write and delete it makes passes the guard.
+    let sidecar = Sidecar::start(bed, &pod, &["--default-rps", "20"]).await;
+    let file = compose_file(&[web("web", "guarded-page", 80, "80", &[ENABLE])]);
+    pod.compose_as(ComposeVersion::V2, "guarded", &file, &["up", "-d"]);
+    let (_, ing) = wait_exposed(&admin, &ns, "runner-0", "guarded").await;
+    assert_eq!(
+        through_ingress(&ingress_hosts(&ing)[0]).await.trim(),
+        "guarded-page"
+    );
+    pod.compose_as(ComposeVersion::V2, "guarded", &file, &["down"]);
+    wait_gone(&admin, &ns, "runner-0", "guarded").await;
+    assert!(
+        sidecar.log_lines("reconcile failed").is_empty(),
+        "no write of the sidecar was refused:\n{}",
+        sidecar.logs()
+    );
+}
