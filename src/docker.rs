@@ -15,8 +15,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::labels::COMPOSE_PROJECT;
 use crate::model::{ContainerState, ObservedContainer, ObservedProject, Protocol, PublishedPort};
-use crate::plan::COMPOSE_PROJECT;
 
 /// A project key: a compose project name, or `/<container name>` for a plain container (compose
 /// project names cannot contain '/').

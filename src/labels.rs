@@ -23,6 +23,14 @@ pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
 pub const KOMPOSE_CLASS: &str = "kompose.service.expose.ingress-class-name";
 pub const KOMPOSE_TLS_SECRET: &str = "kompose.service.expose.tls-secret";
 
+// Compose's own labels on every container it creates: which composition, which service, which
+// replica, and whether it is a `compose run` one-off. Read, never written; part of the contract
+// because the planner and the Docker reader key on them (never on container names).
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
+pub const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
+
 /// Longest label value we look at; longer ones are refused before any parsing.
 pub const MAX_VALUE_BYTES: usize = 1024;
 /// Longest path prefix accepted.

@@ -6,17 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::labels::{self, ServiceExposure};
+use crate::labels::{
+    self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_SERVICE, ServiceExposure,
+};
 use crate::model::{
     Backend, ContainerState, DesiredComposition, ObservedContainer, ObservedProject, Plan,
     PlanSettings, Protocol, Refusal,
 };
 use crate::naming;
-
-pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
-pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
-pub const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
-pub const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
 
 /// Service ports are drawn from `SERVICE_PORT_BASE .. SERVICE_PORT_BASE + SERVICE_PORT_SPAN`,
 /// clear of the privileged range (some controllers and policies treat those specially).
@@ -512,6 +509,7 @@ pub fn assign_service_ports(keys: &BTreeSet<(String, u16)>) -> BTreeMap<(String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels::COMPOSE_PROJECT;
     use crate::labels::tests::settings;
     use crate::model::PublishedPort;
 
