@@ -11,7 +11,7 @@ use crate::labels::{
 };
 use crate::model::{
     Backend, ContainerState, DesiredComposition, ObservedContainer, ObservedProject, Plan,
-    PlanSettings, Protocol, Refusal,
+    PlanSettings, Protocol, Reason, Refusal,
 };
 use crate::naming;
 
@@ -107,7 +107,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
         (
             &a.service,
             &a.label,
-            a.reason,
+            a.reason.as_str(),
             &a.container,
             &a.value,
             &a.message,
@@ -115,7 +115,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
             .cmp(&(
                 &b.service,
                 &b.label,
-                b.reason,
+                b.reason.as_str(),
                 &b.container,
                 &b.value,
                 &b.message,
@@ -268,7 +268,7 @@ fn exposed_ports(
                         .labels
                         .get(labels::PORTS)
                         .map_or("", String::as_str),
-                    "port-not-published",
+                    Reason::PortNotPublished,
                     &format!(
                         "container port(s) {} are not published over TCP (published TCP ports: {published}); publish them under `ports:` in the compose file or remove them from {}",
                         missing.join(", "),
@@ -294,7 +294,7 @@ fn exposed_ports(
                 .labels
                 .get(first.source)
                 .map_or("", String::as_str),
-            "host-needs-one-port",
+            Reason::HostNeedsOnePort,
             &format!(
                 "a chosen host routes to one port, but this service exposes ports {}; set {}=<one of them>",
                 list.join(", "),
@@ -328,11 +328,11 @@ fn agree(
                 } else {
                     labels::KOMPOSE_CLASS
                 };
-                (label, "class-conflict", "class")
+                (label, Reason::ClassConflict, "class")
             } else {
                 (
                     labels::KOMPOSE_TLS_SECRET,
-                    "tls-secret-conflict",
+                    Reason::TlsSecretConflict,
                     "TLS secret",
                 )
             };
@@ -387,7 +387,7 @@ fn claim_hosts(
                         &a.service,
                         TEMPLATE_SOURCE,
                         &settings.host_template,
-                        "invalid-host-template",
+                        Reason::InvalidHostTemplate,
                         &format!("{e}; the operator must fix --host-template"),
                     )),
                 }
@@ -442,7 +442,7 @@ fn claim_hosts(
                 service,
                 label,
                 &value,
-                "host-taken-in-composition",
+                Reason::HostTakenInComposition,
                 &format!(
                     "host {host} path {path} (port {container_port}) is already routed to service `{owner}` port {owner_port}; {fix}"
                 ),
@@ -714,7 +714,7 @@ mod tests {
         );
         assert_eq!(p.refusals.len(), 1);
         let r = &p.refusals[0];
-        assert_eq!(r.reason, "port-not-published");
+        assert_eq!(r.reason, Reason::PortNotPublished);
         assert_eq!(r.label, labels::PORTS);
         assert_eq!(r.value, "8080,9000");
         assert!(r.message.contains("9000"), "{}", r.message);
@@ -738,7 +738,7 @@ mod tests {
             &settings(),
         );
         assert_eq!(p.desired, None);
-        assert_eq!(p.refusals[0].reason, "host-needs-one-port");
+        assert_eq!(p.refusals[0].reason, Reason::HostNeedsOnePort);
         assert_eq!(p.refusals[0].label, labels::HOST);
         assert!(p.refusals[0].message.contains(labels::PORTS));
 
@@ -794,7 +794,7 @@ mod tests {
         assert_eq!(routes, vec![("a", "/"), ("c", "/api")]);
         assert_eq!(p.refusals.len(), 1);
         assert_eq!(p.refusals[0].service, "b");
-        assert_eq!(p.refusals[0].reason, "host-taken-in-composition");
+        assert_eq!(p.refusals[0].reason, Reason::HostTakenInComposition);
         assert_eq!(p.refusals[0].label, labels::HOST);
     }
 
@@ -814,7 +814,7 @@ mod tests {
         );
         assert_eq!(hosts(&p), vec!["web-demochat.composition.example.com"]);
         assert_eq!(p.desired.unwrap().backends[0].container_port, 80);
-        assert_eq!(p.refusals[0].reason, "host-taken-in-composition");
+        assert_eq!(p.refusals[0].reason, Reason::HostTakenInComposition);
         assert_eq!(p.refusals[0].label, TEMPLATE_SOURCE);
     }
 
@@ -842,7 +842,7 @@ mod tests {
         );
         assert_eq!(p.refusals.len(), 1);
         assert_eq!(p.refusals[0].service, "b");
-        assert_eq!(p.refusals[0].reason, "class-conflict");
+        assert_eq!(p.refusals[0].reason, Reason::ClassConflict);
         let d = p.desired.unwrap();
         assert_eq!(d.class.as_deref(), Some("heavy"));
         let services: Vec<_> = d.backends.iter().map(|b| b.service.as_str()).collect();
@@ -936,7 +936,7 @@ mod tests {
         );
         assert_eq!(p.refusals.len(), 1);
         assert_eq!(p.refusals[0].container, "a-1");
-        assert_eq!(p.refusals[0].reason, "host-outside-domain");
+        assert_eq!(p.refusals[0].reason, Reason::HostOutsideDomain);
         assert_eq!(
             hosts(&p),
             vec!["b-80-demochat-runner-3.composition.example.com"]

@@ -8,9 +8,9 @@ use tracing::warn;
 
 use super::{LOG_TARGET, Outcome, Problem, ProjectState, Reconciler};
 use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject};
-use crate::model::{DesiredComposition, Refusal, RouteApi};
+use crate::model::{DesiredComposition, Reason, Refusal, RouteApi};
 use crate::render;
-use crate::status::{CompositionState, RefusedReason};
+use crate::status::CompositionState;
 
 impl Reconciler {
     fn owned_of(&self, project: &str) -> Vec<OwnedObject> {
@@ -31,7 +31,7 @@ impl Reconciler {
                 message: r.message.clone(),
             };
             if self.is_new(key, &problem) {
-                warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason, "label refused: {}", r.message);
+                warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason.as_str(), "label refused: {}", r.message);
                 self.status.metrics.refused(r.reason);
                 self.status.event_refused(key, r);
             }
@@ -93,10 +93,10 @@ impl Reconciler {
                         warn!(
                             target: LOG_TARGET,
                             host = %host, services = ?services, holder_pod = %holder_pod, holder_composition = %holder_project,
-                            reason = "host-taken",
+                            reason = Reason::HostTaken.as_str(),
                             "host refused: it is already claimed by pod {holder_pod} (composition {holder_project}); choose another compose-ingress.host"
                         );
-                        self.status.metrics.refused("host-taken");
+                        self.status.metrics.refused(Reason::HostTaken);
                         self.status.event_host_taken(key, &host, &holder_pod);
                     }
                     problems.insert(problem);
@@ -139,7 +139,7 @@ impl Reconciler {
         &mut self,
         key: &str,
         d: &DesiredComposition,
-        refused: Vec<RefusedReason>,
+        refused: Vec<Refusal>,
     ) -> Result<Outcome, ClusterError> {
         let objects = self.render_all(d)?;
         let mut wrote = false;
@@ -253,11 +253,8 @@ fn owned_record(
 
 /// What of a composition is refused: the plan's label refusals, and the hosts that other pods
 /// (or compositions) hold.
-pub(super) fn refused_reasons(
-    refusals: &[Refusal],
-    state: Option<&ProjectState>,
-) -> Vec<RefusedReason> {
-    let mut reasons: Vec<RefusedReason> = refusals.iter().map(RefusedReason::from).collect();
+pub(super) fn refused_reasons(refusals: &[Refusal], state: Option<&ProjectState>) -> Vec<Refusal> {
+    let mut reasons = refusals.to_vec();
     for problem in state.into_iter().flat_map(|s| s.problems.iter()) {
         if let Problem::HostTaken {
             host,
@@ -265,17 +262,7 @@ pub(super) fn refused_reasons(
             holder_project,
         } = problem
         {
-            reasons.push(RefusedReason {
-                reason: "host-taken".to_string(),
-                message: format!(
-                    "host {host} is already claimed by pod {holder_pod} (composition {holder_project}); choose another compose-ingress.host"
-                ),
-                container: None,
-                service: None,
-                label: None,
-                value: None,
-                host: Some(host.clone()),
-            });
+            reasons.push(Refusal::host_taken(host, holder_pod, holder_project));
         }
     }
     reasons
