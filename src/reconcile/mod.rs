@@ -39,14 +39,33 @@ const LOG_TARGET: &str = module_path!();
 /// What happened to one project in one pass (for tests of the queue logic and for metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Objects written (or the composition's URLs changed).
     Exposed,
+    /// Exposed already, exactly as planned: zero writes.
     Unchanged,
+    /// Nothing to expose any more; the objects stay until the delete grace is over.
     GracePending,
+    /// The grace is over: the composition's objects were deleted.
     Deleted,
+    /// Nothing to expose and nothing in the cluster.
     Nothing,
     /// Opted-in services are created but not started yet: no write until they start or the
     /// settle time runs out.
     Waiting,
+}
+
+impl Outcome {
+    /// The `outcome` label of `compose_ingress_reconciles_total` (docs/operability.md): `changed`
+    /// when the pass changed the cluster or what users see, `unchanged` when it wrote nothing
+    /// (holding a delete grace or having nothing to do writes nothing either), `waiting` while
+    /// services are still starting. A failed pass is `error`, counted by the caller.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Outcome::Exposed | Outcome::Deleted => "changed",
+            Outcome::Unchanged | Outcome::GracePending | Outcome::Nothing => "unchanged",
+            Outcome::Waiting => "waiting",
+        }
+    }
 }
 
 /// Why (part of) a composition is not exposed.
@@ -272,11 +291,7 @@ impl Reconciler {
         let state = self.projects.entry(key.to_string()).or_default();
         match result {
             Ok(outcome) => {
-                self.status.metrics.reconcile(match outcome {
-                    Outcome::Unchanged => "unchanged",
-                    Outcome::Waiting => "waiting",
-                    _ => "changed",
-                });
+                self.status.metrics.reconcile(outcome.metric_label());
                 state.retry.reset();
                 state.last_error = None;
                 debug!(
@@ -415,4 +430,26 @@ pub async fn delete_all_owned(cluster: &Cluster) -> Result<usize, ClusterError> 
         cluster.delete(o.kind, &o.name, &o.uid).await?;
     }
     Ok(owned.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    /// Only a pass that wrote (or deleted) counts as `changed`; holding a grace or having
+    /// nothing to do is `unchanged`, as docs/operability.md defines the values.
+    #[test]
+    fn every_outcome_has_an_honest_metric_label() {
+        let cases = [
+            (Outcome::Exposed, "changed"),
+            (Outcome::Deleted, "changed"),
+            (Outcome::Unchanged, "unchanged"),
+            (Outcome::GracePending, "unchanged"),
+            (Outcome::Nothing, "unchanged"),
+            (Outcome::Waiting, "waiting"),
+        ];
+        for (outcome, label) in cases {
+            assert_eq!(outcome.metric_label(), label, "{outcome:?}");
+        }
+    }
 }
