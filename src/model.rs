@@ -1,5 +1,12 @@
 //! Plain data that flows one way: Docker -> observed state -> plan -> Kubernetes.
 //! No I/O here; every type is built by the docker edge or the planner and read by the next stage.
+//!
+//! Vocabulary: the user's docker-compose project is a **composition** in identifiers, comments
+//! and docs. "project" stays only where it is a contract or public: Compose's own label
+//! (`com.docker.compose.project`), our Kubernetes label and annotation keys
+//! (`compose-ingress/project`, ...), JSON and log field names, metric help texts, the
+//! `{project}` placeholder of `--host-template`, and public items that tests and benches use
+//! (e.g. [`ObservedProject`]). Renaming those would break users, dashboards or stored objects.
 
 use std::collections::BTreeMap;
 
@@ -43,7 +50,7 @@ pub enum ContainerState {
     Stopped,
 }
 
-/// Every container the docker edge saw for one project key (compose project, or a plain
+/// Every container the docker edge saw for one composition key (compose project, or a plain
 /// container's own key when `--expose-plain-containers` is on).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedProject {
@@ -256,7 +263,8 @@ pub struct Backend {
 /// Everything one composition needs in the cluster, or nothing when `backends` is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredComposition {
-    pub project: String,
+    /// The composition's name as Docker reports it (the compose project name, raw).
+    pub name: String,
     /// Deterministic object name shared by the Service and the Ingress/HTTPRoute.
     pub object_name: String,
     /// Sorted by (service, container_port, ...); (host, path) pairs unique. One host may carry
@@ -267,10 +275,10 @@ pub struct DesiredComposition {
     pub tls_secret: Option<String>,
 }
 
-/// The planner's output for one project.
+/// The planner's output for one composition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// `None` when nothing of the project is to be exposed (objects go after the grace).
+    /// `None` when nothing of the composition is to be exposed (objects go after the grace).
     pub desired: Option<DesiredComposition>,
     pub refusals: Vec<Refusal>,
     /// Opted-in services with no running container but one that is created and not yet started

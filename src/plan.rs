@@ -1,4 +1,4 @@
-//! Observed project -> desired composition (pure).
+//! Observed composition -> desired composition (pure).
 //!
 //! The planner is the only place that decides what is exposed. It is a pure function of what
 //! Docker reports *now* and of the operator's settings, so the reconciler can call it on every
@@ -23,7 +23,7 @@ pub const SERVICE_PORT_SPAN: u16 = 60000;
 /// Pseudo-label named in refusals about template hosts, which come from the operator's flag.
 pub const TEMPLATE_SOURCE: &str = "--host-template";
 
-/// Plans one project.
+/// Plans one composition.
 ///
 /// - Only running containers count; `compose run` containers (`com.docker.compose.oneoff=True`)
 ///   are skipped, they are throw-away tasks rather than the composition.
@@ -145,7 +145,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
 
     Plan {
         desired: Some(DesiredComposition {
-            project: project.name.clone(),
+            name: project.name.clone(),
             object_name: naming::object_name(&settings.pod_name, &project.name),
             backends,
             class: chosen_class.or_else(|| settings.ingress_class.clone()),
@@ -165,7 +165,7 @@ struct Accepted<'a> {
     ports: Vec<(u16, u16)>,
 }
 
-/// The project's containers in `state`, by service (one-off containers left out).
+/// The composition's containers in `state`, by service (one-off containers left out).
 fn group_services<'a>(
     project: &'a ObservedProject,
     settings: &PlanSettings,
