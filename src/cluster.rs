@@ -163,6 +163,16 @@ pub enum Claim {
     },
 }
 
+/// What a create found. A name that exists is an answer rather than a fault (the caller decides
+/// whether it is ours), so it is not a [`ClusterError`].
+#[derive(Debug)]
+pub enum Created {
+    /// Created now; its uid (empty in client-side dry-run).
+    New { uid: String },
+    /// An object of that name already existed; it was left as it is.
+    Exists(Box<DynamicObject>),
+}
+
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
@@ -299,25 +309,24 @@ impl Cluster {
     }
 
     /// Creates `obj`; when an object of that name exists, it is returned (and never modified).
-    pub async fn create(
-        &self,
-        obj: &DesiredObject,
-    ) -> Result<Result<String, DynamicObject>, ClusterError> {
+    pub async fn create(&self, obj: &DesiredObject) -> Result<Created, ClusterError> {
         if self.dry_run != DryRun::None {
             self.print("create", obj);
             if self.dry_run == DryRun::Client {
-                return Ok(Ok(String::new()));
+                return Ok(Created::New { uid: String::new() });
             }
         }
         let api = self.api(obj.kind);
         match api.create(&self.post_params(), &obj.object).await {
-            Ok(created) => Ok(Ok(created.metadata.uid.unwrap_or_default())),
+            Ok(created) => Ok(Created::New {
+                uid: created.metadata.uid.unwrap_or_default(),
+            }),
             Err(e) if is_status(&e, 409) => {
                 let live =
                     api.get(obj.name())
                         .await
                         .map_err(self.err("get", obj.kind, obj.name()))?;
-                Ok(Err(live))
+                Ok(Created::Exists(Box::new(live)))
             }
             Err(e) => Err(self.err("create", obj.kind, obj.name())(e)),
         }
@@ -353,9 +362,9 @@ impl Cluster {
             return self.apply(obj).await;
         }
         match self.create(obj).await? {
-            Ok(uid) => Ok(uid),
-            Err(live) if self.is_ours(&live.metadata) => self.apply(obj).await,
-            Err(_) => Err(ClusterError::NotOurs {
+            Created::New { uid } => Ok(uid),
+            Created::Exists(live) if self.is_ours(&live.metadata) => self.apply(obj).await,
+            Created::Exists(_) => Err(ClusterError::NotOurs {
                 kind: obj.kind,
                 namespace: self.namespace.clone(),
                 name: obj.name().to_string(),
@@ -367,8 +376,8 @@ impl Cluster {
     /// Claims a host by creating its Lease (atomic: of two racing pods exactly one create wins).
     pub async fn claim(&self, lease: &DesiredObject) -> Result<Claim, ClusterError> {
         match self.create(lease).await? {
-            Ok(uid) => Ok(Claim::Ours { uid }),
-            Err(live) => {
+            Created::New { uid } => Ok(Claim::Ours { uid }),
+            Created::Exists(live) => {
                 let labels = live.metadata.labels.clone().unwrap_or_default();
                 let annotations = live.metadata.annotations.clone().unwrap_or_default();
                 let holder_project = annotations

@@ -1,5 +1,5 @@
-//! The Docker edge: lists containers into observed projects, and turns the daemon's event
-//! stream into project hints. The event reader never does I/O besides reading the stream: the
+//! The Docker edge: lists containers into observed compositions, and turns the daemon's event
+//! stream into composition hints. The event reader never does I/O besides reading the stream: the
 //! daemon drops events for a subscriber slower than 100 ms, so it only pushes keys into a queue.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,12 +15,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::labels::COMPOSE_PROJECT;
 use crate::model::{ContainerState, ObservedContainer, ObservedProject, Protocol, PublishedPort};
-use crate::plan::COMPOSE_PROJECT;
 
-/// A project key: a compose project name, or `/<container name>` for a plain container (compose
-/// project names cannot contain '/').
-pub type ProjectKey = String;
+/// A composition key: the compose project name, or `/<container name>` for a plain container
+/// (compose project names cannot contain '/').
+pub type CompositionKey = String;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -42,15 +42,15 @@ pub enum DockerError {
 /// What the reader tells the reconciler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
-    /// Something about this project may have changed.
-    Project(ProjectKey),
+    /// Something about this composition may have changed.
+    Composition(CompositionKey),
     /// (Re)connected to Docker: list everything and converge, GC included.
     Resync,
     /// The event stream broke: Docker is unreachable until the next `Resync`.
     DockerDown,
 }
 
-/// Container actions that can change what a project exposes (exec_*, attach, ... cannot).
+/// Container actions that can change what a composition exposes (exec_*, attach, ... cannot).
 const RELEVANT_ACTIONS: &[&str] = &[
     "create", "start", "restart", "die", "stop", "kill", "destroy", "pause", "unpause", "rename",
     "update",
@@ -120,7 +120,7 @@ impl DockerClient {
             .map_err(self.request_error("list containers"))
     }
 
-    /// Every container of one project, fresh from the daemon.
+    /// Every container of one composition, fresh from the daemon.
     pub async fn project(&self, key: &str) -> Result<ObservedProject, DockerError> {
         let mut filters = HashMap::new();
         if let Some(name) = key.strip_prefix('/') {
@@ -135,7 +135,7 @@ impl DockerClient {
             .list(filters)
             .await?
             .iter()
-            .filter(|c| project_key(c, self.expose_plain).as_deref() == Some(key))
+            .filter(|c| composition_key(c, self.expose_plain).as_deref() == Some(key))
             .map(observe)
             .collect();
         Ok(ObservedProject {
@@ -144,13 +144,13 @@ impl DockerClient {
         })
     }
 
-    /// A complete listing of the daemon, grouped by project key. Only a successful snapshot
+    /// A complete listing of the daemon, grouped by composition key. Only a successful snapshot
     /// may drive orphan GC (an empty answer from a daemon that is still starting is an error).
-    pub async fn snapshot(&self) -> Result<BTreeMap<ProjectKey, ObservedProject>, DockerError> {
-        let mut projects: BTreeMap<ProjectKey, ObservedProject> = BTreeMap::new();
+    pub async fn snapshot(&self) -> Result<BTreeMap<CompositionKey, ObservedProject>, DockerError> {
+        let mut compositions: BTreeMap<CompositionKey, ObservedProject> = BTreeMap::new();
         for c in self.list(HashMap::new()).await? {
-            if let Some(key) = project_key(&c, self.expose_plain) {
-                let entry = projects
+            if let Some(key) = composition_key(&c, self.expose_plain) {
+                let entry = compositions
                     .entry(key.clone())
                     .or_insert_with(|| ObservedProject {
                         name: key.clone(),
@@ -159,7 +159,7 @@ impl DockerClient {
                 entry.containers.push(observe(&c));
             }
         }
-        Ok(projects)
+        Ok(compositions)
     }
 
     /// Reads the event stream until cancelled, reconnecting with backoff. Sends `Resync` after
@@ -215,7 +215,7 @@ impl DockerClient {
                         if let Some((action, key)) = hint_of(&event, self.expose_plain) {
                             events_seen(action);
                             debug!(action, project = %key, "docker event");
-                            if hints.send(Hint::Project(key)).is_err() {
+                            if hints.send(Hint::Composition(key)).is_err() {
                                 return;
                             }
                         }
@@ -241,8 +241,8 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     crate::retry::backoff(Duration::from_millis(200), Duration::from_secs(30))
 }
 
-/// The project an event is about, when its action can change what is exposed.
-fn hint_of(event: &EventMessage, expose_plain: bool) -> Option<(&str, ProjectKey)> {
+/// The composition an event is about, when its action can change what is exposed.
+fn hint_of(event: &EventMessage, expose_plain: bool) -> Option<(&str, CompositionKey)> {
     let action = event.action.as_deref()?;
     let base = action.split(':').next().unwrap_or(action).trim();
     let relevant = RELEVANT_ACTIONS.contains(&base) || base == "health_status";
@@ -262,7 +262,7 @@ fn hint_of(event: &EventMessage, expose_plain: bool) -> Option<(&str, ProjectKey
     None
 }
 
-fn project_key(c: &ContainerSummary, expose_plain: bool) -> Option<ProjectKey> {
+fn composition_key(c: &ContainerSummary, expose_plain: bool) -> Option<CompositionKey> {
     if let Some(p) = c.labels.as_ref().and_then(|l| l.get(COMPOSE_PROJECT)) {
         return Some(p.clone());
     }

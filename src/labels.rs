@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{PlanSettings, Refusal};
+use crate::model::{PlanSettings, Reason, Refusal};
 use crate::naming;
 
 pub const ENABLE: &str = "compose-ingress.enable";
@@ -22,6 +22,14 @@ pub const PREFIX: &str = "compose-ingress.";
 pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
 pub const KOMPOSE_CLASS: &str = "kompose.service.expose.ingress-class-name";
 pub const KOMPOSE_TLS_SECRET: &str = "kompose.service.expose.tls-secret";
+
+// Compose's own labels on every container it creates: which composition, which service, which
+// replica, and whether it is a `compose run` one-off. Read, never written; part of the contract
+// because the planner and the Docker reader key on them (never on container names).
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
+pub const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
 
 /// Longest label value we look at; longer ones are refused before any parsing.
 pub const MAX_VALUE_BYTES: usize = 1024;
@@ -107,7 +115,7 @@ pub fn refusal(
     service: &str,
     label: &str,
     value: &str,
-    reason: &'static str,
+    reason: Reason,
     rule_and_fix: &str,
 ) -> Refusal {
     let shown = shown_value(value);
@@ -119,6 +127,7 @@ pub fn refusal(
             "service `{service}` not exposed: label {label}=\"{shown}\" on container `{container}`: {rule_and_fix}",
         ),
         value: shown,
+        host: None,
         reason,
     }
 }
@@ -130,7 +139,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn refuse(&mut self, label: &str, value: &str, reason: &'static str, rule_and_fix: &str) {
+    fn refuse(&mut self, label: &str, value: &str, reason: Reason, rule_and_fix: &str) {
         self.refusals.push(refusal(
             self.container,
             self.service,
@@ -172,7 +181,7 @@ fn get<'l>(ctx: &mut Ctx<'_>, labels: &'l BTreeMap<String, String>, key: &str) -
         ctx.refuse(
             key,
             value,
-            "value-too-long",
+            Reason::ValueTooLong,
             &format!("label values are limited to {MAX_VALUE_BYTES} bytes; shorten the value"),
         );
         return None;
@@ -189,7 +198,7 @@ fn parse_ports(ctx: &mut Ctx<'_>, value: &str) -> Option<Vec<u16>> {
                 ctx.refuse(
                     PORTS,
                     value,
-                    "invalid-port",
+                    Reason::InvalidPort,
                     "expected a comma-separated list of container ports 1-65535, e.g. compose-ingress.ports=5000,8080",
                 );
                 return None;
@@ -214,7 +223,7 @@ fn parse_host(ctx: &mut Ctx<'_>, value: &str, domain: &str) -> Option<String> {
         ctx.refuse(
             HOST,
             value,
-            "host-outside-domain",
+            Reason::HostOutsideDomain,
             &format!(
                 "a chosen host is ONE DNS label under {domain}; set only that label, e.g. compose-ingress.host=myapp (giving myapp.{domain})"
             ),
@@ -223,7 +232,7 @@ fn parse_host(ctx: &mut Ctx<'_>, value: &str, domain: &str) -> Option<String> {
         ctx.refuse(
             HOST,
             value,
-            "invalid-host",
+            Reason::InvalidHost,
             "a host label is 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'; e.g. compose-ingress.host=myapp",
         );
     }
@@ -245,7 +254,7 @@ fn parse_kompose_hosts(
             None => (entry, default_path.to_string()),
         };
         if !is_valid_path(&path) {
-            ctx.refuse(KOMPOSE_EXPOSE, value, "invalid-path", PATH_RULE);
+            ctx.refuse(KOMPOSE_EXPOSE, value, Reason::InvalidPath, PATH_RULE);
             continue;
         }
         match naming::host_label_under(host, domain) {
@@ -256,9 +265,9 @@ fn parse_kompose_hosts(
             }),
             None => {
                 let reason = if host.contains('.') {
-                    "host-outside-domain"
+                    Reason::HostOutsideDomain
                 } else {
-                    "invalid-host"
+                    Reason::InvalidHost
                 };
                 ctx.refuse(
                     KOMPOSE_EXPOSE,
@@ -281,7 +290,7 @@ fn parse_rps(ctx: &mut Ctx<'_>, value: &str, max: Option<u32>) -> Option<u32> {
                 ctx.refuse(
                     RATE_LIMIT_RPS,
                     value,
-                    "rate-limit-above-max",
+                    Reason::RateLimitAboveMax,
                     &format!(
                         "labels may only lower the operator's limit, at most {max} requests per second; set a value between 1 and {max}"
                     ),
@@ -294,7 +303,7 @@ fn parse_rps(ctx: &mut Ctx<'_>, value: &str, max: Option<u32>) -> Option<u32> {
             ctx.refuse(
                 RATE_LIMIT_RPS,
                 value,
-                "invalid-rate-limit",
+                Reason::InvalidRateLimit,
                 "expected a whole number of requests per second, at least 1; e.g. compose-ingress.rate-limit.rps=20",
             );
             None
@@ -315,7 +324,7 @@ fn parse_class(ctx: &mut Ctx<'_>, key: &str, value: &str, allowed: &[String]) ->
     ctx.refuse(
         key,
         value,
-        "class-not-allowed",
+        Reason::ClassNotAllowed,
         &format!("the class is not in the operator's allow-list; {list}"),
     );
     None
@@ -348,7 +357,7 @@ pub fn parse_service_labels(
                 ctx.refuse(
                     ENABLE,
                     v,
-                    "invalid-enable",
+                    Reason::InvalidEnable,
                     "expected true or false; set compose-ingress.enable=true to expose the service",
                 );
                 return Err(ctx.refusals);
@@ -371,7 +380,7 @@ pub fn parse_service_labels(
             ctx.refuse(
                 key,
                 &labels[key],
-                "unknown-label",
+                Reason::UnknownLabel,
                 &format!("unknown compose-ingress label (a typo?); known labels: {known}"),
             );
         }
@@ -392,7 +401,7 @@ pub fn parse_service_labels(
     let path = match value(PATH) {
         Some(p) if is_valid_path(p.trim()) => p.trim().to_string(),
         Some(p) => {
-            ctx.refuse(PATH, p, "invalid-path", PATH_RULE);
+            ctx.refuse(PATH, p, Reason::InvalidPath, PATH_RULE);
             "/".to_string()
         }
         None => "/".to_string(),
@@ -427,7 +436,7 @@ pub fn parse_service_labels(
             ctx.refuse(
                 KOMPOSE_CLASS,
                 &b,
-                "class-conflict",
+                Reason::ClassConflict,
                 &format!("{CLASS} chose `{a}`; set both labels to the same class or remove one"),
             );
             None
@@ -448,7 +457,7 @@ pub fn parse_service_labels(
             ctx.refuse(
                 KOMPOSE_TLS_SECRET,
                 v,
-                "tls-secret-not-allowed",
+                Reason::TlsSecretNotAllowed,
                 &format!("the TLS secret is not in the operator's allow-list; {fix}"),
             );
             None
@@ -558,7 +567,7 @@ pub(crate) mod tests {
     fn invalid_enable_is_refused() {
         let r = refused(&[(ENABLE, "yes please")]);
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].reason, "invalid-enable");
+        assert_eq!(r[0].reason, Reason::InvalidEnable);
         assert_eq!(r[0].label, ENABLE);
         assert_eq!(r[0].container, "demo-web-1");
         assert_eq!(r[0].service, "web");
@@ -580,23 +589,23 @@ pub(crate) mod tests {
     #[test]
     fn bad_hosts_are_refused() {
         let r = refused(&[(ENABLE, "true"), (HOST, "evil.com")]);
-        assert_eq!(r[0].reason, "host-outside-domain");
+        assert_eq!(r[0].reason, Reason::HostOutsideDomain);
         assert_eq!(r[0].label, HOST);
         let r = refused(&[(ENABLE, "true"), (HOST, "a.b.composition.example.com")]);
-        assert_eq!(r[0].reason, "host-outside-domain");
+        assert_eq!(r[0].reason, Reason::HostOutsideDomain);
         let r = refused(&[(ENABLE, "true"), (HOST, "-x")]);
-        assert_eq!(r[0].reason, "invalid-host");
+        assert_eq!(r[0].reason, Reason::InvalidHost);
         let r = refused(&[(ENABLE, "true"), (HOST, &"a".repeat(64))]);
-        assert_eq!(r[0].reason, "invalid-host");
+        assert_eq!(r[0].reason, Reason::InvalidHost);
         let r = refused(&[(ENABLE, "true"), (HOST, "")]);
-        assert_eq!(r[0].reason, "invalid-host");
+        assert_eq!(r[0].reason, Reason::InvalidHost);
     }
 
     #[test]
     fn ports_rules() {
         for bad in ["", "0", "65536", "80,x", "-1", "80;81"] {
             let r = refused(&[(ENABLE, "true"), (PORTS, bad)]);
-            assert_eq!(r[0].reason, "invalid-port", "{bad}");
+            assert_eq!(r[0].reason, Reason::InvalidPort, "{bad}");
             assert_eq!(r[0].label, PORTS);
         }
     }
@@ -610,7 +619,7 @@ pub(crate) mod tests {
             "", "api", "//", "/a//b", "/a b", "/a?b", "/%2e", "/../x", "/./", "/é",
         ] {
             let r = refused(&[(ENABLE, "true"), (PATH, bad)]);
-            assert_eq!(r[0].reason, "invalid-path", "{bad:?}");
+            assert_eq!(r[0].reason, Reason::InvalidPath, "{bad:?}");
         }
         assert!(!is_valid_path(&format!("/{}", "a".repeat(256))));
         assert!(is_valid_path(&format!("/{}", "a".repeat(255))));
@@ -619,11 +628,11 @@ pub(crate) mod tests {
     #[test]
     fn rate_limit_rules() {
         let r = refused(&[(ENABLE, "true"), (RATE_LIMIT_RPS, "101")]);
-        assert_eq!(r[0].reason, "rate-limit-above-max");
+        assert_eq!(r[0].reason, Reason::RateLimitAboveMax);
         assert!(r[0].message.contains("100"));
         for bad in ["0", "-5", "ten", "1.5", "99999999999"] {
             let r = refused(&[(ENABLE, "true"), (RATE_LIMIT_RPS, bad)]);
-            assert_eq!(r[0].reason, "invalid-rate-limit", "{bad}");
+            assert_eq!(r[0].reason, Reason::InvalidRateLimit, "{bad}");
         }
         let e = parse(&[(ENABLE, "true"), (RATE_LIMIT_RPS, "100")]).unwrap();
         assert_eq!(e.rate_limit_rps, Some(100));
@@ -632,7 +641,7 @@ pub(crate) mod tests {
     #[test]
     fn class_rules() {
         let r = refused(&[(ENABLE, "true"), (CLASS, "vip")]);
-        assert_eq!(r[0].reason, "class-not-allowed");
+        assert_eq!(r[0].reason, Reason::ClassNotAllowed);
         assert!(r[0].message.contains("public, heavy"));
         let e = parse(&[(KOMPOSE_EXPOSE, "true"), (KOMPOSE_CLASS, "heavy")]).unwrap();
         assert_eq!(e.class.as_deref(), Some("heavy"));
@@ -641,7 +650,7 @@ pub(crate) mod tests {
             (CLASS, "public"),
             (KOMPOSE_CLASS, "heavy"),
         ]);
-        assert_eq!(r[0].reason, "class-conflict");
+        assert_eq!(r[0].reason, Reason::ClassConflict);
     }
 
     #[test]
@@ -671,12 +680,12 @@ pub(crate) mod tests {
         );
         let r = refused(&[(KOMPOSE_EXPOSE, "a.composition.example.com,evil.org")]);
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].reason, "host-outside-domain");
+        assert_eq!(r[0].reason, Reason::HostOutsideDomain);
         assert_eq!(r[0].label, KOMPOSE_EXPOSE);
         let r = refused(&[(KOMPOSE_EXPOSE, "a.composition.example.com/a b")]);
-        assert_eq!(r[0].reason, "invalid-path");
+        assert_eq!(r[0].reason, Reason::InvalidPath);
         let r = refused(&[(KOMPOSE_EXPOSE, "justalabel")]);
-        assert_eq!(r[0].reason, "invalid-host");
+        assert_eq!(r[0].reason, Reason::InvalidHost);
         assert!(!parse(&[(KOMPOSE_EXPOSE, "false")]).unwrap().enabled);
     }
 
@@ -688,13 +697,13 @@ pub(crate) mod tests {
             (KOMPOSE_EXPOSE, "true"),
             (KOMPOSE_TLS_SECRET, "kube-system-secret"),
         ]);
-        assert_eq!(r[0].reason, "tls-secret-not-allowed");
+        assert_eq!(r[0].reason, Reason::TlsSecretNotAllowed);
     }
 
     #[test]
     fn unknown_label_is_refused() {
         let r = refused(&[(ENABLE, "true"), ("compose-ingress.hosts", "x")]);
-        assert_eq!(r[0].reason, "unknown-label");
+        assert_eq!(r[0].reason, Reason::UnknownLabel);
         assert_eq!(r[0].label, "compose-ingress.hosts");
     }
 
@@ -710,7 +719,11 @@ pub(crate) mod tests {
         reasons.sort();
         assert_eq!(
             reasons,
-            vec!["host-outside-domain", "invalid-path", "invalid-rate-limit"]
+            vec![
+                Reason::HostOutsideDomain,
+                Reason::InvalidPath,
+                Reason::InvalidRateLimit
+            ]
         );
     }
 
@@ -719,13 +732,13 @@ pub(crate) mod tests {
         let huge = "x\n".repeat(5000);
         let r = refused(&[(ENABLE, "true"), (HOST, &huge)]);
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].reason, "value-too-long");
+        assert_eq!(r[0].reason, Reason::ValueTooLong);
         assert!(r[0].value.chars().count() <= MAX_SHOWN_CHARS);
         assert!(!r[0].value.contains('\n'));
         assert!(r[0].value.ends_with("..."));
         assert!(r[0].message.len() < 600);
         let r = refused(&[(ENABLE, &huge)]);
-        assert_eq!(r[0].reason, "value-too-long");
+        assert_eq!(r[0].reason, Reason::ValueTooLong);
         assert_eq!(r[0].label, ENABLE);
     }
 

@@ -1,5 +1,12 @@
 //! Plain data that flows one way: Docker -> observed state -> plan -> Kubernetes.
 //! No I/O here; every type is built by the docker edge or the planner and read by the next stage.
+//!
+//! Vocabulary: the user's docker-compose project is a **composition** in identifiers, comments
+//! and docs. "project" stays only where it is a contract or public: Compose's own label
+//! (`com.docker.compose.project`), our Kubernetes label and annotation keys
+//! (`compose-ingress/project`, ...), JSON and log field names, metric help texts, the
+//! `{project}` placeholder of `--host-template`, and public items that tests and benches use
+//! (e.g. [`ObservedProject`]). Renaming those would break users, dashboards or stored objects.
 
 use std::collections::BTreeMap;
 
@@ -43,7 +50,7 @@ pub enum ContainerState {
     Stopped,
 }
 
-/// Every container the docker edge saw for one project key (compose project, or a plain
+/// Every container the docker edge saw for one composition key (compose project, or a plain
 /// container's own key when `--expose-plain-containers` is on).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedProject {
@@ -104,7 +111,106 @@ pub struct OwnerPod {
     pub uid: String,
 }
 
-/// A label value refused by the contract: which container, which label, which value, which rule.
+/// Why something of a composition is not exposed. [`Reason::as_str`] gives the stable kebab-case
+/// code that logs (`reason=`), `/exposures` (`"reason"`), the `refused_labels_total{reason}` metric
+/// and docs/operability.md all use: the one place each code is spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// `compose-ingress.enable` is neither `true` nor `false`.
+    InvalidEnable,
+    /// A `compose-ingress.*` key we do not know (most likely a typo).
+    UnknownLabel,
+    /// A label value over the size we look at.
+    ValueTooLong,
+    /// `compose-ingress.ports` is not a list of ports.
+    InvalidPort,
+    /// A chosen host that is not one DNS label.
+    InvalidHost,
+    /// A chosen host under another domain than the operator's.
+    HostOutsideDomain,
+    /// A path prefix outside the safe grammar.
+    InvalidPath,
+    /// `compose-ingress.rate-limit.rps` is not a whole number >= 1.
+    InvalidRateLimit,
+    /// A rate limit above the operator's maximum (labels may only lower it).
+    RateLimitAboveMax,
+    /// A class outside the operator's allow-list.
+    ClassNotAllowed,
+    /// Two services (or two labels) choose different classes for the one route object.
+    ClassConflict,
+    /// A TLS secret outside the operator's allow-list.
+    TlsSecretNotAllowed,
+    /// Two services choose different TLS secrets for the one route object.
+    TlsSecretConflict,
+    /// `compose-ingress.ports` names a port that is not published over TCP.
+    PortNotPublished,
+    /// A chosen host on a service that exposes several ports.
+    HostNeedsOnePort,
+    /// The operator's `--host-template` does not render to a DNS label for this service.
+    InvalidHostTemplate,
+    /// Another service of the same composition already routes this host and path.
+    HostTakenInComposition,
+    /// Another pod (or composition) holds the host's Lease.
+    HostTaken,
+}
+
+impl Reason {
+    /// Every reason, for tests and docs checks.
+    pub const ALL: [Reason; 18] = [
+        Reason::InvalidEnable,
+        Reason::UnknownLabel,
+        Reason::ValueTooLong,
+        Reason::InvalidPort,
+        Reason::InvalidHost,
+        Reason::HostOutsideDomain,
+        Reason::InvalidPath,
+        Reason::InvalidRateLimit,
+        Reason::RateLimitAboveMax,
+        Reason::ClassNotAllowed,
+        Reason::ClassConflict,
+        Reason::TlsSecretNotAllowed,
+        Reason::TlsSecretConflict,
+        Reason::PortNotPublished,
+        Reason::HostNeedsOnePort,
+        Reason::InvalidHostTemplate,
+        Reason::HostTakenInComposition,
+        Reason::HostTaken,
+    ];
+
+    /// The stable machine-readable code (a metric label value, a JSON and log field).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidEnable => "invalid-enable",
+            Reason::UnknownLabel => "unknown-label",
+            Reason::ValueTooLong => "value-too-long",
+            Reason::InvalidPort => "invalid-port",
+            Reason::InvalidHost => "invalid-host",
+            Reason::HostOutsideDomain => "host-outside-domain",
+            Reason::InvalidPath => "invalid-path",
+            Reason::InvalidRateLimit => "invalid-rate-limit",
+            Reason::RateLimitAboveMax => "rate-limit-above-max",
+            Reason::ClassNotAllowed => "class-not-allowed",
+            Reason::ClassConflict => "class-conflict",
+            Reason::TlsSecretNotAllowed => "tls-secret-not-allowed",
+            Reason::TlsSecretConflict => "tls-secret-conflict",
+            Reason::PortNotPublished => "port-not-published",
+            Reason::HostNeedsOnePort => "host-needs-one-port",
+            Reason::InvalidHostTemplate => "invalid-host-template",
+            Reason::HostTakenInComposition => "host-taken-in-composition",
+            Reason::HostTaken => "host-taken",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something of a composition that is not exposed, and why: a label value the contract refuses
+/// (the container, service, label and shown value say where), or a host another pod holds
+/// (`host` says which; the label fields are then empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub container: String,
@@ -112,10 +218,28 @@ pub struct Refusal {
     pub label: String,
     /// The offending value, shortened and escaped so that a log line stays readable.
     pub value: String,
-    /// Stable machine-readable reason (a metric label), e.g. `invalid-host`.
-    pub reason: &'static str,
+    /// The host a refusal of the host itself ([`Reason::HostTaken`]) is about.
+    pub host: Option<String>,
+    pub reason: Reason,
     /// Human sentence: what was wrong and what to do.
     pub message: String,
+}
+
+impl Refusal {
+    /// A host that another pod (or another composition) holds the Lease of.
+    pub fn host_taken(host: &str, holder_pod: &str, holder_composition: &str) -> Self {
+        Refusal {
+            container: String::new(),
+            service: String::new(),
+            label: String::new(),
+            value: String::new(),
+            host: Some(host.to_string()),
+            reason: Reason::HostTaken,
+            message: format!(
+                "host {host} is already claimed by pod {holder_pod} (composition {holder_composition}); choose another compose-ingress.host"
+            ),
+        }
+    }
 }
 
 /// One route: a host (and path) to one (compose service, container port).
@@ -139,7 +263,8 @@ pub struct Backend {
 /// Everything one composition needs in the cluster, or nothing when `backends` is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredComposition {
-    pub project: String,
+    /// The composition's name as Docker reports it (the compose project name, raw).
+    pub name: String,
     /// Deterministic object name shared by the Service and the Ingress/HTTPRoute.
     pub object_name: String,
     /// Sorted by (service, container_port, ...); (host, path) pairs unique. One host may carry
@@ -150,13 +275,52 @@ pub struct DesiredComposition {
     pub tls_secret: Option<String>,
 }
 
-/// The planner's output for one project.
+/// The planner's output for one composition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// `None` when nothing of the project is to be exposed (objects go after the grace).
+    /// `None` when nothing of the composition is to be exposed (objects go after the grace).
     pub desired: Option<DesiredComposition>,
     pub refusals: Vec<Refusal>,
     /// Opted-in services with no running container but one that is created and not yet started
     /// (sorted): the composition is still coming up, so the reconciler may wait for them.
     pub awaiting_start: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_codes_are_unique_kebab_case() {
+        let codes: std::collections::BTreeSet<&str> =
+            Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(codes.len(), Reason::ALL.len(), "a code is used twice");
+        for code in codes {
+            assert!(
+                !code.is_empty()
+                    && code
+                        .split('-')
+                        .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase())),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn documented_reason_codes_exist() {
+        // docs/operability.md lists the codes of `refused_labels_total`; each must be one of ours.
+        let doc = include_str!("../docs/operability.md");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| `compose_ingress_refused_labels_total`"))
+            .expect("the metric's row in docs/operability.md");
+        let listed: Vec<&str> = row.split('`').skip(5).step_by(2).collect();
+        assert!(listed.len() > 5, "{listed:?}");
+        for code in listed {
+            assert!(
+                Reason::ALL.iter().any(|r| r.as_str() == code),
+                "docs name `{code}`, which is no Reason"
+            );
+        }
+    }
 }

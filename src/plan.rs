@@ -1,4 +1,4 @@
-//! Observed project -> desired composition (pure).
+//! Observed composition -> desired composition (pure).
 //!
 //! The planner is the only place that decides what is exposed. It is a pure function of what
 //! Docker reports *now* and of the operator's settings, so the reconciler can call it on every
@@ -6,17 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::labels::{self, ServiceExposure};
+use crate::labels::{
+    self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_SERVICE, ServiceExposure,
+};
 use crate::model::{
     Backend, ContainerState, DesiredComposition, ObservedContainer, ObservedProject, Plan,
-    PlanSettings, Protocol, Refusal,
+    PlanSettings, Protocol, Reason, Refusal,
 };
 use crate::naming;
-
-pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
-pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
-pub const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
-pub const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
 
 /// Service ports are drawn from `SERVICE_PORT_BASE .. SERVICE_PORT_BASE + SERVICE_PORT_SPAN`,
 /// clear of the privileged range (some controllers and policies treat those specially).
@@ -26,7 +23,7 @@ pub const SERVICE_PORT_SPAN: u16 = 60000;
 /// Pseudo-label named in refusals about template hosts, which come from the operator's flag.
 pub const TEMPLATE_SOURCE: &str = "--host-template";
 
-/// Plans one project.
+/// Plans one composition.
 ///
 /// - Only running containers count; `compose run` containers (`com.docker.compose.oneoff=True`)
 ///   are skipped, they are throw-away tasks rather than the composition.
@@ -110,7 +107,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
         (
             &a.service,
             &a.label,
-            a.reason,
+            a.reason.as_str(),
             &a.container,
             &a.value,
             &a.message,
@@ -118,7 +115,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
             .cmp(&(
                 &b.service,
                 &b.label,
-                b.reason,
+                b.reason.as_str(),
                 &b.container,
                 &b.value,
                 &b.message,
@@ -148,7 +145,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
 
     Plan {
         desired: Some(DesiredComposition {
-            project: project.name.clone(),
+            name: project.name.clone(),
             object_name: naming::object_name(&settings.pod_name, &project.name),
             backends,
             class: chosen_class.or_else(|| settings.ingress_class.clone()),
@@ -168,7 +165,7 @@ struct Accepted<'a> {
     ports: Vec<(u16, u16)>,
 }
 
-/// The project's containers in `state`, by service (one-off containers left out).
+/// The composition's containers in `state`, by service (one-off containers left out).
 fn group_services<'a>(
     project: &'a ObservedProject,
     settings: &PlanSettings,
@@ -271,7 +268,7 @@ fn exposed_ports(
                         .labels
                         .get(labels::PORTS)
                         .map_or("", String::as_str),
-                    "port-not-published",
+                    Reason::PortNotPublished,
                     &format!(
                         "container port(s) {} are not published over TCP (published TCP ports: {published}); publish them under `ports:` in the compose file or remove them from {}",
                         missing.join(", "),
@@ -297,7 +294,7 @@ fn exposed_ports(
                 .labels
                 .get(first.source)
                 .map_or("", String::as_str),
-            "host-needs-one-port",
+            Reason::HostNeedsOnePort,
             &format!(
                 "a chosen host routes to one port, but this service exposes ports {}; set {}=<one of them>",
                 list.join(", "),
@@ -331,11 +328,11 @@ fn agree(
                 } else {
                     labels::KOMPOSE_CLASS
                 };
-                (label, "class-conflict", "class")
+                (label, Reason::ClassConflict, "class")
             } else {
                 (
                     labels::KOMPOSE_TLS_SECRET,
-                    "tls-secret-conflict",
+                    Reason::TlsSecretConflict,
                     "TLS secret",
                 )
             };
@@ -390,7 +387,7 @@ fn claim_hosts(
                         &a.service,
                         TEMPLATE_SOURCE,
                         &settings.host_template,
-                        "invalid-host-template",
+                        Reason::InvalidHostTemplate,
                         &format!("{e}; the operator must fix --host-template"),
                     )),
                 }
@@ -445,7 +442,7 @@ fn claim_hosts(
                 service,
                 label,
                 &value,
-                "host-taken-in-composition",
+                Reason::HostTakenInComposition,
                 &format!(
                     "host {host} path {path} (port {container_port}) is already routed to service `{owner}` port {owner_port}; {fix}"
                 ),
@@ -512,6 +509,7 @@ pub fn assign_service_ports(keys: &BTreeSet<(String, u16)>) -> BTreeMap<(String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels::COMPOSE_PROJECT;
     use crate::labels::tests::settings;
     use crate::model::PublishedPort;
 
@@ -716,7 +714,7 @@ mod tests {
         );
         assert_eq!(p.refusals.len(), 1);
         let r = &p.refusals[0];
-        assert_eq!(r.reason, "port-not-published");
+        assert_eq!(r.reason, Reason::PortNotPublished);
         assert_eq!(r.label, labels::PORTS);
         assert_eq!(r.value, "8080,9000");
         assert!(r.message.contains("9000"), "{}", r.message);
@@ -740,7 +738,7 @@ mod tests {
             &settings(),
         );
         assert_eq!(p.desired, None);
-        assert_eq!(p.refusals[0].reason, "host-needs-one-port");
+        assert_eq!(p.refusals[0].reason, Reason::HostNeedsOnePort);
         assert_eq!(p.refusals[0].label, labels::HOST);
         assert!(p.refusals[0].message.contains(labels::PORTS));
 
@@ -796,7 +794,7 @@ mod tests {
         assert_eq!(routes, vec![("a", "/"), ("c", "/api")]);
         assert_eq!(p.refusals.len(), 1);
         assert_eq!(p.refusals[0].service, "b");
-        assert_eq!(p.refusals[0].reason, "host-taken-in-composition");
+        assert_eq!(p.refusals[0].reason, Reason::HostTakenInComposition);
         assert_eq!(p.refusals[0].label, labels::HOST);
     }
 
@@ -816,7 +814,7 @@ mod tests {
         );
         assert_eq!(hosts(&p), vec!["web-demochat.composition.example.com"]);
         assert_eq!(p.desired.unwrap().backends[0].container_port, 80);
-        assert_eq!(p.refusals[0].reason, "host-taken-in-composition");
+        assert_eq!(p.refusals[0].reason, Reason::HostTakenInComposition);
         assert_eq!(p.refusals[0].label, TEMPLATE_SOURCE);
     }
 
@@ -844,7 +842,7 @@ mod tests {
         );
         assert_eq!(p.refusals.len(), 1);
         assert_eq!(p.refusals[0].service, "b");
-        assert_eq!(p.refusals[0].reason, "class-conflict");
+        assert_eq!(p.refusals[0].reason, Reason::ClassConflict);
         let d = p.desired.unwrap();
         assert_eq!(d.class.as_deref(), Some("heavy"));
         let services: Vec<_> = d.backends.iter().map(|b| b.service.as_str()).collect();
@@ -938,7 +936,7 @@ mod tests {
         );
         assert_eq!(p.refusals.len(), 1);
         assert_eq!(p.refusals[0].container, "a-1");
-        assert_eq!(p.refusals[0].reason, "host-outside-domain");
+        assert_eq!(p.refusals[0].reason, Reason::HostOutsideDomain);
         assert_eq!(
             hosts(&p),
             vec!["b-80-demochat-runner-3.composition.example.com"]

@@ -174,7 +174,7 @@ pub fn service(d: &DesiredComposition, settings: &PlanSettings, owner: &OwnerPod
     stamp(Service {
         metadata: metadata(
             d.object_name.clone(),
-            &d.project,
+            &d.name,
             settings,
             owner,
             BTreeMap::new(),
@@ -232,13 +232,7 @@ pub fn ingress(d: &DesiredComposition, settings: &PlanSettings, owner: &OwnerPod
         annotations.insert(settings.rate_limit_annotation.clone(), rps.to_string());
     }
     stamp(Ingress {
-        metadata: metadata(
-            d.object_name.clone(),
-            &d.project,
-            settings,
-            owner,
-            annotations,
-        ),
+        metadata: metadata(d.object_name.clone(), &d.name, settings, owner, annotations),
         spec: Some(IngressSpec {
             ingress_class_name: d.class.clone(),
             rules: Some(rules),
@@ -320,7 +314,7 @@ pub fn http_routes(
                 }));
             obj.metadata = metadata(
                 http_route_name(&d.object_name, host),
-                &d.project,
+                &d.name,
                 settings,
                 owner,
                 BTreeMap::from([(HOST_ANNOTATION.to_string(), host.to_string())]),
@@ -380,7 +374,7 @@ mod tests {
 
     fn desired() -> DesiredComposition {
         DesiredComposition {
-            project: "Demo_Chat".into(),
+            name: "Demo_Chat".into(),
             object_name: naming::object_name("runner-3", "Demo_Chat"),
             backends: vec![
                 backend("api", 80, "chat.composition.example.com", "/api", 32001),

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::cluster::Kind;
-use crate::model::{Backend, Refusal};
+use crate::model::{Backend, Reason, Refusal};
 
 /// The state of one composition, as `/exposures` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,47 +28,51 @@ pub enum CompositionState {
         #[serde(serialize_with = "serialize_backends")]
         backends: Vec<Backend>,
         /// What of the composition was refused while the rest is exposed (omitted when empty).
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        refused: Vec<RefusedReason>,
+        #[serde(
+            skip_serializing_if = "Vec::is_empty",
+            serialize_with = "serialize_refusals"
+        )]
+        refused: Vec<Refusal>,
     },
     PendingDeletion,
     /// Nothing of the composition is exposed because every candidate was refused.
     Refused {
-        reasons: Vec<RefusedReason>,
+        #[serde(serialize_with = "serialize_refusals")]
+        reasons: Vec<Refusal>,
     },
 }
 
-/// Why a service (or a host) of a composition was not exposed, as `/exposures` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RefusedReason {
-    /// Stable machine-readable reason (the `reason` label of the refused-labels metric).
-    pub reason: String,
-    /// What was wrong and what to do.
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-}
-
-impl From<&Refusal> for RefusedReason {
-    fn from(r: &Refusal) -> Self {
-        RefusedReason {
-            reason: r.reason.to_string(),
-            message: r.message.clone(),
-            container: Some(r.container.clone()),
-            service: Some(r.service.clone()),
-            label: Some(r.label.clone()),
-            value: Some(r.value.clone()),
-            host: None,
-        }
+/// A composition's refusals as `/exposures` shows them: `reason`, `message`, then where a label
+/// refusal points (`container`, `service`, `label`, `value`) or the host a `host-taken` is about.
+fn serialize_refusals<S: serde::Serializer>(refusals: &[Refusal], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct View<'a> {
+        reason: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        container: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        service: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        label: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host: Option<&'a str>,
     }
+    s.collect_seq(refusals.iter().map(|r| {
+        // A refusal of a host names no label; a label refusal names all four, even empty ones.
+        let of_label = r.host.is_none();
+        View {
+            reason: r.reason.as_str(),
+            message: &r.message,
+            container: of_label.then_some(r.container.as_str()),
+            service: of_label.then_some(r.service.as_str()),
+            label: of_label.then_some(r.label.as_str()),
+            value: of_label.then_some(r.value.as_str()),
+            host: r.host.as_deref(),
+        }
+    }))
 }
 
 fn serialize_backends<S: serde::Serializer>(backends: &[Backend], s: S) -> Result<S::Ok, S::Error> {
@@ -236,10 +240,10 @@ impl Metrics {
             })
             .inc();
     }
-    pub fn refused(&self, reason: &str) {
+    pub fn refused(&self, reason: Reason) {
         self.refused_labels
             .get_or_create(&ReasonLabels {
-                reason: reason.to_string(),
+                reason: reason.as_str().to_string(),
             })
             .inc();
     }
@@ -443,4 +447,34 @@ fn unix_millis() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Reason;
+
+    /// The JSON of `/exposures` is a contract (docs/operability.md): a label refusal names its
+    /// container, service, label and value (even an empty value), a host refusal only its host.
+    #[test]
+    fn refusals_serialize_as_documented() {
+        let label = Refusal {
+            container: "c-1".into(),
+            service: "web".into(),
+            label: "compose-ingress.enable".into(),
+            value: String::new(),
+            host: None,
+            reason: Reason::InvalidEnable,
+            message: "m".into(),
+        };
+        let host = Refusal::host_taken("a.example.com", "runner-1", "other");
+        let state = CompositionState::Refused {
+            reasons: vec![label, host],
+        };
+        let json = serde_json::to_string(&state).expect("serializes");
+        assert_eq!(
+            json,
+            r#"{"state":"refused","reasons":[{"reason":"invalid-enable","message":"m","container":"c-1","service":"web","label":"compose-ingress.enable","value":""},{"reason":"host-taken","message":"host a.example.com is already claimed by pod runner-1 (composition other); choose another compose-ingress.host","host":"a.example.com"}]}"#
+        );
+    }
 }

@@ -6,17 +6,17 @@ use std::collections::BTreeSet;
 use tracing::info;
 use tracing::warn;
 
-use super::{LOG_TARGET, Outcome, Problem, ProjectState, Reconciler};
+use super::{CompositionRecord, LOG_TARGET, Outcome, Problem, Reconciler};
 use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject};
-use crate::model::{DesiredComposition, Refusal, RouteApi};
+use crate::model::{DesiredComposition, Reason, Refusal, RouteApi};
 use crate::render;
-use crate::status::{CompositionState, RefusedReason};
+use crate::status::CompositionState;
 
 impl Reconciler {
-    fn owned_of(&self, project: &str) -> Vec<OwnedObject> {
+    fn owned_of(&self, composition: &str) -> Vec<OwnedObject> {
         self.owned
             .values()
-            .filter(|o| o.project == project)
+            .filter(|o| o.project == composition)
             .cloned()
             .collect()
     }
@@ -31,7 +31,7 @@ impl Reconciler {
                 message: r.message.clone(),
             };
             if self.is_new(key, &problem) {
-                warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason, "label refused: {}", r.message);
+                warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason.as_str(), "label refused: {}", r.message);
                 self.status.metrics.refused(r.reason);
                 self.status.event_refused(key, r);
             }
@@ -53,7 +53,7 @@ impl Reconciler {
         for host in hosts {
             let lease = DesiredObject::new(
                 Kind::Lease,
-                &render::host_lease(&host, &d.project, &self.owner, &self.settings),
+                &render::host_lease(&host, &d.name, &self.owner, &self.settings),
             )?;
             let id = (Kind::Lease, lease.name().to_string());
             if self.owned.get(&id).is_some_and(|o| o.project == key) {
@@ -76,12 +76,12 @@ impl Reconciler {
                 }
                 Claim::Taken {
                     holder_pod,
-                    holder_project,
+                    holder_project: holder_composition,
                 } => {
                     let problem = Problem::HostTaken {
                         host: host.clone(),
                         holder_pod: holder_pod.clone(),
-                        holder_project: holder_project.clone(),
+                        holder_composition: holder_composition.clone(),
                     };
                     if self.is_new(key, &problem) {
                         let services: Vec<&str> = d
@@ -92,11 +92,11 @@ impl Reconciler {
                             .collect();
                         warn!(
                             target: LOG_TARGET,
-                            host = %host, services = ?services, holder_pod = %holder_pod, holder_composition = %holder_project,
-                            reason = "host-taken",
-                            "host refused: it is already claimed by pod {holder_pod} (composition {holder_project}); choose another compose-ingress.host"
+                            host = %host, services = ?services, holder_pod = %holder_pod, holder_composition = %holder_composition,
+                            reason = Reason::HostTaken.as_str(),
+                            "host refused: it is already claimed by pod {holder_pod} (composition {holder_composition}); choose another compose-ingress.host"
                         );
-                        self.status.metrics.refused("host-taken");
+                        self.status.metrics.refused(Reason::HostTaken);
                         self.status.event_host_taken(key, &host, &holder_pod);
                     }
                     problems.insert(problem);
@@ -108,10 +108,10 @@ impl Reconciler {
         Ok((!d.backends.is_empty()).then_some(d))
     }
 
-    /// Whether `problem` was not already there at the project's last pass (then it is logged).
+    /// Whether `problem` was not already there at the composition's last pass (then it is logged).
     fn is_new(&self, key: &str, problem: &Problem) -> bool {
         !self
-            .projects
+            .compositions
             .get(key)
             .is_some_and(|s| s.problems.contains(problem))
     }
@@ -139,7 +139,7 @@ impl Reconciler {
         &mut self,
         key: &str,
         d: &DesiredComposition,
-        refused: Vec<RefusedReason>,
+        refused: Vec<Refusal>,
     ) -> Result<Outcome, ClusterError> {
         let objects = self.render_all(d)?;
         let mut wrote = false;
@@ -181,7 +181,7 @@ impl Reconciler {
             wrote = true;
         }
         let urls = super::urls_of(d, &self.settings);
-        let state = self.projects.entry(key.to_string()).or_default();
+        let state = self.compositions.entry(key.to_string()).or_default();
         let changed = state.urls != urls;
         if changed {
             info!(target: LOG_TARGET, urls = ?urls, objects = objects.len(), "composition exposed");
@@ -210,7 +210,7 @@ impl Reconciler {
         for o in &objects {
             self.delete_owned(o).await?;
         }
-        let state = self.projects.entry(key.to_string()).or_default();
+        let state = self.compositions.entry(key.to_string()).or_default();
         state.lifecycle.deleted();
         state.urls.clear();
         info!(
@@ -255,27 +255,17 @@ fn owned_record(
 /// (or compositions) hold.
 pub(super) fn refused_reasons(
     refusals: &[Refusal],
-    state: Option<&ProjectState>,
-) -> Vec<RefusedReason> {
-    let mut reasons: Vec<RefusedReason> = refusals.iter().map(RefusedReason::from).collect();
+    state: Option<&CompositionRecord>,
+) -> Vec<Refusal> {
+    let mut reasons = refusals.to_vec();
     for problem in state.into_iter().flat_map(|s| s.problems.iter()) {
         if let Problem::HostTaken {
             host,
             holder_pod,
-            holder_project,
+            holder_composition,
         } = problem
         {
-            reasons.push(RefusedReason {
-                reason: "host-taken".to_string(),
-                message: format!(
-                    "host {host} is already claimed by pod {holder_pod} (composition {holder_project}); choose another compose-ingress.host"
-                ),
-                container: None,
-                service: None,
-                label: None,
-                value: None,
-                host: Some(host.clone()),
-            });
+            reasons.push(Refusal::host_taken(host, holder_pod, holder_composition));
         }
     }
     reasons

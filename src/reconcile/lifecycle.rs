@@ -1,7 +1,7 @@
 //! The pure timing decisions of a composition's life: how long a hint waits (the debounce),
 //! whether a pass exposes now or waits for services still to start (the settle time), whether a
 //! composition that no longer exposes anything is held (the delete grace) or deleted, and when a
-//! project's state can be forgotten. No I/O: the reconciler does what these say.
+//! composition's state can be forgotten. No I/O: the reconciler does what these say.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::Outcome;
 use crate::config::Timings;
 
-/// The timing state of one project, kept between passes.
+/// The timing state of one composition, kept between passes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Lifecycle {
     /// Until when the objects of a composition that no longer exposes anything are kept.
@@ -57,7 +57,7 @@ pub enum Exposure<T> {
     Delete,
 }
 
-/// When a hint for a project with this lifecycle is due. The debounce guesses when a
+/// When a hint for a composition with this lifecycle is due. The debounce guesses when a
 /// composition has finished coming up; when the last pass saw which services are still to
 /// start, nothing is left to guess: the settle wait coalesces their starts, so go at once.
 /// `--settle-time 0` turns the whole mechanism off, the debounce skip included.
@@ -133,7 +133,7 @@ impl Lifecycle {
         self.grace_until = None;
     }
 
-    /// Whether the project's state can be forgotten after a pass with `outcome`: nothing of it
+    /// Whether the composition's state can be forgotten after a pass with `outcome`: nothing of it
     /// is left in the cluster, and nothing is pending (a grace, a start, problems to log only
     /// once).
     pub fn forgettable(&self, outcome: &Outcome, has_problems: bool) -> bool {

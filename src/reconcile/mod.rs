@@ -1,10 +1,10 @@
-//! The reconciler: the I/O loop. Hints come in from the Docker reader; a due project's
+//! The reconciler: the I/O loop. Hints come in from the Docker reader; a due composition's
 //! containers are read fresh from Docker, planned, and converged in the cluster; a periodic full
 //! resync converges everything and GCs the orphans. Level-triggered: a hint only says "look at
-//! project P"; what to do is recomputed from Docker (the source of truth) and the live owned
+//! composition P"; what to do is recomputed from Docker (the source of truth) and the live owned
 //! objects.
 //!
-//! When a project is due is the [`queue`]'s business, the timing rules (debounce, settle time,
+//! When a composition is due is the [`queue`]'s business, the timing rules (debounce, settle time,
 //! delete grace, forgetting) are [`lifecycle`]'s, the writes (claims, applies, deletes, Events,
 //! metrics) are [`apply`]'s.
 
@@ -23,7 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cluster::{Cluster, ClusterError, Kind, OwnedObject};
 use crate::config::Timings;
-use crate::docker::{DockerClient, Hint, ProjectKey};
+use crate::docker::{CompositionKey, DockerClient, Hint};
 use crate::model::{DesiredComposition, ObservedProject, OwnerPod, PlanSettings, RouteApi};
 use crate::plan::plan;
 use crate::retry::Retry;
@@ -36,17 +36,36 @@ use self::queue::DelayQueue;
 /// docs/operability.md know the reconciler's lines by it.
 const LOG_TARGET: &str = module_path!();
 
-/// What happened to one project in one pass (for tests of the queue logic and for metrics).
+/// What happened to one composition in one pass (for tests of the queue logic and for metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Objects written (or the composition's URLs changed).
     Exposed,
+    /// Exposed already, exactly as planned: zero writes.
     Unchanged,
+    /// Nothing to expose any more; the objects stay until the delete grace is over.
     GracePending,
+    /// The grace is over: the composition's objects were deleted.
     Deleted,
+    /// Nothing to expose and nothing in the cluster.
     Nothing,
     /// Opted-in services are created but not started yet: no write until they start or the
     /// settle time runs out.
     Waiting,
+}
+
+impl Outcome {
+    /// The `outcome` label of `compose_ingress_reconciles_total` (docs/operability.md): `changed`
+    /// when the pass changed the cluster or what users see, `unchanged` when it wrote nothing
+    /// (holding a delete grace or having nothing to do writes nothing either), `waiting` while
+    /// services are still starting. A failed pass is `error`, counted by the caller.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Outcome::Exposed | Outcome::Deleted => "changed",
+            Outcome::Unchanged | Outcome::GracePending | Outcome::Nothing => "unchanged",
+            Outcome::Waiting => "waiting",
+        }
+    }
 }
 
 /// Why (part of) a composition is not exposed.
@@ -62,11 +81,11 @@ enum Problem {
     HostTaken {
         host: String,
         holder_pod: String,
-        holder_project: String,
+        holder_composition: String,
     },
 }
 
-struct ProjectState {
+struct CompositionRecord {
     lifecycle: Lifecycle,
     retry: Retry,
     /// The problems logged at the last pass, so that a warning is logged once per change, not
@@ -76,7 +95,7 @@ struct ProjectState {
     urls: Vec<String>,
 }
 
-impl Default for ProjectState {
+impl Default for CompositionRecord {
     fn default() -> Self {
         Self {
             lifecycle: Lifecycle::default(),
@@ -88,7 +107,7 @@ impl Default for ProjectState {
     }
 }
 
-/// The one retry policy of the reconciler, for a project (a failed Docker read or cluster
+/// The one retry policy of the reconciler, for a composition (a failed Docker read or cluster
 /// write) and for the full resync alike.
 fn retry() -> Retry {
     Retry::new(Duration::from_millis(500), Duration::from_secs(60))
@@ -101,10 +120,10 @@ pub struct Reconciler {
     owner: OwnerPod,
     timings: Timings,
     status: Arc<Status>,
-    projects: HashMap<ProjectKey, ProjectState>,
+    compositions: HashMap<CompositionKey, CompositionRecord>,
     /// This pod's live objects, from the last listing plus our own writes since.
     owned: BTreeMap<(Kind, String), OwnedObject>,
-    queue: DelayQueue<ProjectKey>,
+    queue: DelayQueue<CompositionKey>,
     resync_due: Option<Instant>,
     resync_retry: Retry,
 }
@@ -128,7 +147,7 @@ impl Reconciler {
             owner,
             timings,
             status,
-            projects: HashMap::new(),
+            compositions: HashMap::new(),
             owned: BTreeMap::new(),
             queue: DelayQueue::default(),
             resync_due: None,
@@ -163,10 +182,10 @@ impl Reconciler {
 
     fn on_hint(&mut self, hint: Hint) {
         match hint {
-            Hint::Project(key) => {
+            Hint::Composition(key) => {
                 // A start the last pass was waiting for needs no debounce (`hint_due`).
                 let expecting = self
-                    .projects
+                    .compositions
                     .get(&key)
                     .is_some_and(|s| s.lifecycle.expecting_start);
                 let due = lifecycle::hint_due(&self.timings, expecting, Instant::now());
@@ -190,7 +209,7 @@ impl Reconciler {
             let span = info_span!("reconcile", composition = %key);
             match self.docker.project(&key).instrument(span.clone()).await {
                 Ok(observed) => {
-                    self.reconcile_project(&key, &observed)
+                    self.reconcile_composition(&key, &observed)
                         .instrument(span)
                         .await
                 }
@@ -204,7 +223,7 @@ impl Reconciler {
         }
     }
 
-    /// Lists everything in Docker and every owned object, converges each project and GCs the
+    /// Lists everything in Docker and every owned object, converges each composition and GCs the
     /// orphans. GC runs only from a complete, successful listing of the Docker daemon.
     async fn full_resync(&mut self) {
         self.resync_due = None;
@@ -224,9 +243,9 @@ impl Reconciler {
             .into_iter()
             .map(|o| ((o.kind, o.name.clone()), o))
             .collect();
-        let mut keys: BTreeSet<ProjectKey> = snapshot.keys().cloned().collect();
+        let mut keys: BTreeSet<CompositionKey> = snapshot.keys().cloned().collect();
         keys.extend(self.owned.values().map(|o| o.project.clone()));
-        keys.extend(self.projects.keys().cloned());
+        keys.extend(self.compositions.keys().cloned());
         let empty = ObservedProject::default();
         for key in keys {
             self.queue.remove(&key);
@@ -237,7 +256,7 @@ impl Reconciler {
                     name: key.clone(),
                     ..empty.clone()
                 });
-            self.reconcile_project(&key, &observed)
+            self.reconcile_composition(&key, &observed)
                 .instrument(info_span!("reconcile", composition = %key))
                 .await;
         }
@@ -261,22 +280,18 @@ impl Reconciler {
     }
 
     fn schedule_retry(&mut self, key: &str) {
-        let state = self.projects.entry(key.to_string()).or_default();
+        let state = self.compositions.entry(key.to_string()).or_default();
         let delay = state.retry.next_delay();
         self.queue.schedule(key.to_string(), Instant::now() + delay);
     }
 
-    async fn reconcile_project(&mut self, key: &str, observed: &ObservedProject) {
+    async fn reconcile_composition(&mut self, key: &str, observed: &ObservedProject) {
         let started = std::time::Instant::now();
         let result = self.converge(key, observed).await;
-        let state = self.projects.entry(key.to_string()).or_default();
+        let state = self.compositions.entry(key.to_string()).or_default();
         match result {
             Ok(outcome) => {
-                self.status.metrics.reconcile(match outcome {
-                    Outcome::Unchanged => "unchanged",
-                    Outcome::Waiting => "waiting",
-                    _ => "changed",
-                });
+                self.status.metrics.reconcile(outcome.metric_label());
                 state.retry.reset();
                 state.last_error = None;
                 debug!(
@@ -288,7 +303,7 @@ impl Reconciler {
                     .lifecycle
                     .forgettable(&outcome, !state.problems.is_empty())
                 {
-                    self.projects.remove(key);
+                    self.compositions.remove(key);
                 }
             }
             Err(e) => {
@@ -318,7 +333,7 @@ impl Reconciler {
             awaiting_start: !plan.awaiting_start.is_empty(),
         };
         let settle = self
-            .projects
+            .compositions
             .entry(key.to_string())
             .or_default()
             .lifecycle
@@ -329,7 +344,7 @@ impl Reconciler {
                 wait_ms = until.saturating_duration_since(now).as_millis() as u64,
                 "services created and not started yet; waiting for them"
             );
-            // A start event re-queues the project earlier; this is the deadline if none comes.
+            // A start event re-queues the composition earlier; this is the deadline if none comes.
             self.queue.schedule(key.to_string(), until);
             return Ok(Outcome::Waiting);
         }
@@ -338,10 +353,13 @@ impl Reconciler {
             Some(d) => self.claim_hosts(key, d, &mut problems).await?,
             None => None,
         };
-        self.projects.entry(key.to_string()).or_default().problems = problems;
+        self.compositions
+            .entry(key.to_string())
+            .or_default()
+            .problems = problems;
         let has_objects = self.owned.values().any(|o| o.project == key);
         let exposure = self
-            .projects
+            .compositions
             .entry(key.to_string())
             .or_default()
             .lifecycle
@@ -353,7 +371,7 @@ impl Reconciler {
             );
         let outcome = match exposure {
             Exposure::Expose(d) => {
-                let refused = apply::refused_reasons(&plan.refusals, self.projects.get(key));
+                let refused = apply::refused_reasons(&plan.refusals, self.compositions.get(key));
                 return self.apply(key, &d, refused).await;
             }
             Exposure::Nothing => {
@@ -380,7 +398,7 @@ impl Reconciler {
             }
         };
         if matches!(outcome, Outcome::Nothing | Outcome::Deleted) {
-            let reasons = apply::refused_reasons(&plan.refusals, self.projects.get(key));
+            let reasons = apply::refused_reasons(&plan.refusals, self.compositions.get(key));
             if !reasons.is_empty() {
                 self.status
                     .set_composition(key, CompositionState::Refused { reasons });
@@ -415,4 +433,26 @@ pub async fn delete_all_owned(cluster: &Cluster) -> Result<usize, ClusterError> 
         cluster.delete(o.kind, &o.name, &o.uid).await?;
     }
     Ok(owned.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    /// Only a pass that wrote (or deleted) counts as `changed`; holding a grace or having
+    /// nothing to do is `unchanged`, as docs/operability.md defines the values.
+    #[test]
+    fn every_outcome_has_an_honest_metric_label() {
+        let cases = [
+            (Outcome::Exposed, "changed"),
+            (Outcome::Deleted, "changed"),
+            (Outcome::Unchanged, "unchanged"),
+            (Outcome::GracePending, "unchanged"),
+            (Outcome::Nothing, "unchanged"),
+            (Outcome::Waiting, "waiting"),
+        ];
+        for (outcome, label) in cases {
+            assert_eq!(outcome.metric_label(), label, "{outcome:?}");
+        }
+    }
 }

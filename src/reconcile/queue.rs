@@ -1,6 +1,6 @@
 //! When each composition is due: a small delay queue, one deadline per key, in which the earlier
 //! deadline wins (kube-runtime's `scheduler` idea: delay and dedupe). A burst of hints for one
-//! project is one pass; a hint never delays a pass that is already due sooner.
+//! composition is one pass; a hint never delays a pass that is already due sooner.
 //!
 //! Pure: time comes in as `now` (`tokio::time::Instant`, the clock of the reconciler's timers),
 //! so tests state their instants and run in no time.
