@@ -544,7 +544,7 @@ mod tests {
 
     fn create(path: &str) -> Exchange {
         expect(Method::POST, path)
-            .query(&[("fieldManager", FIELD_MANAGER)])
+            .query(&[("fieldManager", "compose-ingress")])
             .content_type(JSON)
     }
 
@@ -554,7 +554,7 @@ mod tests {
 
     fn apply(path: &str, name: &str) -> Exchange {
         expect(Method::PATCH, format!("{path}/{name}"))
-            .query(&[("fieldManager", FIELD_MANAGER), ("force", "true")])
+            .query(&[("fieldManager", "compose-ingress"), ("force", "true")])
             .content_type(APPLY_PATCH)
     }
 
