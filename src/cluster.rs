@@ -1162,6 +1162,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_held_by_another_pod_gets_no_objects() {
+        let (lease, _, _) = rendered_demochat();
+        let name = lease.name().to_string();
+        let mut held = listed(&lease, "other-uid");
+        held["metadata"]["labels"] = json!(render::ownership_labels("runner-7", "shop"));
+        held["metadata"]["annotations"][PROJECT_NAME_ANNOTATION] = json!("shop");
+        let mut scenario = full_listing(vec![], vec![], vec![]);
+        scenario.extend([
+            create(LEASES).reply(409, status(409, "AlreadyExists")),
+            get(LEASES, &name).reply(200, held),
+        ]);
+        resyncs(
+            mock_reconciler(),
+            vec![snapshot_of(vec![observed_demochat()])],
+            scenario,
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_foreign_service_of_the_same_name_stops_the_composition_untouched() {
         let (lease, service, _) = rendered_demochat();
         let name = service.name().to_string();
