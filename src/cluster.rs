@@ -436,3 +436,774 @@ impl Cluster {
         }
     }
 }
+
+/// The converge step against a mock API server, the way kube-rs's controller-rs example tests
+/// its reconciler: a `tower_test` mock service behind a real `kube::Client`, and a scenario
+/// that answers the expected requests in order and checks each one (method, path, query,
+/// headers, body). A request the scenario does not expect fails the test, so "no write" and
+/// "no delete" are checked by leaving them out of the scenario. No apiserver, no Docker.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http::{Method, Request, Response, StatusCode};
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::ObjectMeta;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock::{self, Handle};
+
+    use super::*;
+    use crate::config::Timings;
+    use crate::labels;
+    use crate::model::{
+        ContainerState, ObservedContainer, ObservedProject, OwnerPod, Protocol, PublishedPort,
+    };
+    use crate::plan::{self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_PROJECT};
+    use crate::reconcile::Reconciler;
+    use crate::status::Status;
+
+    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+    const NS: &str = "ci";
+    /// The pod of `labels::tests::settings()`.
+    const POD: &str = "runner-3";
+    const POD_UID: &str = "pod-uid-3";
+    const PROJECT: &str = "demochat";
+
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/ci/leases";
+    const SERVICES: &str = "/api/v1/namespaces/ci/services";
+    const INGRESSES: &str = "/apis/networking.k8s.io/v1/namespaces/ci/ingresses";
+    const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/ci/httproutes";
+
+    const JSON: &str = "application/json";
+    const APPLY_PATCH: &str = "application/apply-patch+yaml";
+    const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+
+    fn mock_cluster() -> (Cluster, ApiHandle) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, NS);
+        (Cluster::new(client, NS, POD, DryRun::None), handle)
+    }
+
+    /// How the scenario answers a request.
+    enum Reply {
+        Json(StatusCode, Value),
+        /// The request's own body with `metadata.uid` set, as a create or an apply returns it.
+        Echo(StatusCode, &'static str),
+    }
+
+    /// One expected request and its answer.
+    struct Exchange {
+        method: Method,
+        path: String,
+        /// The request's whole query, as decoded pairs (order does not matter).
+        query: Vec<(String, String)>,
+        content_type: Option<&'static str>,
+        accept: Option<&'static str>,
+        check_body: Box<dyn FnOnce(&Value) + Send>,
+        reply: Reply,
+    }
+
+    fn expect(method: Method, path: impl Into<String>) -> Exchange {
+        Exchange {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            content_type: None,
+            accept: None,
+            check_body: Box::new(|_| {}),
+            reply: Reply::Json(StatusCode::OK, json!({})),
+        }
+    }
+
+    impl Exchange {
+        fn query(mut self, pairs: &[(&str, &str)]) -> Self {
+            self.query = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            self
+        }
+        fn content_type(mut self, ct: &'static str) -> Self {
+            self.content_type = Some(ct);
+            self
+        }
+        fn accept(mut self, accept: &'static str) -> Self {
+            self.accept = Some(accept);
+            self
+        }
+        fn body(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
+            self.check_body = Box::new(check);
+            self
+        }
+        fn reply(mut self, status: u16, body: Value) -> Self {
+            self.reply = Reply::Json(StatusCode::from_u16(status).expect("status"), body);
+            self
+        }
+        fn echo(mut self, status: u16, uid: &'static str) -> Self {
+            self.reply = Reply::Echo(StatusCode::from_u16(status).expect("status"), uid);
+            self
+        }
+    }
+
+    // The requests of the converge step, as kube sends them for `Cluster`'s calls.
+
+    fn create(path: &str) -> Exchange {
+        expect(Method::POST, path)
+            .query(&[("fieldManager", "compose-ingress")])
+            .content_type(JSON)
+    }
+
+    fn get(path: &str, name: &str) -> Exchange {
+        expect(Method::GET, format!("{path}/{name}"))
+    }
+
+    fn apply(path: &str, name: &str) -> Exchange {
+        expect(Method::PATCH, format!("{path}/{name}"))
+            .query(&[("fieldManager", "compose-ingress"), ("force", "true")])
+            .content_type(APPLY_PATCH)
+    }
+
+    fn delete(path: &str, name: &str, uid: &'static str) -> Exchange {
+        expect(Method::DELETE, format!("{path}/{name}"))
+            .content_type(JSON)
+            .body(move |b| {
+                assert_eq!(b["preconditions"]["uid"], uid, "uid precondition: {b}");
+                assert_eq!(b["propagationPolicy"], "Background", "{b}");
+            })
+    }
+
+    fn list(path: &str, continue_token: Option<&str>) -> Exchange {
+        let selector = render::pod_selector_string(POD);
+        let limit = LIST_PAGE.to_string();
+        let mut query = vec![
+            ("labelSelector", selector.as_str()),
+            ("limit", limit.as_str()),
+        ];
+        if let Some(token) = continue_token {
+            query.push(("continue", token));
+        }
+        expect(Method::GET, path)
+            .query(&query)
+            .accept(METADATA_LIST)
+    }
+
+    /// A page of a metadata listing.
+    fn page(items: Vec<Value>, continue_token: Option<&str>) -> Value {
+        json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadataList",
+            "metadata": {"continue": continue_token.unwrap_or_default()},
+            "items": items,
+        })
+    }
+
+    /// A `Status` error body, as the apiserver sends it.
+    fn status(code: u16, reason: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "message": format!("mock: {reason}"), "reason": reason, "code": code,
+        })
+    }
+
+    /// What a listing returns for an object we rendered (and created earlier).
+    fn listed(obj: &DesiredObject, uid: &str) -> Value {
+        let meta = &obj.object.metadata;
+        json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": {
+                "name": meta.name, "namespace": NS, "uid": uid,
+                "labels": meta.labels, "annotations": meta.annotations,
+            },
+        })
+    }
+
+    fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+        let decode = |s: &str| {
+            let s = s.replace('+', " ");
+            let bytes = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                match (bytes[i], s.get(i + 1..i + 3)) {
+                    (b'%', Some(hex)) if u8::from_str_radix(hex, 16).is_ok() => {
+                        out.push(u8::from_str_radix(hex, 16).expect("hex"));
+                        i += 3;
+                    }
+                    (b, _) => {
+                        out.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8(out).expect("utf-8 query")
+        };
+        let mut pairs: Vec<(String, String)> = query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (decode(k), decode(v))
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
+    async fn next_request(
+        handle: &mut ApiHandle,
+    ) -> Option<(Request<Body>, mock::SendResponse<Response<Body>>)> {
+        tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+            .await
+            .expect("the code under test hangs")
+    }
+
+    /// Answers the scenario's requests in order, then requires that no other request comes:
+    /// the code under test must drop its client when done, which closes the mock.
+    async fn serve(mut handle: ApiHandle, scenario: Vec<Exchange>) {
+        for (i, ex) in scenario.into_iter().enumerate() {
+            let Some((request, respond)) = next_request(&mut handle).await else {
+                panic!(
+                    "request {i} never came (the client is gone): expected {} {}",
+                    ex.method, ex.path
+                );
+            };
+            let (parts, body) = request.into_parts();
+            let what = format!("request {i}: {} {}", parts.method, parts.uri);
+            assert_eq!(parts.method, ex.method, "{what}");
+            assert_eq!(parts.uri.path(), ex.path, "{what}");
+            let mut query = ex.query;
+            query.sort();
+            assert_eq!(query_pairs(parts.uri.query()), query, "query of {what}");
+            let header = |name: http::header::HeaderName| {
+                parts.headers.get(name).and_then(|v| v.to_str().ok())
+            };
+            if let Some(ct) = ex.content_type {
+                assert_eq!(header(http::header::CONTENT_TYPE), Some(ct), "{what}");
+            }
+            if let Some(accept) = ex.accept {
+                assert_eq!(header(http::header::ACCEPT), Some(accept), "{what}");
+            }
+            let bytes = body.collect_bytes().await.expect("request body");
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("JSON request body")
+            };
+            (ex.check_body)(&body);
+            let (code, reply) = match ex.reply {
+                Reply::Json(code, value) => (code, value),
+                Reply::Echo(code, uid) => {
+                    let mut value = body;
+                    value["metadata"]["uid"] = json!(uid);
+                    (code, value)
+                }
+            };
+            let response = Response::builder()
+                .status(code)
+                .header(http::header::CONTENT_TYPE, JSON)
+                .body(Body::from(serde_json::to_vec(&reply).expect("reply")))
+                .expect("response");
+            respond.send_response(response);
+        }
+        if let Some((request, _)) = next_request(&mut handle).await {
+            panic!(
+                "unexpected request after the scenario: {} {}",
+                request.method(),
+                request.uri()
+            );
+        }
+    }
+
+    fn assert_ours(body: &Value, project: &str) {
+        let labels = &body["metadata"]["labels"];
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE, "{body}");
+        assert_eq!(labels[POD_LABEL], POD, "{body}");
+        assert_eq!(labels[PROJECT_LABEL], project, "{body}");
+        let owners = &body["metadata"]["ownerReferences"];
+        assert_eq!(owners[0]["kind"], "Pod", "{body}");
+        assert_eq!(owners[0]["name"], POD, "{body}");
+        assert_eq!(owners[0]["uid"], POD_UID, "{body}");
+        assert!(
+            body["metadata"]["annotations"][SPEC_HASH_ANNOTATION].is_string(),
+            "{body}"
+        );
+    }
+
+    fn service_object(name: &str, project: &str) -> DesiredObject {
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(NS.to_string()),
+                labels: Some(render::ownership_labels(POD, project)),
+                annotations: Some(render::ownership_annotations(project)),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+        DesiredObject::new(Kind::Service, &svc).expect("service")
+    }
+
+    /// A live object of the same name that is not this pod's: another pod's, or nobody's.
+    fn foreign(name: &str, labels: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": NS, "uid": "foreign-uid", "labels": labels},
+        })
+    }
+
+    // ---- Cluster, call by call ----
+
+    #[tokio::test]
+    async fn create_posts_the_object_with_our_field_manager() {
+        let (cluster, handle) = mock_cluster();
+        let obj = service_object("web", PROJECT);
+        let scenario = vec![
+            create(SERVICES)
+                .body(|b| {
+                    assert_eq!(b["metadata"]["name"], "web", "{b}");
+                    assert_eq!(b["kind"], "Service", "{b}");
+                })
+                .echo(201, "uid-web"),
+        ];
+        let (uid, ()) = tokio::join!(
+            async move { cluster.upsert(&obj, false).await },
+            serve(handle, scenario)
+        );
+        assert_eq!(uid.expect("created"), "uid-web");
+    }
+
+    #[tokio::test]
+    async fn a_known_object_is_server_side_applied_with_force() {
+        let (cluster, handle) = mock_cluster();
+        let obj = service_object("web", PROJECT);
+        let scenario = vec![
+            apply(SERVICES, "web")
+                .body(|b| {
+                    assert_eq!(b["apiVersion"], "v1", "{b}");
+                    assert_eq!(b["kind"], "Service", "{b}");
+                })
+                .echo(200, "uid-web"),
+        ];
+        let (uid, ()) = tokio::join!(
+            async move { cluster.upsert(&obj, true).await },
+            serve(handle, scenario)
+        );
+        assert_eq!(uid.expect("applied"), "uid-web");
+    }
+
+    #[tokio::test]
+    async fn an_existing_object_with_our_labels_is_applied() {
+        let (cluster, handle) = mock_cluster();
+        let obj = service_object("web", PROJECT);
+        let live = foreign("web", json!(render::ownership_labels(POD, PROJECT)));
+        let scenario = vec![
+            create(SERVICES).reply(409, status(409, "AlreadyExists")),
+            get(SERVICES, "web").reply(200, live),
+            apply(SERVICES, "web").echo(200, "foreign-uid"),
+        ];
+        let (uid, ()) = tokio::join!(
+            async move { cluster.upsert(&obj, false).await },
+            serve(handle, scenario)
+        );
+        assert_eq!(uid.expect("applied"), "foreign-uid");
+    }
+
+    #[tokio::test]
+    async fn a_foreign_object_of_the_same_name_is_left_untouched() {
+        // Nobody's (no labels), and another pod's: both are refused, neither is written.
+        let other_pod = render::ownership_labels("runner-7", PROJECT);
+        for labels in [json!({"app": "web"}), json!(other_pod)] {
+            let (cluster, handle) = mock_cluster();
+            let obj = service_object("web", PROJECT);
+            let scenario = vec![
+                create(SERVICES).reply(409, status(409, "AlreadyExists")),
+                get(SERVICES, "web").reply(200, foreign("web", labels)),
+            ];
+            let (result, ()) = tokio::join!(
+                async move { cluster.upsert(&obj, false).await },
+                serve(handle, scenario)
+            );
+            let err = result.expect_err("a foreign object must be refused");
+            assert!(matches!(err, ClusterError::NotOurs { .. }), "{err:?}");
+            let message = err.to_string();
+            assert!(
+                message.starts_with("Service ci/web exists and is not owned by compose-ingress"),
+                "{message}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_held_by_another_pod_is_taken_not_claimed() {
+        let (cluster, handle) = mock_cluster();
+        let settings = labels::tests::settings();
+        let owner = OwnerPod {
+            name: POD.into(),
+            uid: POD_UID.into(),
+        };
+        let host = "web.composition.example.com";
+        let lease = DesiredObject::new(
+            Kind::Lease,
+            &render::host_lease(host, PROJECT, &owner, &settings),
+        )
+        .expect("lease");
+        let name = lease.name().to_string();
+        let mut live = listed(&lease, "other-uid");
+        live["metadata"]["labels"] = json!(render::ownership_labels("runner-7", "shop"));
+        live["metadata"]["annotations"][PROJECT_NAME_ANNOTATION] = json!("shop");
+        live["apiVersion"] = json!("coordination.k8s.io/v1");
+        live["kind"] = json!("Lease");
+        let scenario = vec![
+            create(LEASES)
+                .body(|b| assert_ours(b, PROJECT))
+                .reply(409, status(409, "AlreadyExists")),
+            get(LEASES, &name).reply(200, live),
+        ];
+        let (claim, ()) = tokio::join!(
+            async move { cluster.claim(&lease).await },
+            serve(handle, scenario)
+        );
+        assert_eq!(
+            claim.expect("claim"),
+            Claim::Taken {
+                holder_pod: "runner-7".into(),
+                holder_project: "shop".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_carries_the_uid_precondition_and_a_replaced_object_is_left_alone() {
+        let (cluster, handle) = mock_cluster();
+        let scenario = vec![
+            delete(SERVICES, "web", "uid-1").reply(200, status(200, "Success")),
+            // 409: the uid precondition failed, the object is someone else's now.
+            delete(INGRESSES, "web", "uid-2").reply(409, status(409, "Conflict")),
+        ];
+        let (result, ()) = tokio::join!(
+            async move {
+                cluster.delete(Kind::Service, "web", "uid-1").await?;
+                cluster.delete(Kind::Ingress, "web", "uid-2").await
+            },
+            serve(handle, scenario)
+        );
+        result.expect("deleted");
+    }
+
+    #[tokio::test]
+    async fn list_owned_reads_metadata_pages_by_our_selector() {
+        let (cluster, handle) = mock_cluster();
+        let a = service_object("a", "one");
+        let b = service_object("b", "two");
+        let stranger = service_object("c", "three");
+        let mut stranger = listed(&stranger, "uid-c");
+        stranger["metadata"]["labels"][POD_LABEL] = json!("runner-7");
+        let scenario = vec![
+            list(LEASES, None).reply(200, page(vec![], None)),
+            list(SERVICES, None).reply(200, page(vec![listed(&a, "uid-a")], Some("c1"))),
+            list(SERVICES, Some("c1")).reply(200, page(vec![listed(&b, "uid-b"), stranger], None)),
+            list(INGRESSES, None).reply(200, page(vec![], None)),
+            // No Gateway API in this cluster: not an error.
+            list(HTTP_ROUTES, None).reply(404, status(404, "NotFound")),
+        ];
+        let (owned, ()) = tokio::join!(
+            async move { cluster.list_owned().await },
+            serve(handle, scenario)
+        );
+        let owned = owned.expect("listing");
+        let names: Vec<(&str, &str, &str)> = owned
+            .iter()
+            .map(|o| (o.name.as_str(), o.uid.as_str(), o.project.as_str()))
+            .collect();
+        assert_eq!(names, [("a", "uid-a", "one"), ("b", "uid-b", "two")]);
+    }
+
+    #[tokio::test]
+    async fn list_owned_fails_when_a_later_page_fails() {
+        let (cluster, handle) = mock_cluster();
+        let a = service_object("a", "one");
+        let scenario = vec![
+            list(LEASES, None).reply(200, page(vec![], None)),
+            list(SERVICES, None).reply(200, page(vec![listed(&a, "uid-a")], Some("c1"))),
+            list(SERVICES, Some("c1")).reply(500, status(500, "InternalError")),
+        ];
+        let (owned, ()) = tokio::join!(
+            async move { cluster.list_owned().await },
+            serve(handle, scenario)
+        );
+        let err = owned.expect_err("a failed page fails the listing");
+        assert!(
+            err.to_string().starts_with("cannot list Service ci/*"),
+            "{err}"
+        );
+    }
+
+    // ---- the reconciler's converge step, through `Reconciler::resync_from` ----
+
+    fn observed_demochat() -> ObservedProject {
+        let labels = BTreeMap::from([
+            (COMPOSE_PROJECT.to_string(), PROJECT.to_string()),
+            (plan::COMPOSE_SERVICE.to_string(), "web".to_string()),
+            (COMPOSE_CONTAINER_NUMBER.to_string(), "1".to_string()),
+            (COMPOSE_ONEOFF.to_string(), "False".to_string()),
+            (labels::ENABLE.to_string(), "true".to_string()),
+        ]);
+        ObservedProject {
+            name: PROJECT.into(),
+            containers: vec![ObservedContainer {
+                id: "id-web".into(),
+                name: "demochat-web-1".into(),
+                labels,
+                state: ContainerState::Running,
+                published: vec![PublishedPort {
+                    container_port: 5000,
+                    protocol: Protocol::Tcp,
+                    host_port: 32768,
+                }],
+            }],
+        }
+    }
+
+    fn owner() -> OwnerPod {
+        OwnerPod {
+            name: POD.into(),
+            uid: POD_UID.into(),
+        }
+    }
+
+    /// What the reconciler renders for `observed_demochat()`: its Lease, Service and Ingress.
+    fn rendered_demochat() -> (DesiredObject, DesiredObject, DesiredObject) {
+        let settings = labels::tests::settings();
+        let d = plan::plan(&observed_demochat(), &settings)
+            .desired
+            .expect("demochat is exposed");
+        assert_eq!(d.backends.len(), 1);
+        let lease = render::host_lease(&d.backends[0].host, PROJECT, &owner(), &settings);
+        (
+            DesiredObject::new(Kind::Lease, &lease).expect("lease"),
+            DesiredObject::new(Kind::Service, &render::service(&d, &settings, &owner()))
+                .expect("service"),
+            DesiredObject::new(Kind::Ingress, &render::ingress(&d, &settings, &owner()))
+                .expect("ingress"),
+        )
+    }
+
+    /// A reconciler whose Docker client is never used (`resync_from` takes Docker's listing)
+    /// and whose cluster is the mock. No delete grace: an orphan goes at its second pass.
+    fn mock_reconciler() -> (Reconciler, ApiHandle) {
+        let (cluster, handle) = mock_cluster();
+        let docker = crate::docker::DockerClient::new("tcp://127.0.0.1:9", false)
+            .expect("a Docker client does no I/O until used");
+        let timings = Timings {
+            resync_interval: Duration::from_secs(3600),
+            debounce: Duration::ZERO,
+            settle_time: Duration::ZERO,
+            delete_grace: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let reconciler = Reconciler::new(
+            docker,
+            cluster,
+            labels::tests::settings(),
+            owner(),
+            timings,
+            Arc::new(Status::default()),
+        );
+        (reconciler, handle)
+    }
+
+    fn full_listing(
+        leases: Vec<Value>,
+        services: Vec<Value>,
+        ingresses: Vec<Value>,
+    ) -> Vec<Exchange> {
+        vec![
+            list(LEASES, None).reply(200, page(leases, None)),
+            list(SERVICES, None).reply(200, page(services, None)),
+            list(INGRESSES, None).reply(200, page(ingresses, None)),
+            list(HTTP_ROUTES, None).reply(200, page(vec![], None)),
+        ]
+    }
+
+    fn snapshot_of(projects: Vec<ObservedProject>) -> BTreeMap<String, ObservedProject> {
+        projects.into_iter().map(|p| (p.name.clone(), p)).collect()
+    }
+
+    /// Runs full resyncs from these Docker listings against the scenario, then drops the
+    /// reconciler (and with it the client) so that `serve` sees that nothing else comes.
+    async fn resyncs(
+        (mut reconciler, handle): (Reconciler, ApiHandle),
+        snapshots: Vec<BTreeMap<String, ObservedProject>>,
+        scenario: Vec<Exchange>,
+    ) {
+        let run = async move {
+            for snapshot in snapshots {
+                reconciler
+                    .resync_from(snapshot, tokio::time::Instant::now())
+                    .await;
+            }
+        };
+        tokio::join!(run, serve(handle, scenario));
+    }
+
+    #[tokio::test]
+    async fn a_new_composition_claims_its_host_then_writes_service_then_route() {
+        let (lease, service, ingress) = rendered_demochat();
+        let mut scenario = full_listing(vec![], vec![], vec![]);
+        let lease_name = lease.name().to_string();
+        scenario.extend([
+            create(LEASES)
+                .body(move |b| {
+                    assert_eq!(b["metadata"]["name"], lease_name.as_str(), "{b}");
+                    assert_ours(b, PROJECT);
+                })
+                .echo(201, "uid-lease"),
+            create(SERVICES)
+                .body(|b| {
+                    assert_eq!(b["kind"], "Service", "{b}");
+                    assert_ours(b, PROJECT);
+                })
+                .echo(201, "uid-svc"),
+            create(INGRESSES)
+                .body(|b| {
+                    assert_eq!(b["kind"], "Ingress", "{b}");
+                    assert_ours(b, PROJECT);
+                })
+                .echo(201, "uid-ing"),
+        ]);
+        assert_eq!(service.name(), ingress.name());
+        resyncs(
+            mock_reconciler(),
+            vec![snapshot_of(vec![observed_demochat()])],
+            scenario,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_composition_makes_no_write() {
+        let (lease, service, ingress) = rendered_demochat();
+        let scenario = full_listing(
+            vec![listed(&lease, "uid-lease")],
+            vec![listed(&service, "uid-svc")],
+            vec![listed(&ingress, "uid-ing")],
+        );
+        resyncs(
+            mock_reconciler(),
+            vec![snapshot_of(vec![observed_demochat()])],
+            scenario,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_changed_composition_is_applied() {
+        // The counterpart of the test above: a stale spec hash is rewritten, nothing else.
+        let (lease, service, ingress) = rendered_demochat();
+        let mut stale = listed(&service, "uid-svc");
+        stale["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = json!("0000000000000000");
+        let name = service.name().to_string();
+        let mut scenario = full_listing(
+            vec![listed(&lease, "uid-lease")],
+            vec![stale],
+            vec![listed(&ingress, "uid-ing")],
+        );
+        scenario.push(
+            apply(SERVICES, &name)
+                .body(|b| assert_ours(b, PROJECT))
+                .echo(200, "uid-svc"),
+        );
+        resyncs(
+            mock_reconciler(),
+            vec![snapshot_of(vec![observed_demochat()])],
+            scenario,
+        )
+        .await;
+    }
+
+    /// An orphan (objects of a composition Docker no longer has) after a first, complete
+    /// listing has started its grace.
+    fn orphan() -> DesiredObject {
+        service_object("gone-svc", "gone")
+    }
+
+    #[tokio::test]
+    async fn an_orphan_is_deleted_from_complete_listings() {
+        let mut scenario = full_listing(vec![], vec![listed(&orphan(), "uid-gone")], vec![]);
+        scenario.extend(full_listing(
+            vec![],
+            vec![listed(&orphan(), "uid-gone")],
+            vec![],
+        ));
+        scenario.push(delete(SERVICES, "gone-svc", "uid-gone").reply(200, status(200, "Success")));
+        resyncs(
+            mock_reconciler(),
+            vec![BTreeMap::new(), BTreeMap::new()],
+            scenario,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_listing_page_aborts_gc() {
+        // The first pass starts the orphan's grace; the second pass's listing fails on the
+        // second page of its last kind, after the orphan was listed: nothing is deleted.
+        let mut scenario = full_listing(vec![], vec![listed(&orphan(), "uid-gone")], vec![]);
+        scenario.extend([
+            list(LEASES, None).reply(200, page(vec![], None)),
+            list(SERVICES, None).reply(200, page(vec![listed(&orphan(), "uid-gone")], None)),
+            list(INGRESSES, None).reply(200, page(vec![], None)),
+            list(HTTP_ROUTES, None).reply(200, page(vec![], Some("c1"))),
+            list(HTTP_ROUTES, Some("c1")).reply(500, status(500, "InternalError")),
+        ]);
+        resyncs(
+            mock_reconciler(),
+            vec![BTreeMap::new(), BTreeMap::new()],
+            scenario,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_host_held_by_another_pod_gets_no_objects() {
+        let (lease, _, _) = rendered_demochat();
+        let name = lease.name().to_string();
+        let mut held = listed(&lease, "other-uid");
+        held["metadata"]["labels"] = json!(render::ownership_labels("runner-7", "shop"));
+        held["metadata"]["annotations"][PROJECT_NAME_ANNOTATION] = json!("shop");
+        let mut scenario = full_listing(vec![], vec![], vec![]);
+        scenario.extend([
+            create(LEASES).reply(409, status(409, "AlreadyExists")),
+            get(LEASES, &name).reply(200, held),
+        ]);
+        resyncs(
+            mock_reconciler(),
+            vec![snapshot_of(vec![observed_demochat()])],
+            scenario,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_foreign_service_of_the_same_name_stops_the_composition_untouched() {
+        let (lease, service, _) = rendered_demochat();
+        let name = service.name().to_string();
+        let mut scenario = full_listing(vec![listed(&lease, "uid-lease")], vec![], vec![]);
+        scenario.extend([
+            create(SERVICES).reply(409, status(409, "AlreadyExists")),
+            get(SERVICES, &name).reply(200, foreign(&name, json!({"app": "web"}))),
+        ]);
+        resyncs(
+            mock_reconciler(),
+            vec![snapshot_of(vec![observed_demochat()])],
+            scenario,
+        )
+        .await;
+    }
+}

@@ -234,6 +234,16 @@ impl Reconciler {
                 return self.resync_failed(format!("Docker listing failed, no GC this time: {e}"));
             }
         };
+        self.resync_from(snapshot, started).await;
+    }
+
+    /// The rest of a full resync, from a complete Docker listing taken at `started`: a seam so
+    /// that tests can drive the cluster side against a mock API without a Docker daemon.
+    pub(crate) async fn resync_from(
+        &mut self,
+        snapshot: BTreeMap<ProjectKey, ObservedProject>,
+        started: Instant,
+    ) {
         let owned = match self.cluster.list_owned().await {
             Ok(o) => o,
             Err(e) => return self.resync_failed(format!("listing this pod's objects failed: {e}")),
