@@ -458,10 +458,13 @@ mod tests {
     use super::*;
     use crate::config::Timings;
     use crate::labels;
+    use crate::labels::{
+        COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_PROJECT, COMPOSE_SERVICE,
+    };
     use crate::model::{
         ContainerState, ObservedContainer, ObservedProject, OwnerPod, Protocol, PublishedPort,
     };
-    use crate::plan::{self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_PROJECT};
+    use crate::plan;
     use crate::reconcile::Reconciler;
     use crate::status::Status;
 
@@ -949,7 +952,7 @@ mod tests {
     fn observed_demochat() -> ObservedProject {
         let labels = BTreeMap::from([
             (COMPOSE_PROJECT.to_string(), PROJECT.to_string()),
-            (plan::COMPOSE_SERVICE.to_string(), "web".to_string()),
+            (COMPOSE_SERVICE.to_string(), "web".to_string()),
             (COMPOSE_CONTAINER_NUMBER.to_string(), "1".to_string()),
             (COMPOSE_ONEOFF.to_string(), "False".to_string()),
             (labels::ENABLE.to_string(), "true".to_string()),

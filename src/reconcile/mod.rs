@@ -241,7 +241,7 @@ impl Reconciler {
     /// that tests can drive the cluster side against a mock API without a Docker daemon.
     pub(crate) async fn resync_from(
         &mut self,
-        snapshot: BTreeMap<ProjectKey, ObservedProject>,
+        snapshot: BTreeMap<CompositionKey, ObservedProject>,
         started: Instant,
     ) {
         let owned = match self.cluster.list_owned().await {
