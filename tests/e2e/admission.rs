@@ -15,8 +15,8 @@ use crate::scenarios::{ENABLE, compose_file, through_ingress, web};
 use crate::sidecar::{Sidecar, domain, ingress_hosts, wait_exposed, wait_gone};
 use crate::support::{Bed, CONVERGE, ComposeVersion, bed, eventually, repo_root, unique_namespace};
 
-/// Renders `deploy/admission` and applies it into `ns` with the test's domain.
-fn install_guard(bed: &Bed, ns: &str) {
+/// Renders `deploy/admission` with the test's domain: its documents, the ConfigMap first.
+fn render_guard(bed: &Bed, ns: &str) -> Vec<String> {
     let dir = repo_root().join("deploy/admission");
     let rendered = bed.kubectl(&["kustomize", &dir.to_string_lossy()]);
     assert!(
@@ -31,6 +31,12 @@ fn install_guard(bed: &Bed, ns: &str) {
         "the ConfigMap's domain line:\n{yaml}"
     );
     let yaml = yaml.replace(default_domain, &format!("  domain: {}\n", domain(ns)));
+    let mut docs: Vec<String> = yaml.split("\n---\n").map(str::to_string).collect();
+    docs.sort_by_key(|d| !d.contains("kind: ConfigMap"));
+    docs
+}
+
+fn kubectl_apply(bed: &Bed, ns: &str, yaml: &str) {
     let mut child = Command::new(std::path::Path::new(bed.get("BIN")).join("kubectl"))
         .args([
             "--kubeconfig",
@@ -99,20 +105,37 @@ async fn admission_guard_bounds_the_sidecar_token_and_the_sidecar_works_under_it
     let ns = unique_namespace("guard");
     let pod = bed.runner_pod(&ns, "runner-0");
     let admin = bed.admin().await;
-    install_guard(bed, &ns);
     let token = pod.sidecar_token(&admin).await;
     let stolen = bed.client_with_token(&token).await;
     let pp = PostParams::default();
     let ingresses: Api<Ingress> = Api::namespaced(stolen.clone(), &ns);
     let services: Api<Service> = Api::namespaced(stolen.clone(), &ns);
+    let evil = ingress("evil", "evil.attacker.example.org", serde_json::json!({}));
 
-    // The apiserver loads policies and their parameters asynchronously: wait until the guard
-    // acts (an Ingress that got through before that is removed again).
+    // The policy is cluster-wide and the apiserver loads it asynchronously: one left by an
+    // earlier run on a kept bed could answer for this one. So: remove it, see the bad request
+    // get through with this namespace's parameters in place, then apply the policy and see it
+    // refused: the refusal can only come from the policy applied here.
+    let deleted = bed.kubectl(&[
+        "delete",
+        "validatingadmissionpolicybinding/compose-ingress-guard",
+        "validatingadmissionpolicy/compose-ingress-guard",
+        "--ignore-not-found",
+    ]);
+    assert!(deleted.status.success(), "delete an old guard");
+    let docs = render_guard(bed, &ns);
+    kubectl_apply(bed, &ns, &docs[0]);
+    eventually("no guard acts before it is applied", CONVERGE, || async {
+        let created = ingresses.create(&pp, &evil).await.is_ok();
+        let _ = ingresses.delete("evil", &DeleteParams::default()).await;
+        created.then_some(())
+    })
+    .await;
+    kubectl_apply(bed, &ns, &docs[1..].join("\n---\n"));
     let message = eventually(
         "the guard refuses a host outside the domain",
         CONVERGE,
         || async {
-            let evil = ingress("evil", "evil.attacker.example.org", serde_json::json!({}));
             match ingresses.create(&pp, &evil).await {
                 Ok(_) => {
                     let _ = ingresses.delete("evil", &DeleteParams::default()).await;
