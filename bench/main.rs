@@ -13,11 +13,6 @@
 //! (default bench/plots for a full run, target/bench-smoke for --smoke). Every loop has a count
 //! and a deadline; traffic goes only to loopback and the bed's 198.18.x.y pod addresses.
 
-#[path = "../tests/e2e/sidecar.rs"]
-mod sidecar;
-#[path = "../tests/e2e/support.rs"]
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
@@ -37,9 +32,11 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 
-use support::{Bed, RunnerPod, bed};
+use testbed::{Bed, DOMAIN, Launch, RunnerPod, Sidecar, bed};
 
-const DOMAIN: &str = sidecar::DOMAIN;
+/// The release sidecar (the bench profile inherits the release settings), run by the bed's
+/// sidecar runner with the bench's settings.
+const SIDECAR: Launch = Launch::bench(env!("CARGO_BIN_EXE_compose-ingress"));
 const SA_USER: &str = "compose-ingress";
 
 // ------------------------------------------------------------------------------------------------
@@ -131,7 +128,7 @@ fn parse_args() -> Args {
         }
     }
     let out = out.unwrap_or_else(|| {
-        support::repo_root().join(if smoke {
+        testbed::repo_root().join(if smoke {
             "target/bench-smoke"
         } else {
             "bench/plots"
@@ -194,77 +191,28 @@ fn stats(samples_ms: &[f64]) -> Stats {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Processes: the sidecar, /proc readings, HTTP over loopback
+// Processes: /proc readings, HTTP over loopback
 
-struct Proc {
-    child: Child,
-    listen: String,
-    log: PathBuf,
-}
+/// A process the bench started (Traefik with its Docker provider), stopped as the sidecar is, and
+/// killed if a phase fails.
+struct Proc(Child);
 
 impl Proc {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.id()
     }
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        testbed::stop_process(&mut self.0);
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
-}
-
-/// Starts the release sidecar for `pod` (info logs, JSON, in the pod's directory).
-fn start_sidecar(pod: &RunnerPod, kubeconfig: &Path, flags: &[&str], name: &str) -> Proc {
-    let listen = format!("127.0.0.1:{}", sidecar::free_port());
-    let log = pod.dir.join(format!("{name}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_compose-ingress"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAME", &pod.name)
-        .env("POD_NAMESPACE", &pod.namespace)
-        .env("DOCKER_HOST", &pod.docker_host)
-        .args([
-            "--domain",
-            DOMAIN,
-            "--ingress-class",
-            "traefik",
-            "--delete-grace",
-            "2s",
-        ])
-        .args([
-            "--log-format",
-            "json",
-            "--listen",
-            &listen,
-            "--cleanup-on-exit",
-            "never",
-        ])
-        .args(flags)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("sidecar log file"))
-        .spawn()
-        .expect("start compose-ingress (release)");
-    Proc { child, listen, log }
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -351,7 +299,7 @@ async fn metric(listen: &str, name_and_labels: &str) -> f64 {
         .sum()
 }
 
-async fn wait_ready(p: &Proc, deadline: Duration) -> Duration {
+async fn wait_ready(p: &Sidecar, deadline: Duration) -> Duration {
     let start = Instant::now();
     loop {
         if let Some((200, _)) =
@@ -737,7 +685,7 @@ async fn phase_pod(name: &str) -> (RunnerPod, PathBuf) {
     let b = bed();
     let ns = format!("bench-{name}-{:04x}", (now_ns() as u64 >> 10) & 0xffff);
     let pod = b.runner_pod(&ns, &format!("bench-{name}"));
-    let kubeconfig = sidecar::sidecar_kubeconfig(b, &pod).await;
+    let kubeconfig = testbed::sidecar_kubeconfig(b, &pod).await;
     (pod, kubeconfig)
 }
 
@@ -760,7 +708,7 @@ fn delete_namespace(ns: &str) {
 /// Copies a phase pod's logs (sidecars, Traefik, dockerd) to target/bench-logs/<namespace>/ and
 /// deletes its namespace; the pod itself (netns, dockerd) goes when the RunnerPod is dropped.
 fn finish_pod(pod: &RunnerPod) {
-    let dest = support::repo_root()
+    let dest = testbed::repo_root()
         .join("target/bench-logs")
         .join(&pod.namespace);
     let _ = std::fs::create_dir_all(&dest);
@@ -805,7 +753,8 @@ async fn phase_e2o(scale: &Scale) -> Vec<E2oResult> {
             "e2o: {} compositions, --debounce {debounce}",
             scale.e2o_n
         ));
-        let side = start_sidecar(
+        let side = Sidecar::start_with_kubeconfig(
+            &SIDECAR,
             &pod,
             &kubeconfig,
             &["--debounce", debounce],
@@ -1082,7 +1031,13 @@ async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
         if api == "gateway" {
             flags.extend(["--gateway", gw.as_str()]);
         }
-        let side = start_sidecar(&pod, &kubeconfig, &flags, &format!("sidecar-{api}"));
+        let side = Sidecar::start_with_kubeconfig(
+            &SIDECAR,
+            &pod,
+            &kubeconfig,
+            &flags,
+            &format!("sidecar-{api}"),
+        );
         wait_ready(&side, Duration::from_secs(60)).await;
         let mut have = 0;
         for &level in &scale.routable_levels {
@@ -1166,7 +1121,7 @@ async fn phase_side(scale: &Scale) -> SideResult {
     let netns = pod.dir.join("env");
     let netns = std::fs::read_to_string(netns)
         .ok()
-        .and_then(|t| support::parse_env(&t).get("NETNS").cloned())
+        .and_then(|t| testbed::parse_env(&t).get("NETNS").cloned())
         .expect("pod NETNS");
     let web = format!("{}:18100", pod.ip);
     let ping = format!("{}:18180", pod.ip);
@@ -1192,11 +1147,7 @@ async fn phase_side(scale: &Scale) -> SideResult {
         .stderr(std::fs::File::create(&tlog).expect("traefik log"))
         .spawn()
         .expect("start Traefik (docker provider) in the pod's netns");
-    let traefik = Proc {
-        child: traefik,
-        listen: ping.clone(),
-        log: tlog,
-    };
+    let traefik = Proc(traefik);
     let start = Instant::now();
     while http_get(&ping, "localhost", "/ping", Duration::from_secs(1))
         .await
@@ -1209,7 +1160,7 @@ async fn phase_side(scale: &Scale) -> SideResult {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let side = start_sidecar(&pod, &kubeconfig, &[], "sidecar-side");
+    let side = Sidecar::start_with_kubeconfig(&SIDECAR, &pod, &kubeconfig, &[], "sidecar-side");
     wait_ready(&side, Duration::from_secs(60)).await;
     let bed_traefik = bed()
         .get("TRAEFIK_WEB")
@@ -1295,7 +1246,7 @@ async fn phase_burst(scale: &Scale) -> BurstResult {
             create_composition(&docker, p, &services, "benchnet0", &pod.ip, &[])
         })
         .await;
-    let side = start_sidecar(&pod, &kubeconfig, &[], "sidecar-burst");
+    let side = Sidecar::start_with_kubeconfig(&SIDECAR, &pod, &kubeconfig, &[], "sidecar-burst");
     wait_ready(&side, Duration::from_secs(60)).await;
     let (events, ev_task) = watch_start_events(docker.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1448,7 +1399,7 @@ async fn phase_restart_and_cost(scale: &Scale) -> (RestartResult, CostResult) {
     ensure_networks(&docker, 2).await;
     let admin = bed().admin().await;
     let ns = pod.namespace.clone();
-    let first = start_sidecar(&pod, &kubeconfig, &[], "sidecar-1");
+    let first = Sidecar::start_with_kubeconfig(&SIDECAR, &pod, &kubeconfig, &[], "sidecar-1");
     wait_ready(&first, Duration::from_secs(60)).await;
     say("cost: idle sidecar (no compositions)");
     let idle = measure_cost(
@@ -1479,7 +1430,7 @@ async fn phase_restart_and_cost(scale: &Scale) -> (RestartResult, CostResult) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let offset = audit_offset();
     let t0 = Instant::now();
-    let second = start_sidecar(&pod, &kubeconfig, &[], "sidecar-2");
+    let second = Sidecar::start_with_kubeconfig(&SIDECAR, &pod, &kubeconfig, &[], "sidecar-2");
     let ready = wait_ready(&second, Duration::from_secs(300)).await;
     let orphan_set: HashSet<String> = orphans.iter().cloned().collect();
     let mut converged = None;
@@ -1552,7 +1503,7 @@ async fn phase_restart_and_cost(scale: &Scale) -> (RestartResult, CostResult) {
     let bin = std::fs::metadata(env!("CARGO_BIN_EXE_compose-ingress"))
         .map(|m| m.len())
         .unwrap_or(0);
-    let static_bin = std::fs::metadata(support::repo_root().join("target/static/compose-ingress"))
+    let static_bin = std::fs::metadata(testbed::repo_root().join("target/static/compose-ingress"))
         .ok()
         .map(|m| m.len());
     let cost = CostResult {

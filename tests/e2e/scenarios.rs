@@ -4,67 +4,18 @@
 //! as its ServiceAccount with the Role from deploy/base/rbac.yaml.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
+use testbed::{
+    CONVERGE, ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, domain, eventually,
+    ingress_hosts, ingresses_of, services_of, sidecar_kubeconfig, target_ports, through_ingress,
+    unique_namespace, wait_exposed, wait_gone, web,
+};
+
+use crate::SIDECAR;
 use crate::operability::Endpoints;
-use crate::sidecar::{
-    Sidecar, domain, ingress_hosts, ingresses_of, services_of, sidecar_kubeconfig, target_ports,
-    wait_exposed, wait_gone,
-};
-use crate::support::{
-    CONVERGE, ComposeVersion, RunnerPod, bed, eventually, http_get, unique_namespace,
-};
-
-/// A compose service running busybox httpd on `container_port`, serving `page`, published as
-/// `publish` (e.g. `"5000"` for a random host port, `"18081:5000"` for a fixed one).
-pub fn web(
-    name: &str,
-    page: &str,
-    container_port: u16,
-    publish: &str,
-    labels: &[(&str, &str)],
-) -> String {
-    let mut s = format!(
-        "  {name}:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    command: [\"sh\", \"-c\", \"echo {page} > /www/index.html && exec httpd -f -p {container_port} -h /www\"]\n"
-    );
-    if !publish.is_empty() {
-        s.push_str(&format!("    ports: [\"{publish}\"]\n"));
-    }
-    if !labels.is_empty() {
-        s.push_str("    labels:\n");
-        for (k, v) in labels {
-            // JSON strings are valid YAML double-quoted scalars, escapes included.
-            s.push_str(&format!(
-                "      {k}: {}\n",
-                serde_json::Value::String(v.to_string())
-            ));
-        }
-    }
-    s
-}
-
-pub fn compose_file(services: &[String]) -> String {
-    format!("version: \"2.4\"\nservices:\n{}", services.concat())
-}
-
-pub const ENABLE: (&str, &str) = ("compose-ingress.enable", "true");
-
-/// GET through Traefik with the Host header until it answers 200; returns the body.
-pub async fn through_ingress(host: &str) -> String {
-    through_ingress_within(host, CONVERGE).await
-}
-
-pub async fn through_ingress_within(host: &str, deadline: Duration) -> String {
-    let traefik = bed().get("TRAEFIK_WEB").to_string();
-    eventually(&format!("Traefik routes {host}"), deadline, || async {
-        let (code, body) = http_get(&format!("{traefik}/"), Some(host));
-        (code == 200).then_some(body)
-    })
-    .await
-}
 
 fn host_of(ns: &str, service: &str, port: u16, project: &str, pod: &str) -> String {
     format!("{service}-{port}-{project}-{pod}.{}", domain(ns))
@@ -80,7 +31,7 @@ async fn setup(test: &str) -> (String, RunnerPod, kube::Client) {
 
 async fn opted_in_service_gets_service_and_ingress_and_is_routable(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("expose").await;
-    let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
+    let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
     pod.compose_as(
         compose,
         "demochat",
@@ -163,6 +114,7 @@ async fn gateway_mode_creates_an_httproute_that_routes(compose: ComposeVersion) 
         bed().get("GATEWAY_NAME")
     );
     let _sidecar = Sidecar::start(
+        &SIDECAR,
         bed(),
         &pod,
         &["--route-api", "gateway", "--gateway", &gateway],
@@ -205,7 +157,7 @@ async fn gateway_mode_creates_an_httproute_that_routes(compose: ComposeVersion) 
 
 async fn nothing_is_created_for_services_that_do_not_qualify(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("negatives").await;
-    let sidecar = Sidecar::start(bed(), &pod, &["--resync-interval", "2s"]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--resync-interval", "2s"]).await;
     // Not opted in; opted in without a published port; opted in with UDP only; a one-off run.
     pod.compose_as(
         compose,
@@ -281,6 +233,7 @@ async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_
     // that "within the grace" holds whatever the machine's speed; a short resync interval, so
     // that "the sidecar has looked since" is an observable event (a logged full resync).
     let sidecar = Sidecar::start(
+        &SIDECAR,
         bed(),
         &pod,
         &["--delete-grace", "30s", "--resync-interval", "2s"],
@@ -371,7 +324,7 @@ async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_
 
 async fn scaled_service_exposes_its_first_replica(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("scaled").await;
-    let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
+    let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
     pod.compose_as(
         compose,
         "scaled",
@@ -417,8 +370,13 @@ async fn scaled_service_exposes_its_first_replica(compose: ComposeVersion) {
 async fn services_started_in_steps_are_exposed_in_one_write(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("settle").await;
     let kubeconfig = sidecar_kubeconfig(bed(), &pod).await;
-    let patient =
-        Sidecar::start_with_kubeconfig(&pod, &kubeconfig, &["--settle-time", "10m"], "patient");
+    let patient = Sidecar::start_with_kubeconfig(
+        &SIDECAR,
+        &pod,
+        &kubeconfig,
+        &["--settle-time", "10m"],
+        "patient",
+    );
     let file = compose_file(&[
         web("web", "web-page", 80, "80", &[ENABLE]),
         web("api", "api-page", 81, "81", &[ENABLE]),
@@ -449,8 +407,13 @@ async fn services_started_in_steps_are_exposed_in_one_write(compose: ComposeVers
     drop(patient);
 
     // A service that never starts: web is exposed alone once the (short) settle time is over.
-    let impatient =
-        Sidecar::start_with_kubeconfig(&pod, &kubeconfig, &["--settle-time", "2s"], "impatient");
+    let impatient = Sidecar::start_with_kubeconfig(
+        &SIDECAR,
+        &pod,
+        &kubeconfig,
+        &["--settle-time", "2s"],
+        "impatient",
+    );
     pod.compose_as(compose, "partial", &file, &["up", "--no-start"]);
     pod.compose_as(compose, "partial", &file, &["start", "web"]);
     let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "partial").await;
@@ -472,7 +435,7 @@ async fn compositions_running_before_the_sidecar_are_exposed_at_start(compose: C
         &compose_file(&[web("web", "early-bird", 80, "80", &[ENABLE])]),
         &["up", "-d"],
     );
-    let _sidecar = Sidecar::start(bed(), &pod, &[]).await;
+    let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
     let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "early").await;
     assert_eq!(
         through_ingress(&ingress_hosts(&ingress)[0]).await.trim(),
@@ -482,7 +445,7 @@ async fn compositions_running_before_the_sidecar_are_exposed_at_start(compose: C
 
 async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("orphans").await;
-    let mut sidecar = Sidecar::start(bed(), &pod, &[]).await;
+    let mut sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
     pod.compose_as(
         compose,
         "gone",
@@ -509,7 +472,7 @@ async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start(compose: Comp
         1,
         "SIGKILL leaves the objects behind"
     );
-    let restarted = Sidecar::start(bed(), &pod, &[]).await;
+    let restarted = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
     wait_gone(&admin, &ns, "runner-0", "gone").await;
     let (after, _) = wait_exposed(&admin, &ns, "runner-0", "stays").await;
     assert_eq!(
@@ -521,7 +484,7 @@ async fn orphans_of_a_killed_sidecar_are_deleted_by_the_next_start(compose: Comp
 
 async fn dockerd_restart_under_a_running_sidecar_converges(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("dockerd").await;
-    let sidecar = Sidecar::start(bed(), &pod, &[]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
     pod.compose_as(
         compose,
         "before",
@@ -529,7 +492,7 @@ async fn dockerd_restart_under_a_running_sidecar_converges(compose: ComposeVersi
         &["up", "-d"],
     );
     wait_exposed(&admin, &ns, "runner-0", "before").await;
-    let pod_sh = crate::support::repo_root().join("tests/testbed/pod.sh");
+    let pod_sh = testbed::repo_root().join("tests/testbed/pod.sh");
     let stop = std::process::Command::new(&pod_sh)
         .arg("dockerd-stop")
         .arg(&pod.dir)
@@ -573,7 +536,7 @@ async fn dockerd_restart_under_a_running_sidecar_converges(compose: ComposeVersi
 
 async fn deleting_the_runner_pod_garbage_collects_the_sidecar_objects(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("podgc").await;
-    let _sidecar = Sidecar::start(bed(), &pod, &["--cleanup-on-exit", "never"]).await;
+    let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--cleanup-on-exit", "never"]).await;
     pod.compose_as(
         compose,
         "gc",
@@ -592,7 +555,7 @@ async fn sigterm_case(
     delete_pod_first: bool,
 ) -> (kube::Client, String, i32, bool) {
     let (ns, pod, admin) = setup(test).await;
-    let mut sidecar = Sidecar::start(bed(), &pod, extra).await;
+    let mut sidecar = Sidecar::start(&SIDECAR, bed(), &pod, extra).await;
     pod.compose_as(
         compose,
         "term",
@@ -656,6 +619,7 @@ async fn sigterm_with_cleanup_always_deletes_the_objects(compose: ComposeVersion
 async fn bad_labels_are_refused_one_warning_each_and_others_still_expose(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("badlabels").await;
     let sidecar = Sidecar::start(
+        &SIDECAR,
         bed(),
         &pod,
         &[
@@ -854,8 +818,8 @@ async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping(compose:
     );
     let fast = ["--resync-interval", "1s"];
     let (sa, sb) = tokio::join!(
-        Sidecar::start(bed, &a, &fast),
-        Sidecar::start(bed, &b, &fast)
+        Sidecar::start(&SIDECAR, bed, &a, &fast),
+        Sidecar::start(&SIDECAR, bed, &b, &fast)
     );
     let host = format!("{contested}.{}", domain(&ns));
     let winner = eventually("one pod wins the host", CONVERGE, || async {
@@ -969,7 +933,7 @@ async fn objects_that_are_not_this_pods_are_never_touched(compose: ComposeVersio
         })
         .collect();
 
-    let sidecar = Sidecar::start(bed(), &pod, &["--resync-interval", "2s"]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--resync-interval", "2s"]).await;
     pod.compose_as(
         compose,
         "taken",
@@ -1018,7 +982,7 @@ async fn dry_run_prints_the_objects_and_writes_nothing(compose: ComposeVersion) 
         &compose_file(&[web("web", "dry", 80, "80", &[ENABLE])]),
         &["up", "-d"],
     );
-    let sidecar = Sidecar::start(bed(), &pod, &["--dry-run"]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--dry-run"]).await;
     let stdout = eventually("dry-run YAML on stdout", CONVERGE, || async {
         let out = std::fs::read_to_string(&sidecar.stdout).unwrap_or_default();
         (out.contains("kind: Ingress") && out.contains("kind: Service")).then_some(out)
@@ -1058,7 +1022,7 @@ async fn server_dry_run_validates_with_the_apiserver_and_writes_nothing(compose:
         &compose_file(&[web("web", "dry", 80, "80", &[ENABLE])]),
         &["up", "-d"],
     );
-    let sidecar = Sidecar::start(bed(), &pod, &["--dry-run=server"]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--dry-run=server"]).await;
     eventually("server dry-run YAML on stdout", CONVERGE, || async {
         let out = std::fs::read_to_string(&sidecar.stdout).unwrap_or_default();
         out.contains("kind: Ingress").then_some(())
@@ -1153,7 +1117,7 @@ fn bad_flags_fail_at_start_with_one_line_and_exit_code_2() {
 macro_rules! for_each_compose {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
-            use crate::support::ComposeVersion;
+            use testbed::ComposeVersion;
             #[tokio::test]
             async fn v1() {
                 super::$name(ComposeVersion::V1).await
@@ -1190,7 +1154,7 @@ for_each_compose!(
 #[tokio::test]
 async fn plain_containers_are_exposed_only_with_the_flag() {
     let (ns, pod, admin) = setup("plain").await;
-    let _sidecar = Sidecar::start(bed(), &pod, &["--expose-plain-containers"]).await;
+    let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--expose-plain-containers"]).await;
     for (name, enabled) in [("plainweb", "true"), ("plainoff", "false")] {
         let out = pod.docker_cli(&[
             "run",
@@ -1230,7 +1194,7 @@ async fn plain_containers_are_exposed_only_with_the_flag() {
     );
     // Without the flag, a container without compose labels is never a project.
     let other = bed().runner_pod(&ns, "runner-1");
-    let plain_off = Sidecar::start(bed(), &other, &["--resync-interval", "2s"]).await;
+    let plain_off = Sidecar::start(&SIDECAR, bed(), &other, &["--resync-interval", "2s"]).await;
     let out = other.docker_cli(&[
         "run",
         "-d",
@@ -1271,6 +1235,7 @@ async fn plain_containers_are_exposed_only_with_the_flag() {
 async fn kompose_labels_rate_limits_and_tls_shape_the_ingress() {
     let (ns, pod, admin) = setup("shape").await;
     let _sidecar = Sidecar::start(
+        &SIDECAR,
         bed(),
         &pod,
         &[
