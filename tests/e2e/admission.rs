@@ -11,9 +11,12 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, PostParams};
 
-use crate::scenarios::{ENABLE, compose_file, through_ingress, web};
-use crate::sidecar::{Sidecar, domain, ingress_hosts, wait_exposed, wait_gone};
-use crate::support::{Bed, CONVERGE, ComposeVersion, bed, eventually, repo_root, unique_namespace};
+use testbed::{
+    Bed, CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_file, domain, eventually,
+    ingress_hosts, repo_root, through_ingress, unique_namespace, wait_exposed, wait_gone, web,
+};
+
+use crate::SIDECAR;
 
 /// Renders `deploy/admission` with the test's domain: its documents, the ConfigMap first.
 fn render_guard(bed: &Bed, ns: &str) -> Vec<String> {
@@ -240,7 +243,7 @@ async fn admission_guard_bounds_the_sidecar_token_and_the_sidecar_works_under_it
 
     // The sidecar itself, with the same ServiceAccount and a rate-limit annotation: every
     // write and delete it makes passes the guard.
-    let sidecar = Sidecar::start(bed, &pod, &["--default-rps", "20"]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--default-rps", "20"]).await;
     let file = compose_file(&[web("web", "guarded-page", 80, "80", &[ENABLE])]);
     pod.compose_as(ComposeVersion::V2, "guarded", &file, &["up", "-d"]);
     let (_, ing) = wait_exposed(&admin, &ns, "runner-0", "guarded").await;

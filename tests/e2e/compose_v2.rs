@@ -8,9 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::scenarios::{ENABLE, compose_file, through_ingress, web};
-use crate::sidecar::{Sidecar, ingress_hosts, services_of, target_ports, wait_exposed, wait_gone};
-use crate::support::{CONVERGE, ComposeVersion, bed, eventually, http_get, unique_namespace};
+use testbed::{
+    CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_file, eventually, http_get,
+    ingress_hosts, services_of, target_ports, through_ingress, unique_namespace, wait_exposed,
+    wait_gone, web,
+};
+
+use crate::SIDECAR;
 
 const V2: ComposeVersion = ComposeVersion::V2;
 
@@ -85,7 +89,7 @@ async fn recreate_keeps_the_route(test: &str, second_file_page: &str, extra_up_a
     let admin = bed.admin().await;
     // A grace far above what a recreate takes even on a loaded machine: this test proves the
     // mechanism (a recreate within the grace keeps the objects), not this machine's speed.
-    let _sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "30s"]).await;
+    let _sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--delete-grace", "30s"]).await;
     let first = compose_file(&[web("web", "first", 80, "80", &[ENABLE])]);
     pod.compose_as(V2, "recr", &first, &["up", "-d"]);
     let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "recr").await;

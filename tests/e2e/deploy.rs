@@ -13,8 +13,10 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::sidecar::{domain, ingress_hosts, wait_exposed};
-use crate::support::{Bed, CONVERGE, bed, eventually, http_get, repo_root, unique_namespace};
+use testbed::{
+    Bed, CONVERGE, bed, domain, eventually, http_get, ingress_hosts, repo_root, unique_namespace,
+    wait_exposed,
+};
 
 const OVERLAYS: [&str; 3] = ["base", "overlays/ingress", "overlays/gateway"];
 
@@ -207,7 +209,7 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
         assert_eq!(got, expected, "deploy/{dir}: accepted objects");
 
         // The Role the sidecar runs under is deploy/base/rbac.yaml, unchanged by any overlay
-        // (the sidecar tests read that file: support.rs sidecar_token).
+        // (the sidecar tests read that file: testbed/src/pod.rs, sidecar_token).
         let rbac_text =
             std::fs::read_to_string(repo_root().join("deploy/base/rbac.yaml")).expect("rbac");
         let rbac_role = serde_yaml_ng::Deserializer::from_str(&rbac_text)
@@ -521,7 +523,7 @@ async fn container_image_exposes_a_composition() {
         .env("DOCKER_HOST", &pod.docker_host)
         .output()
         .expect("run tests/testbed/image.sh");
-    let built = crate::support::parse_env(&ok(out, "tests/testbed/image.sh"));
+    let built = testbed::parse_env(&ok(out, "tests/testbed/image.sh"));
     let size: u64 = built["IMAGE_SIZE"].parse().expect("IMAGE_SIZE");
     eprintln!("image {IMAGE}: {size} bytes");
     assert!(size < 40 << 20, "a minimal image (got {size} bytes)");

@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
 
-use crate::scenarios::{ENABLE, compose_file, through_ingress_within, web};
-use crate::sidecar::{Sidecar, ingress_hosts, services_of, wait_exposed, wait_gone};
-use crate::support::{ComposeVersion, bed, repo_root, unique_namespace};
+use testbed::{
+    ComposeVersion, ENABLE, Sidecar, bed, compose_file, ingress_hosts, repo_root, services_of,
+    through_ingress_within, unique_namespace, wait_exposed, wait_gone, web,
+};
+
+use crate::SIDECAR;
 
 fn apiserver(action: &str) {
     let out = Command::new(repo_root().join("tests/testbed/apiserver.sh"))
@@ -33,7 +36,7 @@ async fn apiserver_outage(compose: ComposeVersion) {
     let ns = unique_namespace("outage");
     let pod = bed.runner_pod(&ns, "runner-0");
     let admin = bed.admin().await;
-    let mut sidecar = Sidecar::start(bed, &pod, &[]).await;
+    let mut sidecar = Sidecar::start(&SIDECAR, bed, &pod, &[]).await;
     pod.compose_as(
         compose,
         "stay",
@@ -116,7 +119,7 @@ async fn apiserver_outage(compose: ComposeVersion) {
     );
     assert!(sidecar.still_running());
     sidecar.signal("TERM");
-    assert_eq!(sidecar.wait_exit(crate::support::CONVERGE).code(), Some(0));
+    assert_eq!(sidecar.wait_exit(testbed::CONVERGE).code(), Some(0));
 }
 
 #[tokio::test]

@@ -15,13 +15,14 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 
-use crate::sidecar::{Sidecar, domain};
-use crate::support::{Bed, CONVERGE, bed, eventually, repo_root, unique_namespace};
+use testbed::{Bed, CONVERGE, Sidecar, bed, domain, eventually, repo_root, unique_namespace};
+
+use crate::SIDECAR;
 
 /// Generous bound for Docker reconnects (the sidecar's reconnect backoff reaches 30 s).
 const RECONNECT: Duration = Duration::from_secs(120);
 
-/// The HTTP endpoints of a running sidecar (crate::sidecar::Sidecar runs the binary).
+/// The HTTP endpoints of a running sidecar (testbed::Sidecar runs the binary).
 pub(crate) trait Endpoints {
     fn get(&self, path: &str) -> Result<(u16, String), NoAnswer>;
     async fn wait_status(&self, path: &str, code: u16) -> String;
@@ -247,7 +248,7 @@ async fn metrics_move_as_a_composition_comes_and_goes() {
     let bed = bed();
     let ns = unique_namespace("ops-metrics");
     let pod = bed.runner_pod(&ns, "runner-0");
-    let sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/readyz", 200).await;
 
     let before = sidecar.metrics();
@@ -371,7 +372,7 @@ async fn readyz_flips_after_the_initial_sync_and_follows_dockerd() {
     let pod = bed.runner_pod(&ns, "runner-0");
     // Start with dind down, as when the native sidecar starts before the dind container.
     pod_sh(bed, &["dockerd-stop"], &pod.dir);
-    let mut sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
+    let mut sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/healthz", 200).await;
     // While Docker never answered: alive, not ready, and it says why (sampled several times).
     for _ in 0..10 {
@@ -425,7 +426,7 @@ async fn exposures_match_the_objects_in_the_cluster() {
     let admin = bed.admin().await;
     // The pending-deletion state lasts the grace: long enough that polling it is never a race
     // with a loaded machine.
-    let sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "30s"]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--delete-grace", "30s"]).await;
     sidecar.wait_status("/readyz", 200).await;
 
     let two = "version: \"2.4\"\nservices:\n  web:\n    image: compose-ingress-test/busybox:1\n    \
@@ -601,7 +602,7 @@ async fn events_on_the_pod_are_posted_and_rate_limited() {
     let pod = bed.runner_pod(&ns, "runner-0");
     let admin = bed.admin().await;
     let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
-    let sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
+    let sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/readyz", 200).await;
 
     pod.compose("evented", &web_compose("evented", &[]), &["up", "-d"]);
@@ -767,7 +768,7 @@ async fn bad_requests_get_proper_status_codes_and_never_crash_the_sidecar() {
     let bed = bed();
     let ns = unique_namespace("ops-http");
     let pod = bed.runner_pod(&ns, "runner-0");
-    let mut sidecar = Sidecar::start(bed, &pod, &["--delete-grace", "5s"]).await;
+    let mut sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--delete-grace", "5s"]).await;
     sidecar.wait_status("/healthz", 200).await;
     let addr = sidecar.listen.clone();
 

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
-use crate::support::{CONVERGE, ComposeVersion, bed, eventually, http_get, unique_namespace};
+use testbed::{CONVERGE, ComposeVersion, bed, eventually, http_get, unique_namespace};
 
 const WEB_COMPOSE: &str = r#"
 version: "2.4"
@@ -283,7 +283,7 @@ async fn ingress_controller_routes_a_hand_written_ingress_to_the_compose_port() 
         .create(&PostParams::default(), &ingress)
         .await
         .expect("create ingress");
-    let body = crate::scenarios::through_ingress(&host).await;
+    let body = testbed::through_ingress(&host).await;
     assert!(body.starts_with("via ingress"), "Traefik answered {body:?}");
     let (code, _) = http_get(
         &format!("{}/", bed.get("TRAEFIK_WEB")),
@@ -331,6 +331,6 @@ async fn ingress_controller_routes_a_hand_written_httproute_to_the_compose_port(
         "kubectl apply httproute: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let body = crate::scenarios::through_ingress(&host).await;
+    let body = testbed::through_ingress(&host).await;
     assert!(body.starts_with("via gateway"), "Traefik answered {body:?}");
 }

@@ -1,17 +1,52 @@
-//! Runs the real compose-ingress binary against a runner pod of the test bed, as the pod's
-//! ServiceAccount (the least-privilege Role from deploy/base/rbac.yaml), with its logs in a file.
+//! Runs the compose-ingress binary against a runner pod of the test bed, as the pod's
+//! ServiceAccount (the least-privilege Role from deploy/base/rbac.yaml), with its logs in files
+//! of the pod's directory. The tests and the benchmarks run it the same way, with their own
+//! [`Launch`] settings.
 
-#![allow(dead_code)] // each test module uses a different part of this helper
-
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ListParams};
+use crate::bed::Bed;
+use crate::pod::RunnerPod;
+use crate::wait::{CONVERGE, eventually};
 
-use crate::support::{Bed, CONVERGE, RunnerPod, eventually};
+/// How to run the sidecar: which binary (only the caller's build knows its path: cargo sets
+/// `CARGO_BIN_EXE_compose-ingress` for integration tests and benches, not for a library), its
+/// log filter, its domain and the flags every run gets before the caller's own (later flags win).
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    pub binary: &'static str,
+    pub rust_log: &'static str,
+    /// One domain per pod namespace (see [`domain`]) or the bed's base [`DOMAIN`].
+    pub domain_per_namespace: bool,
+    pub flags: &'static [&'static str],
+}
+
+impl Launch {
+    /// The integration tests' settings: debug logs (tests read them), a domain per test
+    /// namespace, test-friendly timings (grace 2 s, debounce 200 ms).
+    pub const fn tests(binary: &'static str) -> Launch {
+        Launch {
+            binary,
+            rust_log: "info,compose_ingress=debug",
+            domain_per_namespace: true,
+            flags: &["--delete-grace", "2s", "--debounce", "200ms"],
+        }
+    }
+
+    /// The benchmarks' settings: info logs (debug logging would be part of what is measured),
+    /// the bed's wildcard domain, grace 2 s, the default debounce, and objects left in place at
+    /// exit (a phase deletes its namespace itself).
+    pub const fn bench(binary: &'static str) -> Launch {
+        Launch {
+            binary,
+            rust_log: "info",
+            domain_per_namespace: false,
+            flags: &["--delete-grace", "2s", "--cleanup-on-exit", "never"],
+        }
+    }
+}
 
 /// The domain a test's sidecar serves: one per test namespace. Traefik serves every namespace,
 /// so equal hosts in two namespaces (the v1 and v2 run of one scenario, or a namespace a failed
@@ -29,6 +64,23 @@ pub struct Sidecar {
     pub stdout: PathBuf,
     pub listen: String,
     pub pod_name: String,
+}
+
+/// Stops a process as Kubernetes stops a container: SIGTERM, then SIGKILL if it has not exited
+/// after 30 s.
+pub fn stop_process(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A free loopback port for the sidecar's HTTP endpoints.
@@ -57,52 +109,63 @@ pub async fn sidecar_kubeconfig(bed: &Bed, pod: &RunnerPod) -> PathBuf {
 }
 
 impl Sidecar {
-    /// Starts the sidecar for `pod` with test-friendly timings (grace 2 s, debounce 200 ms)
-    /// and `extra` flags (later flags win).
-    pub async fn start(bed: &Bed, pod: &RunnerPod, extra: &[&str]) -> Sidecar {
+    /// Starts the sidecar for `pod` with `launch`'s settings and `extra` flags (later flags win).
+    pub async fn start(launch: &Launch, bed: &Bed, pod: &RunnerPod, extra: &[&str]) -> Sidecar {
         let kubeconfig = sidecar_kubeconfig(bed, pod).await;
-        Self::start_with_kubeconfig(pod, &kubeconfig, extra, "sidecar")
+        Self::start_with_kubeconfig(launch, pod, &kubeconfig, extra, "sidecar")
     }
 
+    /// Starts one named sidecar (its log is `<name>.log` in the pod's directory) with a given
+    /// kubeconfig: several sidecars of one pod, or a bench phase reusing one token.
     pub fn start_with_kubeconfig(
+        launch: &Launch,
         pod: &RunnerPod,
-        kubeconfig: &std::path::Path,
+        kubeconfig: &Path,
         extra: &[&str],
         name: &str,
     ) -> Sidecar {
         let listen = format!("127.0.0.1:{}", free_port());
         let log = pod.dir.join(format!("{name}.log"));
         let stdout = pod.dir.join(format!("{name}.stdout"));
-        let child = Command::new(env!("CARGO_BIN_EXE_compose-ingress"))
+        let domain = if launch.domain_per_namespace {
+            domain(&pod.namespace)
+        } else {
+            DOMAIN.to_string()
+        };
+        let child = Command::new(launch.binary)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info,compose_ingress=debug")
+            .env("RUST_LOG", launch.rust_log)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", &pod.name)
             .env("POD_NAMESPACE", &pod.namespace)
             .env("DOCKER_HOST", &pod.docker_host)
-            .args([
-                "--domain",
-                &domain(&pod.namespace),
-                "--ingress-class",
-                "traefik",
-                "--delete-grace",
-                "2s",
-                "--debounce",
-                "200ms",
-            ])
+            .args(["--domain", &domain, "--ingress-class", "traefik"])
+            .args(launch.flags)
             .args(["--log-format", "json", "--listen", &listen])
             .args(extra)
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
-            .expect("start compose-ingress");
+            .unwrap_or_else(|e| panic!("start compose-ingress ({}): {e}", launch.binary));
         Sidecar {
             child: Some(child),
             log,
             stdout,
             listen,
             pod_name: pod.name.clone(),
+        }
+    }
+
+    /// The process id (for /proc readings).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sidecar running").id()
+    }
+
+    /// Stops the sidecar as Kubernetes would: see [`stop_process`].
+    pub fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_process(&mut child);
         }
     }
 
@@ -215,103 +278,4 @@ impl Drop for Sidecar {
             );
         }
     }
-}
-
-/// The Services and Ingresses of one composition, selected by the sidecar's labels.
-pub fn project_selector(pod: &str, project: &str) -> String {
-    format!(
-        "app.kubernetes.io/managed-by=compose-ingress,compose-ingress/pod={pod},compose-ingress/project={project}"
-    )
-}
-
-pub async fn services_of(
-    client: &kube::Client,
-    ns: &str,
-    pod: &str,
-    project: &str,
-) -> Vec<Service> {
-    let api: Api<Service> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default().labels(&project_selector(pod, project)))
-        .await
-        .expect("list services")
-        .items
-}
-
-pub async fn ingresses_of(
-    client: &kube::Client,
-    ns: &str,
-    pod: &str,
-    project: &str,
-) -> Vec<Ingress> {
-    let api: Api<Ingress> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default().labels(&project_selector(pod, project)))
-        .await
-        .expect("list ingresses")
-        .items
-}
-
-/// Waits until the composition has exactly one Service and one Ingress, and returns them.
-pub async fn wait_exposed(
-    client: &kube::Client,
-    ns: &str,
-    pod: &str,
-    project: &str,
-) -> (Service, Ingress) {
-    eventually(
-        &format!("Service + Ingress of {ns}/{project}"),
-        CONVERGE,
-        || async {
-            let s = services_of(client, ns, pod, project).await;
-            let i = ingresses_of(client, ns, pod, project).await;
-            (s.len() == 1 && i.len() == 1).then(|| (s[0].clone(), i[0].clone()))
-        },
-    )
-    .await
-}
-
-pub async fn wait_gone(client: &kube::Client, ns: &str, pod: &str, project: &str) {
-    eventually(
-        &format!("objects of {ns}/{project} deleted"),
-        CONVERGE,
-        || async {
-            let s = services_of(client, ns, pod, project).await;
-            let i = ingresses_of(client, ns, pod, project).await;
-            (s.is_empty() && i.is_empty()).then_some(())
-        },
-    )
-    .await
-}
-
-/// The hosts of an Ingress's rules.
-pub fn ingress_hosts(ingress: &Ingress) -> Vec<String> {
-    ingress
-        .spec
-        .as_ref()
-        .and_then(|s| s.rules.as_ref())
-        .map(|rules| rules.iter().filter_map(|r| r.host.clone()).collect())
-        .unwrap_or_default()
-}
-
-/// (port name, targetPort) of a Service.
-pub fn target_ports(service: &Service) -> Vec<(String, i32)> {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    service
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .map(|ports| {
-            ports
-                .iter()
-                .map(|p| {
-                    let t = match &p.target_port {
-                        Some(IntOrString::Int(i)) => *i,
-                        other => {
-                            panic!("targetPort must be the published host port, got {other:?}")
-                        }
-                    };
-                    (p.name.clone().unwrap_or_default(), t)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -1,0 +1,46 @@
+//! Compose files of the phases that run real `docker-compose up` (Compose v2), and running it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use testbed::{RunnerPod, bed};
+
+pub fn compose_file(
+    pod: &RunnerPod,
+    project: &str,
+    host_label: &str,
+    traefik_host: Option<&str>,
+) -> PathBuf {
+    let mut labels = format!(
+        "      compose-ingress.enable: \"true\"\n      compose-ingress.host: \"{host_label}\"\n"
+    );
+    if let Some(h) = traefik_host {
+        labels.push_str(&format!(
+            "      traefik.enable: \"true\"\n      traefik.http.routers.{project}.rule: \"Host(`{h}`)\"\n      traefik.http.services.{project}.loadbalancer.server.port: \"80\"\n"
+        ));
+    }
+    let yaml = format!(
+        "services:\n  web:\n    image: {}\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    ports: [\"{}::80\"]\n    labels:\n{labels}networks:\n  default:\n    name: benchnet0\n    external: true\n",
+        bed().get("TEST_IMAGE"),
+        pod.ip
+    );
+    let path = pod.dir.join(format!("{project}.compose.yml"));
+    std::fs::write(&path, yaml).expect("write compose file");
+    path
+}
+
+/// `docker-compose-v2 -p P -f F up -d`; returns when it returns.
+pub fn compose_up(pod: &RunnerPod, project: &str, file: &Path) {
+    let out = Command::new(bed().get("COMPOSE_V2"))
+        .env("DOCKER_HOST", &pod.docker_host)
+        .args(["-p", project, "-f"])
+        .arg(file)
+        .args(["up", "-d", "--quiet-pull"])
+        .output()
+        .expect("run docker-compose-v2");
+    assert!(
+        out.status.success(),
+        "compose up {project} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

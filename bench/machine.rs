@@ -1,0 +1,29 @@
+//! The machine a run measured, recorded with its results.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+pub fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    json!({
+        "cpu": cpu,
+        "nproc": run("nproc", &[]),
+        "free_g": run("free", &["-g"]),
+        "kernel": run("uname", &["-r"]),
+        "docker_engine": run("dockerd", &["--version"]),
+    })
+}

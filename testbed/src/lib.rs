@@ -1,0 +1,26 @@
+//! The test bed's Rust side, one crate for the integration tests (tests/e2e) and the benchmarks
+//! (bench/): attach to (or start) the bed, make runner pods, run the sidecar against one, build
+//! compose files, reach HTTP endpoints, wait for convergence. The bed itself is started by the
+//! scripts in tests/testbed/ (see DESIGN.md, "The test bed").
+//!
+//! A library cannot know where cargo built the compose-ingress binary (`CARGO_BIN_EXE_*` exists
+//! only for integration tests and benches): callers hand it in through [`Launch`].
+
+mod bed;
+mod compose;
+mod http;
+mod objects;
+mod pod;
+mod sidecar;
+mod wait;
+
+pub use bed::{Bed, bed, parse_env, repo_root};
+pub use compose::{ENABLE, compose_file, web};
+pub use http::{http_get, through_ingress, through_ingress_within};
+pub use objects::{
+    ingress_hosts, ingresses_of, project_selector, services_of, target_ports, wait_exposed,
+    wait_gone,
+};
+pub use pod::{ComposeVersion, RunnerPod, unique_namespace};
+pub use sidecar::{DOMAIN, Launch, Sidecar, domain, free_port, sidecar_kubeconfig, stop_process};
+pub use wait::{CONVERGE, eventually};

@@ -1,0 +1,193 @@
+//! Ownership: two pods never fight over a host, and a sidecar never touches objects that are
+//! not its pod's.
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PostParams};
+use testbed::{
+    CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_file, domain, eventually,
+    ingress_hosts, ingresses_of, through_ingress, unique_namespace, wait_exposed, web,
+};
+
+use super::setup;
+use crate::SIDECAR;
+use crate::operability::Endpoints;
+
+pub(super) async fn two_pods_racing_for_one_host_exactly_one_wins_without_flapping(
+    compose: ComposeVersion,
+) {
+    let bed = bed();
+    let ns = unique_namespace("race");
+    let a = bed.runner_pod(&ns, "runner-0");
+    let b = bed.runner_pod(&ns, "runner-1");
+    let admin = bed.admin().await;
+    let contested = format!("contested-{ns}");
+    let labels = [ENABLE, ("compose-ingress.host", contested.as_str())];
+    a.compose_as(
+        compose,
+        "proj",
+        &compose_file(&[web("web", "from-a", 80, "80", &labels)]),
+        &["up", "-d"],
+    );
+    b.compose_as(
+        compose,
+        "proj",
+        &compose_file(&[web("web", "from-b", 80, "80", &labels)]),
+        &["up", "-d"],
+    );
+    let fast = ["--resync-interval", "1s"];
+    let (sa, sb) = tokio::join!(
+        Sidecar::start(&SIDECAR, bed, &a, &fast),
+        Sidecar::start(&SIDECAR, bed, &b, &fast)
+    );
+    let host = format!("{contested}.{}", domain(&ns));
+    let winner = eventually("one pod wins the host", CONVERGE, || async {
+        let ia = ingresses_of(&admin, &ns, "runner-0", "proj").await;
+        let ib = ingresses_of(&admin, &ns, "runner-1", "proj").await;
+        let refused =
+            !sa.log_lines("host refused").is_empty() || !sb.log_lines("host refused").is_empty();
+        match (ia.len(), ib.len(), refused) {
+            (1, 0, true) => Some(("runner-0", ia[0].clone())),
+            (0, 1, true) => Some(("runner-1", ib[0].clone())),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(ingress_hosts(&winner.1), vec![host.clone()]);
+    let expected_page = if winner.0 == "runner-0" {
+        "from-a"
+    } else {
+        "from-b"
+    };
+    assert_eq!(through_ingress(&host).await.trim(), expected_page);
+    let loser = if winner.0 == "runner-0" { &sb } else { &sa };
+    let line = loser.wait_log("host refused").await;
+    assert_eq!(
+        line["holder_pod"], winner.0,
+        "the refusal names the pod that holds the host"
+    );
+    assert!(
+        loser.metrics().value(
+            "compose_ingress_api_requests_total",
+            &[
+                ("verb", "create"),
+                ("kind", "Lease"),
+                ("result", "conflict")
+            ]
+        ) >= 1.0,
+        "the lost claim is counted as a conflict"
+    );
+    // Nothing flaps: both sidecars re-check everything every second; after several passes the
+    // winner's Ingress is the same object, never rewritten, and the loser has none.
+    let (ra, rb) = (
+        sa.log_lines("full resync done").len(),
+        sb.log_lines("full resync done").len(),
+    );
+    sa.wait_resyncs(ra + 3).await;
+    sb.wait_resyncs(rb + 3).await;
+    let now = ingresses_of(&admin, &ns, winner.0, "proj").await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].metadata.uid, winner.1.metadata.uid);
+    assert_eq!(
+        now[0].metadata.resource_version,
+        winner.1.metadata.resource_version
+    );
+    let loser_pod = if winner.0 == "runner-0" {
+        "runner-1"
+    } else {
+        "runner-0"
+    };
+    assert!(
+        ingresses_of(&admin, &ns, loser_pod, "proj")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        loser.log_lines("host refused").len(),
+        1,
+        "the refusal is logged once, not on every pass"
+    );
+}
+
+pub(super) async fn objects_that_are_not_this_pods_are_never_touched(compose: ComposeVersion) {
+    let (ns, pod, admin) = setup("foreign").await;
+    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
+    let svc = |name: &str, labels: serde_json::Value| -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .expect("service")
+    };
+    let object_name = compose_ingress::naming::object_name("runner-0", "taken");
+    let pp = PostParams::default();
+    // Same name the sidecar would use for composition "taken", no labels.
+    services
+        .create(&pp, &svc(&object_name, serde_json::json!({})))
+        .await
+        .expect("create");
+    // Another pod's object, and one of "ours" by name pattern but without labels.
+    services
+        .create(&pp, &svc("other-pods", serde_json::json!({"app.kubernetes.io/managed-by": "compose-ingress", "compose-ingress/pod": "runner-9", "compose-ingress/project": "x"})))
+        .await
+        .expect("create");
+    services
+        .create(
+            &pp,
+            &svc("ci-lookalike-runner-0-1234abcd", serde_json::json!({})),
+        )
+        .await
+        .expect("create");
+    let before: Vec<(String, String)> = services
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.name.clone().unwrap_or_default(),
+                s.metadata.resource_version.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--resync-interval", "2s"]).await;
+    pod.compose_as(
+        compose,
+        "taken",
+        &compose_file(&[web("web", "taken", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    pod.compose_as(
+        compose,
+        "fine",
+        &compose_file(&[web("web", "fine", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    wait_exposed(&admin, &ns, "runner-0", "fine").await;
+    sidecar.wait_resyncs(3).await;
+    let line = sidecar.wait_log("reconcile failed").await;
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not owned by compose-ingress")),
+        "{line}"
+    );
+    for (name, rv) in before {
+        let now = services
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} must still exist: {e}"));
+        assert_eq!(
+            now.metadata.resource_version.as_deref(),
+            Some(rv.as_str()),
+            "{name} must not be modified"
+        );
+    }
+    assert!(
+        ingresses_of(&admin, &ns, "runner-0", "taken")
+            .await
+            .is_empty(),
+        "no route to a Service that is not ours"
+    );
+}
