@@ -4,7 +4,7 @@
 # versions (go.mod + go.sum + Go version). A warm run finds them and builds nothing; a cold
 # run (fresh machine) builds everything, which takes minutes: progress is printed.
 #
-# usage: build.sh [kube|etcd|traefik|compose ...]   (default: kube etcd traefik)
+# usage: build.sh [kube|etcd|traefik|compose|containerd ...]   (default: kube etcd traefik)
 # prints nothing on stdout but "NAME=DIR" lines, one per component, DIR holding its binaries.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,11 +19,17 @@ command -v go >/dev/null || { log "no Go toolchain on PATH: install Go >= 1.26 (
 # The packages to build per component (main packages inside each wrapper module).
 packages_of() {
   case $1 in
-    kube) echo k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl ;;
+    # One `go build` for the control plane and the node: the packages they share compile once.
+    kube) echo k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+            k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+            k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy ;;
     etcd) echo go.etcd.io/etcd/server/v3 ;;
     traefik) echo github.com/traefik/traefik/v3/cmd/traefik ;;
     compose) echo github.com/docker/compose/v2/cmd ;;
-    *) log "unknown component '$1' (known: kube etcd traefik compose)"; exit 2 ;;
+    containerd) echo github.com/containerd/containerd/v2/cmd/containerd \
+                  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+                  github.com/containerd/containerd/v2/cmd/ctr ;;
+    *) log "unknown component '$1' (known: kube etcd traefik compose containerd)"; exit 2 ;;
   esac
 }
 
@@ -37,11 +43,25 @@ binary_of() {
   esac
 }
 
+# The version a module pins (the wrapper module's requirement).
+version_in() { (cd "$here/go/$1" && go list -m -f '{{.Version}}' "$2"); }
+
 # Extra linker flags per component: compose reports (and labels its containers with,
-# com.docker.compose.version) the version stamped here, "dev" otherwise.
+# com.docker.compose.version) the version stamped here, "dev" otherwise; Kubernetes binaries
+# report v0.0.0-master without theirs (the kubelet puts it in the Node's status); containerd
+# reports it to the kubelet (`kubectl get node -o wide`).
 ldflags_of() {
   case $1 in
-    compose) echo "-X github.com/docker/compose/v2/internal.Version=$(cd "$here/go/compose" && go list -m -f '{{.Version}}' github.com/docker/compose/v2)" ;;
+    compose) echo "-X github.com/docker/compose/v2/internal.Version=$(version_in compose github.com/docker/compose/v2)" ;;
+    kube)
+      local v; v=$(version_in kube k8s.io/kubernetes)
+      local minor=${v#v1.}; minor=${minor%%.*}
+      local x
+      for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        x+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+      done
+      echo "$x" ;;
+    containerd) echo "-X github.com/containerd/containerd/v2/version.Version=$(version_in containerd github.com/containerd/containerd/v2)" ;;
     *) echo "" ;;
   esac
 }

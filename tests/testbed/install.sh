@@ -4,11 +4,14 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need=()
 for pair in dockerd:docker.io docker-compose:docker-compose busybox:busybox-static ip:iproute2 \
-            iptables:iptables curl:curl openssl:openssl nsenter:util-linux setsid:util-linux flock:util-linux; do
+            iptables:iptables curl:curl openssl:openssl nsenter:util-linux setsid:util-linux flock:util-linux \
+            runc:runc debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 # The test image has no libc: its busybox must be the static one.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
+# The kubelet node's pod network: bridge, host-local, loopback, portmap.
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "missing packages ${need[*]}: run as root (the bed starts dockerd and network namespaces)"
   log "installing Debian packages: ${need[*]}"

@@ -12,7 +12,21 @@ APISERVER_PORT=${APISERVER_PORT:-16443}
 KCM_PORT=${KCM_PORT:-10357}
 TRAEFIK_WEB_PORT=${TRAEFIK_WEB_PORT:-18000}
 TRAEFIK_ADMIN_PORT=${TRAEFIK_ADMIN_PORT:-18080}
-APISERVER=https://127.0.0.1:$APISERVER_PORT
+KUBELET_PORT=${KUBELET_PORT:-10350}
+SCHEDULER_PORT=${SCHEDULER_PORT:-10359}
+TRAEFIK_WEBSECURE_PORT=443   # = the port of deploy/overlays/gateway's HTTPS listener (Traefik matches them)
+# The bed's own host address, on `lo`: the apiserver listens here (pods reach it through the
+# `kubernetes` Service, which kube-proxy makes real) and the kubelet node uses it as its node IP
+# (the kubelet refuses a loopback address). Runner netns pods use 198.18.1-230.0/24.
+HOST_IP=198.18.231.1
+APISERVER=https://$HOST_IP:$APISERVER_PORT
+SERVICE_CIDR=198.18.240.0/20
+KUBERNETES_SERVICE_IP=198.18.240.1
+# The kubelet node: pods get addresses in POD_CIDR on the CNI bridge cibnode0.
+KUBELET_NODE=testbed-kubelet
+POD_CIDR=198.18.232.0/24
+NODE_DIR=$TESTBED_DIR/node
+# The Node that hand-made runner pods (pod.sh) are bound to: no kubelet, unschedulable.
 NODE_NAME=testbed-node
 TEST_IMAGE=compose-ingress-test/busybox:1
 GATEWAY_API_VERSION=v1.4.0   # the Gateway API the pinned Traefik (v3.6.12) implements
@@ -53,6 +67,34 @@ stop_pidfile() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$f"
+}
+
+# client_cert NAME CN [O]: a client certificate signed by the bed's CA, in $PKI/NAME.{crt,key}.
+client_cert() {
+  local name=$1 cn=$2 org=${3:-} subj="/CN=$2"
+  [ -z "$org" ] || subj="/O=$org/CN=$cn"
+  openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$PKI/$name.key" -out "$PKI/$name.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' > "$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+}
+
+# kubeconfig_for NAME: a kubeconfig at $PKI/NAME.kubeconfig using the client certificate NAME.
+kubeconfig_for() {
+  cat > "$PKI/$1.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster: {server: "$APISERVER", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: $1
+  user: {client-certificate: "$PKI/$1.crt", client-key: "$PKI/$1.key"}
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: $1}
+current-context: testbed
+KC
 }
 
 kubectl_bed() { "$TESTBED_DIR/bin/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }

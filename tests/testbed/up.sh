@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Starts the whole test bed (idempotent: attaches to a bed that is already up):
-#   etcd, kube-apiserver, kube-controller-manager (built from Go modules, cached),
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built from Go modules, cached),
 #   Gateway API CRDs, a Node object, Traefik (Ingress + Gateway API providers),
 #   Docker Compose v2 (standalone binary, built from its Go module, cached),
-#   and the busybox test image tarball that every runner pod's dockerd imports.
-# Runner pods (a network namespace + its own dockerd + a Pod object) come from pod.sh.
+#   the busybox test image tarball that every runner pod's dockerd imports,
+#   and a real node (node.sh: containerd 2, kubelet, kube-proxy, CNI) that runs deploy/'s pods.
+# Fast runner pods (a network namespace + its own dockerd + a Pod object) come from pod.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root: the bed starts dockerd inside network namespaces"
@@ -33,7 +34,7 @@ bed_ready() {
     && curl -fs --max-time 2 "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping" >/dev/null 2>&1
 }
 daemons_alive() {
-  for name in etcd kube-controller-manager traefik; do
+  for name in etcd kube-controller-manager kube-scheduler traefik containerd kubelet kube-proxy; do
     [ -f "$TESTBED_DIR/$name.pid" ] && kill -0 "$(cat "$TESTBED_DIR/$name.pid")" 2>/dev/null || return 1
   done
 }
@@ -56,7 +57,7 @@ mkdir -p "$LOGS" "$PKI" "$TESTBED_DIR/bin"
 
 "$here/install.sh"
 log "building control plane, etcd, Traefik and Compose v2 from Go modules (cached; a cold build takes ~20 min on 2 cores)"
-link_components kube etcd traefik compose
+link_components kube etcd traefik compose containerd
 # `go build` names etcd's main package (module .../server/v3) after its directory.
 [ -e "$TESTBED_DIR/bin/etcd" ] || ln -sf "$(readlink -f "$TESTBED_DIR/bin/server")" "$TESTBED_DIR/bin/etcd"
 BIN=$TESTBED_DIR/bin
@@ -69,15 +70,27 @@ if [ ! -f "$PKI/ca.crt" ]; then
     -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$PKI/apiserver.key" \
     -out "$PKI/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' > "$PKI/apiserver.ext"
+    # The host address (clients on the machine) and the `kubernetes` Service's ClusterIP (pods'
+  # in-cluster config) are both in the certificate.
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:%s,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' \
+    "$HOST_IP" "$KUBERNETES_SERVICE_IP" > "$PKI/apiserver.ext"
   openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
     -days 3650 -extfile "$PKI/apiserver.ext" -out "$PKI/apiserver.crt" 2>/dev/null
   openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$PKI/admin.token"
   echo "$(cat "$PKI/admin.token"),testbed-admin,testbed-admin,system:masters" > "$PKI/tokens.csv"
+  # Identities the bootstrap RBAC policy (and the Node authorizer) already know.
+  client_cert kubelet "system:node:$KUBELET_NODE" system:nodes
+  client_cert kube-proxy system:kube-proxy
+  client_cert kube-scheduler system:kube-scheduler
+  client_cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+  for name in kubelet kube-proxy kube-scheduler; do kubeconfig_for "$name"; done
 fi
 ADMIN_TOKEN=$(cat "$PKI/admin.token")
+
+# --- the bed's host address on lo (the apiserver binds it; the kubelet node's IP) ------------
+ip addr show dev lo | grep -q " $HOST_IP/32 " || ip addr add "$HOST_IP/32" dev lo
 
 # --- etcd ----------------------------------------------------------------------------------
 log "starting etcd on 127.0.0.1:$ETCD_PORT"
@@ -91,13 +104,15 @@ wait_for etcd 60 curl -fs "http://127.0.0.1:$ETCD_PORT/health"
 log "starting kube-apiserver on $APISERVER"
 apiserver_cmd=("$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+  --bind-address "$HOST_IP" --advertise-address "$HOST_IP" --secure-port "$APISERVER_PORT" \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --client-ca-file "$PKI/ca.crt" --token-auth-file "$PKI/tokens.csv" \
   --authorization-mode Node,RBAC \
   --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" --service-account-max-token-expiration 48h \
-  --service-cluster-ip-range 198.18.240.0/20 --endpoint-reconciler-type none \
+  --service-cluster-ip-range "$SERVICE_CIDR" \
+  --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types InternalIP \
   --allow-privileged=true --cert-dir "$PKI" --profiling=false \
   --audit-log-path "$LOGS/audit.log" --audit-policy-file "$here/audit-policy.yaml" --audit-log-maxsize 200)
 # Saved so that tests/testbed/apiserver.sh can stop and start it again (outage scenarios).
@@ -125,13 +140,23 @@ current-context: testbed
 KC
 
 # --- kube-controller-manager: only what the bed needs (GC, EndpointSlices, SAs, namespaces) --
-log "starting kube-controller-manager (garbagecollector, endpointslice, serviceaccount, namespace)"
+# statefulset and root-ca-cert-publisher (the kube-root-ca.crt ConfigMap that deploy/'s projected
+# token volume reads) are for the kubelet node's pods.
+log "starting kube-controller-manager (garbagecollector, endpointslice, serviceaccount, namespace, statefulset, root-ca-cert-publisher)"
 start_daemon kube-controller-manager "$BIN/kube-controller-manager" \
   --kubeconfig "$KUBECONFIG_FILE" --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
-  --controllers garbagecollector,endpointslice,serviceaccount,namespace \
+  --controllers garbagecollector,endpointslice,serviceaccount,namespace,statefulset,root-ca-cert-publisher \
+  --root-ca-file "$PKI/ca.crt" \
   --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
   --concurrent-service-endpoint-syncs 10 --concurrent-gc-syncs 20
 wait_for kube-controller-manager 60 curl -fsk "https://127.0.0.1:$KCM_PORT/healthz"
+
+log "starting kube-scheduler"
+start_daemon kube-scheduler "$BIN/kube-scheduler" \
+  --kubeconfig "$PKI/kube-scheduler.kubeconfig" --authentication-kubeconfig "$PKI/kube-scheduler.kubeconfig" \
+  --authorization-kubeconfig "$PKI/kube-scheduler.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false
+wait_for kube-scheduler 60 curl -fsk "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 
 # --- cluster objects the bed provides: Gateway API CRDs, classes, a Gateway, the Node -------
 crd_dir=$(cd "$here/go/traefik" && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
@@ -142,14 +167,15 @@ sed -e "s/@NODE_NAME@/$NODE_NAME/" -e "s/@TRAEFIK_WEB_PORT@/$TRAEFIK_WEB_PORT/" 
   | kubectl_bed apply --server-side -f - >/dev/null
 
 # --- Traefik: Kubernetes Ingress + Gateway API providers, on loopback -----------------------
-log "starting Traefik on 127.0.0.1:$TRAEFIK_WEB_PORT (web) and :$TRAEFIK_ADMIN_PORT (ping/API)"
+log "starting Traefik on 127.0.0.1:$TRAEFIK_WEB_PORT (web), :$TRAEFIK_WEBSECURE_PORT (websecure, TLS) and :$TRAEFIK_ADMIN_PORT (ping/API)"
 k8s_flags=()
 for p in kubernetesingress kubernetesgateway; do
   k8s_flags+=(--providers.$p=true --providers.$p.endpoint="$APISERVER" --providers.$p.token="$ADMIN_TOKEN"
               --providers.$p.certauthfilepath="$PKI/ca.crt")
 done
 start_daemon traefik "$BIN/traefik" \
-  --entrypoints.web.address="127.0.0.1:$TRAEFIK_WEB_PORT" --entrypoints.traefik.address="127.0.0.1:$TRAEFIK_ADMIN_PORT" \
+  --entrypoints.web.address="127.0.0.1:$TRAEFIK_WEB_PORT" --entrypoints.websecure.address="127.0.0.1:$TRAEFIK_WEBSECURE_PORT" \
+  --entrypoints.websecure.http.tls=true --entrypoints.traefik.address="127.0.0.1:$TRAEFIK_ADMIN_PORT" \
   --ping=true --api=true --api.insecure=true --api.dashboard=false --log.level=INFO --global.checknewversion=false --global.sendanonymoususage=false \
   --providers.providersthrottleduration=100ms "${k8s_flags[@]}"
 wait_for traefik 60 curl -fs "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping"
@@ -165,6 +191,9 @@ if [ ! -f "$TESTBED_DIR/busybox-rootfs.tar" ]; then
   tar -C "$rootfs" -cf "$TESTBED_DIR/busybox-rootfs.tar" .
 fi
 
+# --- the kubelet node (containerd, kubelet, kube-proxy) and its images ----------------------
+"$here/node.sh" up
+
 cat > "$TESTBED_DIR/env" <<ENV
 TESTBED_DIR=$TESTBED_DIR
 KUBECONFIG=$KUBECONFIG_FILE
@@ -178,6 +207,10 @@ NODE_NAME=$NODE_NAME
 GATEWAY_NAMESPACE=testbed-gateway
 GATEWAY_NAME=testbed
 BIN=$BIN
+TRAEFIK_WEBSECURE=https://127.0.0.1:$TRAEFIK_WEBSECURE_PORT
+KUBELET_NODE=$KUBELET_NODE
+NODE_DIR=$NODE_DIR
+$(cat "$NODE_DIR/env")
 $(compose_env)
 ENV
 log "up: kubectl --kubeconfig $KUBECONFIG_FILE get ns; logs in $LOGS"

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# deploy/ on the bed's kubelet node, applied as a user applies it.
+#
+#   deploy.sh image
+#       builds the sidecar image from the project's Dockerfile (tests/testbed/image.sh: the static
+#       binary and the `runtime-prebuilt` target) in a builder runner pod's dockerd, and imports
+#       it into the node's containerd; prints SIDECAR_IMAGE=compose-ingress:<binary digest>
+#   deploy.sh apply NAMESPACE OVERLAY DOMAIN
+#       a user's kustomization over deploy/overlays/OVERLAY (ingress|gateway) that changes only
+#       what a user changes: the image references, the domain and the ingress class; plus the
+#       wildcard certificate Secret a user creates (self-signed here). Applied with
+#       `kubectl kustomize DIR | kubectl apply -n NAMESPACE -f -`, as the README says.
+#   deploy.sh delete NAMESPACE     deletes the namespace (and waits for it to be gone)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[ -f "$TESTBED_DIR/env" ] || die "the test bed is not up: run tests/testbed/up.sh first"
+source "$TESTBED_DIR/env"
+
+image() {
+  local bin=$repo/target/static/compose-ingress
+  # The image test and ./test build the static binary; build it here when it is missing.
+  [ -x "$bin" ] || "$here/image.sh" --binary-only >&2
+  local tag; tag=$(sha256sum "$bin" | cut -c1-12)
+  local ref=compose-ingress:$tag
+  if "$BIN/ctr" --address "$CONTAINERD_SOCK" -n k8s.io images ls -q 2>/dev/null | grep -qx "docker.io/library/$ref"; then
+    echo "SIDECAR_IMAGE=$ref"; return
+  fi
+  # One builder at a time; the runner pod is removed again whatever happens.
+  exec 8>"$TESTBED_DIR/deploy-image.lock"
+  flock 8
+  local envs; envs=$("$here/pod.sh" create testbed-build "builder-$$")
+  local dir; dir=$(sed -n 's/^POD_DIR=//p' <<<"$envs")
+  trap '"$here/pod.sh" delete "'"$dir"'" >/dev/null 2>&1; kubectl_bed -n testbed-build delete pod "builder-'"$$"'" --wait=false >/dev/null 2>&1' RETURN
+  local docker_host; docker_host=$(sed -n 's/^DOCKER_HOST=//p' <<<"$envs")
+  DOCKER_HOST=$docker_host "$here/image.sh" "$ref" >&2
+  DOCKER_HOST=$docker_host docker save "$ref" > "$TESTBED_DIR/sidecar-image.tar"
+  "$here/node.sh" import "$TESTBED_DIR/sidecar-image.tar" >/dev/null 2>&1
+  rm -f "$TESTBED_DIR/sidecar-image.tar"
+  log "sidecar image $ref imported into the node's containerd"
+  echo "SIDECAR_IMAGE=$ref"
+}
+
+apply() {
+  local ns=$1 overlay=$2 domain=$3
+  [ -d "$repo/deploy/overlays/$overlay" ] || die "no overlay deploy/overlays/$overlay"
+  local sidecar; sidecar=$(image | sed -n 's/^SIDECAR_IMAGE=//p')
+  local dir=$TESTBED_DIR/deploy/$ns
+  mkdir -p "$dir"
+  local base; base=$(realpath --relative-to="$dir" "$repo/deploy/overlays/$overlay")
+  cat > "$dir/kustomization.yaml" <<YAML
+# What a user writes over deploy/overlays/$overlay: images from their registry, their domain
+# and their ingress class.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- $base
+images:
+- name: ghcr.io/example/compose-ingress
+  newName: ${sidecar%%:*}
+  newTag: ${sidecar#*:}
+- name: docker
+  newName: ${DIND_IMAGE%:*}
+  newTag: ${DIND_IMAGE##*:}
+patches:
+- target: {kind: StatefulSet, name: runner}
+  patch: |-
+    apiVersion: apps/v1
+    kind: StatefulSet
+    metadata: {name: runner}
+    spec:
+      template:
+        spec:
+          initContainers:
+          - name: compose-ingress
+            env:
+            - {name: COMPOSE_INGRESS_DOMAIN, value: "$domain"}
+$( [ "$overlay" != ingress ] || echo '            - {name: COMPOSE_INGRESS_INGRESS_CLASS, value: traefik}' )
+YAML
+  if [ "$overlay" = gateway ]; then
+    cat >> "$dir/kustomization.yaml" <<YAML
+- target: {kind: Gateway, name: compose-ingress}
+  patch: |-
+    - {op: replace, path: /spec/listeners/0/hostname, value: "*.$domain"}
+YAML
+  fi
+  kubectl_bed get namespace "$ns" >/dev/null 2>&1 || kubectl_bed create namespace "$ns" >/dev/null
+  # The wildcard certificate a user creates (e.g. with cert-manager); self-signed here.
+  if ! kubectl_bed -n "$ns" get secret wildcard-composition-tls >/dev/null 2>&1; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=*.$domain" -addext "subjectAltName=DNS:*.$domain" \
+      -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
+    kubectl_bed -n "$ns" create secret tls wildcard-composition-tls --cert "$dir/tls.crt" --key "$dir/tls.key" >/dev/null
+  fi
+  kubectl_bed kustomize "$dir" | kubectl_bed apply -n "$ns" -f - >&2
+  echo "TLS_CA=$dir/tls.crt"
+}
+
+case ${1:-} in
+  image) image ;;
+  apply) [ $# -eq 4 ] || die "usage: deploy.sh apply NAMESPACE OVERLAY DOMAIN"; apply "$2" "$3" "$4" ;;
+  delete) [ $# -eq 2 ] || die "usage: deploy.sh delete NAMESPACE"; kubectl_bed delete namespace "$2" --wait=true --timeout=300s >/dev/null; rm -rf "$TESTBED_DIR/deploy/$2" ;;
+  *) die "usage: deploy.sh image | apply NAMESPACE OVERLAY DOMAIN | delete NAMESPACE" ;;
+esac
