@@ -141,6 +141,7 @@ pub struct Metrics {
     exposed_hosts: Gauge,
     last_resync: Gauge<i64, AtomicI64>,
     ready: Gauge,
+    docker_connected: Gauge,
     kube_events: Family<EventLabels, Counter>,
 }
 
@@ -160,6 +161,7 @@ impl Default for Metrics {
             exposed_hosts: Gauge::default(),
             last_resync: Gauge::default(),
             ready: Gauge::default(),
+            docker_connected: Gauge::default(),
             kube_events: Family::default(),
             registry: Registry::default(),
         };
@@ -210,8 +212,13 @@ impl Default for Metrics {
         );
         registry.register(
             "ready",
-            "1 when the initial sync is done and Docker is connected (what /readyz answers)",
+            "1 once the initial full sync is done (what /readyz answers; a later Docker outage does not change it)",
             m.ready.clone(),
+        );
+        registry.register(
+            "docker_connected",
+            "1 while the sidecar is connected to Docker and has resynced since it (re)connected",
+            m.docker_connected.clone(),
         );
         registry.register(
             "kube_events",
@@ -334,15 +341,27 @@ impl Status {
         Ok(())
     }
     /// Readiness with its reason: `Err` names what is missing.
+    /// Ready once the initial full sync is done, and from then on. A native sidecar's readiness
+    /// is part of the pod's Ready condition and Services route only to Ready pods: were a Docker
+    /// outage to make the sidecar unready, every composition URL of the pod would go offline
+    /// with it, while the routes it keeps are still right (level-triggered: it resyncs when
+    /// Docker is back). The outage is reported by [`Status::docker_trouble`] instead.
     pub fn readiness(&self) -> Result<(), &'static str> {
-        if !self.initial_sync_done.load(Ordering::Relaxed) {
-            Err("the initial full sync has not completed yet")
-        } else if !self.docker_connected() {
-            Err("Docker is not connected")
-        } else if !self.synced_since_connect.load(Ordering::Relaxed) {
-            Err("resyncing after a Docker reconnect")
-        } else {
+        if self.initial_sync_done.load(Ordering::Relaxed) {
             Ok(())
+        } else {
+            Err("the initial full sync has not completed yet")
+        }
+    }
+
+    /// What keeps the sidecar from following Docker right now, if anything.
+    pub fn docker_trouble(&self) -> Option<&'static str> {
+        if !self.docker_connected() {
+            Some("Docker is not connected")
+        } else if !self.synced_since_connect.load(Ordering::Relaxed) {
+            Some("resyncing after a Docker reconnect")
+        } else {
+            None
         }
     }
 
@@ -354,9 +373,15 @@ impl Status {
         if !up {
             self.synced_since_connect.store(false, Ordering::Relaxed);
         }
-        self.metrics.ready.set(i64::from(self.ready()));
+        self.publish_readiness();
     }
-    /// Ready = Docker is connected and a full resync completed since it (re)connected.
+    fn publish_readiness(&self) {
+        self.metrics.ready.set(i64::from(self.ready()));
+        self.metrics
+            .docker_connected
+            .set(i64::from(self.docker_trouble().is_none()));
+    }
+    /// See [`Status::readiness`].
     pub fn ready(&self) -> bool {
         self.readiness().is_ok()
     }
@@ -364,7 +389,7 @@ impl Status {
         self.initial_sync_done.store(true, Ordering::Relaxed);
         self.synced_since_connect.store(true, Ordering::Relaxed);
         self.metrics.last_resync.set(unix_millis() / 1000);
-        self.metrics.ready.set(i64::from(self.ready()));
+        self.publish_readiness();
     }
 
     pub fn compositions(&self) -> BTreeMap<String, CompositionState> {

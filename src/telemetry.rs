@@ -154,9 +154,13 @@ pub fn respond<B>(req: &Request<B>, status: &Status, info: &ServerInfo) -> Respo
                 format!("unhealthy: {why}\n"),
             ),
         },
-        "/readyz" => match status.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n".to_string()),
-            Err(why) => text(
+        "/readyz" => match (status.readiness(), status.docker_trouble()) {
+            (Ok(()), None) => text(StatusCode::OK, "ready\n".to_string()),
+            (Ok(()), Some(why)) => text(
+                StatusCode::OK,
+                format!("ready; {why}: the routes stay as they are until Docker is back\n"),
+            ),
+            (Err(why), _) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),
             ),
@@ -250,6 +254,15 @@ mod tests {
         }
     }
 
+    fn body_text(r: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let body = runtime.block_on(r.into_body().collect()).unwrap();
+        String::from_utf8(body.to_bytes().to_vec()).unwrap()
+    }
+
     fn get(method: Method, path: &str) -> Request<()> {
         Request::builder()
             .method(method)
@@ -271,16 +284,28 @@ mod tests {
     }
 
     #[test]
-    fn readyz_follows_sync_and_docker() {
+    fn readyz_turns_ready_after_the_initial_sync_and_stays_ready_through_docker_outages() {
         let status = Status::default();
-        let code = |s: &Status| respond(&get(Method::GET, "/readyz"), s, &info()).status();
-        assert_eq!(code(&status), StatusCode::SERVICE_UNAVAILABLE);
+        let readyz = |s: &Status| {
+            let r = respond(&get(Method::GET, "/readyz"), s, &info());
+            let code = r.status();
+            (code, body_text(r))
+        };
+        assert_eq!(readyz(&status).0, StatusCode::SERVICE_UNAVAILABLE);
         status.set_docker_connected(true);
-        assert_eq!(code(&status), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(readyz(&status).0, StatusCode::SERVICE_UNAVAILABLE);
         status.resync_done();
-        assert_eq!(code(&status), StatusCode::OK);
+        assert_eq!(readyz(&status), (StatusCode::OK, "ready\n".to_string()));
+        // A Docker outage must not take the pod's URLs offline: still ready, and it says why not
+        // everything is well.
         status.set_docker_connected(false);
-        assert_eq!(code(&status), StatusCode::SERVICE_UNAVAILABLE);
+        let (code, body) = readyz(&status);
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("Docker is not connected"), "{body}");
+        status.set_docker_connected(true);
+        assert!(readyz(&status).1.contains("resyncing"));
+        status.resync_done();
+        assert_eq!(readyz(&status), (StatusCode::OK, "ready\n".to_string()));
     }
 
     #[test]

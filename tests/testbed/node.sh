@@ -25,7 +25,7 @@ RUNC=/usr/sbin/runc
 ctr_node() { "$BIN/ctr" --address "$CTRD_SOCK" -n k8s.io "$@"; }
 
 write_configs() {
-  mkdir -p "$CTRD" "$NODE_DIR/runc" "$NODE_DIR/cni/net.d" "$NODE_DIR/cni/ipam" "$NODE_DIR/kubelet"
+  mkdir -p "$NODE_DIR/logs/pods" "$CTRD" "$NODE_DIR/runc" "$NODE_DIR/cni/net.d" "$NODE_DIR/cni/ipam" "$NODE_DIR/kubelet"
   cat > "$CTRD/config.toml" <<TOML
 version = 3
 root = "$CTRD/root"
@@ -107,6 +107,9 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 maxPods: 30
+# Not /var/log/pods. (The kubelet still links each log from /var/log/containers, a fixed path;
+# down removes those links.)
+podLogsDir: $NODE_DIR/logs/pods
 YAML
 }
 
@@ -182,6 +185,9 @@ down() {
     [ -d "$ctl/kubepods" ] && find "$ctl/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
   ip link del "$CNI_BRIDGE" 2>/dev/null || true
+  # What the kubelet and the CNI library write to fixed paths: log links, CNI result caches.
+  find /var/log/containers -maxdepth 1 -lname "$NODE_DIR/*" -delete 2>/dev/null || true
+  rm -f /var/lib/cni/results/testbed-* /var/lib/cni/results/cni-loopback-* 2>/dev/null || true
   [ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   rm -rf "$NODE_DIR"
 }
