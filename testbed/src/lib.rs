@@ -9,6 +9,7 @@
 mod bed;
 mod compose;
 mod http;
+mod node;
 mod objects;
 mod pod;
 mod sidecar;
@@ -17,6 +18,10 @@ mod wait;
 pub use bed::{Bed, bed, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
 pub use http::{http_get, through_ingress, through_ingress_within};
+pub use node::{
+    DIND_CONTAINER, Deployment, SIDECAR_CONTAINER, container, kill_container, node_lock, pod_ready,
+    projected_token,
+};
 pub use objects::{
     ingress_hosts, ingresses_of, project_selector, services_of, target_ports, wait_exposed,
     wait_gone,

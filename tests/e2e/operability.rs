@@ -410,7 +410,10 @@ async fn readyz_flips_after_the_initial_sync_and_stays_ready_while_dockerd_is_aw
     assert_eq!(lost.value("compose_ingress_ready", &[]), 1.0);
     for _ in 0..5 {
         let (code, body) = sidecar.get("/readyz").expect("GET /readyz");
-        assert_eq!(code, 200, "a Docker outage made the sidecar unready: {body}");
+        assert_eq!(
+            code, 200,
+            "a Docker outage made the sidecar unready: {body}"
+        );
         assert!(body.contains("Docker is not connected"), "{body}");
         assert_eq!(sidecar.get("/healthz").expect("GET /healthz").0, 200);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -429,7 +432,9 @@ async fn readyz_flips_after_the_initial_sync_and_stays_ready_while_dockerd_is_aw
         sidecar.logs()
     );
     assert_eq!(
-        sidecar.metrics().value("compose_ingress_docker_connected", &[]),
+        sidecar
+            .metrics()
+            .value("compose_ingress_docker_connected", &[]),
         1.0
     );
     assert!(

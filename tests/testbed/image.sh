@@ -20,7 +20,11 @@ die() { echo "[image] ERROR: $*" >&2; exit 1; }
 target=x86_64-unknown-linux-gnu
 out=$repo/target/static
 log "building the static release binary (cargo build --release --target $target --target-dir target/static)"
-( cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" nice -n 10 \
+# A clean environment: called from ./test, from a test (cargo test sets CARGO_* variables) or
+# from deploy.sh, cargo must see the same inputs each time, or it rebuilds the binary.
+( cd "$repo" && env -i PATH="$PATH" HOME="$HOME" ${CARGO_HOME:+CARGO_HOME="$CARGO_HOME"} \
+    ${RUSTUP_HOME:+RUSTUP_HOME="$RUSTUP_HOME"} ${RUSTUP_TOOLCHAIN:+RUSTUP_TOOLCHAIN="$RUSTUP_TOOLCHAIN"} \
+    RUSTFLAGS="-C target-feature=+crt-static" nice -n 10 \
     cargo build --locked --release --target "$target" --target-dir "$out" --bin compose-ingress )
 bin=$out/$target/release/compose-ingress
 # A static binary has no program interpreter; `file` is not always installed, readelf is binutils.

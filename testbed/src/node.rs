@@ -1,0 +1,261 @@
+//! deploy/ on the bed's kubelet node, as a user runs it: `tests/testbed/deploy.sh` applies an
+//! overlay with only what a user changes (images, domain, ingress class), and the helpers here do
+//! what an operator or a CI job does next: `kubectl exec` into dind, `docker compose up`, curl
+//! the URL through Traefik over HTTPS, read pod status, kill a container's process through the
+//! node's containerd.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::Api;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::bed::{Bed, parse_env, repo_root};
+use crate::wait::{CONVERGE, eventually};
+
+/// The node's CPU fits one StatefulSet of deploy/ at a time (dind requests 500m per pod, the
+/// node has 2 CPUs): tests that deploy hold this lock.
+static NODE: Mutex<()> = Mutex::const_new(());
+
+pub async fn node_lock() -> MutexGuard<'static, ()> {
+    NODE.lock().await
+}
+
+/// The sidecar container's name in deploy/ (a native sidecar: an init container).
+pub const SIDECAR_CONTAINER: &str = "compose-ingress";
+pub const DIND_CONTAINER: &str = "dind";
+
+/// One applied overlay of deploy/ in its own namespace.
+pub struct Deployment<'a> {
+    bed: &'a Bed,
+    pub namespace: String,
+    pub domain: String,
+    tls_ca: PathBuf,
+}
+
+fn script() -> PathBuf {
+    repo_root().join("tests/testbed/deploy.sh")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+impl<'a> Deployment<'a> {
+    /// `deploy.sh apply NAMESPACE OVERLAY DOMAIN`; the domain is the namespace's own, so that
+    /// hosts never meet another test's.
+    pub fn apply(bed: &'a Bed, namespace: &str, overlay: &str) -> Self {
+        let domain = format!("{namespace}.bed.test");
+        let out = Command::new(script())
+            .args(["apply", namespace, overlay, &domain])
+            .env("TESTBED_DIR", &bed.dir)
+            .output()
+            .expect("run tests/testbed/deploy.sh");
+        let env = parse_env(&ok(out, &format!("deploy.sh apply {namespace} {overlay}")));
+        Deployment {
+            bed,
+            namespace: namespace.to_string(),
+            domain,
+            tls_ca: PathBuf::from(&env["TLS_CA"]),
+        }
+    }
+
+    /// `kubectl -n NAMESPACE ARGS...`, asserting success; returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.namespace];
+        all.extend_from_slice(args);
+        ok(
+            self.bed.kubectl(&all),
+            &format!("kubectl {}", args.join(" ")),
+        )
+    }
+
+    /// `kubectl exec -i POD -c dind -- ARGS...` with `stdin`: what a person does to run docker
+    /// in a runner pod. Returns the output (not asserted).
+    pub fn exec_dind(&self, pod: &str, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(Path::new(self.bed.get("BIN")).join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.bed.kubeconfig())
+            .args([
+                "-n",
+                &self.namespace,
+                "exec",
+                "-i",
+                pod,
+                "-c",
+                DIND_CONTAINER,
+                "--",
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl exec");
+        if let Some(mut input) = child.stdin.take() {
+            // The command may not read its input (then the pipe closes early): not an error here.
+            let _ = input.write_all(stdin);
+        }
+        child.wait_with_output().expect("kubectl exec output")
+    }
+
+    /// Like [`Deployment::exec_dind`], asserting success.
+    pub fn dind(&self, pod: &str, args: &[&str], stdin: &[u8]) -> String {
+        ok(
+            self.exec_dind(pod, args, stdin),
+            &format!("kubectl exec {pod} -c dind -- {}", args.join(" ")),
+        )
+    }
+
+    /// Loads the bed's busybox test image into the pod's dind (no registry is reachable).
+    pub fn load_test_image(&self, pod: &str) {
+        let tar = std::fs::read(self.bed.dir.join("busybox-rootfs.tar")).expect("busybox tar");
+        let image = self.bed.get("TEST_IMAGE");
+        self.dind(pod, &["docker", "import", "-", image], &tar);
+    }
+
+    /// Copies `compose` into the pod's dind and runs `docker compose -p PROJECT up -d` there.
+    pub fn compose_up(&self, pod: &str, project: &str, compose: &str) {
+        let file = format!("/tmp/{project}.yml");
+        self.dind(
+            pod,
+            &["sh", "-c", &format!("cat > {file}")],
+            compose.as_bytes(),
+        );
+        self.dind(
+            pod,
+            &["docker", "compose", "-p", project, "-f", &file, "up", "-d"],
+            b"",
+        );
+    }
+
+    pub async fn pod(&self, name: &str) -> Option<Pod> {
+        let client = self.bed.admin().await;
+        let api: Api<Pod> = Api::namespaced(client, &self.namespace);
+        api.get_opt(name).await.expect("get pod")
+    }
+
+    /// Waits until the pod is Ready with both containers ready; returns it.
+    pub async fn wait_ready(&self, name: &str) -> Pod {
+        eventually(
+            &format!("pod {}/{name} Ready with both containers", self.namespace),
+            CONVERGE,
+            || async {
+                let pod = self.pod(name).await?;
+                let ready = pod_ready(&pod)
+                    && container(&pod, SIDECAR_CONTAINER).is_some_and(|c| c.ready)
+                    && container(&pod, DIND_CONTAINER).is_some_and(|c| c.ready);
+                ready.then_some(pod)
+            },
+        )
+        .await
+    }
+
+    /// GET https://HOST/PATH through Traefik's websecure entry point (127.0.0.1:443), checking
+    /// the certificate against the deployment's wildcard CA: (status, body).
+    pub fn https_get(&self, host: &str, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(&self.tls_ca)
+            .arg("--resolve")
+            .arg(format!("{host}:443:127.0.0.1"))
+            .arg(format!("https://{host}{path}"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// Waits until https://HOST/PATH answers 200 through Traefik; returns the body.
+    pub async fn answers(&self, host: &str, path: &str) -> String {
+        eventually(
+            &format!("https://{host}{path} answers"),
+            CONVERGE,
+            || async {
+                let (code, body) = self.https_get(host, path);
+                (code == 200).then_some(body)
+            },
+        )
+        .await
+    }
+
+    /// A host under the deployment's domain.
+    pub fn host(&self, label: &str) -> String {
+        format!("{label}.{}", self.domain)
+    }
+}
+
+/// The namespace goes when the test ends, passed or failed: the next deployment needs the node's
+/// CPU. Waits until it is gone.
+impl Drop for Deployment<'_> {
+    fn drop(&mut self) {
+        let out = Command::new(script())
+            .args(["delete", &self.namespace])
+            .env("TESTBED_DIR", &self.bed.dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "deploy.sh delete {}: {}",
+                self.namespace,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("deploy.sh delete {}: {e}", self.namespace),
+        }
+    }
+}
+
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A container's status, regular or init (the native sidecar is an init container).
+pub fn container<'p>(pod: &'p Pod, name: &str) -> Option<&'p ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .find(|c| c.name == name)
+}
+
+/// Kills a running container's process with `signal` through the node's containerd (what an
+/// OOM kill or a crash does): `ctr -n k8s.io tasks kill`.
+pub fn kill_container(bed: &Bed, pod: &Pod, name: &str, signal: &str) {
+    let id = container(pod, name)
+        .and_then(|c| c.container_id.as_deref())
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .unwrap_or_else(|| panic!("container {name} has no containerd id"))
+        .to_string();
+    let out = Command::new(Path::new(bed.get("BIN")).join("ctr"))
+        .args(["--address", bed.get("CONTAINERD_SOCK"), "-n", "k8s.io"])
+        .args(["tasks", "kill", "--signal", signal, &id])
+        .output()
+        .expect("run ctr");
+    ok(out, &format!("ctr tasks kill {name}"));
+}
+
+/// Where the kubelet keeps a pod's projected ServiceAccount token (deploy/'s kube-api-access).
+pub fn projected_token(bed: &Bed, pod: &Pod) -> String {
+    let uid = pod.metadata.uid.as_deref().expect("pod uid");
+    let path = Path::new(bed.get("NODE_DIR")).join(format!(
+        "kubelet/root/pods/{uid}/volumes/kubernetes.io~projected/kube-api-access/token"
+    ));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read the sidecar's token at {}: {e}", path.display()))
+}

@@ -1,0 +1,388 @@
+//! The production path: deploy/ applied as a user applies it (tests/testbed/deploy.sh: only the
+//! images, the domain and the ingress class change) to the bed's real node (kubelet, containerd,
+//! kube-proxy, CNI), and checked the way an operator checks it: pods Ready, a composition started
+//! with `kubectl exec … docker compose up` answers at its URL through Traefik over HTTPS, the
+//! token stays in the sidecar, and the pod's life (deletion, container kills, dind restarts,
+//! scaling) leaves the routes right and nothing behind.
+//!
+//! The node's CPU holds one deployment at a time: every test here holds `node_lock()`.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Resource;
+use kube::api::{Api, ListParams};
+
+use testbed::{
+    CONVERGE, DIND_CONTAINER, Deployment, ENABLE, SIDECAR_CONTAINER, bed, compose_file, container,
+    eventually, http_get, ingress_hosts, ingresses_of, kill_container, node_lock, pod_ready,
+    projected_token, repo_root, services_of, unique_namespace, wait_exposed, web,
+};
+
+const MANAGED: &str = "app.kubernetes.io/managed-by=compose-ingress";
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("a Ready pod has an IP")
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.meta().uid.clone().expect("pod uid")
+}
+
+fn restarts(pod: &Pod, name: &str) -> i32 {
+    container(pod, name).map_or(0, |c| c.restart_count)
+}
+
+/// One web service, exposed, serving `page`.
+fn one_web(page: &str) -> String {
+    compose_file(&[web("web", page, 80, "80", &[ENABLE])])
+}
+
+/// Every object the sidecar owns in the namespace, as (kind/name, owner uids).
+async fn owned_objects(client: &kube::Client, ns: &str) -> Vec<(String, Vec<String>)> {
+    let lp = ListParams::default().labels(MANAGED);
+    let owners = |m: &kube::api::ObjectMeta| -> Vec<String> {
+        m.owner_references
+            .iter()
+            .flatten()
+            .map(|o| o.uid.clone())
+            .collect()
+    };
+    let mut all = Vec::new();
+    for s in Api::<Service>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("list services")
+    {
+        all.push((
+            format!("Service/{}", s.meta().name.clone().unwrap_or_default()),
+            owners(s.meta()),
+        ));
+    }
+    for i in Api::<Ingress>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("list ingresses")
+    {
+        all.push((
+            format!("Ingress/{}", i.meta().name.clone().unwrap_or_default()),
+            owners(i.meta()),
+        ));
+    }
+    for l in Api::<Lease>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("list leases")
+    {
+        all.push((
+            format!("Lease/{}", l.meta().name.clone().unwrap_or_default()),
+            owners(l.meta()),
+        ));
+    }
+    all
+}
+
+/// Audit log entries (the bed's apiserver logs every write) of successful deletes of `resource`
+/// in `ns`, as the user names that made them.
+fn deleters(ns: &str, resource: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(bed().dir.join("logs/audit.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["verb"] == "delete"
+                && e["stage"] == "ResponseComplete"
+                && e["objectRef"]["namespace"] == ns
+                && e["objectRef"]["resource"] == resource
+                && e["responseStatus"]["code"] == 200
+        })
+        .map(|e| e["user"]["username"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("node-url");
+    let d = Deployment::apply(bed, &ns, "ingress");
+    d.wait_ready("runner-1").await;
+    let pod = d.wait_ready("runner-0").await;
+    // What the kubelet's readiness probe asks (deploy/: GET /readyz on port 9102), asked here.
+    let (code, body) = http_get(&format!("http://{}:9102/readyz", pod_ip(&pod)), None);
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+
+    // A CI job's steps, as a person runs them: load an image, `docker compose up` the example.
+    d.load_test_image("runner-0");
+    let example =
+        std::fs::read_to_string(repo_root().join("deploy/examples/compose.yml")).expect("example");
+    d.compose_up("runner-0", "demo", &example);
+    let page = d.answers(&d.host("web-80-demo-runner-0"), "/").await;
+    assert!(page.starts_with("hello from web ("), "{page}");
+    let api = d.answers(&d.host("api-demo"), "/api").await;
+    assert!(api.contains("\"service\":\"api\""), "{api}");
+    // Only the opted-in services: worker publishes nothing, api's port 9000 is not listed.
+    let client = bed.admin().await;
+    let (_, ingress) = wait_exposed(&client, &ns, "runner-0", "demo").await;
+    let mut hosts = ingress_hosts(&ingress);
+    hosts.sort();
+    assert_eq!(hosts, [d.host("api-demo"), d.host("web-80-demo-runner-0")]);
+
+    // The sidecar's token (what the kubelet projected for it) is nowhere in dind's file system,
+    // nor in a job's container that mounts all of it.
+    let token = projected_token(bed, &pod);
+    let payload = token.split('.').nth(1).expect("the token is a JWT");
+    let search = d.exec_dind(
+        "runner-0",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "find / \\( -path /proc -o -path /sys -o -path /dev \\) -prune -o -type f -size -64k -print0 \
+                 | xargs -0 grep -lsF '{payload}'; echo searched"
+            ),
+        ],
+        b"",
+    );
+    let found = String::from_utf8_lossy(&search.stdout);
+    assert_eq!(
+        found.trim(),
+        "searched",
+        "the sidecar's ServiceAccount token is readable in dind: {found}"
+    );
+    let mount = d.exec_dind(
+        "runner-0",
+        &["ls", "/var/run/secrets/kubernetes.io/serviceaccount"],
+        b"",
+    );
+    assert!(
+        !mount.status.success(),
+        "dind has a ServiceAccount mount: {}",
+        String::from_utf8_lossy(&mount.stdout)
+    );
+    let job = d.exec_dind(
+        "runner-0",
+        &[
+            "docker",
+            "run",
+            "--rm",
+            "-v",
+            "/:/dind",
+            bed.get("TEST_IMAGE"),
+            "sh",
+            "-c",
+            "cat /dind/var/run/secrets/kubernetes.io/serviceaccount/token \
+             /dind/run/secrets/kubernetes.io/serviceaccount/token \
+             /var/run/secrets/kubernetes.io/serviceaccount/token",
+        ],
+        b"",
+    );
+    assert!(
+        !String::from_utf8_lossy(&job.stdout).contains(payload),
+        "a job's container read the sidecar's token"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_runner_pod_removes_its_objects_and_its_successor_exposes_again() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("node-del");
+    let d = Deployment::apply(bed, &ns, "ingress");
+    let old = d.wait_ready("runner-0").await;
+    d.load_test_image("runner-0");
+    d.compose_up("runner-0", "app", &one_web("first"));
+    let host = d.host("web-80-app-runner-0");
+    assert_eq!(d.answers(&host, "/").await.trim(), "first");
+    let client = bed.admin().await;
+    assert!(!owned_objects(&client, &ns).await.is_empty());
+
+    d.kubectl(&["delete", "pod", "runner-0", "--wait=false"]);
+    // The StatefulSet recreates runner-0: a new pod (new uid) that becomes Ready.
+    let new = eventually("runner-0 recreated and Ready", CONVERGE, || async {
+        let p = d.pod("runner-0").await?;
+        (uid(&p) != uid(&old) && pod_ready(&p)).then_some(p)
+    })
+    .await;
+    // Nothing of the old pod is left, and the sidecar itself deleted its objects at SIGTERM
+    // (dind, a regular container, stopped before the native sidecar): the audit log names the
+    // sidecar's ServiceAccount, not the garbage collector.
+    let left = owned_objects(&client, &ns).await;
+    assert!(
+        left.iter().all(|(_, owners)| !owners.contains(&uid(&old))),
+        "objects of the deleted pod are left: {left:?}"
+    );
+    let by = deleters(&ns, "ingresses");
+    let sidecar_user = format!("system:serviceaccount:{ns}:compose-ingress");
+    assert!(
+        by.contains(&sidecar_user),
+        "the Ingress was not deleted by the sidecar (deleted by {by:?})"
+    );
+
+    // The new pod's dind starts empty (emptyDir): a new job's composition is exposed again.
+    d.load_test_image("runner-0");
+    d.compose_up("runner-0", "app", &one_web("second"));
+    assert_eq!(d.answers(&host, "/").await.trim(), "second");
+    let owners: Vec<_> = owned_objects(&client, &ns)
+        .await
+        .into_iter()
+        .flat_map(|(_, o)| o)
+        .collect();
+    assert!(!owners.is_empty() && owners.iter().all(|o| *o == uid(&new)));
+}
+
+#[tokio::test]
+async fn killing_the_sidecar_container_keeps_the_routes_and_it_is_ready_again() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("node-kill");
+    let d = Deployment::apply(bed, &ns, "ingress");
+    let pod = d.wait_ready("runner-0").await;
+    d.load_test_image("runner-0");
+    d.compose_up("runner-0", "app", &one_web("kept"));
+    let host = d.host("web-80-app-runner-0");
+    d.answers(&host, "/").await;
+    let client = bed.admin().await;
+    let (_, before) = wait_exposed(&client, &ns, "runner-0", "app").await;
+
+    kill_container(bed, &pod, SIDECAR_CONTAINER, "SIGKILL");
+    let after = eventually(
+        "the kubelet restarts the sidecar and the pod is Ready",
+        CONVERGE,
+        || async {
+            let p = d.pod("runner-0").await?;
+            (restarts(&p, SIDECAR_CONTAINER) >= 1 && pod_ready(&p)).then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(
+        restarts(&after, DIND_CONTAINER),
+        0,
+        "dind was restarted too"
+    );
+    assert_eq!(
+        uid(&after),
+        uid(&pod),
+        "the pod was replaced, not its container"
+    );
+    let (_, now) = wait_exposed(&client, &ns, "runner-0", "app").await;
+    assert_eq!(
+        now.meta().uid,
+        before.meta().uid,
+        "the Ingress was recreated, not kept"
+    );
+    assert_eq!(d.answers(&host, "/").await.trim(), "kept");
+}
+
+#[tokio::test]
+async fn dind_restarting_keeps_the_sidecar_ready_and_the_routes_follow_what_runs_after() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("node-dind");
+    let d = Deployment::apply(bed, &ns, "ingress");
+    let pod = d.wait_ready("runner-0").await;
+    d.load_test_image("runner-0");
+    // `keep` comes back after a dockerd restart (restart: always), `gone` does not.
+    let mut keep = web("keep", "keep", 80, "80", &[ENABLE]);
+    keep.push_str("    restart: always\n");
+    let gone = web("gone", "gone", 80, "80", &[ENABLE]);
+    d.compose_up("runner-0", "app", &compose_file(&[keep, gone]));
+    let (keep_host, gone_host) = (
+        d.host("keep-80-app-runner-0"),
+        d.host("gone-80-app-runner-0"),
+    );
+    d.answers(&keep_host, "/").await;
+    d.answers(&gone_host, "/").await;
+
+    // dind's process dies; the kubelet restarts the container. Meanwhile the sidecar must stay
+    // ready (its readiness is the pod's): sampled from its /readyz on the pod IP.
+    let readyz = format!("http://{}:9102/readyz", pod_ip(&pod));
+    kill_container(bed, &pod, DIND_CONTAINER, "SIGKILL");
+    let mut samples = Vec::new();
+    let after = eventually("dind restarted and the pod Ready", CONVERGE, || {
+        samples.push(http_get(&readyz, None));
+        async {
+            let p = d.pod("runner-0").await?;
+            (restarts(&p, DIND_CONTAINER) >= 1 && pod_ready(&p)).then_some(p)
+        }
+    })
+    .await;
+    let unready: Vec<_> = samples.iter().filter(|(code, _)| *code != 200).collect();
+    assert!(
+        unready.is_empty(),
+        "the sidecar was unready while dind restarted: {unready:?}"
+    );
+    assert_eq!(
+        restarts(&after, SIDECAR_CONTAINER),
+        0,
+        "the sidecar restarted"
+    );
+
+    // After the restart only `keep` runs: its route stays, `gone`'s is removed after the grace.
+    let client = bed.admin().await;
+    eventually("only keep's host is routed", CONVERGE, || async {
+        let i = ingresses_of(&client, &ns, "runner-0", "app").await;
+        (i.len() == 1 && ingress_hosts(&i[0]) == [keep_host.clone()]).then_some(())
+    })
+    .await;
+    assert_eq!(d.answers(&keep_host, "/").await.trim(), "keep");
+    assert_eq!(d.https_get(&gone_host, "/").0, 404);
+}
+
+#[tokio::test]
+async fn scaling_the_statefulset_down_removes_the_objects_of_the_removed_pod() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("node-scale");
+    let d = Deployment::apply(bed, &ns, "ingress");
+    for pod in ["runner-0", "runner-1"] {
+        d.wait_ready(pod).await;
+        d.load_test_image(pod);
+        d.compose_up(pod, "app", &one_web(pod));
+    }
+    let client = bed.admin().await;
+    wait_exposed(&client, &ns, "runner-0", "app").await;
+    wait_exposed(&client, &ns, "runner-1", "app").await;
+    assert_eq!(
+        d.answers(&d.host("web-80-app-runner-1"), "/").await.trim(),
+        "runner-1"
+    );
+
+    d.kubectl(&["scale", "statefulset", "runner", "--replicas", "1"]);
+    eventually("runner-1's objects are gone", CONVERGE, || async {
+        let s = services_of(&client, &ns, "runner-1", "app").await;
+        let i = ingresses_of(&client, &ns, "runner-1", "app").await;
+        let pod = d.pod("runner-1").await;
+        (s.is_empty() && i.is_empty() && pod.is_none()).then_some(())
+    })
+    .await;
+    let left = owned_objects(&client, &ns).await;
+    let runner0 = uid(&d.pod("runner-0").await.expect("runner-0 stays"));
+    assert!(
+        left.iter().all(|(_, owners)| *owners == [runner0.clone()]),
+        "objects of runner-1 are left: {left:?}"
+    );
+    assert_eq!(
+        d.answers(&d.host("web-80-app-runner-0"), "/").await.trim(),
+        "runner-0"
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_overlay_routes_through_the_gateway() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("node-gw");
+    let d = Deployment::apply(bed, &ns, "gateway");
+    d.wait_ready("runner-0").await;
+    d.load_test_image("runner-0");
+    d.compose_up("runner-0", "app", &one_web("through the gateway"));
+    let page = d.answers(&d.host("web-80-app-runner-0"), "/").await;
+    assert_eq!(page.trim(), "through the gateway");
+    let routes = d.kubectl(&["get", "httproutes", "-l", MANAGED, "-o", "name"]);
+    assert_eq!(routes.lines().count(), 1, "{routes}");
+    let ingresses = d.kubectl(&["get", "ingresses", "-o", "name"]);
+    assert!(ingresses.trim().is_empty(), "{ingresses}");
+}
