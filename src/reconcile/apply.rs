@@ -10,7 +10,7 @@ use super::{CompositionRecord, LOG_TARGET, Outcome, Problem, Reconciler};
 use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject};
 use crate::model::{DesiredComposition, Reason, Refusal, RouteApi};
 use crate::render;
-use crate::status::CompositionState;
+use crate::status::{CompositionState, Metrics};
 
 impl Reconciler {
     fn owned_of(&self, composition: &str) -> Vec<OwnedObject> {
@@ -59,16 +59,18 @@ impl Reconciler {
             if self.owned.get(&id).is_some_and(|o| o.project == key) {
                 continue;
             }
-            let timer = std::time::Instant::now();
-            let claim = self.cluster.claim(&lease).await;
-            let result = match &claim {
-                Ok(Claim::Ours { .. }) => "ok",
-                Ok(Claim::Taken { .. }) => "conflict",
-                Err(_) => "error",
-            };
-            self.status
-                .metrics
-                .api_request("create", Kind::Lease, result, timer.elapsed());
+            let claim = measured(
+                &self.status.metrics,
+                "create",
+                Kind::Lease,
+                self.cluster.claim(&lease),
+                |claim| match claim {
+                    Ok(Claim::Ours { .. }) => "ok",
+                    Ok(Claim::Taken { .. }) => "conflict",
+                    Err(_) => "error",
+                },
+            )
+            .await;
             match claim? {
                 Claim::Ours { uid } => {
                     self.owned
@@ -151,12 +153,14 @@ impl Reconciler {
                 continue; // unchanged: zero writes
             }
             let verb = if known.is_some() { "apply" } else { "create" };
-            let timer = std::time::Instant::now();
-            let result = self.cluster.upsert(obj, known.is_some()).await;
-            self.status
-                .metrics
-                .api_request(verb, obj.kind, ok_or_error(&result), timer.elapsed());
-            let uid = result?;
+            let uid = measured(
+                &self.status.metrics,
+                verb,
+                obj.kind,
+                self.cluster.upsert(obj, known.is_some()),
+                ok_or_error,
+            )
+            .await?;
             self.owned.insert(id, owned_record(obj, key, uid, None));
             wrote = true;
         }
@@ -224,12 +228,14 @@ impl Reconciler {
     }
 
     async fn delete_owned(&mut self, o: &OwnedObject) -> Result<(), ClusterError> {
-        let timer = std::time::Instant::now();
-        let result = self.cluster.delete(o.kind, &o.name, &o.uid).await;
-        self.status
-            .metrics
-            .api_request("delete", o.kind, ok_or_error(&result), timer.elapsed());
-        result?;
+        measured(
+            &self.status.metrics,
+            "delete",
+            o.kind,
+            self.cluster.delete(o.kind, &o.name, &o.uid),
+            ok_or_error,
+        )
+        .await?;
         self.owned.remove(&(o.kind, o.name.clone()));
         Ok(())
     }
@@ -272,6 +278,21 @@ pub(super) fn refused_reasons(
 }
 
 /// The `result` label of an API request metric.
+/// Runs one API request and counts it by verb, kind and result (`result_of` names the outcome),
+/// with its duration: one place for what every write reports.
+async fn measured<T, E>(
+    metrics: &Metrics,
+    verb: &str,
+    kind: Kind,
+    request: impl Future<Output = Result<T, E>>,
+    result_of: fn(&Result<T, E>) -> &'static str,
+) -> Result<T, E> {
+    let timer = std::time::Instant::now();
+    let result = request.await;
+    metrics.api_request(verb, kind, result_of(&result), timer.elapsed());
+    result
+}
+
 fn ok_or_error<T, E>(result: &Result<T, E>) -> &'static str {
     if result.is_ok() { "ok" } else { "error" }
 }

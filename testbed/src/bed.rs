@@ -51,6 +51,29 @@ pub fn bed() -> &'static Bed {
     })
 }
 
+thread_local! {
+    /// The engine of a test that runs on a chosen one ([`on_engine`]); None: the default.
+    static ENGINE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The Docker Engine of the runner pods this test creates: the one [`on_engine`] chose for the
+/// test, else `TESTBED_ENGINE`, else Docker 29 (the bed's default, what users run).
+pub fn engine() -> String {
+    ENGINE
+        .with(|e| e.borrow().clone())
+        .or_else(|| std::env::var("TESTBED_ENGINE").ok())
+        .unwrap_or_else(|| "29".to_string())
+}
+
+/// Runs a test body with its runner pods on Docker Engine `engine` ("29" or "20.10"): the
+/// engine is a test parameter like the Compose version. Every test runs on its own thread (and
+/// `#[tokio::test]` on a current-thread runtime), so the choice stays with this test.
+pub async fn on_engine<F: std::future::Future<Output = ()>>(engine: &str, body: F) {
+    ENGINE.with(|e| *e.borrow_mut() = Some(engine.to_string()));
+    body.await;
+    ENGINE.with(|e| *e.borrow_mut() = None);
+}
+
 pub fn parse_env(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
@@ -98,10 +121,16 @@ impl Bed {
             .expect("run kubectl")
     }
 
-    /// Creates a runner pod (netns + dockerd + Pod object) in `namespace`; see pod.sh.
+    /// Creates a runner pod (netns + dockerd + Pod object) in `namespace` on the test's Docker
+    /// Engine (see [`engine`]); see pod.sh.
     pub fn runner_pod(&self, namespace: &str, pod: &str) -> RunnerPod {
+        self.runner_pod_on(namespace, pod, &engine())
+    }
+
+    /// A runner pod whose dockerd is Docker Engine `engine` ("29" or "20.10").
+    pub fn runner_pod_on(&self, namespace: &str, pod: &str, engine: &str) -> RunnerPod {
         let out = Command::new(repo_root().join("tests/testbed/pod.sh"))
-            .args(["create", namespace, pod])
+            .args(["create", namespace, pod, "--engine", engine])
             .env("TESTBED_DIR", &self.dir)
             .output()
             .expect("run tests/testbed/pod.sh");
@@ -119,6 +148,8 @@ impl Bed {
             ip: env["POD_IP"].clone(),
             docker_host: env["DOCKER_HOST"].clone(),
             dir: PathBuf::from(&env["POD_DIR"]),
+            engine: env["ENGINE"].clone(),
+            engine_version: env["ENGINE_VERSION"].clone(),
         }
     }
 }

@@ -15,7 +15,7 @@ mod pod;
 mod sidecar;
 mod wait;
 
-pub use bed::{Bed, bed, parse_env, repo_root};
+pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
 pub use http::{http_get, through_ingress, through_ingress_within};
 pub use node::{

@@ -66,6 +66,10 @@ pub struct RunnerPod {
     pub ip: String,
     pub docker_host: String,
     pub dir: PathBuf,
+    /// The Docker Engine of the pod's dockerd: "29" or "20.10" (pod.sh --engine), and the
+    /// version it reports.
+    pub engine: String,
+    pub engine_version: String,
 }
 
 impl RunnerPod {

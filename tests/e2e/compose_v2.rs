@@ -185,3 +185,14 @@ async fn compose_v2_force_recreate_keeps_the_route() {
 async fn compose_v2_changed_definition_recreate_keeps_the_route() {
     recreate_keeps_the_route("v2-changed", "second", &[]).await;
 }
+
+/// Recreate on the oldest engine the sidecar supports (Debian's 20.10): its events and port
+/// bindings during a recreate differ from Docker 29's.
+#[tokio::test]
+async fn compose_v2_force_recreate_keeps_the_route_engine_20_10() {
+    testbed::on_engine(
+        "20.10",
+        recreate_keeps_the_route("v2-recreate-2010", "first", &["--force-recreate"]),
+    )
+    .await;
+}

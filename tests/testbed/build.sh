@@ -4,7 +4,7 @@
 # versions (go.mod + go.sum + Go version). A warm run finds them and builds nothing; a cold
 # run (fresh machine) builds everything, which takes minutes: progress is printed.
 #
-# usage: build.sh [kube|etcd|traefik|compose|containerd ...]   (default: kube etcd traefik)
+# usage: build.sh [kube|etcd|traefik|compose|containerd|moby|runc ...]   (default: kube etcd traefik)
 # prints nothing on stdout but "NAME=DIR" lines, one per component, DIR holding its binaries.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,7 +29,9 @@ packages_of() {
     containerd) echo github.com/containerd/containerd/v2/cmd/containerd \
                   github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
                   github.com/containerd/containerd/v2/cmd/ctr ;;
-    *) log "unknown component '$1' (known: kube etcd traefik compose containerd)"; exit 2 ;;
+    moby) echo github.com/moby/moby/v2/cmd/dockerd github.com/moby/moby/v2/cmd/docker-proxy ;;
+    runc) echo github.com/opencontainers/runc ;;
+    *) log "unknown component '$1' (known: kube etcd traefik compose containerd moby runc)"; exit 2 ;;
   esac
 }
 
@@ -62,22 +64,47 @@ ldflags_of() {
       done
       echo "$x" ;;
     containerd) echo "-X github.com/containerd/containerd/v2/version.Version=$(version_in containerd github.com/containerd/containerd/v2)" ;;
+    # The moby module's versions are v2.0.0-beta.N; the Docker release it is sits in its
+    # releases/versions.yaml. Without it the daemon calls itself "library-import".
+    moby)
+      local dir; dir=$(cd "$here/go/moby" && go list -m -f '{{.Dir}}' github.com/moby/moby/v2)
+      local v; v=$(sed -n 's/^  last: "\(.*\)"/\1/p' "$dir/releases/versions.yaml")
+      [ -n "$v" ] || { log "moby: no Docker version in $dir/releases/versions.yaml"; exit 1; }
+      echo "-X github.com/moby/moby/v2/dockerversion.Version=$v" ;;
+    runc) echo "-X main.version=$(version_in runc github.com/opencontainers/runc | sed 's/^v//')" ;;
     *) echo "" ;;
   esac
 }
 
+# Build tags per component: a static dockerd without cgo (MACHINE-FACTS.md, "Docker Engine 29
+# ran here"); runc with seccomp (cgo, Debian's libseccomp-dev).
+tags_of() {
+  case $1 in
+    moby) echo "netgo osusergo static_build nri_no_wasm exclude_graphdriver_btrfs exclude_disk_quota" ;;
+    runc) echo "seccomp urfave_cli_no_docs" ;;
+    *) echo "" ;;
+  esac
+}
+# runc's nsenter is C: it is the one component built with cgo.
+cgo_of() { [ "$1" = runc ] && echo 1 || echo 0; }
+
 build_one() {
   local name=$1 dir="$here/go/$1"
   local key
-  key=$(cat "$dir/go.mod" "$dir/go.sum" <(go env GOVERSION) | sha256sum | cut -c1-16)
+  # Build tags are part of the key where a component has them (the others keep their old keys).
+  local tags; tags=$(tags_of "$name")
+  key=$({ cat "$dir/go.mod" "$dir/go.sum"; go env GOVERSION; [ -z "$tags" ] || echo "$tags"; } | sha256sum | cut -c1-16)
   local out="$cache/bin/$name-$key"
   if [ -f "$out/.complete" ]; then
     log "$name: cached in $out"
   else
     log "$name: building $(packages_of "$name") (cold build: several minutes on 2 cores)"
     rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-    local start=$SECONDS
-    (cd "$dir" && go build -ldflags="-s -w $(ldflags_of "$name")" -o "$out.tmp/$(binary_of "$name")" $(packages_of "$name")) >&2
+    local start=$SECONDS ldflags
+    # Computed apart, so that a failure stops the build (inside the command line it would not).
+    ldflags=$(ldflags_of "$name")
+    (cd "$dir" && CGO_ENABLED=$(cgo_of "$name") go build -tags "$(tags_of "$name")" -ldflags="-s -w $ldflags" \
+      -o "$out.tmp/$(binary_of "$name")" $(packages_of "$name")) >&2
     rm -rf "$out" && mv "$out.tmp" "$out" && touch "$out/.complete"
     log "$name: built in $((SECONDS - start)) s -> $out"
   fi

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the kubelet node's images offline and caches their archives (keyed by what goes in):
 #   - the sandbox ("pause") image: Debian's static busybox sleeping;
-#   - the dind image: a Debian bookworm root fs (debootstrap --variant=minbase) with Debian's
-#     Docker Engine (docker.io: dockerd 20.10, containerd 1.6, runc 1.1), iptables and tini, the
-#     bed's Compose v2 as the docker CLI plugin, and node/dind-entrypoint.sh, which does what
-#     docker:dind's entrypoint does for deploy/'s arguments. Its /etc/docker/daemon.json keeps
-#     dockerd's networks in the bed's range (node/dind-daemon.json).
+#   - the dind image: a Debian bookworm root fs (debootstrap --variant=minbase) with the bed's
+#     Docker Engine 29 (dockerd and docker-proxy from the moby module, containerd 2, runc >= 1.2:
+#     $TESTBED_DIR/engines/29), Debian's docker CLI (from docker.io, whose own daemon, containerd
+#     and runc are removed), iptables and tini, the bed's Compose v2 as the docker CLI plugin,
+#     and node/dind-entrypoint.sh, which does what docker:dind's entrypoint does for deploy/'s
+#     arguments. Its /etc/docker/daemon.json keeps dockerd's networks in the bed's range
+#     (node/dind-daemon.json).
 # Prints shell lines: PAUSE_IMAGE, PAUSE_TAR, DIND_IMAGE, DIND_TAR, DIND_ENGINE.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -13,6 +15,9 @@ cache=${COMPOSE_INGRESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/compose-ingress}/
 mkdir -p "$cache"
 compose=$TESTBED_DIR/bin/docker-compose-v2
 [ -x "$compose" ] || die "Compose v2 was not built ($compose; tests/testbed/build.sh compose)"
+engine=$TESTBED_DIR/engines/29
+engine_bins=(dockerd docker-proxy containerd containerd-shim-runc-v2 runc)
+for b in "${engine_bins[@]}"; do [ -x "$engine/$b" ] || die "Docker 29's $b is missing in $engine (tests/testbed/up.sh links it)"; done
 
 key_of() { cat "$@" | sha256sum | cut -c1-16; }
 
@@ -33,28 +38,34 @@ fi
 
 # --- dind ---
 suite=bookworm
-dind_key=$(key_of "$here/node-images.sh" "$here/oci.sh" "$here/node/dind-entrypoint.sh" "$here/node/dind-daemon.json" "$compose" <(echo "$suite"))
+dind_key=$(key_of "$here/node-images.sh" "$here/oci.sh" "$here/node/dind-entrypoint.sh" "$here/node/dind-daemon.json" "$compose" \
+  "${engine_bins[@]/#/$engine/}" <(echo "$suite"))
 DIND_TAR=$cache/dind-$dind_key.tar
 if [ ! -f "$DIND_TAR" ] || [ ! -f "$DIND_TAR.engine" ]; then
   command -v debootstrap >/dev/null || die "debootstrap is missing (tests/testbed/install.sh installs it)"
   root=$(mktemp -d)
-  log "building the dind image root fs: debootstrap $suite with docker.io, iptables, tini (about a minute)"
-  debootstrap --variant=minbase --include=docker.io,iptables,tini "$suite" "$root" http://deb.debian.org/debian \
+  log "building the dind image root fs: debootstrap $suite with docker.io (for its CLI), iptables, tini (about a minute)"
+  debootstrap --variant=minbase --include=docker.io,iptables,tini,libseccomp2 "$suite" "$root" http://deb.debian.org/debian \
     >"$LOGS/debootstrap.log" 2>&1 || { tail -n 20 "$LOGS/debootstrap.log" >&2; die "debootstrap failed (log: $LOGS/debootstrap.log)"; }
   # What an image does not need: downloaded packages, package lists, docs, locales.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc \
     "$root"/usr/share/man "$root"/usr/share/locale "$root"/usr/share/info
   mkdir -p "$root/usr/libexec/docker/cli-plugins" "$root/usr/local/bin" "$root/etc/docker"
   cp "$compose" "$root/usr/libexec/docker/cli-plugins/docker-compose"
+  # The engine is the bed's Docker 29, not Debian's 20.10.
+  for b in dockerd docker-proxy containerd containerd-shim containerd-shim-runc-v1 containerd-shim-runc-v2 runc ctr; do
+    rm -f "$root/usr/bin/$b" "$root/usr/sbin/$b"
+  done
+  for b in "${engine_bins[@]}"; do cp -L "$engine/$b" "$root/usr/local/bin/$b"; done
   cp "$here/node/dind-entrypoint.sh" "$root/usr/local/bin/dockerd-entrypoint.sh"
   cp "$here/node/dind-daemon.json" "$root/etc/docker/daemon.json"
-  engine=$(chroot "$root" dockerd --version | sed -n 's/^Docker version \([^,+]*\).*/\1/p')
-  [ -n "$engine" ] || die "could not read dockerd's version from the dind root fs"
-  "$here/oci.sh" "$root" "docker.io/compose-ingress-testbed/dind:$engine-$dind_key" \
+  engine_version=$(chroot "$root" dockerd --version | sed -n 's/^Docker version \([^,+]*\).*/\1/p')
+  [ -n "$engine_version" ] || die "could not read dockerd's version from the dind root fs"
+  "$here/oci.sh" "$root" "docker.io/compose-ingress-testbed/dind:$engine_version-$dind_key" \
     '{"Entrypoint":["/usr/local/bin/dockerd-entrypoint.sh"],"Cmd":[],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Volumes":{"/var/lib/docker":{}}}' \
     "$DIND_TAR.tmp"
   rm -rf "$root"
-  echo "$engine" > "$DIND_TAR.engine"
+  echo "$engine_version" > "$DIND_TAR.engine"
   mv "$DIND_TAR.tmp" "$DIND_TAR"
 fi
 DIND_ENGINE=$(cat "$DIND_TAR.engine")

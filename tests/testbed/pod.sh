@@ -3,8 +3,12 @@
 # end is the pod IP, its own dockerd inside it (like dind), and a Pod object bound to the bed's
 # Node, marked Running and Ready with that IP through the status subresource (no kubelet).
 #
-#   pod.sh create NAMESPACE POD   -> prints env lines (POD_NAME, POD_NAMESPACE, POD_UID, POD_IP,
-#                                     DOCKER_HOST, POD_DIR, NETNS) and saves them in POD_DIR/env
+#   pod.sh create NAMESPACE POD [--engine 29|20.10]
+#                                 -> prints env lines (POD_NAME, POD_NAMESPACE, POD_UID, POD_IP,
+#                                     DOCKER_HOST, POD_DIR, NETNS, ENGINE, ENGINE_VERSION) and saves
+#                                     them in POD_DIR/env. The engine: Docker 29 (built from the
+#                                     moby module, the default; TESTBED_ENGINE changes it) or
+#                                     Debian's 20.10, the oldest the sidecar supports.
 #   pod.sh delete POD_DIR         -> stops that pod's dockerd and removes its network namespace
 #   pod.sh dockerd-stop POD_DIR | dockerd-start POD_DIR  -> for restart scenarios
 #   pod.sh delete-all             -> every runner pod of the bed (used by down.sh)
@@ -13,8 +17,21 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ -f "$TESTBED_DIR/env" ] || die "the test bed is not up: run tests/testbed/up.sh first"
 PODS=$TESTBED_DIR/pods
 
+# The PATH a pod's dockerd runs with: dockerd starts the containerd, shim and runc it finds
+# first, so each engine has its own directory (Docker 29 needs containerd 2 and runc >= 1.2;
+# Debian's 20.10 keeps Debian's containerd 1.6 and runc 1.1).
+engine_path() {
+  local system=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+  case $1 in
+    29) [ -x "$TESTBED_DIR/engines/29/dockerd" ] || die "Docker 29 is not in $TESTBED_DIR/engines/29 (tests/testbed/up.sh builds it)"
+        echo "$TESTBED_DIR/engines/29:$system" ;;
+    20.10) echo "$system" ;;
+    *) die "unknown engine '$1' (known: 29, 20.10)" ;;
+  esac
+}
+
 start_dockerd() {
-  local dir=$1 netns=$2 idx=$3
+  local dir=$1 netns=$2 idx=$3 engine=$4
   # A dockerd killed without a clean stop (an earlier session, a crash) leaves its exec root:
   # its stale containerd socket and pid files would confuse the new daemon.
   if [ -d "/run/cibed/$idx" ] && ! { [ -f "$dir/dockerd.pid" ] && kill -0 "$(cat "$dir/dockerd.pid")" 2>/dev/null; }; then
@@ -24,7 +41,7 @@ start_dockerd() {
   mkdir -p "$dir/data" "/run/cibed/$idx"
   rm -f "$dir/docker.sock"
   # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then fails.
-  setsid nsenter --net="/run/netns/$netns" dockerd --data-root "$dir/data" --exec-root "/run/cibed/$idx" \
+  PATH=$(engine_path "$engine") setsid nsenter --net="/run/netns/$netns" dockerd --data-root "$dir/data" --exec-root "/run/cibed/$idx" \
     --host "unix://$dir/docker.sock" --pidfile "$dir/dockerd.pid" \
     --bip 198.19.0.1/24 --default-address-pool base=198.19.128.0/17,size=24 \
     >>"$dir/dockerd.log" 2>&1 </dev/null &
@@ -46,7 +63,8 @@ stop_dockerd() {
 }
 
 create() {
-  local ns=$1 pod=$2 idx
+  local ns=$1 pod=$2 engine=$3 idx
+  engine_path "$engine" >/dev/null
   mkdir -p "$PODS"
   # Allocate the pod's index (its /24 in 198.18.0.0/16) under a lock: tests create pods in parallel.
   idx=$(flock "$PODS/.lock" bash -c 'n=$(( $(cat "$0/.next" 2>/dev/null || echo 1) )); [ $n -le 230 ] || n=1; echo $((n+1)) > "$0/.next"; echo $n' "$PODS")
@@ -68,7 +86,8 @@ create() {
   ip -n "$netns" link set "$pod_if" up
   ip -n "$netns" link set lo up
   ip -n "$netns" route add default via "$host_ip"
-  start_dockerd "$dir" "$netns" "$idx"
+  start_dockerd "$dir" "$netns" "$idx" "$engine"
+  local engine_version; engine_version=$(DOCKER_HOST="unix://$dir/docker.sock" docker version --format '{{.Server.Version}}')
   DOCKER_HOST="unix://$dir/docker.sock" docker import "$TESTBED_DIR/busybox-rootfs.tar" "$TEST_IMAGE" >/dev/null
 
   kubectl_bed get namespace "$ns" >/dev/null 2>&1 || kubectl_bed create namespace "$ns" >/dev/null 2>&1 || true
@@ -108,6 +127,8 @@ POD_IP=$pod_ip
 DOCKER_HOST=unix://$dir/docker.sock
 POD_DIR=$dir
 NETNS=$netns
+ENGINE=$engine
+ENGINE_VERSION=$engine_version
 ENV
   cat "$dir/env"
 }
@@ -126,10 +147,13 @@ delete() {
 }
 
 case ${1:-} in
-  create) [ $# -eq 3 ] || die "usage: pod.sh create NAMESPACE POD"; create "$2" "$3" ;;
+  create)
+    engine=${TESTBED_ENGINE:-29}
+    [ $# -eq 3 ] || { [ $# -eq 5 ] && [ "$4" = --engine ] && engine=$5; } || die "usage: pod.sh create NAMESPACE POD [--engine 29|20.10]"
+    create "$2" "$3" "$engine" ;;
   delete) [ $# -eq 2 ] || die "usage: pod.sh delete POD_DIR"; delete "$2" ;;
   dockerd-stop) stop_dockerd "$2" ;;
-  dockerd-start) source "$2/env"; start_dockerd "$2" "$NETNS" "$(basename "$2")" ;;
+  dockerd-start) source "$2/env"; start_dockerd "$2" "$NETNS" "$(basename "$2")" "${ENGINE:-20.10}" ;;
   delete-all) for d in "$PODS"/*/; do [ -d "$d" ] && delete "${d%/}"; done; rm -f "$PODS/.next" ;;
-  *) die "usage: pod.sh create NAMESPACE POD | delete POD_DIR | dockerd-stop POD_DIR | dockerd-start POD_DIR | delete-all" ;;
+  *) die "usage: pod.sh create NAMESPACE POD [--engine 29|20.10] | delete POD_DIR | dockerd-stop POD_DIR | dockerd-start POD_DIR | delete-all" ;;
 esac

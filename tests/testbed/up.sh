@@ -20,6 +20,26 @@ link_components() {
     for b in "$dir"/*; do ln -sf "$b" "$TESTBED_DIR/bin/$(basename "$b")"; done
   done < <("$here/build.sh" "$@")
 }
+# Docker Engine 29 for runner pods (pod.sh --engine 29): dockerd and docker-proxy from the moby
+# module, containerd 2 and its shim, runc >= 1.2, in one directory that goes first on the PATH
+# of such a pod's dockerd (never in bin/: a dockerd on the bed's PATH would shadow Debian's).
+link_engine() {
+  local dir=$TESTBED_DIR/engines/29
+  rm -rf "$dir" && mkdir -p "$dir"
+  while IFS='=' read -r name out; do
+    case $name in
+      moby) ln -sf "$out/dockerd" "$out/docker-proxy" "$dir/" ;;
+      runc) ln -sf "$out/runc" "$dir/" ;;
+      containerd) ln -sf "$out/containerd" "$out/containerd-shim-runc-v2" "$dir/" ;;
+    esac
+  done < <("$here/build.sh" moby runc containerd)
+}
+engine_versions() {
+  echo "ENGINE_DEFAULT=${TESTBED_ENGINE:-29}"
+  echo "ENGINE_29_VERSION=$("$TESTBED_DIR/engines/29/dockerd" --version | sed -n 's/^Docker version \([^,]*\).*/\1/p')"
+  echo "ENGINE_20_10_VERSION=$(dockerd --version | sed -n 's/^Docker version \([^,]*\).*/\1/p')"
+}
+
 # Docker Compose v2 runs as a standalone binary (`docker-compose-v2 -p P -f F up -d`), not as the
 # docker CLI plugin: nothing is installed in ~/.docker/cli-plugins, the machine's docker client
 # stays as it is. Compose v1 is Debian's docker-compose (1.29, Python) on PATH.
@@ -49,6 +69,11 @@ if [ -f "$TESTBED_DIR/env" ] && bed_ready; then
     link_components compose
     compose_env >> "$TESTBED_DIR/env"
   fi
+  # Likewise Docker 29 for runner pods.
+  if ! grep -q '^ENGINE_29_VERSION=' "$TESTBED_DIR/env"; then
+    link_engine
+    engine_versions >> "$TESTBED_DIR/env"
+  fi
   log "already up ($TESTBED_DIR/env)"; exit 0
 fi
 # A half-started or stale bed (e.g. after a reboot): clear it before starting anew.
@@ -58,6 +83,7 @@ mkdir -p "$LOGS" "$PKI" "$TESTBED_DIR/bin"
 "$here/install.sh"
 log "building control plane, etcd, Traefik and Compose v2 from Go modules (cached; a cold build takes ~20 min on 2 cores)"
 link_components kube etcd traefik compose containerd
+link_engine
 # `go build` names etcd's main package (module .../server/v3) after its directory.
 [ -e "$TESTBED_DIR/bin/etcd" ] || ln -sf "$(readlink -f "$TESTBED_DIR/bin/server")" "$TESTBED_DIR/bin/etcd"
 BIN=$TESTBED_DIR/bin
@@ -211,6 +237,7 @@ TRAEFIK_WEBSECURE=https://127.0.0.1:$TRAEFIK_WEBSECURE_PORT
 KUBELET_NODE=$KUBELET_NODE
 NODE_DIR=$NODE_DIR
 $(cat "$NODE_DIR/env")
+$(engine_versions)
 $(compose_env)
 ENV
 log "up: kubectl --kubeconfig $KUBECONFIG_FILE get ns; logs in $LOGS"

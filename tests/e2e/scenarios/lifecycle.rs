@@ -6,14 +6,21 @@ use testbed::{
     services_of, target_ports, through_ingress, wait_exposed, wait_gone, web,
 };
 
-use super::setup;
+use super::{setup, setup_on};
 use crate::SIDECAR;
 use crate::operability::Endpoints;
 
 pub(super) async fn compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_objects(
     compose: ComposeVersion,
 ) {
-    let (ns, pod, admin) = setup("lifecycle").await;
+    // Compose v1 cannot recreate a container on Docker >= 25 (`KeyError: 'ContainerConfig'`:
+    // the engine no longer returns the field v1 copies), so v1 users are on older engines and
+    // v1's recreate runs on the oldest one the bed has.
+    let engine = match compose {
+        ComposeVersion::V1 => "20.10".to_string(),
+        ComposeVersion::V2 => testbed::engine(),
+    };
+    let (ns, pod, admin) = setup_on("lifecycle", &engine).await;
     // A grace far above what a recreate, a restart or a `down` can take on a loaded machine, so
     // that "within the grace" holds whatever the machine's speed; a short resync interval, so
     // that "the sidecar has looked since" is an observable event (a logged full resync).

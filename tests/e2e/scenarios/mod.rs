@@ -48,9 +48,14 @@ fn host_of(ns: &str, service: &str, port: u16, project: &str, pod: &str) -> Stri
 }
 
 async fn setup(test: &str) -> (String, RunnerPod, kube::Client) {
+    setup_on(test, &testbed::engine()).await
+}
+
+/// Like [`setup`], with the runner pod on Docker Engine `engine`.
+async fn setup_on(test: &str, engine: &str) -> (String, RunnerPod, kube::Client) {
     let bed = bed();
     let ns = unique_namespace(test);
-    let pod = bed.runner_pod(&ns, "runner-0");
+    let pod = bed.runner_pod_on(&ns, "runner-0", engine);
     let admin = bed.admin().await;
     (ns, pod, admin)
 }
@@ -71,6 +76,37 @@ macro_rules! for_each_compose {
             }
         }
     )*};
+}
+
+/// The scenarios whose behaviour depends on the Docker Engine (the start-up listing, event
+/// replay after a reconnect, port bindings, a dockerd restart, the settle logic, a restart within
+/// the grace) run on the oldest engine the sidecar supports too, Debian's 20.10:
+/// `scenarios::oldest_engine::<name>::v1_engine_20_10` and `::v2_engine_20_10` (every scenario
+/// runs on Docker 29).
+macro_rules! on_the_oldest_engine_too {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use testbed::{ComposeVersion, on_engine};
+            #[tokio::test]
+            async fn v1_engine_20_10() {
+                on_engine("20.10", super::super::$name(ComposeVersion::V1)).await
+            }
+            #[tokio::test]
+            async fn v2_engine_20_10() {
+                on_engine("20.10", super::super::$name(ComposeVersion::V2)).await
+            }
+        }
+    )*};
+}
+
+mod oldest_engine {
+    on_the_oldest_engine_too!(
+        opted_in_service_gets_service_and_ingress_and_is_routable,
+        compose_down_deletes_after_the_grace_and_a_restart_within_it_keeps_the_objects,
+        services_started_in_steps_are_exposed_in_one_write,
+        compositions_running_before_the_sidecar_are_exposed_at_start,
+        dockerd_restart_under_a_running_sidecar_converges,
+    );
 }
 
 for_each_compose!(
