@@ -12,6 +12,10 @@ done
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 # The kubelet node's pod network: bridge, host-local, loopback, portmap.
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+# runc (for Docker 29) is built with cgo and seccomp: a C compiler, libseccomp and pkg-config.
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkgconf)
+dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q 'ok installed' || need+=(libseccomp-dev)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "missing packages ${need[*]}: run as root (the bed starts dockerd and network namespaces)"
   log "installing Debian packages: ${need[*]}"
