@@ -197,10 +197,13 @@ impl DockerClient {
                 ..Default::default()
             };
             let mut stream = self.docker.events(Some(options));
+            // The API version every request of this connection carries (bollard puts it in the
+            // path): the client's own unless the daemon is older, then the daemon's.
+            let api_version = self.docker.client_version();
             if connected_once {
-                info!(docker_host = %self.host, "reconnected to Docker; full resync");
+                info!(docker_host = %self.host, %api_version, "reconnected to Docker; full resync");
             } else {
-                info!(docker_host = %self.host, "connected to Docker; full resync");
+                info!(docker_host = %self.host, %api_version, "connected to Docker; full resync");
             }
             connected_once = true;
             if hints.send(Hint::Resync).is_err() {

@@ -9,6 +9,7 @@ mod admission;
 mod compose_v2;
 mod deploy;
 mod disruptive;
+mod engines;
 mod node;
 mod operability;
 
