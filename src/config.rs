@@ -90,6 +90,24 @@ pub struct Args {
     #[arg(long = "max-rps", env = "COMPOSE_INGRESS_MAX_RPS")]
     pub max_rps: Option<u32>,
 
+    /// Most ports one composition may expose (each is a Service port, an Ingress rule and
+    /// usually a host and a Lease); a composition over it is refused whole.
+    #[arg(
+        long = "max-ports-per-composition",
+        env = "COMPOSE_INGRESS_MAX_PORTS_PER_COMPOSITION",
+        default_value_t = 20
+    )]
+    pub max_ports_per_composition: usize,
+
+    /// Most hosts one runner pod may expose over all its compositions; a composition that would
+    /// take the pod over it is refused whole.
+    #[arg(
+        long = "max-hosts-per-pod",
+        env = "COMPOSE_INGRESS_MAX_HOSTS_PER_POD",
+        default_value_t = 200
+    )]
+    pub max_hosts_per_pod: usize,
+
     /// The one annotation that carries the rate limit (depends on your ingress controller).
     #[arg(
         long = "rate-limit-annotation",
@@ -436,6 +454,14 @@ impl Args {
                 "must be an annotation key prefix/name, e.g. nginx.ingress.kubernetes.io/limit-rps",
             ));
         }
+        for (flag, n) in [
+            ("--max-ports-per-composition", self.max_ports_per_composition),
+            ("--max-hosts-per-pod", self.max_hosts_per_pod),
+        ] {
+            if n == 0 {
+                return Err(bad(flag, "0", "must be at least 1"));
+            }
+        }
         for (flag, d) in [
             ("--resync-interval", self.resync_interval),
             ("--shutdown-timeout", self.shutdown_timeout),
@@ -473,6 +499,8 @@ impl Args {
                 expose_by_default: self.expose_by_default,
                 expose_plain_containers: self.expose_plain_containers,
                 pod_selector,
+                max_ports_per_composition: self.max_ports_per_composition,
+                max_hosts_per_pod: self.max_hosts_per_pod,
             },
             pod_uid: self.pod_uid,
             docker_host: self.docker_host,

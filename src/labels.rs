@@ -504,6 +504,8 @@ pub(crate) mod tests {
                 "statefulset.kubernetes.io/pod-name".to_string(),
                 "runner-3".to_string(),
             )]),
+            max_ports_per_composition: 20,
+            max_hosts_per_pod: 200,
         }
     }
 

@@ -102,6 +102,12 @@ pub struct PlanSettings {
     /// The Service selector that matches exactly this runner pod
     /// (default `statefulset.kubernetes.io/pod-name=<pod>`).
     pub pod_selector: BTreeMap<String, String>,
+    /// Most ports (Service ports, Ingress rules) one composition may expose; over it the
+    /// composition is refused whole.
+    pub max_ports_per_composition: usize,
+    /// Most hosts the pod exposes over all its compositions. The reconciler checks it (it knows
+    /// every composition's hosts); a composition that would go over it is refused whole.
+    pub max_hosts_per_pod: usize,
 }
 
 /// The runner pod every object is owned by (ownerReference) and labelled with.
@@ -152,11 +158,18 @@ pub enum Reason {
     HostTakenInComposition,
     /// Another pod (or composition) holds the host's Lease.
     HostTaken,
+    /// The composition exposes more ports than `--max-ports-per-composition`: refused whole.
+    TooManyPorts,
+    /// Exposing the composition would take the pod over `--max-hosts-per-pod`: refused whole.
+    TooManyHosts,
+    /// The compose project name is too long or has characters Compose never gives one: it
+    /// would reach object metadata, so the composition is refused whole.
+    InvalidProjectName,
 }
 
 impl Reason {
     /// Every reason, for tests and docs checks.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 21] = [
         Reason::InvalidEnable,
         Reason::UnknownLabel,
         Reason::ValueTooLong,
@@ -175,6 +188,9 @@ impl Reason {
         Reason::InvalidHostTemplate,
         Reason::HostTakenInComposition,
         Reason::HostTaken,
+        Reason::TooManyPorts,
+        Reason::TooManyHosts,
+        Reason::InvalidProjectName,
     ];
 
     /// The stable machine-readable code (a metric label value, a JSON and log field).
@@ -198,6 +214,9 @@ impl Reason {
             Reason::InvalidHostTemplate => "invalid-host-template",
             Reason::HostTakenInComposition => "host-taken-in-composition",
             Reason::HostTaken => "host-taken",
+            Reason::TooManyPorts => "too-many-ports",
+            Reason::TooManyHosts => "too-many-hosts",
+            Reason::InvalidProjectName => "invalid-project-name",
         }
     }
 }
@@ -226,6 +245,20 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// The whole composition is refused (a cap, its name): no container, service or label is
+    /// to blame alone.
+    pub fn composition(reason: Reason, message: String) -> Self {
+        Refusal {
+            container: String::new(),
+            service: String::new(),
+            label: String::new(),
+            value: String::new(),
+            host: None,
+            reason,
+            message,
+        }
+    }
+
     /// A host that another pod (or another composition) holds the Lease of.
     pub fn host_taken(host: &str, holder_pod: &str, holder_composition: &str) -> Self {
         Refusal {

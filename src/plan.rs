@@ -43,6 +43,13 @@ pub const TEMPLATE_SOURCE: &str = "--host-template";
 ///   agree (later disagreeing services are refused), else the operator's; the rate limit is the
 ///   minimum of the operator's default and every label.
 pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
+    if let Some(refusal) = project_name_refusal(&project.name) {
+        return Plan {
+            desired: None,
+            refusals: vec![refusal],
+            awaiting_start: Vec::new(),
+        };
+    }
     let mut refusals = Vec::new();
     let mut accepted: Vec<Accepted> = Vec::new();
     let mut class: Option<(String, String)> = None; // (class, service that chose it)
@@ -101,6 +108,25 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
         }
     }
 
+    // A cap on what one composition may make (Service ports, Ingress rules, hosts, Leases): one
+    // published range would otherwise make thousands. Over it, nothing is exposed.
+    let ports: usize = accepted.iter().map(|a| a.ports.len()).sum();
+    if ports > settings.max_ports_per_composition {
+        refusals.push(Refusal::composition(
+            Reason::TooManyPorts,
+            format!(
+                "composition {} exposes {ports} ports, more than the operator's limit of {} \
+                 (--max-ports-per-composition): nothing of it is exposed; list the ports to \
+                 expose with compose-ingress.ports",
+                project.name, settings.max_ports_per_composition
+            ),
+        ));
+        return Plan {
+            desired: None,
+            refusals,
+            awaiting_start,
+        };
+    }
     let (backends, mut host_refusals) = claim_hosts(&accepted, &project.name, settings);
     refusals.append(&mut host_refusals);
     refusals.sort_by(|a, b| {
@@ -155,6 +181,35 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
         refusals,
         awaiting_start,
     }
+}
+
+/// The longest compose project name the sidecar handles (it is written into an annotation of
+/// every object). Compose's own names are far shorter.
+pub const MAX_PROJECT_NAME: usize = 128;
+
+/// Why the project name cannot be used, if it cannot. Compose gives names of `[a-z0-9_-]`
+/// (v1 also keeps `.` and capitals); a plain container's key is its `/name`. Anything else came
+/// from a hand-set label, and it reaches object metadata: refused.
+fn project_name_refusal(name: &str) -> Option<Refusal> {
+    let body = name.strip_prefix('/').unwrap_or(name);
+    let ok = !body.is_empty()
+        && name.len() <= MAX_PROJECT_NAME
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    (!ok).then(|| {
+        let shown: String = name.chars().take(crate::labels::MAX_SHOWN_CHARS).collect();
+        Refusal::composition(
+            Reason::InvalidProjectName,
+            format!(
+                "composition name {:?} ({} bytes) is not exposed: a name must be 1 to \
+                 {MAX_PROJECT_NAME} characters of letters, digits, '-', '_' and '.' (set \
+                 com.docker.compose.project, or docker compose -p, to such a name)",
+                shown,
+                name.len()
+            ),
+        )
+    })
 }
 
 /// A service that passed every per-service check, with its exposed `(container, host)` ports.
@@ -592,6 +647,67 @@ mod tests {
         assert_eq!(d.class.as_deref(), Some("public"));
         assert_eq!(d.tls_secret.as_deref(), Some("wildcard-tls"));
         assert_eq!(d.rate_limit_rps, Some(100));
+    }
+
+    #[test]
+    fn a_composition_over_the_port_cap_is_refused_whole() {
+        // Two services, 12 + 9 published ports: 21 > 20. Not half: nothing.
+        let many = |first: u16, n: u16| -> Vec<(u16, Protocol, u16)> {
+            (0..n).map(|i| (first + i, TCP, 40000 + first + i)).collect()
+        };
+        let p = plan(
+            &project(vec![
+                container("web", "web", 1, &[ON], &many(8000, 12)),
+                container("api", "api", 1, &[ON], &many(9000, 9)),
+            ]),
+            &settings(),
+        );
+        assert!(p.desired.is_none(), "{:?}", hosts(&p));
+        let r = &p.refusals[0];
+        assert_eq!(r.reason, Reason::TooManyPorts);
+        assert!(r.message.contains("21 ports"), "{}", r.message);
+        assert!(r.message.contains("--max-ports-per-composition"), "{}", r.message);
+        // At the cap, all of it is exposed.
+        let p = plan(
+            &project(vec![
+                container("web", "web", 1, &[ON], &many(8000, 11)),
+                container("api", "api", 1, &[ON], &many(9000, 9)),
+            ]),
+            &settings(),
+        );
+        assert_eq!(hosts(&p).len(), 20, "{:?}", p.refusals);
+    }
+
+    #[test]
+    fn project_names_that_compose_never_gives_are_refused() {
+        let web = || container("web", "web", 1, &[ON], &[(80, TCP, 32768)]);
+        let named = |name: &str| {
+            plan(
+                &ObservedProject {
+                    name: name.to_string(),
+                    containers: vec![web()],
+                },
+                &settings(),
+            )
+        };
+        for good in ["demo", "Demo_Chat.v1", "a", "/plain-container", &"x".repeat(128)] {
+            assert!(named(good).desired.is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            "/",
+            &"x".repeat(129),
+            "a b",
+            "shop\nkubernetes.io/evil: x",
+            "über",
+            "a/b",
+        ] {
+            let p = named(bad);
+            assert!(p.desired.is_none(), "{bad:?}");
+            assert_eq!(p.refusals.len(), 1);
+            assert_eq!(p.refusals[0].reason, Reason::InvalidProjectName);
+            assert!(p.refusals[0].message.len() < 400, "{}", p.refusals[0].message);
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ fn settings(template: &str) -> PlanSettings {
             "statefulset.kubernetes.io/pod-name".to_string(),
             "runner-3".to_string(),
         )]),
+        max_ports_per_composition: 20,
+        max_hosts_per_pod: 200,
     }
 }
 

@@ -21,7 +21,8 @@ impl Reconciler {
             .collect()
     }
 
-    /// The plan's label refusals as problems; a new one is logged, counted and posted once.
+    /// The plan's refusals (of a label, or of the whole composition) as problems; a new one is
+    /// logged, counted and posted once.
     pub(super) fn label_problems(&self, key: &str, refusals: &[Refusal]) -> BTreeSet<Problem> {
         let mut problems = BTreeSet::new();
         for r in refusals {
@@ -31,7 +32,11 @@ impl Reconciler {
                 message: r.message.clone(),
             };
             if self.is_new(key, &problem) {
-                warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason.as_str(), "label refused: {}", r.message);
+                if r.label.is_empty() {
+                    warn!(target: LOG_TARGET, reason = r.reason.as_str(), "composition refused: {}", r.message);
+                } else {
+                    warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason.as_str(), "label refused: {}", r.message);
+                }
                 self.status.metrics.refused(r.reason);
                 self.status.event_refused(key, r);
             }
@@ -49,6 +54,30 @@ impl Reconciler {
         problems: &mut BTreeSet<Problem>,
     ) -> Result<Option<DesiredComposition>, ClusterError> {
         let hosts: BTreeSet<String> = d.backends.iter().map(|b| b.host.clone()).collect();
+        // The pod's cap on hosts, over every composition: the others' claimed hosts (their
+        // Leases) plus this one's. Checked before any claim, so that nothing is half-claimed.
+        let others = self
+            .owned
+            .values()
+            .filter(|o| o.kind == Kind::Lease && o.project != key)
+            .filter_map(|o| o.host.as_deref())
+            .collect::<BTreeSet<_>>()
+            .len();
+        let cap = self.settings.max_hosts_per_pod;
+        if others + hosts.len() > cap {
+            let refusal = Refusal::composition(
+                Reason::TooManyHosts,
+                format!(
+                    "composition {key} would expose {} hosts while the pod already exposes \
+                     {others}, over the operator's limit of {cap} per pod (--max-hosts-per-pod): \
+                     nothing of it is exposed; it is retried when it changes and at every \
+                     full resync",
+                    hosts.len()
+                ),
+            );
+            problems.extend(self.label_problems(key, std::slice::from_ref(&refusal)));
+            return Ok(None);
+        }
         let mut refused: BTreeSet<String> = BTreeSet::new();
         for host in hosts {
             let lease = DesiredObject::new(

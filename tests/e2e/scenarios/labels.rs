@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use testbed::{
     CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_file, domain, eventually,
-    ingress_hosts, ingresses_of, services_of, through_ingress, web,
+    ingress_hosts, ingresses_of, services_of, through_ingress, wait_exposed, web,
 };
 
 use super::{host_of, setup};
@@ -278,4 +278,85 @@ pub(super) async fn kompose_labels_rate_limits_and_tls_shape_the_ingress() {
     let mut hosts = ingress_hosts(&ingress);
     hosts.sort();
     assert_eq!(tls_hosts, hosts);
+}
+
+/// Caps on what a hostile (or careless) job can make: a published range over
+/// `--max-ports-per-composition`, and a composition that would take the pod over
+/// `--max-hosts-per-pod`, are each refused whole, with a log line, the refusal in `/exposures`
+/// and the metric; a composition within the caps is exposed as usual.
+pub(super) async fn compositions_over_a_cap_are_refused_whole_with_a_reason() {
+    let (ns, pod, admin) = setup("caps").await;
+    let sidecar = Sidecar::start(
+        &SIDECAR,
+        bed(),
+        &pod,
+        &["--max-hosts-per-pod", "3", "--resync-interval", "2s"],
+    )
+    .await;
+    // 25 container ports (8000-8024), each published: over the default cap of 20.
+    let range = compose_file(&[web("web", "range", 80, "8000-8024", &[ENABLE])]);
+    pod.compose("range", &range, &["up", "-d"]);
+    // Two hosts: within both caps.
+    let two = |a: &str, b: &str| {
+        compose_file(&[
+            web(a, a, 80, "80", &[ENABLE]),
+            web(b, b, 80, "80", &[ENABLE]),
+        ])
+    };
+    pod.compose("small", &two("a", "b"), &["up", "-d"]);
+    wait_exposed(&admin, &ns, "runner-0", "small").await;
+    // Two more hosts would make 4 > 3.
+    pod.compose("third", &two("c", "d"), &["up", "-d"]);
+
+    let refused = |reason: &'static str| {
+        let sidecar = &sidecar;
+        async move {
+            eventually(
+                &format!("a logged refusal {reason}"),
+                CONVERGE,
+                || async {
+                    sidecar
+                        .log_lines("composition refused")
+                        .into_iter()
+                        .find(|l| l["reason"] == reason)
+                },
+            )
+            .await
+        }
+    };
+    let ports = refused("too-many-ports").await;
+    let message = ports["message"].as_str().unwrap_or_default();
+    assert!(message.contains("composition range exposes 25 ports"), "{message}");
+    let hosts = refused("too-many-hosts").await;
+    let message = hosts["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--max-hosts-per-pod"), "{message}");
+
+    // Nothing of either, also after a full resync has looked at every composition again.
+    sidecar.wait_resyncs(sidecar.log_count("full resync done") + 1).await;
+    for project in ["range", "third"] {
+        assert!(services_of(&admin, &ns, "runner-0", project).await.is_empty());
+        assert!(ingresses_of(&admin, &ns, "runner-0", project).await.is_empty());
+    }
+    assert_eq!(ingresses_of(&admin, &ns, "runner-0", "small").await.len(), 1);
+    let doc = sidecar.exposures();
+    let reasons = |name: &str| -> Vec<String> {
+        doc["compositions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == name)
+            .flat_map(|c| c["reasons"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["reason"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(reasons("range"), ["too-many-ports"], "{doc}");
+    assert_eq!(reasons("third"), ["too-many-hosts"], "{doc}");
+    let metrics = sidecar.metrics();
+    for reason in ["too-many-ports", "too-many-hosts"] {
+        assert_eq!(
+            metrics.value("compose_ingress_refused_labels_total", &[("reason", reason)]),
+            1.0,
+            "{reason}: counted once, not per pass"
+        );
+    }
 }

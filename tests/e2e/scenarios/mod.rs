@@ -138,6 +138,11 @@ async fn plain_containers_are_exposed_only_with_the_flag() {
 }
 
 #[tokio::test]
+async fn compositions_over_a_cap_are_refused_whole_with_a_reason() {
+    labels::compositions_over_a_cap_are_refused_whole_with_a_reason().await
+}
+
+#[tokio::test]
 async fn kompose_labels_rate_limits_and_tls_shape_the_ingress() {
     labels::kompose_labels_rate_limits_and_tls_shape_the_ingress().await
 }
