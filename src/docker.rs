@@ -3,7 +3,7 @@
 //! daemon drops events for a subscriber slower than 100 ms, so it only pushes keys into a queue.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::models::{
@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::labels::COMPOSE_PROJECT;
 use crate::model::{ContainerState, ObservedContainer, ObservedProject, Protocol, PublishedPort};
+use crate::retry::Retry;
 
 /// A composition key: the compose project name, or `/<container name>` for a plain container
 /// (compose project names cannot contain '/').
@@ -170,11 +171,11 @@ impl DockerClient {
         events_seen: impl Fn(&str),
         cancel: CancellationToken,
     ) {
-        let mut backoff = reconnect_backoff();
+        let mut reconnect = Reconnect::new();
         let mut connected_once = false;
         while !cancel.is_cancelled() {
             if let Err(e) = self.negotiate().await {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                let delay = reconnect.failed(Instant::now());
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Docker is not reachable; retrying");
                 let _ = hints.send(Hint::DockerDown);
                 tokio::select! { _ = tokio::time::sleep(delay) => continue, _ = cancel.cancelled() => break }
@@ -209,7 +210,7 @@ impl DockerClient {
             if hints.send(Hint::Resync).is_err() {
                 break;
             }
-            backoff = reconnect_backoff();
+            reconnect.connected(Instant::now());
             loop {
                 let next =
                     tokio::select! { n = stream.next() => n, _ = cancel.cancelled() => return };
@@ -234,14 +235,50 @@ impl DockerClient {
                 }
             }
             let _ = hints.send(Hint::DockerDown);
-            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+            let delay = reconnect.failed(Instant::now());
+            debug!(retry_in_ms = delay.as_millis() as u64, "reconnecting to Docker");
             tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => break }
         }
     }
 }
 
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    crate::retry::backoff(Duration::from_millis(200), Duration::from_secs(30))
+/// How long the event stream must have stayed up for its break to count as a new outage (the
+/// delays then start from the minimum again). A stream that fails at once (a socket proxy that
+/// denies `/events`, a dockerd that is shutting down) keeps backing off instead, and so do the
+/// full resyncs that every reconnect brings.
+const HEALTHY_STREAM: Duration = Duration::from_secs(30);
+
+/// The delays between reconnects of the event stream.
+#[derive(Debug)]
+struct Reconnect {
+    retry: Retry,
+    /// When the current stream was subscribed; `None` while disconnected.
+    connected_at: Option<Instant>,
+}
+
+impl Reconnect {
+    fn new() -> Self {
+        Self {
+            retry: Retry::new(Duration::from_millis(200), Duration::from_secs(30)),
+            connected_at: None,
+        }
+    }
+
+    fn connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// The delay before the next attempt, after a failure (to connect, or of the stream) at `now`.
+    fn failed(&mut self, now: Instant) -> Duration {
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|at| now.saturating_duration_since(at) >= HEALTHY_STREAM)
+        {
+            self.retry.reset();
+        }
+        self.retry.next_delay()
+    }
 }
 
 /// The composition an event is about, when its action can change what is exposed.
@@ -326,6 +363,33 @@ fn observe(c: &ContainerSummary) -> ObservedContainer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stream_that_fails_at_once_keeps_backing_off_and_a_healthy_one_starts_over() {
+        let t0 = Instant::now();
+        let mut r = Reconnect::new();
+        // Subscribed, and broken within a second, five times: the delays keep growing
+        // (jittered doubling from 200 ms: the fifth is at least 3.2 s), where a reset at every
+        // subscription kept them at 200-400 ms, a reconnect and a full resync each time.
+        let mut at = t0;
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            r.connected(at);
+            at += Duration::from_millis(500);
+            let d = r.failed(at);
+            delays.push(d);
+            at += d;
+        }
+        assert!(delays[0] <= Duration::from_millis(400), "{delays:?}");
+        assert!(delays[4] >= Duration::from_millis(3200), "{delays:?}");
+        // Failures to connect at all grow the same delays.
+        let d = r.failed(at);
+        assert!(d >= Duration::from_millis(6400), "{d:?}");
+        // A stream that stayed up for HEALTHY_STREAM: its break is a new outage.
+        r.connected(at);
+        at += HEALTHY_STREAM;
+        assert!(r.failed(at) <= Duration::from_millis(400));
+    }
+
     use super::*;
     use bollard::models::{EventActor, PortSummary};
 
