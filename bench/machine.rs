@@ -24,6 +24,16 @@ pub fn machine() -> Value {
         "nproc": run("nproc", &[]),
         "free_g": run("free", &["-g"]),
         "kernel": run("uname", &["-r"]),
-        "docker_engine": run("dockerd", &["--version"]),
+        // The engine of the runner pods this run makes (pod.sh --engine), not whatever
+        // dockerd is on the PATH.
+        "docker_engine": engine_version(),
     })
+}
+
+/// "29 (29.8.0)": the runner pods' engine and the version the bed recorded for it.
+fn engine_version() -> String {
+    let engine = testbed::engine();
+    let key = format!("ENGINE_{}_VERSION", engine.replace('.', "_"));
+    let version = testbed::bed().env.get(&key).cloned().unwrap_or_default();
+    format!("{engine} ({version})")
 }
