@@ -455,7 +455,10 @@ impl Args {
             ));
         }
         for (flag, n) in [
-            ("--max-ports-per-composition", self.max_ports_per_composition),
+            (
+                "--max-ports-per-composition",
+                self.max_ports_per_composition,
+            ),
             ("--max-hosts-per-pod", self.max_hosts_per_pod),
         ] {
             if n == 0 {

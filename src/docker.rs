@@ -236,7 +236,10 @@ impl DockerClient {
             }
             let _ = hints.send(Hint::DockerDown);
             let delay = reconnect.failed(Instant::now());
-            debug!(retry_in_ms = delay.as_millis() as u64, "reconnecting to Docker");
+            debug!(
+                retry_in_ms = delay.as_millis() as u64,
+                "reconnecting to Docker"
+            );
             tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => break }
         }
     }

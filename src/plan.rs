@@ -653,7 +653,9 @@ mod tests {
     fn a_composition_over_the_port_cap_is_refused_whole() {
         // Two services, 12 + 9 published ports: 21 > 20. Not half: nothing.
         let many = |first: u16, n: u16| -> Vec<(u16, Protocol, u16)> {
-            (0..n).map(|i| (first + i, TCP, 40000 + first + i)).collect()
+            (0..n)
+                .map(|i| (first + i, TCP, 40000 + first + i))
+                .collect()
         };
         let p = plan(
             &project(vec![
@@ -666,7 +668,11 @@ mod tests {
         let r = &p.refusals[0];
         assert_eq!(r.reason, Reason::TooManyPorts);
         assert!(r.message.contains("21 ports"), "{}", r.message);
-        assert!(r.message.contains("--max-ports-per-composition"), "{}", r.message);
+        assert!(
+            r.message.contains("--max-ports-per-composition"),
+            "{}",
+            r.message
+        );
         // At the cap, all of it is exposed.
         let p = plan(
             &project(vec![
@@ -690,7 +696,13 @@ mod tests {
                 &settings(),
             )
         };
-        for good in ["demo", "Demo_Chat.v1", "a", "/plain-container", &"x".repeat(128)] {
+        for good in [
+            "demo",
+            "Demo_Chat.v1",
+            "a",
+            "/plain-container",
+            &"x".repeat(128),
+        ] {
             assert!(named(good).desired.is_some(), "{good}");
         }
         for bad in [
@@ -706,7 +718,11 @@ mod tests {
             assert!(p.desired.is_none(), "{bad:?}");
             assert_eq!(p.refusals.len(), 1);
             assert_eq!(p.refusals[0].reason, Reason::InvalidProjectName);
-            assert!(p.refusals[0].message.len() < 400, "{}", p.refusals[0].message);
+            assert!(
+                p.refusals[0].message.len() < 400,
+                "{}",
+                p.refusals[0].message
+            );
         }
     }
 

@@ -41,47 +41,37 @@ fn one_web(page: &str) -> String {
     compose_file(&[web("web", page, 80, "80", &[ENABLE])])
 }
 
+/// The sidecar's objects of kind `K` in the namespace, as (kind/name, owner uids).
+async fn owned_of<K>(client: &kube::Client, ns: &str) -> Vec<(String, Vec<String>)>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(MANAGED))
+        .await
+        .unwrap_or_else(|e| panic!("list {kind}: {e}"))
+        .into_iter()
+        .map(|o| {
+            let meta = o.meta();
+            let owners = meta.owner_references.iter().flatten();
+            (
+                format!("{kind}/{}", meta.name.clone().unwrap_or_default()),
+                owners.map(|r| r.uid.clone()).collect(),
+            )
+        })
+        .collect()
+}
+
 /// Every object the sidecar owns in the namespace, as (kind/name, owner uids).
 async fn owned_objects(client: &kube::Client, ns: &str) -> Vec<(String, Vec<String>)> {
-    let lp = ListParams::default().labels(MANAGED);
-    let owners = |m: &kube::api::ObjectMeta| -> Vec<String> {
-        m.owner_references
-            .iter()
-            .flatten()
-            .map(|o| o.uid.clone())
-            .collect()
-    };
-    let mut all = Vec::new();
-    for s in Api::<Service>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .expect("list services")
-    {
-        all.push((
-            format!("Service/{}", s.meta().name.clone().unwrap_or_default()),
-            owners(s.meta()),
-        ));
-    }
-    for i in Api::<Ingress>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .expect("list ingresses")
-    {
-        all.push((
-            format!("Ingress/{}", i.meta().name.clone().unwrap_or_default()),
-            owners(i.meta()),
-        ));
-    }
-    for l in Api::<Lease>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .expect("list leases")
-    {
-        all.push((
-            format!("Lease/{}", l.meta().name.clone().unwrap_or_default()),
-            owners(l.meta()),
-        ));
-    }
+    let mut all = owned_of::<Service>(client, ns).await;
+    all.extend(owned_of::<Ingress>(client, ns).await);
+    all.extend(owned_of::<Lease>(client, ns).await);
     all
 }
 

@@ -311,33 +311,45 @@ pub(super) async fn compositions_over_a_cap_are_refused_whole_with_a_reason() {
     let refused = |reason: &'static str| {
         let sidecar = &sidecar;
         async move {
-            eventually(
-                &format!("a logged refusal {reason}"),
-                CONVERGE,
-                || async {
-                    sidecar
-                        .log_lines("composition refused")
-                        .into_iter()
-                        .find(|l| l["reason"] == reason)
-                },
-            )
+            eventually(&format!("a logged refusal {reason}"), CONVERGE, || async {
+                sidecar
+                    .log_lines("composition refused")
+                    .into_iter()
+                    .find(|l| l["reason"] == reason)
+            })
             .await
         }
     };
     let ports = refused("too-many-ports").await;
     let message = ports["message"].as_str().unwrap_or_default();
-    assert!(message.contains("composition range exposes 25 ports"), "{message}");
+    assert!(
+        message.contains("composition range exposes 25 ports"),
+        "{message}"
+    );
     let hosts = refused("too-many-hosts").await;
     let message = hosts["message"].as_str().unwrap_or_default();
     assert!(message.contains("--max-hosts-per-pod"), "{message}");
 
     // Nothing of either, also after a full resync has looked at every composition again.
-    sidecar.wait_resyncs(sidecar.log_count("full resync done") + 1).await;
+    sidecar
+        .wait_resyncs(sidecar.log_count("full resync done") + 1)
+        .await;
     for project in ["range", "third"] {
-        assert!(services_of(&admin, &ns, "runner-0", project).await.is_empty());
-        assert!(ingresses_of(&admin, &ns, "runner-0", project).await.is_empty());
+        assert!(
+            services_of(&admin, &ns, "runner-0", project)
+                .await
+                .is_empty()
+        );
+        assert!(
+            ingresses_of(&admin, &ns, "runner-0", project)
+                .await
+                .is_empty()
+        );
     }
-    assert_eq!(ingresses_of(&admin, &ns, "runner-0", "small").await.len(), 1);
+    assert_eq!(
+        ingresses_of(&admin, &ns, "runner-0", "small").await.len(),
+        1
+    );
     let doc = sidecar.exposures();
     let reasons = |name: &str| -> Vec<String> {
         doc["compositions"]
@@ -354,7 +366,10 @@ pub(super) async fn compositions_over_a_cap_are_refused_whole_with_a_reason() {
     let metrics = sidecar.metrics();
     for reason in ["too-many-ports", "too-many-hosts"] {
         assert_eq!(
-            metrics.value("compose_ingress_refused_labels_total", &[("reason", reason)]),
+            metrics.value(
+                "compose_ingress_refused_labels_total",
+                &[("reason", reason)]
+            ),
             1.0,
             "{reason}: counted once, not per pass"
         );
