@@ -143,6 +143,11 @@ async fn compositions_over_a_cap_are_refused_whole_with_a_reason() {
 }
 
 #[tokio::test]
+async fn a_lease_deleted_by_hand_is_claimed_again_at_the_next_resync() {
+    ownership::a_lease_deleted_by_hand_is_claimed_again_at_the_next_resync().await
+}
+
+#[tokio::test]
 async fn kompose_labels_rate_limits_and_tls_shape_the_ingress() {
     labels::kompose_labels_rate_limits_and_tls_shape_the_ingress().await
 }

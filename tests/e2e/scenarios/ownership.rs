@@ -1,6 +1,7 @@
 //! Ownership: two pods never fight over a host, and a sidecar never touches objects that are
 //! not its pod's.
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, PostParams};
 use testbed::{
@@ -189,5 +190,48 @@ pub(super) async fn objects_that_are_not_this_pods_are_never_touched(compose: Co
             .await
             .is_empty(),
         "no route to a Service that is not ours"
+    );
+}
+
+/// A host's Lease deleted by hand (or lost) is noticed and claimed again at the next full
+/// resync, so that no other pod can take a host whose route is still ours.
+pub(super) async fn a_lease_deleted_by_hand_is_claimed_again_at_the_next_resync() {
+    let (ns, pod, admin) = setup("lease-lost").await;
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--resync-interval", "2s"]).await;
+    let chosen = format!("kept-{ns}");
+    pod.compose(
+        "proj",
+        &compose_file(&[web(
+            "web",
+            "kept",
+            80,
+            "80",
+            &[ENABLE, ("compose-ingress.host", chosen.as_str())],
+        )]),
+        &["up", "-d"],
+    );
+    wait_exposed(&admin, &ns, "runner-0", "proj").await;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
+    let selector = ListParams::default().labels("app.kubernetes.io/managed-by=compose-ingress");
+    let before = leases.list(&selector).await.expect("list leases").items;
+    assert_eq!(before.len(), 1, "one host, one Lease");
+    let name = before[0].metadata.name.clone().expect("lease name");
+    leases
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete the Lease by hand");
+
+    let again = eventually("the Lease is claimed again", CONVERGE, || async {
+        let l = leases.get_opt(&name).await.expect("get lease")?;
+        (l.metadata.uid != before[0].metadata.uid).then_some(l)
+    })
+    .await;
+    let holder = again.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("runner-0"));
+    assert!(
+        sidecar.log_lines("label refused").is_empty()
+            && sidecar.log_lines("host refused").is_empty(),
+        "{}",
+        sidecar.logs()
     );
 }
