@@ -67,7 +67,8 @@ ldflags_of() {
     # The moby module's versions are v2.0.0-beta.N; the Docker release it is sits in its
     # releases/versions.yaml. Without it the daemon calls itself "library-import".
     moby)
-      local dir; dir=$(cd "$here/go/moby" && go list -m -f '{{.Dir}}' github.com/moby/moby/v2)
+      # `go list -m` names no directory for a module not downloaded yet (a fresh machine).
+      local dir; dir=$(cd "$here/go/moby" && go mod download -json github.com/moby/moby/v2 | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
       local v; v=$(sed -n 's/^  last: "\(.*\)"/\1/p' "$dir/releases/versions.yaml")
       [ -n "$v" ] || { log "moby: no Docker version in $dir/releases/versions.yaml"; exit 1; }
       echo "-X github.com/moby/moby/v2/dockerversion.Version=$v" ;;

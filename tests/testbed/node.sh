@@ -130,7 +130,8 @@ up() {
   [ -x "$BIN/kubelet" ] && [ -x "$BIN/containerd" ] || die "node binaries missing in $BIN (tests/testbed/build.sh kube containerd)"
   command -v "$RUNC" >/dev/null && [ -x "$CNI_BIN/bridge" ] || die "runc or the CNI plugins are missing (tests/testbed/install.sh installs runc and containernetworking-plugins)"
   # The images first (they set the sandbox image containerd pins).
-  eval "$("$here/node-images.sh")"
+  local images; images=$("$here/node-images.sh")
+  eval "$images"
   write_configs
   write_env
 

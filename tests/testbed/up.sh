@@ -16,15 +16,18 @@ flock 9   # two callers (CI script and a test run) never start two beds
 # Builds components with build.sh (cached) and links their binaries into the bed's bin directory.
 link_components() {
   mkdir -p "$TESTBED_DIR/bin"
+  # Built first, apart: a failed build must stop up.sh (a process substitution would not).
+  local built; built=$("$here/build.sh" "$@")
   while IFS='=' read -r name dir; do
     for b in "$dir"/*; do ln -sf "$b" "$TESTBED_DIR/bin/$(basename "$b")"; done
-  done < <("$here/build.sh" "$@")
+  done <<<"$built"
 }
 # Docker Engine 29 for runner pods (pod.sh --engine 29): dockerd and docker-proxy from the moby
 # module, containerd 2 and its shim, runc >= 1.2, in one directory that goes first on the PATH
 # of such a pod's dockerd (never in bin/: a dockerd on the bed's PATH would shadow Debian's).
 link_engine() {
-  local dir=$TESTBED_DIR/engines/29
+  local dir=$TESTBED_DIR/engines/29 built
+  built=$("$here/build.sh" moby runc containerd)
   rm -rf "$dir" && mkdir -p "$dir"
   while IFS='=' read -r name out; do
     case $name in
@@ -32,7 +35,7 @@ link_engine() {
       runc) ln -sf "$out/runc" "$dir/" ;;
       containerd) ln -sf "$out/containerd" "$out/containerd-shim-runc-v2" "$dir/" ;;
     esac
-  done < <("$here/build.sh" moby runc containerd)
+  done <<<"$built"
 }
 engine_versions() {
   echo "ENGINE_DEFAULT=${TESTBED_ENGINE:-29}"
