@@ -26,10 +26,17 @@ impl Reconciler {
     pub(super) fn label_problems(&self, key: &str, refusals: &[Refusal]) -> BTreeSet<Problem> {
         let mut problems = BTreeSet::new();
         for r in refusals {
-            let problem = Problem::Label {
-                container: r.container.clone(),
-                label: r.label.clone(),
-                message: r.message.clone(),
+            let problem = if r.label.is_empty() {
+                Problem::Composition {
+                    reason: r.reason,
+                    message: r.message.clone(),
+                }
+            } else {
+                Problem::Label {
+                    container: r.container.clone(),
+                    label: r.label.clone(),
+                    message: r.message.clone(),
+                }
             };
             if self.is_new(key, &problem) {
                 if r.label.is_empty() {
@@ -294,19 +301,26 @@ pub(super) fn refused_reasons(
 ) -> Vec<Refusal> {
     let mut reasons = refusals.to_vec();
     for problem in state.into_iter().flat_map(|s| s.problems.iter()) {
-        if let Problem::HostTaken {
-            host,
-            holder_pod,
-            holder_composition,
-        } = problem
-        {
-            reasons.push(Refusal::host_taken(host, holder_pod, holder_composition));
+        match problem {
+            Problem::HostTaken {
+                host,
+                holder_pod,
+                holder_composition,
+            } => reasons.push(Refusal::host_taken(host, holder_pod, holder_composition)),
+            // Found by the reconciler, not the plan (the pod's host cap): not among `refusals`.
+            Problem::Composition { reason, message }
+                if !refusals
+                    .iter()
+                    .any(|r| r.reason == *reason && r.message == *message) =>
+            {
+                reasons.push(Refusal::composition(*reason, message.clone()))
+            }
+            _ => {}
         }
     }
     reasons
 }
 
-/// The `result` label of an API request metric.
 /// Runs one API request and counts it by verb, kind and result (`result_of` names the outcome),
 /// with its duration: one place for what every write reports.
 async fn measured<T, E>(
@@ -322,6 +336,7 @@ async fn measured<T, E>(
     result
 }
 
+/// The `result` label of an API request metric.
 fn ok_or_error<T, E>(result: &Result<T, E>) -> &'static str {
     if result.is_ok() { "ok" } else { "error" }
 }

@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::cluster::{Cluster, ClusterError, Kind, OwnedObject};
 use crate::config::Timings;
 use crate::docker::{CompositionKey, DockerClient, Hint};
-use crate::model::{DesiredComposition, ObservedProject, OwnerPod, PlanSettings, RouteApi};
+use crate::model::{DesiredComposition, ObservedProject, OwnerPod, PlanSettings, Reason, RouteApi};
 use crate::plan::plan;
 use crate::retry::Retry;
 use crate::status::{CompositionState, Status};
@@ -77,6 +77,8 @@ enum Problem {
         label: String,
         message: String,
     },
+    /// The whole composition is refused (a cap, its name).
+    Composition { reason: Reason, message: String },
     /// A host another pod (or another composition) holds the Lease of.
     HostTaken {
         host: String,
