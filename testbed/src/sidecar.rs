@@ -36,14 +36,22 @@ impl Launch {
     }
 
     /// The benchmarks' settings: info logs (debug logging would be part of what is measured),
-    /// the bed's wildcard domain, grace 2 s, the default debounce, and objects left in place at
-    /// exit (a phase deletes its namespace itself).
+    /// the bed's wildcard domain, grace 2 s, the default debounce, objects left in place at
+    /// exit (a phase deletes its namespace itself), and a host cap far above the default 200
+    /// per pod: a phase puts hundreds to thousands of compositions in one pod on purpose.
     pub const fn bench(binary: &'static str) -> Launch {
         Launch {
             binary,
             rust_log: "info",
             domain_per_namespace: false,
-            flags: &["--delete-grace", "2s", "--cleanup-on-exit", "never"],
+            flags: &[
+                "--delete-grace",
+                "2s",
+                "--cleanup-on-exit",
+                "never",
+                "--max-hosts-per-pod",
+                "100000",
+            ],
         }
     }
 }
