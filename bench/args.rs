@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// The phases, in the order a full run measures them (`--only` takes a comma list of them).
-pub const PHASES: [&str; 5] = ["e2o", "routable", "side", "burst", "restart"];
+pub const PHASES: [&str; 6] = ["e2o", "routable", "side", "burst", "restart", "ratelimit"];
 
 /// `cargo bench --bench bench -- [--smoke] [--only PHASE,..] [--replot] [--out DIR]`
 #[derive(Debug, clap::Parser)]
@@ -70,6 +70,9 @@ pub struct Scale {
     pub restart_live: usize,
     pub restart_orphans: usize,
     pub cost_compositions: usize,
+    /// Configured limits of the ratelimit phase, each loaded at 4× for `ratelimit_load`.
+    pub ratelimit_rps: Vec<u32>,
+    pub ratelimit_load: std::time::Duration,
 }
 
 impl Scale {
@@ -84,6 +87,8 @@ impl Scale {
             restart_live: 500,
             restart_orphans: 50,
             cost_compositions: 1000,
+            ratelimit_rps: vec![5, 20, 50, 100],
+            ratelimit_load: std::time::Duration::from_secs(10),
         }
     }
     fn smoke() -> Scale {
@@ -97,6 +102,8 @@ impl Scale {
             restart_live: 5,
             restart_orphans: 2,
             cost_compositions: 10,
+            ratelimit_rps: vec![5],
+            ratelimit_load: std::time::Duration::from_secs(2),
         }
     }
 }

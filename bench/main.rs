@@ -2,7 +2,7 @@
 //!
 //!   cargo bench --bench bench                      # every phase, full size (~22 min)
 //!   cargo bench --bench bench -- --smoke           # tiny run of every phase (CI keeps it alive)
-//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o routable side burst restart
+//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o routable side burst restart ratelimit
 //!   cargo bench --bench bench -- --replot          # redraw the plots from results.json
 //!
 //! `cargo bench` builds the sidecar with the release settings (the bench profile inherits them)
@@ -28,6 +28,7 @@ mod http;
 mod machine;
 mod pods;
 mod process;
+mod ratelimit;
 mod restart_cost;
 mod routable;
 mod side_by_side;
@@ -131,6 +132,11 @@ fn run() {
             let (r, c) = restart_cost::phase_restart_and_cost(&scale).await;
             results.insert("restart".into(), json!(r));
             results.insert("cost".into(), json!(c));
+            save(&results);
+        }
+        if args.runs("ratelimit") {
+            let r = ratelimit::phase_ratelimit(&scale).await;
+            results.insert("ratelimit".into(), json!(r));
             save(&results);
         }
         say(format!("results in {}", path.display()));

@@ -25,15 +25,25 @@ const LIST_PAGE: u32 = 500;
 
 /// The kinds of object the sidecar owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// The order is the order of writes (a route never points at a Service or Middleware that does
+/// not exist yet); deletes go in reverse (routes first, Leases last).
 pub enum Kind {
     Lease,
     Service,
+    Middleware,
     Ingress,
     HttpRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Lease, Kind::Service, Kind::Ingress, Kind::HttpRoute];
+    pub const ALL: [Kind; 5] = [
+        Kind::Lease,
+        Kind::Service,
+        Kind::Middleware,
+        Kind::Ingress,
+        Kind::HttpRoute,
+    ];
 
     pub fn resource(self) -> ApiResource {
         match self {
@@ -41,6 +51,7 @@ impl Kind {
             Kind::Service => ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
             Kind::Ingress => ApiResource::erase::<k8s_openapi::api::networking::v1::Ingress>(&()),
             Kind::HttpRoute => render::http_route_resource(),
+            Kind::Middleware => render::middleware_resource(),
         }
     }
 
@@ -50,6 +61,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::Ingress => "Ingress",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::Middleware => "Middleware",
         }
     }
 }
@@ -179,6 +191,10 @@ pub struct Cluster {
     namespace: String,
     pod: String,
     dry_run: DryRun,
+    /// Whether Middlewares are part of the output (`--rate-limit-mode traefik-middleware`).
+    /// Otherwise they are still listed (so a previous mode's leftovers are collected), but a
+    /// cluster without Traefik's CRDs (404) or a Role without them (403) is not an error.
+    middlewares: bool,
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -192,7 +208,14 @@ impl Cluster {
             namespace: namespace.to_string(),
             pod: pod.to_string(),
             dry_run,
+            middlewares: false,
         }
+    }
+
+    /// Middlewares are part of the output: failing to list them is an error.
+    pub fn with_middlewares(mut self, yes: bool) -> Self {
+        self.middlewares = yes;
+        self
     }
 
     fn api(&self, kind: Kind) -> Api<DynamicObject> {
@@ -235,7 +258,8 @@ impl Cluster {
             })
     }
 
-    /// Every object of this pod, of every kind (a missing HTTPRoute CRD is not an error).
+    /// Every object of this pod, of every kind (a missing HTTPRoute CRD is not an error, nor
+    /// are Middlewares the configuration does not use).
     pub async fn list_owned(&self) -> Result<Vec<OwnedObject>, ClusterError> {
         let mut out = Vec::new();
         for kind in Kind::ALL {
@@ -248,6 +272,13 @@ impl Cluster {
                 let page = match self.api(kind).list_metadata(&lp).await {
                     Ok(l) => l,
                     Err(e) if kind == Kind::HttpRoute && is_status(&e, 404) => break,
+                    Err(e)
+                        if kind == Kind::Middleware
+                            && !self.middlewares
+                            && (is_status(&e, 404) || is_status(&e, 403)) =>
+                    {
+                        break;
+                    }
                     Err(e) => return Err(self.err("list", kind, "*")(e)),
                 };
                 for o in page.items {
@@ -480,6 +511,7 @@ mod tests {
     const SERVICES: &str = "/api/v1/namespaces/ci/services";
     const INGRESSES: &str = "/apis/networking.k8s.io/v1/namespaces/ci/ingresses";
     const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/ci/httproutes";
+    const MIDDLEWARES: &str = "/apis/traefik.io/v1alpha1/namespaces/ci/middlewares";
 
     const JSON: &str = "application/json";
     const APPLY_PATCH: &str = "application/apply-patch+yaml";
@@ -911,6 +943,8 @@ mod tests {
             list(LEASES, None).reply(200, page(vec![], None)),
             list(SERVICES, None).reply(200, page(vec![listed(&a, "uid-a")], Some("c1"))),
             list(SERVICES, Some("c1")).reply(200, page(vec![listed(&b, "uid-b"), stranger], None)),
+            // No Traefik CRDs in this cluster, and annotation mode: not an error.
+            list(MIDDLEWARES, None).reply(404, status(404, "NotFound")),
             list(INGRESSES, None).reply(200, page(vec![], None)),
             // No Gateway API in this cluster: not an error.
             list(HTTP_ROUTES, None).reply(404, status(404, "NotFound")),
@@ -925,6 +959,23 @@ mod tests {
             .map(|o| (o.name.as_str(), o.uid.as_str(), o.project.as_str()))
             .collect();
         assert_eq!(names, [("a", "uid-a", "one"), ("b", "uid-b", "two")]);
+    }
+
+    #[tokio::test]
+    async fn in_traefik_middleware_mode_a_forbidden_middleware_listing_is_an_error() {
+        let (cluster, handle) = mock_cluster();
+        let cluster = cluster.with_middlewares(true);
+        let scenario = vec![
+            list(LEASES, None).reply(200, page(vec![], None)),
+            list(SERVICES, None).reply(200, page(vec![], None)),
+            list(MIDDLEWARES, None).reply(403, status(403, "Forbidden")),
+        ];
+        let (owned, ()) = tokio::join!(
+            async move { cluster.list_owned().await },
+            serve(handle, scenario)
+        );
+        let err = owned.expect_err("a Role without Middlewares fails the listing");
+        assert!(err.to_string().contains("Middleware"), "{err}");
     }
 
     #[tokio::test]
@@ -1029,6 +1080,8 @@ mod tests {
         vec![
             list(LEASES, None).reply(200, page(leases, None)),
             list(SERVICES, None).reply(200, page(services, None)),
+            // annotation mode, a Role without Middlewares: not an error
+            list(MIDDLEWARES, None).reply(403, status(403, "Forbidden")),
             list(INGRESSES, None).reply(200, page(ingresses, None)),
             list(HTTP_ROUTES, None).reply(200, page(vec![], None)),
         ]
@@ -1161,6 +1214,7 @@ mod tests {
         scenario.extend([
             list(LEASES, None).reply(200, page(vec![], None)),
             list(SERVICES, None).reply(200, page(vec![listed(&orphan(), "uid-gone")], None)),
+            list(MIDDLEWARES, None).reply(200, page(vec![], None)),
             list(INGRESSES, None).reply(200, page(vec![], None)),
             list(HTTP_ROUTES, None).reply(200, page(vec![], Some("c1"))),
             list(HTTP_ROUTES, Some("c1")).reply(500, status(500, "InternalError")),

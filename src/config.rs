@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::model::{GatewayRef, OwnerPod, PlanSettings, RouteApi};
+use crate::model::{GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi};
 use crate::naming;
 
 /// Expose docker-compose projects of this runner pod's Docker daemon through a Kubernetes Service
@@ -108,7 +108,15 @@ pub struct Args {
     )]
     pub max_hosts_per_pod: usize,
 
-    /// The one annotation that carries the rate limit (depends on your ingress controller).
+    /// How the rate limit reaches your ingress controller: `annotation` (one Ingress annotation,
+    /// --rate-limit-annotation) or `traefik-middleware` (a Traefik rateLimit Middleware per
+    /// composition, referenced from the Ingress or HTTPRoute; needs Traefik's CRDs and the RBAC
+    /// of deploy/components/traefik).
+    #[arg(long = "rate-limit-mode", env = "COMPOSE_INGRESS_RATE_LIMIT_MODE", value_enum, default_value_t = RateLimitModeArg::Annotation)]
+    pub rate_limit_mode: RateLimitModeArg,
+
+    /// The one annotation that carries the rate limit in `annotation` mode (depends on your
+    /// ingress controller).
     #[arg(
         long = "rate-limit-annotation",
         env = "COMPOSE_INGRESS_RATE_LIMIT_ANNOTATION",
@@ -173,6 +181,12 @@ pub struct Args {
     /// Upper bound for the clean-up at exit.
     #[arg(long = "shutdown-timeout", env = "COMPOSE_INGRESS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateLimitModeArg {
+    Annotation,
+    TraefikMiddleware,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -498,7 +512,12 @@ impl Args {
                 gateway,
                 default_rps: self.default_rps,
                 max_rps,
-                rate_limit_annotation: self.rate_limit_annotation,
+                rate_limit: match self.rate_limit_mode {
+                    RateLimitModeArg::Annotation => {
+                        RateLimitMode::Annotation(self.rate_limit_annotation)
+                    }
+                    RateLimitModeArg::TraefikMiddleware => RateLimitMode::TraefikMiddleware,
+                },
                 expose_by_default: self.expose_by_default,
                 expose_plain_containers: self.expose_plain_containers,
                 pod_selector,

@@ -481,7 +481,7 @@ pub fn parse_service_labels(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::RouteApi;
+    use crate::model::{RateLimitMode, RouteApi};
 
     pub(crate) fn settings() -> PlanSettings {
         PlanSettings {
@@ -497,7 +497,7 @@ pub(crate) mod tests {
             gateway: None,
             default_rps: Some(100),
             max_rps: Some(100),
-            rate_limit_annotation: "example.com/rps".into(),
+            rate_limit: RateLimitMode::Annotation("example.com/rps".into()),
             expose_by_default: false,
             expose_plain_containers: false,
             pod_selector: BTreeMap::from([(

@@ -13,6 +13,7 @@ use compose_ingress::cluster::Cluster;
 use compose_ingress::config::{Args, CleanupOnExit, Config, DryRun};
 use compose_ingress::docker::DockerClient;
 use compose_ingress::events;
+use compose_ingress::model::RateLimitMode;
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
 use compose_ingress::{logging, retry, telemetry};
@@ -71,7 +72,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &settings.namespace,
         &settings.pod_name,
         config.dry_run,
-    );
+    )
+    .with_middlewares(settings.rate_limit == RateLimitMode::TraefikMiddleware);
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
 

@@ -66,6 +66,20 @@ pub enum RouteApi {
     Gateway,
 }
 
+/// The form of the per-composition rate limit (`--rate-limit-mode`): what the operator's
+/// ingress controller reads and enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitMode {
+    /// One annotation on the Ingress whose value is the limit in requests/s (controllers that
+    /// read one, e.g. HAProxy's `haproxy.org/rate-limit-requests`). Not rendered on HTTPRoutes:
+    /// Gateway API has no such annotation.
+    Annotation(String),
+    /// A Traefik `Middleware` (`traefik.io/v1alpha1`, `rateLimit`) per composition, referenced
+    /// from the Ingress (`traefik.ingress.kubernetes.io/router.middlewares`) or from each
+    /// HTTPRoute rule (an `ExtensionRef` filter).
+    TraefikMiddleware,
+}
+
 /// A Gateway the HTTPRoutes attach to (`--gateway namespace/name` or `name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRef {
@@ -95,8 +109,8 @@ pub struct PlanSettings {
     pub default_rps: Option<u32>,
     /// Upper bound for a label's `rate-limit.rps`; a label above it is refused.
     pub max_rps: Option<u32>,
-    /// Annotation key that carries the rate limit on an Ingress (the only one we ever set).
-    pub rate_limit_annotation: String,
+    /// How the rate limit reaches the controller that enforces it.
+    pub rate_limit: RateLimitMode,
     pub expose_by_default: bool,
     pub expose_plain_containers: bool,
     /// The Service selector that matches exactly this runner pod

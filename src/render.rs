@@ -22,7 +22,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::model::{Backend, DesiredComposition, OwnerPod, PlanSettings};
+use crate::model::{Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode};
 use crate::naming;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -38,6 +38,21 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub const HTTP_ROUTE_VERSION: &str = "v1";
 pub const HTTP_ROUTE_KIND: &str = "HTTPRoute";
 pub const HTTP_ROUTE_PLURAL: &str = "httproutes";
+
+pub const TRAEFIK_GROUP: &str = "traefik.io";
+pub const MIDDLEWARE_VERSION: &str = "v1alpha1";
+pub const MIDDLEWARE_KIND: &str = "Middleware";
+pub const MIDDLEWARE_PLURAL: &str = "middlewares";
+/// Traefik's Ingress annotation naming the middlewares of every router of the Ingress.
+pub const TRAEFIK_MIDDLEWARES_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.middlewares";
+
+/// The `ApiResource` for `Api::<DynamicObject>` calls on Traefik Middlewares.
+pub fn middleware_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(TRAEFIK_GROUP, MIDDLEWARE_VERSION, MIDDLEWARE_KIND),
+        MIDDLEWARE_PLURAL,
+    )
+}
 
 /// The `ApiResource` for `Api::<DynamicObject>` calls on HTTPRoutes.
 pub fn http_route_resource() -> ApiResource {
@@ -226,10 +241,18 @@ pub fn ingress(d: &DesiredComposition, settings: &PlanSettings, owner: &OwnerPod
         }]
     });
     let mut annotations = BTreeMap::new();
-    if let Some(rps) = d.rate_limit_rps
-        && !settings.rate_limit_annotation.is_empty()
-    {
-        annotations.insert(settings.rate_limit_annotation.clone(), rps.to_string());
+    match (&settings.rate_limit, d.rate_limit_rps) {
+        (RateLimitMode::Annotation(key), Some(rps)) if !key.is_empty() => {
+            annotations.insert(key.clone(), rps.to_string());
+        }
+        (RateLimitMode::TraefikMiddleware, Some(_)) => {
+            // Traefik names a Middleware of the CRD provider `<namespace>-<name>@kubernetescrd`.
+            annotations.insert(
+                TRAEFIK_MIDDLEWARES_ANNOTATION.to_string(),
+                format!("{}-{}@kubernetescrd", settings.namespace, d.object_name),
+            );
+        }
+        _ => {}
     }
     stamp(Ingress {
         metadata: metadata(d.object_name.clone(), &d.name, settings, owner, annotations),
@@ -263,7 +286,9 @@ pub fn http_route_name(object_name: &str, host: &str) -> String {
 /// port), so a new host port still changes only the Service.) All routes share the composition's
 /// ownership labels, so listing by project finds stale ones.
 ///
-/// Gateway API has no standard rate-limit field; the limit is not rendered here.
+/// Gateway API has no standard rate-limit field: in `traefik-middleware` mode every rule carries
+/// an `ExtensionRef` filter to the composition's Middleware; in `annotation` mode the limit is
+/// not rendered here.
 pub fn http_routes(
     d: &DesiredComposition,
     settings: &PlanSettings,
@@ -287,13 +312,22 @@ pub fn http_routes(
             serde_json::Value::Object(r)
         })
         .collect();
+    let filters: Vec<serde_json::Value> = rate_limit_middleware_name(d, settings)
+        .map(|name| {
+            json!({
+                "type": "ExtensionRef",
+                "extensionRef": {"group": TRAEFIK_GROUP, "kind": MIDDLEWARE_KIND, "name": name},
+            })
+        })
+        .into_iter()
+        .collect();
     by_host(d)
         .into_iter()
         .map(|(host, backends)| {
             let rules: Vec<serde_json::Value> = backends
                 .iter()
                 .map(|b| {
-                    json!({
+                    let mut rule = json!({
                         "matches": [{"path": {"type": "PathPrefix", "value": b.path}}],
                         "backendRefs": [{
                             "group": "",
@@ -301,7 +335,11 @@ pub fn http_routes(
                             "name": d.object_name,
                             "port": b.service_port,
                         }],
-                    })
+                    });
+                    if !filters.is_empty() {
+                        rule["filters"] = json!(filters);
+                    }
+                    rule
                 })
                 .collect();
             let mut obj = DynamicObject::new(&http_route_name(&d.object_name, host), &resource)
@@ -322,6 +360,45 @@ pub fn http_routes(
             stamp(obj)
         })
         .collect()
+}
+
+/// The name of the composition's rate-limit Middleware, when it has one.
+fn rate_limit_middleware_name<'a>(
+    d: &'a DesiredComposition,
+    settings: &PlanSettings,
+) -> Option<&'a str> {
+    (settings.rate_limit == RateLimitMode::TraefikMiddleware && d.rate_limit_rps.is_some())
+        .then_some(d.object_name.as_str())
+}
+
+/// The composition's Traefik rate-limit Middleware (`traefik-middleware` mode, when the
+/// composition has a limit).
+///
+/// `average` requests per `period` (1 s), with a `burst` of one second's worth so that a page
+/// load's parallel requests pass. `sourceCriterion.requestHost` puts every client of a host in
+/// one bucket: the limit protects the shared controller from the composition, whoever calls it
+/// (Traefik's default, one bucket per client IP, would let many clients multiply it). Traefik
+/// keeps one limiter per router, i.e. per host and path of the composition: a composition
+/// exposing k URLs gets at most k times the limit in total.
+pub fn rate_limit_middleware(
+    d: &DesiredComposition,
+    settings: &PlanSettings,
+    owner: &OwnerPod,
+) -> Option<DynamicObject> {
+    let name = rate_limit_middleware_name(d, settings)?;
+    let rps = d.rate_limit_rps?;
+    let mut obj = DynamicObject::new(name, &middleware_resource()).data(json!({
+        "spec": {
+            "rateLimit": {
+                "average": rps,
+                "period": "1s",
+                "burst": rps,
+                "sourceCriterion": {"requestHost": true},
+            }
+        }
+    }));
+    obj.metadata = metadata(name.to_string(), &d.name, settings, owner, BTreeMap::new());
+    Some(stamp(obj))
 }
 
 /// The Lease that claims `host` for this pod. It is *created* (never applied) before the route,
@@ -539,6 +616,63 @@ mod tests {
     fn rate_limit_annotation_value() {
         let i = ingress(&desired(), &settings(), &owner());
         assert_eq!(i.metadata.annotations.unwrap()["example.com/rps"], "20");
+    }
+
+    fn traefik_settings() -> PlanSettings {
+        PlanSettings {
+            rate_limit: RateLimitMode::TraefikMiddleware,
+            namespace: "ci".into(),
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn traefik_mode_renders_one_rate_limit_middleware_and_references_it() {
+        let s = traefik_settings();
+        let d = desired();
+        let m = rate_limit_middleware(&d, &s, &owner()).expect("a Middleware");
+        assert_eq!(m.metadata.name.as_deref(), Some(d.object_name.as_str()));
+        assert_eq!(m.metadata.namespace.as_deref(), Some("ci"));
+        assert_eq!(
+            m.data["spec"]["rateLimit"],
+            json!({"average": 20, "period": "1s", "burst": 20, "sourceCriterion": {"requestHost": true}})
+        );
+        let ann = ingress(&d, &s, &owner()).metadata.annotations.unwrap();
+        assert_eq!(
+            ann[TRAEFIK_MIDDLEWARES_ANNOTATION],
+            format!("ci-{}@kubernetescrd", d.object_name)
+        );
+        assert!(!ann.contains_key("example.com/rps"), "{ann:?}");
+        let mut gw = s.clone();
+        gw.route_api = RouteApi::Gateway;
+        for r in http_routes(&d, &gw, &owner()) {
+            for rule in r.data["spec"]["rules"].as_array().unwrap() {
+                assert_eq!(
+                    rule["filters"],
+                    json!([{"type": "ExtensionRef", "extensionRef": {
+                        "group": "traefik.io", "kind": "Middleware", "name": d.object_name}}])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_limit_no_middleware_and_no_reference() {
+        let s = traefik_settings();
+        let mut d = desired();
+        d.rate_limit_rps = None;
+        assert!(rate_limit_middleware(&d, &s, &owner()).is_none());
+        let ann = ingress(&d, &s, &owner()).metadata.annotations.unwrap();
+        assert!(!ann.contains_key(TRAEFIK_MIDDLEWARES_ANNOTATION));
+        let mut gw = s.clone();
+        gw.route_api = RouteApi::Gateway;
+        for r in http_routes(&d, &gw, &owner()) {
+            for rule in r.data["spec"]["rules"].as_array().unwrap() {
+                assert!(rule.get("filters").is_none(), "{rule}");
+            }
+        }
+        // annotation mode renders no Middleware even with a limit
+        assert!(rate_limit_middleware(&desired(), &settings(), &owner()).is_none());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use compose_ingress::labels::{self, MAX_SHOWN_CHARS};
 use compose_ingress::model::{
     ContainerState, ObservedContainer, ObservedProject, PlanSettings, Protocol, PublishedPort,
-    RouteApi,
+    RateLimitMode, RouteApi,
 };
 use compose_ingress::{naming, plan};
 use proptest::prelude::*;
@@ -27,7 +27,7 @@ fn settings(template: &str) -> PlanSettings {
         gateway: None,
         default_rps: Some(100),
         max_rps: Some(200),
-        rate_limit_annotation: "example.com/rps".into(),
+        rate_limit: RateLimitMode::Annotation("example.com/rps".into()),
         expose_by_default: true,
         expose_plain_containers: true,
         pod_selector: BTreeMap::from([(

@@ -159,6 +159,9 @@ impl Reconciler {
             Kind::Service,
             &render::service(d, &self.settings, &self.owner),
         )?];
+        if let Some(m) = render::rate_limit_middleware(d, &self.settings, &self.owner) {
+            objects.push(DesiredObject::new(Kind::Middleware, &m)?);
+        }
         match self.settings.route_api {
             RouteApi::Ingress => objects.push(DesiredObject::new(
                 Kind::Ingress,
@@ -181,7 +184,7 @@ impl Reconciler {
     ) -> Result<Outcome, ClusterError> {
         let objects = self.render_all(d)?;
         let mut wrote = false;
-        // Service first, so that a route never points at a Service that does not exist yet.
+        // In `Kind` order: a route never points at a Service or Middleware that does not exist yet.
         for obj in &objects {
             let id = (obj.kind, obj.name().to_string());
             let known = self.owned.get(&id);

@@ -34,3 +34,74 @@ pub async fn through_ingress_within(host: &str, deadline: Duration) -> String {
     })
     .await
 }
+
+/// One HTTP/1.0 GET over TCP (status code; None on connect/read failure or after 10 s), for load
+/// where a curl process per request would be the bottleneck. Loopback or the bed's addresses only.
+pub async fn raw_get(addr: &str, host: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        String::from_utf8_lossy(&buf)
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What a paced load got back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadResult {
+    pub sent: u32,
+    /// 200 answers.
+    pub ok: u32,
+    /// 429 Too Many Requests.
+    pub limited: u32,
+    /// Anything else (another status, or no answer).
+    pub other: u32,
+}
+
+/// Sends `rate` GETs per second for `duration` to `addr` with `Host: host`, each at its own
+/// planned instant (not one after another, so a slow answer does not lower the rate), and
+/// counts the answers.
+pub async fn load(addr: &str, host: &str, rate: u32, duration: Duration) -> LoadResult {
+    let n = (f64::from(rate) * duration.as_secs_f64()).round() as u32;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(f64::from(i) / f64::from(rate)))
+            .await;
+        let (addr, host) = (addr.to_string(), host.to_string());
+        tasks.push(tokio::spawn(
+            async move { raw_get(&addr, &host, "/").await },
+        ));
+    }
+    let mut result = LoadResult {
+        sent: n,
+        ..LoadResult::default()
+    };
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(200) => result.ok += 1,
+            Some(429) => result.limited += 1,
+            _ => result.other += 1,
+        }
+    }
+    result
+}
+
+/// Traefik's plain-HTTP entry point as `host:port` (for [`load`] and [`raw_get`]).
+pub fn traefik_addr() -> String {
+    bed()
+        .get("TRAEFIK_WEB")
+        .trim_start_matches("http://")
+        .to_string()
+}

@@ -17,7 +17,9 @@ mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
-pub use http::{http_get, through_ingress, through_ingress_within};
+pub use http::{
+    LoadResult, http_get, load, raw_get, through_ingress, through_ingress_within, traefik_addr,
+};
 pub use node::{
     DIND_CONTAINER, Deployment, SIDECAR_CONTAINER, container, kill_container, node_lock, pod_ready,
     projected_token,
@@ -27,5 +29,7 @@ pub use objects::{
     wait_gone,
 };
 pub use pod::{ComposeVersion, RunnerPod, unique_namespace};
-pub use sidecar::{DOMAIN, Launch, Sidecar, domain, free_port, sidecar_kubeconfig, stop_process};
+pub use sidecar::{
+    DOMAIN, Launch, Sidecar, TRAEFIK_RBAC, domain, free_port, sidecar_kubeconfig, stop_process,
+};
 pub use wait::{CONVERGE, eventually};

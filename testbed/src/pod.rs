@@ -181,8 +181,32 @@ impl RunnerPod {
     /// Sets up the sidecar's ServiceAccount, Role and RoleBinding from `deploy/base/rbac.yaml`
     /// in this pod's namespace and returns a token for that ServiceAccount.
     pub async fn sidecar_token(&self, admin: &kube::Client) -> String {
-        let text = std::fs::read_to_string(repo_root().join("deploy/base/rbac.yaml"))
-            .expect("read deploy/base/rbac.yaml");
+        self.grant(admin, "deploy/base/rbac.yaml").await;
+        let pp = PostParams::default();
+        let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), &self.namespace);
+        let request = k8s_openapi::api::authentication::v1::TokenRequest {
+            spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+                expiration_seconds: Some(24 * 3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = api
+            .create_token_request("compose-ingress", &pp, &request)
+            .await
+            .expect("token request for the sidecar's ServiceAccount");
+        token
+            .status
+            .and_then(|s| s.token)
+            .expect("token in the TokenRequest status")
+    }
+
+    /// Creates the ServiceAccount, Roles and RoleBindings of one of deploy/'s RBAC files (path
+    /// from the repository root) in this pod's namespace: the tests run the sidecar under
+    /// exactly what deploy/ grants.
+    pub async fn grant(&self, admin: &kube::Client, file: &str) {
+        let text = std::fs::read_to_string(repo_root().join(file))
+            .unwrap_or_else(|e| panic!("read {file}: {e}"));
         let pp = PostParams::default();
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
             let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("rbac yaml");
@@ -205,25 +229,9 @@ impl RunnerPod {
                     let api: Api<RoleBinding> = Api::namespaced(admin.clone(), &self.namespace);
                     create_or_exists(api.create(&pp, &rb).await);
                 }
-                other => panic!("unexpected kind {other:?} in deploy/base/rbac.yaml"),
+                other => panic!("unexpected kind {other:?} in {file}"),
             }
         }
-        let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), &self.namespace);
-        let request = k8s_openapi::api::authentication::v1::TokenRequest {
-            spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
-                expiration_seconds: Some(24 * 3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let token = api
-            .create_token_request("compose-ingress", &pp, &request)
-            .await
-            .expect("token request for the sidecar's ServiceAccount");
-        token
-            .status
-            .and_then(|s| s.token)
-            .expect("token in the TokenRequest status")
     }
 }
 

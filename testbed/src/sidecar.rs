@@ -99,6 +99,9 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The Role of deploy/'s Traefik component (rate-limit Middlewares).
+pub const TRAEFIK_RBAC: &str = "deploy/components/traefik/rbac.yaml";
+
 /// Writes a kubeconfig for the sidecar's ServiceAccount token in the pod's directory.
 pub async fn sidecar_kubeconfig(bed: &Bed, pod: &RunnerPod) -> PathBuf {
     let admin = bed.admin().await;
@@ -118,8 +121,18 @@ pub async fn sidecar_kubeconfig(bed: &Bed, pod: &RunnerPod) -> PathBuf {
 
 impl Sidecar {
     /// Starts the sidecar for `pod` with `launch`'s settings and `extra` flags (later flags win).
+    /// In `traefik-middleware` rate-limit mode the sidecar also gets deploy/components/traefik's
+    /// Role, as a user of that component grants it.
     pub async fn start(launch: &Launch, bed: &Bed, pod: &RunnerPod, extra: &[&str]) -> Sidecar {
         let kubeconfig = sidecar_kubeconfig(bed, pod).await;
+        if launch
+            .flags
+            .iter()
+            .chain(extra)
+            .any(|f| f.contains("traefik-middleware"))
+        {
+            pod.grant(&bed.admin().await, TRAEFIK_RBAC).await;
+        }
         Self::start_with_kubeconfig(launch, pod, &kubeconfig, extra, "sidecar")
     }
 

@@ -208,18 +208,44 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
         let got: Vec<String> = got.into_iter().map(|g| g.to_ascii_lowercase()).collect();
         assert_eq!(got, expected, "deploy/{dir}: accepted objects");
 
-        // The Role the sidecar runs under is deploy/base/rbac.yaml, unchanged by any overlay
-        // (the sidecar tests read that file: testbed/src/pod.rs, sidecar_token).
-        let rbac_text =
-            std::fs::read_to_string(repo_root().join("deploy/base/rbac.yaml")).expect("rbac");
-        let rbac_role = serde_yaml_ng::Deserializer::from_str(&rbac_text)
-            .map(|d| serde::Deserialize::deserialize(d).expect("rbac yaml"))
-            .find(|v: &serde_json::Value| v["kind"] == "Role")
-            .expect("a Role in rbac.yaml");
+        // The Roles the sidecar runs under are deploy/base/rbac.yaml's and the Traefik
+        // component's, unchanged by any overlay (the sidecar tests read those files:
+        // testbed/src/pod.rs, grant).
+        let role_of = |file: &str| {
+            let text = std::fs::read_to_string(repo_root().join(file)).expect("rbac");
+            serde_yaml_ng::Deserializer::from_str(&text)
+                .map(|d| serde::Deserialize::deserialize(d).expect("rbac yaml"))
+                .find(|v: &serde_json::Value| v["kind"] == "Role")
+                .unwrap_or_else(|| panic!("a Role in {file}"))
+        };
+        let mut roles = of_kind(&docs, "Role");
+        roles.sort_by_key(|r| r["metadata"]["name"].as_str().map(str::to_string));
+        let names: Vec<&str> = roles
+            .iter()
+            .filter_map(|r| r["metadata"]["name"].as_str())
+            .collect();
         assert_eq!(
-            of_kind(&docs, "Role")[0]["rules"],
-            rbac_role["rules"],
+            names,
+            ["compose-ingress", "compose-ingress-traefik"],
+            "deploy/{dir}: the base Role and the Traefik component's"
+        );
+        assert_eq!(
+            roles[0]["rules"],
+            role_of("deploy/base/rbac.yaml")["rules"],
             "deploy/{dir}: the Role is deploy/base/rbac.yaml's"
+        );
+        assert_eq!(
+            roles[1]["rules"],
+            role_of("deploy/components/traefik/rbac.yaml")["rules"],
+            "deploy/{dir}: the Traefik Role is deploy/components/traefik/rbac.yaml's"
+        );
+        assert_eq!(
+            env_value(
+                &sidecar(&statefulset(&docs)),
+                "COMPOSE_INGRESS_RATE_LIMIT_MODE"
+            ),
+            "traefik-middleware",
+            "deploy/{dir}: the overlays are written for Traefik"
         );
 
         let sts = statefulset(&docs);

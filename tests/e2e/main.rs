@@ -12,6 +12,7 @@ mod disruptive;
 mod engines;
 mod node;
 mod operability;
+mod policies;
 
 mod scenarios;
 mod smoke;

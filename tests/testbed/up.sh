@@ -66,6 +66,12 @@ daemons_alive() {
 if [ -f "$TESTBED_DIR/env" ] && daemons_alive; then
   for _ in $(seq 1 90); do bed_ready && break; sleep 1; done
 fi
+# A bed of an older revision of these scripts (a component or flag it lacks) is restarted.
+BED_REVISION=2   # 2: Traefik's CRDs and kubernetescrd provider
+if [ -f "$TESTBED_DIR/env" ] && ! grep -q "^BED_REVISION=$BED_REVISION\$" "$TESTBED_DIR/env"; then
+  log "the running bed is of an older revision of these scripts: restarting it"
+  "$here/down.sh" >/dev/null 2>&1 || true
+fi
 if [ -f "$TESTBED_DIR/env" ] && bed_ready; then
   # A bed started before Compose v2 was part of it gains it here, without a restart.
   if ! grep -q '^COMPOSE_V2=' "$TESTBED_DIR/env"; then
@@ -192,13 +198,21 @@ crd_dir=$(cd "$here/go/traefik" && go mod download -json "sigs.k8s.io/gateway-ap
 [ -d "$crd_dir/config/crd/standard" ] || die "Gateway API CRDs not found in module sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION"
 kubectl_bed apply --server-side -f "$crd_dir/config/crd/standard/" >/dev/null
 kubectl_bed wait --for condition=Established --timeout 60s crd/httproutes.gateway.networking.k8s.io crd/gateways.gateway.networking.k8s.io >/dev/null
+# Traefik's own CRDs (Middleware, IngressRoute, ...) from the Traefik module the bed builds: its
+# kubernetescrd provider needs them all, and the sidecar's traefik-middleware mode writes
+# Middlewares.
+traefik_dir=$(cd "$here/go/traefik" && go mod download -json github.com/traefik/traefik/v3 | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+traefik_crds=$traefik_dir/docs/content/reference/dynamic-configuration/kubernetes-crd-definition-v1.yml
+[ -f "$traefik_crds" ] || die "Traefik CRDs not found at $traefik_crds"
+kubectl_bed apply --server-side -f "$traefik_crds" >/dev/null
+kubectl_bed wait --for condition=Established --timeout 60s crd/middlewares.traefik.io >/dev/null
 sed -e "s/@NODE_NAME@/$NODE_NAME/" -e "s/@TRAEFIK_WEB_PORT@/$TRAEFIK_WEB_PORT/" "$here/cluster-objects.yaml" \
   | kubectl_bed apply --server-side -f - >/dev/null
 
 # --- Traefik: Kubernetes Ingress + Gateway API providers, on loopback -----------------------
 log "starting Traefik on 127.0.0.1:$TRAEFIK_WEB_PORT (web), :$TRAEFIK_WEBSECURE_PORT (websecure, TLS) and :$TRAEFIK_ADMIN_PORT (ping/API)"
 k8s_flags=()
-for p in kubernetesingress kubernetesgateway; do
+for p in kubernetesingress kubernetesgateway kubernetescrd; do
   k8s_flags+=(--providers.$p=true --providers.$p.endpoint="$APISERVER" --providers.$p.token="$ADMIN_TOKEN"
               --providers.$p.certauthfilepath="$PKI/ca.crt")
 done
@@ -224,6 +238,7 @@ fi
 "$here/node.sh" up
 
 cat > "$TESTBED_DIR/env" <<ENV
+BED_REVISION=$BED_REVISION
 TESTBED_DIR=$TESTBED_DIR
 KUBECONFIG=$KUBECONFIG_FILE
 APISERVER=$APISERVER

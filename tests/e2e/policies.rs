@@ -1,0 +1,178 @@
+//! Policies the controller enforces (issue 16): the per-composition rate limit as a Traefik
+//! `Middleware`, proved by traffic through the bed's Traefik, in Ingress and Gateway mode.
+
+use std::time::Duration;
+
+use testbed::{
+    CONVERGE, ComposeVersion, ENABLE, LoadResult, RunnerPod, Sidecar, bed, compose_file, domain,
+    eventually, load, through_ingress, traefik_addr, unique_namespace, web,
+};
+
+use crate::SIDECAR;
+
+const RPS_LABEL: &str = "compose-ingress.rate-limit.rps";
+
+/// How long each load runs: long enough that the token bucket's burst (one second's worth) is a
+/// small part of what passes.
+const LOAD: Duration = Duration::from_secs(5);
+
+/// The Middlewares of a composition, as (name, rateLimit.average).
+fn middlewares(ns: &str, project: &str) -> Vec<(String, u64)> {
+    let out = bed().kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "middlewares.traefik.io",
+        "-l",
+        &format!("compose-ingress/project={project}"),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl get middlewares: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("middlewares json");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| {
+            (
+                m["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                m["spec"]["rateLimit"]["average"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// What a token bucket of `rps` per second with a burst of `rps` lets through of a load well
+/// above it for `LOAD`: rps × seconds plus the burst. The band allows one second either way for
+/// scheduling on a loaded machine (the bench measures the exact ratio).
+fn assert_limited(what: &str, r: LoadResult, rps: u32) {
+    let secs = LOAD.as_secs() as u32;
+    let (low, high) = (rps * (secs - 1), rps * (secs + 2));
+    assert!(
+        (low..=high).contains(&r.ok),
+        "{what}: {} of {} requests passed, expected {low}..={high} at {rps} rps: {r:?}",
+        r.ok,
+        r.sent
+    );
+    assert_eq!(
+        r.ok + r.limited,
+        r.sent,
+        "{what}: every request answers 200 or 429: {r:?}"
+    );
+}
+
+fn page(rps: Option<&str>) -> String {
+    let rps_label = rps.map(|v| (RPS_LABEL, v));
+    let labels: Vec<(&str, &str)> = [Some(ENABLE), rps_label].into_iter().flatten().collect();
+    compose_file(&[web("web", "limited-page", 8080, "8080", &labels)])
+}
+
+async fn rate_limit_is_enforced(route: &[&str], test: &str) {
+    let ns = unique_namespace(test);
+    let pod: RunnerPod = bed().runner_pod(&ns, "runner-0");
+    let mut flags = vec![
+        "--rate-limit-mode",
+        "traefik-middleware",
+        "--default-rps",
+        "40",
+        "--max-rps",
+        "40",
+    ];
+    flags.extend_from_slice(route);
+    let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &flags).await;
+    let v2 = ComposeVersion::V2;
+    pod.compose_as(v2, "limited", &page(Some("5")), &["up", "-d"]);
+    pod.compose_as(
+        v2,
+        "neighbour",
+        &compose_file(&[web("web", "neighbour-page", 8080, "8080", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    let limited = format!("web-8080-limited-runner-0.{}", domain(&ns));
+    let neighbour = format!("web-8080-neighbour-runner-0.{}", domain(&ns));
+    assert_eq!(through_ingress(&limited).await.trim(), "limited-page");
+    assert_eq!(through_ingress(&neighbour).await.trim(), "neighbour-page");
+    assert_eq!(
+        middlewares(&ns, "limited")
+            .into_iter()
+            .map(|(_, avg)| avg)
+            .collect::<Vec<_>>(),
+        [5],
+        "one Middleware of 5 rps for the labelled composition"
+    );
+
+    // Five times the limit on one composition while its neighbour gets traffic under its own
+    // (default) limit at the same time.
+    tokio::time::sleep(Duration::from_secs(2)).await; // the bucket refills after the probes
+    let addr = traefik_addr();
+    let (hit, beside) = tokio::join!(
+        load(&addr, &limited, 25, LOAD),
+        load(&addr, &neighbour, 20, LOAD)
+    );
+    assert_limited("limited at 5 rps, hit at 25 rps", hit, 5);
+    assert!(hit.limited > 0, "the excess answers 429: {hit:?}");
+    assert_eq!(
+        (beside.ok, beside.sent),
+        (beside.sent, 100),
+        "the neighbour (40 rps default, hit at 20 rps) is not limited: {beside:?}"
+    );
+
+    // A new label value is a new limit: Compose recreates the container, the sidecar patches the
+    // Middleware, Traefik reloads it.
+    pod.compose_as(v2, "limited", &page(Some("10")), &["up", "-d"]);
+    eventually("the Middleware says 10 rps", CONVERGE, || async {
+        (middlewares(&ns, "limited")
+            .first()
+            .is_some_and(|(_, avg)| *avg == 10))
+        .then_some(())
+    })
+    .await;
+    through_ingress(&limited).await; // the recreated container is routed
+    eventually("Traefik lets about 10 rps through", CONVERGE, || async {
+        tokio::time::sleep(Duration::from_secs(2)).await; // refill
+        let r = load(&addr, &limited, 50, LOAD).await;
+        let secs = LOAD.as_secs() as u32;
+        (r.ok >= 10 * (secs - 1) && r.ok <= 10 * (secs + 2) && r.ok + r.limited == r.sent)
+            .then_some(r)
+    })
+    .await;
+
+    // The composition goes, and its Middleware with it.
+    pod.compose_as(v2, "limited", &page(Some("10")), &["down"]);
+    eventually("the Middleware is deleted", CONVERGE, || async {
+        middlewares(&ns, "limited").is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        middlewares(&ns, "neighbour").len(),
+        1,
+        "the neighbour keeps its Middleware"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_middleware_limits_through_traefik_ingress() {
+    rate_limit_is_enforced(&[], "ratelimit-ing").await;
+}
+
+#[tokio::test]
+async fn rate_limit_middleware_limits_through_traefik_gateway() {
+    let gateway = format!(
+        "{}/{}",
+        bed().get("GATEWAY_NAMESPACE"),
+        bed().get("GATEWAY_NAME")
+    );
+    rate_limit_is_enforced(
+        &["--route-api", "gateway", "--gateway", &gateway],
+        "ratelimit-gw",
+    )
+    .await;
+}
