@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::model::{GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi};
+use crate::model::{AccessPolicies, GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi};
 use crate::naming;
 
 /// Expose docker-compose projects of this runner pod's Docker daemon through a Kubernetes Service
@@ -114,6 +114,11 @@ pub struct Args {
     /// of deploy/components/traefik).
     #[arg(long = "rate-limit-mode", env = "COMPOSE_INGRESS_RATE_LIMIT_MODE", value_enum, default_value_t = RateLimitModeArg::Annotation)]
     pub rate_limit_mode: RateLimitModeArg,
+
+    /// The operator's access policies (YAML, see README "Access policies"); labels pick one by
+    /// name with compose-ingress.access. Without it every composition is public.
+    #[arg(long = "access-policies", env = "COMPOSE_INGRESS_ACCESS_POLICIES")]
+    pub access_policies: Option<String>,
 
     /// The one annotation that carries the rate limit in `annotation` mode (depends on your
     /// ingress controller).
@@ -286,6 +291,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `prefix/name`: a DNS subdomain prefix and a name of at most 63 of `[A-Za-z0-9-_.]`.
+pub(crate) fn is_annotation_key(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, name)| {
+        is_dns_subdomain(prefix)
+            && !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    })
+}
+
 fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(naming::is_dns_label)
 }
@@ -453,14 +470,7 @@ impl Args {
             ));
         }
         let key = &self.rate_limit_annotation;
-        let key_ok = key.split_once('/').is_some_and(|(prefix, name)| {
-            is_dns_subdomain(prefix)
-                && !name.is_empty()
-                && name.len() <= 63
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        });
+        let key_ok = is_annotation_key(key);
         if !key_ok {
             return Err(bad(
                 "--rate-limit-annotation",
@@ -488,6 +498,11 @@ impl Args {
             }
         }
         let pod_selector = parse_selector(&self.pod_selector, &self.pod_name)?;
+        let access = match &self.access_policies {
+            Some(path) => crate::policy::load(path)
+                .map_err(|e| bad("--access-policies", path, e.to_string()))?,
+            None => AccessPolicies::public_only(),
+        };
 
         let mut allowed_classes = self.allowed_classes.clone();
         allowed_classes.extend(self.ingress_class.clone());
@@ -518,6 +533,7 @@ impl Args {
                     }
                     RateLimitModeArg::TraefikMiddleware => RateLimitMode::TraefikMiddleware,
                 },
+                access,
                 expose_by_default: self.expose_by_default,
                 expose_plain_containers: self.expose_plain_containers,
                 pod_selector,

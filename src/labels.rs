@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{PlanSettings, Reason, Refusal};
+use crate::model::{PUBLIC_POLICY, PlanSettings, Reason, Refusal};
 use crate::naming;
 
 pub const ENABLE: &str = "compose-ingress.enable";
@@ -17,6 +17,7 @@ pub const HOST: &str = "compose-ingress.host";
 pub const PATH: &str = "compose-ingress.path";
 pub const RATE_LIMIT_RPS: &str = "compose-ingress.rate-limit.rps";
 pub const CLASS: &str = "compose-ingress.class";
+pub const ACCESS: &str = "compose-ingress.access";
 /// Prefix of every label of ours: an unknown key under it is most likely a typo.
 pub const PREFIX: &str = "compose-ingress.";
 pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
@@ -38,7 +39,7 @@ pub const MAX_PATH_LEN: usize = 256;
 /// Longest value shown in a refusal (after escaping), so that log lines stay readable.
 pub const MAX_SHOWN_CHARS: usize = 80;
 
-const OUR_LABELS: [&str; 6] = [ENABLE, PORTS, HOST, PATH, RATE_LIMIT_RPS, CLASS];
+const OUR_LABELS: [&str; 7] = [ENABLE, PORTS, HOST, PATH, RATE_LIMIT_RPS, CLASS, ACCESS];
 const KOMPOSE_LABELS: [&str; 3] = [KOMPOSE_EXPOSE, KOMPOSE_CLASS, KOMPOSE_TLS_SECRET];
 
 /// A host chosen by a label (instead of the template), with its own path.
@@ -65,6 +66,8 @@ pub struct ServiceExposure {
     pub rate_limit_rps: Option<u32>,
     pub class: Option<String>,
     pub tls_secret: Option<String>,
+    /// The access policy a label chose (a policy name or `public`); `None`: the default.
+    pub access: Option<String>,
 }
 
 impl ServiceExposure {
@@ -78,6 +81,7 @@ impl ServiceExposure {
             rate_limit_rps: None,
             class: None,
             tls_secret: None,
+            access: None,
         }
     }
 }
@@ -330,6 +334,31 @@ fn parse_class(ctx: &mut Ctx<'_>, key: &str, value: &str, allowed: &[String]) ->
     None
 }
 
+/// `compose-ingress.access`: a policy the operator defined, or `public` when allowed.
+fn parse_access(ctx: &mut Ctx<'_>, value: &str, settings: &PlanSettings) -> Option<String> {
+    let v = value.trim();
+    let access = &settings.access;
+    if access.policies.contains_key(v) || (v == PUBLIC_POLICY && access.allow_public) {
+        return Some(v.to_string());
+    }
+    let choosable = access.choosable().join(", ");
+    let (reason, rule) = if v == PUBLIC_POLICY {
+        (
+            Reason::PublicNotAllowed,
+            format!(
+                "the operator does not allow public compositions; choose one of: {choosable}, or remove the label for the default"
+            ),
+        )
+    } else {
+        (
+            Reason::UnknownAccessPolicy,
+            format!("no such access policy; the operator's policies: {choosable}"),
+        )
+    };
+    ctx.refuse(ACCESS, value, reason, &rule);
+    None
+}
+
 /// Parses the labels of one container of compose service `service`.
 ///
 /// Enabling: `compose-ingress.enable` decides when present; otherwise a `kompose.service.expose`
@@ -464,6 +493,8 @@ pub fn parse_service_labels(
         }
     });
 
+    let access = value(ACCESS).and_then(|v| parse_access(&mut ctx, v, settings));
+
     if !ctx.refusals.is_empty() {
         return Err(ctx.refusals);
     }
@@ -475,13 +506,14 @@ pub fn parse_service_labels(
         rate_limit_rps,
         class,
         tls_secret,
+        access,
     })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{RateLimitMode, RouteApi};
+    use crate::model::{AccessPolicies, RateLimitMode, RouteApi};
 
     pub(crate) fn settings() -> PlanSettings {
         PlanSettings {
@@ -498,6 +530,7 @@ pub(crate) mod tests {
             default_rps: Some(100),
             max_rps: Some(100),
             rate_limit: RateLimitMode::Annotation("example.com/rps".into()),
+            access: AccessPolicies::public_only(),
             expose_by_default: false,
             expose_plain_containers: false,
             pod_selector: BTreeMap::from([(

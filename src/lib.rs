@@ -13,6 +13,7 @@ pub mod logging;
 pub mod model;
 pub mod naming;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod render;
 pub mod retry;

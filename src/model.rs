@@ -80,6 +80,51 @@ pub enum RateLimitMode {
     TraefikMiddleware,
 }
 
+/// The label value (and policy name) that means "no access policy".
+pub const PUBLIC_POLICY: &str = "public";
+
+/// The operator's access policies (`--access-policies`, see src/policy.rs for the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessPolicies {
+    /// The policy of a composition whose services name none; `None`: public.
+    pub default: Option<String>,
+    /// Whether `public` (no policy) may be chosen by a label.
+    pub allow_public: bool,
+    pub policies: BTreeMap<String, AccessPolicy>,
+}
+
+impl AccessPolicies {
+    /// Without a policy file: every composition is public, and only `public` may be named.
+    pub fn public_only() -> Self {
+        Self {
+            default: None,
+            allow_public: true,
+            policies: BTreeMap::new(),
+        }
+    }
+
+    /// The names a label may choose, for refusals.
+    pub fn choosable(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.policies.keys().map(String::as_str).collect();
+        if self.allow_public {
+            names.push(PUBLIC_POLICY);
+        }
+        names
+    }
+}
+
+/// What one access policy adds to a composition's route; operator text, never a label's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AccessPolicy {
+    /// Traefik Middlewares of the runner pods' namespace, referenced from the Ingress (after the
+    /// rate limit's) and as `ExtensionRef` filters of every HTTPRoute rule.
+    pub traefik_middlewares: Vec<String>,
+    /// Annotations set on the Ingress as written (controllers that read annotations).
+    pub ingress_annotations: BTreeMap<String, String>,
+    /// Gateway API `HTTPRouteFilter`s added to every HTTPRoute rule as written.
+    pub http_route_filters: Vec<serde_json::Value>,
+}
+
 /// A Gateway the HTTPRoutes attach to (`--gateway namespace/name` or `name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRef {
@@ -111,6 +156,8 @@ pub struct PlanSettings {
     pub max_rps: Option<u32>,
     /// How the rate limit reaches the controller that enforces it.
     pub rate_limit: RateLimitMode,
+    /// The operator's access policies; labels pick one by name.
+    pub access: AccessPolicies,
     pub expose_by_default: bool,
     pub expose_plain_containers: bool,
     /// The Service selector that matches exactly this runner pod
@@ -176,6 +223,12 @@ pub enum Reason {
     TooManyPorts,
     /// Exposing the composition would take the pod over `--max-hosts-per-pod`: refused whole.
     TooManyHosts,
+    /// `compose-ingress.access` names a policy the operator did not define.
+    UnknownAccessPolicy,
+    /// `compose-ingress.access=public` where the operator does not allow public compositions.
+    PublicNotAllowed,
+    /// Two services of one composition want different access policies (the route has one).
+    AccessConflict,
     /// The compose project name is too long or has characters Compose never gives one: it
     /// would reach object metadata, so the composition is refused whole.
     InvalidProjectName,
@@ -230,6 +283,9 @@ impl Reason {
             Reason::HostTaken => "host-taken",
             Reason::TooManyPorts => "too-many-ports",
             Reason::TooManyHosts => "too-many-hosts",
+            Reason::UnknownAccessPolicy => "unknown-access-policy",
+            Reason::PublicNotAllowed => "public-not-allowed",
+            Reason::AccessConflict => "access-conflict",
             Reason::InvalidProjectName => "invalid-project-name",
         }
     }
@@ -320,6 +376,8 @@ pub struct DesiredComposition {
     pub class: Option<String>,
     pub rate_limit_rps: Option<u32>,
     pub tls_secret: Option<String>,
+    /// The access policy of the composition (a name of `PlanSettings::access`); `None`: public.
+    pub access: Option<String>,
 }
 
 /// The planner's output for one composition.

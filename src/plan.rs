@@ -10,8 +10,8 @@ use crate::labels::{
     self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_SERVICE, ServiceExposure,
 };
 use crate::model::{
-    Backend, ContainerState, DesiredComposition, ObservedContainer, ObservedProject, Plan,
-    PlanSettings, Protocol, Reason, Refusal,
+    Backend, ContainerState, DesiredComposition, ObservedContainer, ObservedProject, PUBLIC_POLICY,
+    Plan, PlanSettings, Protocol, Reason, Refusal,
 };
 use crate::naming;
 
@@ -54,6 +54,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
     let mut accepted: Vec<Accepted> = Vec::new();
     let mut class: Option<(String, String)> = None; // (class, service that chose it)
     let mut tls: Option<(String, String)> = None;
+    let mut access: Option<(String, String)> = None;
 
     let running = group_services(project, settings, ContainerState::Running);
     let awaiting_start = awaiting_start(project, settings, &running);
@@ -93,6 +94,19 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
                     &service,
                     container,
                     "tls",
+                ) {
+                    refusals.push(r);
+                    continue;
+                }
+                // Unlike the class, a service without the label does not take another's
+                // choice: it wants the default, so that one `public` label cannot open its
+                // neighbours.
+                if let Some(r) = agree(
+                    &mut access,
+                    Some(effective_access(&exposure, settings)),
+                    &service,
+                    container,
+                    "access",
                 ) {
                     refusals.push(r);
                     continue;
@@ -168,6 +182,10 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
         .min();
     let chosen_class = live_exposures().find_map(|e| e.class.clone());
     let chosen_tls = live_exposures().find_map(|e| e.tls_secret.clone());
+    let access = live_exposures()
+        .map(|e| effective_access(e, settings))
+        .find(|a| *a != PUBLIC_POLICY)
+        .map(str::to_string);
 
     Plan {
         desired: Some(DesiredComposition {
@@ -177,6 +195,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
             class: chosen_class.or_else(|| settings.ingress_class.clone()),
             rate_limit_rps,
             tls_secret: chosen_tls.or_else(|| settings.tls_secret.clone()),
+            access,
         }),
         refusals,
         awaiting_start,
@@ -362,6 +381,15 @@ fn exposed_ports(
 
 /// First service to choose a class (or TLS secret) sets it for the composition; a later service
 /// choosing another one is refused, because one Ingress has one class and one TLS secret.
+/// The access policy a service gets: its label's, else the operator's default, else public.
+fn effective_access<'a>(exposure: &'a ServiceExposure, settings: &'a PlanSettings) -> &'a str {
+    exposure
+        .access
+        .as_deref()
+        .or(settings.access.default.as_deref())
+        .unwrap_or(PUBLIC_POLICY)
+}
+
 fn agree(
     current: &mut Option<(String, String)>,
     wanted: Option<&str>,
@@ -384,6 +412,8 @@ fn agree(
                     labels::KOMPOSE_CLASS
                 };
                 (label, Reason::ClassConflict, "class")
+            } else if what == "access" {
+                (labels::ACCESS, Reason::AccessConflict, "access policy")
             } else {
                 (
                     labels::KOMPOSE_TLS_SECRET,
@@ -1018,6 +1048,107 @@ mod tests {
             &s,
         );
         assert_eq!(p.desired.unwrap().rate_limit_rps, None);
+    }
+
+    fn with_policies(text: &str) -> PlanSettings {
+        let mut s = settings();
+        s.access = crate::policy::parse(text).unwrap();
+        s
+    }
+
+    #[test]
+    fn access_is_the_label_s_policy_else_the_default() {
+        let s = with_policies(
+            "default: sso\nallowPublic: true\npolicies: {sso: {traefikMiddlewares: [a]}, office: {traefikMiddlewares: [b]}}",
+        );
+        let one = |labels: &[(&str, &str)]| {
+            plan(
+                &project(vec![container("a-1", "a", 1, labels, &[(80, TCP, 1000)])]),
+                &s,
+            )
+        };
+        assert_eq!(one(&[ON]).desired.unwrap().access.as_deref(), Some("sso"));
+        let office = one(&[ON, (labels::ACCESS, "office")]);
+        assert_eq!(office.desired.unwrap().access.as_deref(), Some("office"));
+        assert_eq!(
+            one(&[ON, (labels::ACCESS, "public")])
+                .desired
+                .unwrap()
+                .access,
+            None
+        );
+        // Without a policy file every composition is public.
+        let p = plan(
+            &project(vec![container("a-1", "a", 1, &[ON], &[(80, TCP, 1000)])]),
+            &settings(),
+        );
+        assert_eq!(p.desired.unwrap().access, None);
+    }
+
+    #[test]
+    fn unknown_policies_and_forbidden_public_are_refused_with_the_choices() {
+        let s = with_policies("default: sso\npolicies: {sso: {traefikMiddlewares: [a]}}");
+        for (value, reason, needle) in [
+            (
+                "nope",
+                Reason::UnknownAccessPolicy,
+                "the operator's policies: sso",
+            ),
+            ("public", Reason::PublicNotAllowed, "choose one of: sso"),
+        ] {
+            let p = plan(
+                &project(vec![
+                    container(
+                        "a-1",
+                        "a",
+                        1,
+                        &[ON, (labels::ACCESS, value)],
+                        &[(80, TCP, 1000)],
+                    ),
+                    container("b-1", "b", 1, &[ON], &[(80, TCP, 1001)]),
+                ]),
+                &s,
+            );
+            assert_eq!(p.refusals.len(), 1, "{value}: {:?}", p.refusals);
+            assert_eq!(p.refusals[0].reason, reason);
+            assert!(
+                p.refusals[0].message.contains(needle),
+                "{}",
+                p.refusals[0].message
+            );
+            // the other service is exposed, under the default
+            let d = p.desired.unwrap();
+            assert_eq!(d.access.as_deref(), Some("sso"));
+            let services: Vec<_> = d.backends.iter().map(|b| b.service.as_str()).collect();
+            assert_eq!(services, ["b"]);
+        }
+    }
+
+    #[test]
+    fn one_public_label_does_not_open_a_service_that_wants_the_default() {
+        let s = with_policies(
+            "default: sso\nallowPublic: true\npolicies: {sso: {traefikMiddlewares: [a]}}",
+        );
+        let p = plan(
+            &project(vec![
+                container(
+                    "a-1",
+                    "a",
+                    1,
+                    &[ON, (labels::ACCESS, "public")],
+                    &[(80, TCP, 1000)],
+                ),
+                container("b-1", "b", 1, &[ON], &[(80, TCP, 1001)]),
+            ]),
+            &s,
+        );
+        assert_eq!(p.refusals.len(), 1, "{:?}", p.refusals);
+        assert_eq!(p.refusals[0].service, "b");
+        assert_eq!(p.refusals[0].reason, Reason::AccessConflict);
+        let d = p.desired.unwrap();
+        assert_eq!(d.access, None);
+        let services: Vec<_> = d.backends.iter().map(|b| b.service.as_str()).collect();
+        assert_eq!(services, ["a"]);
     }
 
     #[test]

@@ -22,7 +22,9 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::model::{Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode};
+use crate::model::{
+    AccessPolicy, Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode,
+};
 use crate::naming;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -241,18 +243,29 @@ pub fn ingress(d: &DesiredComposition, settings: &PlanSettings, owner: &OwnerPod
         }]
     });
     let mut annotations = BTreeMap::new();
-    match (&settings.rate_limit, d.rate_limit_rps) {
-        (RateLimitMode::Annotation(key), Some(rps)) if !key.is_empty() => {
-            annotations.insert(key.clone(), rps.to_string());
+    if let (RateLimitMode::Annotation(key), Some(rps)) = (&settings.rate_limit, d.rate_limit_rps)
+        && !key.is_empty()
+    {
+        annotations.insert(key.clone(), rps.to_string());
+    }
+    let policy = access_policy(d, settings);
+    // Traefik names a Middleware of its CRD provider `<namespace>-<name>@kubernetescrd`; the
+    // rate limit comes first, so that it also shields an authentication backend.
+    let middlewares: Vec<String> = traefik_middlewares(d, settings)
+        .iter()
+        .map(|m| format!("{}-{m}@kubernetescrd", settings.namespace))
+        .collect();
+    if !middlewares.is_empty() {
+        annotations.insert(
+            TRAEFIK_MIDDLEWARES_ANNOTATION.to_string(),
+            middlewares.join(","),
+        );
+    }
+    if let Some(p) = policy {
+        // Operator text from the policy file (validated at start-up), never a label's.
+        for (k, v) in &p.ingress_annotations {
+            annotations.insert(k.clone(), v.clone());
         }
-        (RateLimitMode::TraefikMiddleware, Some(_)) => {
-            // Traefik names a Middleware of the CRD provider `<namespace>-<name>@kubernetescrd`.
-            annotations.insert(
-                TRAEFIK_MIDDLEWARES_ANNOTATION.to_string(),
-                format!("{}-{}@kubernetescrd", settings.namespace, d.object_name),
-            );
-        }
-        _ => {}
     }
     stamp(Ingress {
         metadata: metadata(d.object_name.clone(), &d.name, settings, owner, annotations),
@@ -288,7 +301,8 @@ pub fn http_route_name(object_name: &str, host: &str) -> String {
 ///
 /// Gateway API has no standard rate-limit field: in `traefik-middleware` mode every rule carries
 /// an `ExtensionRef` filter to the composition's Middleware; in `annotation` mode the limit is
-/// not rendered here.
+/// not rendered here. The access policy's Traefik Middlewares (as `ExtensionRef`s) and Gateway
+/// API filters follow on every rule.
 pub fn http_routes(
     d: &DesiredComposition,
     settings: &PlanSettings,
@@ -312,15 +326,18 @@ pub fn http_routes(
             serde_json::Value::Object(r)
         })
         .collect();
-    let filters: Vec<serde_json::Value> = rate_limit_middleware_name(d, settings)
+    let mut filters: Vec<serde_json::Value> = traefik_middlewares(d, settings)
+        .into_iter()
         .map(|name| {
             json!({
                 "type": "ExtensionRef",
                 "extensionRef": {"group": TRAEFIK_GROUP, "kind": MIDDLEWARE_KIND, "name": name},
             })
         })
-        .into_iter()
         .collect();
+    if let Some(p) = access_policy(d, settings) {
+        filters.extend(p.http_route_filters.iter().cloned());
+    }
     by_host(d)
         .into_iter()
         .map(|(host, backends)| {
@@ -359,6 +376,29 @@ pub fn http_routes(
             );
             stamp(obj)
         })
+        .collect()
+}
+
+/// The composition's access policy, `None` when public.
+fn access_policy<'a>(
+    d: &DesiredComposition,
+    settings: &'a PlanSettings,
+) -> Option<&'a AccessPolicy> {
+    d.access
+        .as_deref()
+        .and_then(|name| settings.access.policies.get(name))
+}
+
+/// The Traefik Middlewares of the composition's routes, in order: its rate limit, then its
+/// access policy's.
+fn traefik_middlewares<'a>(d: &'a DesiredComposition, settings: &'a PlanSettings) -> Vec<&'a str> {
+    rate_limit_middleware_name(d, settings)
+        .into_iter()
+        .chain(
+            access_policy(d, settings)
+                .into_iter()
+                .flat_map(|p| p.traefik_middlewares.iter().map(String::as_str)),
+        )
         .collect()
 }
 
@@ -460,6 +500,7 @@ mod tests {
                 backend("web", 443, "web-443.composition.example.com", "/", 32002),
             ],
             class: Some("public".into()),
+            access: None,
             rate_limit_rps: Some(20),
             tls_secret: Some("wildcard-tls".into()),
         }
@@ -654,6 +695,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn policy_settings() -> PlanSettings {
+        let mut s = traefik_settings();
+        s.access = crate::policy::parse(
+            "default: sso\npolicies:\n  sso:\n    traefikMiddlewares: [sso-auth, office]\n    \
+             ingressAnnotations: {example.org/auth: sso}\n    \
+             httpRouteFilters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Policy, value: sso}]}}]\n",
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn an_access_policy_adds_its_middlewares_after_the_rate_limit_and_its_annotations() {
+        let s = policy_settings();
+        let mut d = desired();
+        d.access = Some("sso".into());
+        let ann = ingress(&d, &s, &owner()).metadata.annotations.unwrap();
+        assert_eq!(
+            ann[TRAEFIK_MIDDLEWARES_ANNOTATION],
+            format!(
+                "ci-{}@kubernetescrd,ci-sso-auth@kubernetescrd,ci-office@kubernetescrd",
+                d.object_name
+            )
+        );
+        assert_eq!(ann["example.org/auth"], "sso");
+        let mut gw = s.clone();
+        gw.route_api = RouteApi::Gateway;
+        let routes = http_routes(&d, &gw, &owner());
+        assert!(!routes.is_empty());
+        for r in routes {
+            for rule in r.data["spec"]["rules"].as_array().unwrap() {
+                let filters = rule["filters"].as_array().unwrap();
+                let names: Vec<&str> = filters
+                    .iter()
+                    .filter_map(|f| f["extensionRef"]["name"].as_str())
+                    .collect();
+                assert_eq!(names, [d.object_name.as_str(), "sso-auth", "office"]);
+                assert_eq!(filters[3]["type"], "RequestHeaderModifier");
+            }
+        }
+        // public: nothing of the policy
+        d.access = None;
+        d.rate_limit_rps = None;
+        let ann = ingress(&d, &s, &owner()).metadata.annotations.unwrap();
+        assert!(!ann.contains_key(TRAEFIK_MIDDLEWARES_ANNOTATION), "{ann:?}");
+        assert!(!ann.contains_key("example.org/auth"), "{ann:?}");
     }
 
     #[test]

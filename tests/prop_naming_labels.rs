@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use compose_ingress::labels::{self, MAX_SHOWN_CHARS};
 use compose_ingress::model::{
-    ContainerState, ObservedContainer, ObservedProject, PlanSettings, Protocol, PublishedPort,
-    RateLimitMode, RouteApi,
+    AccessPolicies, ContainerState, ObservedContainer, ObservedProject, PlanSettings, Protocol,
+    PublishedPort, RateLimitMode, RouteApi,
 };
 use compose_ingress::{naming, plan};
 use proptest::prelude::*;
@@ -28,6 +28,7 @@ fn settings(template: &str) -> PlanSettings {
         default_rps: Some(100),
         max_rps: Some(200),
         rate_limit: RateLimitMode::Annotation("example.com/rps".into()),
+        access: AccessPolicies::public_only(),
         expose_by_default: true,
         expose_plain_containers: true,
         pod_selector: BTreeMap::from([(

@@ -176,3 +176,180 @@ async fn rate_limit_middleware_limits_through_traefik_gateway() {
     )
     .await;
 }
+
+/// curl through Traefik with `Host: host` and optional basic-auth `user:password`: the status.
+fn status_through_traefik(host: &str, user: Option<&str>) -> u16 {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .arg("-H")
+    .arg(format!("Host: {host}"));
+    if let Some(u) = user {
+        cmd.args(["-u", u]);
+    }
+    let out = cmd
+        .arg(format!("{}/", bed().get("TRAEFIK_WEB")))
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The operator's side: a basic-auth Middleware (and its htpasswd Secret) and an IP allow-list
+/// Middleware that admits only a documentation range (never the bed's loopback client), in the
+/// runner namespace; and the policy file naming them.
+fn operator_policies(ns: &str, pod: &RunnerPod) -> String {
+    let hash = std::process::Command::new("openssl")
+        .args(["passwd", "-apr1", "ci-password"])
+        .output()
+        .expect("openssl passwd");
+    let users = format!("ci:{}", String::from_utf8_lossy(&hash.stdout).trim());
+    let out = bed().kubectl(&[
+        "-n",
+        ns,
+        "create",
+        "secret",
+        "generic",
+        "ci-basic-auth",
+        &format!("--from-literal=users={users}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let middlewares = format!(
+        "apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {{name: basic-auth, namespace: {ns}}}\n\
+         spec: {{basicAuth: {{secret: ci-basic-auth}}}}\n---\n\
+         apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {{name: office-only, namespace: {ns}}}\n\
+         spec: {{ipAllowList: {{sourceRange: [192.0.2.0/24]}}}}\n"
+    );
+    let path = pod.dir.join("middlewares.yaml");
+    std::fs::write(&path, middlewares).expect("write middlewares");
+    let out = bed().kubectl(&["apply", "-f", path.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = pod.dir.join("access-policies.yaml");
+    std::fs::write(
+        &file,
+        "default: basic\nallowPublic: false\npolicies:\n  basic:\n    traefikMiddlewares: [basic-auth]\n  \
+         office:\n    traefikMiddlewares: [office-only]\n",
+    )
+    .expect("write policy file");
+    file.to_str().expect("path").to_string()
+}
+
+async fn access_policies_are_enforced(route: &[&str], test: &str) {
+    let ns = unique_namespace(test);
+    let pod: RunnerPod = bed().runner_pod(&ns, "runner-0");
+    let file = operator_policies(&ns, &pod);
+    let mut flags = vec!["--access-policies", file.as_str()];
+    flags.extend_from_slice(route);
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &flags).await;
+    let v2 = ComposeVersion::V2;
+    let one = |page: &str, access: Option<&str>| {
+        let labels: Vec<(&str, &str)> =
+            [Some(ENABLE), access.map(|a| ("compose-ingress.access", a))]
+                .into_iter()
+                .flatten()
+                .collect();
+        compose_file(&[web("web", page, 8080, "8080", &labels)])
+    };
+    pod.compose_as(v2, "guarded", &one("guarded-page", None), &["up", "-d"]);
+    pod.compose_as(
+        v2,
+        "office",
+        &one("office-page", Some("office")),
+        &["up", "-d"],
+    );
+    pod.compose_as(v2, "typo", &one("typo-page", Some("bassic")), &["up", "-d"]);
+    pod.compose_as(v2, "open", &one("open-page", Some("public")), &["up", "-d"]);
+    let host = |project: &str| format!("web-8080-{project}-runner-0.{}", domain(&ns));
+
+    // The default policy (basic auth): 401 without credentials, 200 with them.
+    eventually(
+        "the default policy asks for credentials",
+        CONVERGE,
+        || async { (status_through_traefik(&host("guarded"), None) == 401).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        status_through_traefik(&host("guarded"), Some("ci:wrong")),
+        401
+    );
+    assert_eq!(
+        status_through_traefik(&host("guarded"), Some("ci:ci-password")),
+        200
+    );
+    // The IP allow-list refuses the bed's client (127.0.0.1).
+    eventually(
+        "the office policy refuses the bed's address",
+        CONVERGE,
+        || async { (status_through_traefik(&host("office"), None) == 403).then_some(()) },
+    )
+    .await;
+
+    // An unknown policy and a forbidden `public`: refused with the choices, nothing created.
+    let refused = eventually("both refusals are logged", CONVERGE, || async {
+        let lines = sidecar.log_lines("label refused");
+        let of = |project: &str| {
+            lines
+                .iter()
+                .find(|l| l["span"]["composition"] == project)
+                .cloned()
+        };
+        Some((of("typo")?, of("open")?))
+    })
+    .await;
+    assert_eq!(
+        refused.0["reason"], "unknown-access-policy",
+        "{}",
+        refused.0
+    );
+    assert!(
+        refused.0["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the operator's policies: basic, office")),
+        "the refusal lists the policies: {}",
+        refused.0
+    );
+    assert_eq!(refused.1["reason"], "public-not-allowed", "{}", refused.1);
+    for project in ["typo", "open"] {
+        assert_eq!(
+            status_through_traefik(&host(project), None),
+            404,
+            "{project} is not routed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn access_policies_guard_compositions_through_traefik_ingress() {
+    access_policies_are_enforced(&[], "access-ing").await;
+}
+
+#[tokio::test]
+async fn access_policies_guard_compositions_through_traefik_gateway() {
+    let gateway = format!(
+        "{}/{}",
+        bed().get("GATEWAY_NAMESPACE"),
+        bed().get("GATEWAY_NAME")
+    );
+    access_policies_are_enforced(
+        &["--route-api", "gateway", "--gateway", &gateway],
+        "access-gw",
+    )
+    .await;
+}
