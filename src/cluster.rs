@@ -34,15 +34,17 @@ pub enum Kind {
     Middleware,
     Ingress,
     HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Lease,
         Kind::Service,
         Kind::Middleware,
         Kind::Ingress,
         Kind::HttpRoute,
+        Kind::GrpcRoute,
     ];
 
     pub fn resource(self) -> ApiResource {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Ingress => ApiResource::erase::<k8s_openapi::api::networking::v1::Ingress>(&()),
             Kind::HttpRoute => render::http_route_resource(),
             Kind::Middleware => render::middleware_resource(),
+            Kind::GrpcRoute => render::grpc_route_resource(),
         }
     }
 
@@ -62,6 +65,7 @@ impl Kind {
             Kind::Ingress => "Ingress",
             Kind::HttpRoute => "HTTPRoute",
             Kind::Middleware => "Middleware",
+            Kind::GrpcRoute => "GRPCRoute",
         }
     }
 }
@@ -271,7 +275,12 @@ impl Cluster {
             loop {
                 let page = match self.api(kind).list_metadata(&lp).await {
                     Ok(l) => l,
-                    Err(e) if kind == Kind::HttpRoute && is_status(&e, 404) => break,
+                    Err(e)
+                        if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute)
+                            && is_status(&e, 404) =>
+                    {
+                        break;
+                    }
                     Err(e)
                         if kind == Kind::Middleware
                             && !self.middlewares
@@ -511,6 +520,7 @@ mod tests {
     const SERVICES: &str = "/api/v1/namespaces/ci/services";
     const INGRESSES: &str = "/apis/networking.k8s.io/v1/namespaces/ci/ingresses";
     const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/ci/httproutes";
+    const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/ci/grpcroutes";
     const MIDDLEWARES: &str = "/apis/traefik.io/v1alpha1/namespaces/ci/middlewares";
 
     const JSON: &str = "application/json";
@@ -948,6 +958,7 @@ mod tests {
             list(INGRESSES, None).reply(200, page(vec![], None)),
             // No Gateway API in this cluster: not an error.
             list(HTTP_ROUTES, None).reply(404, status(404, "NotFound")),
+            list(GRPC_ROUTES, None).reply(404, status(404, "NotFound")),
         ];
         let (owned, ()) = tokio::join!(
             async move { cluster.list_owned().await },
@@ -1084,6 +1095,7 @@ mod tests {
             list(MIDDLEWARES, None).reply(403, status(403, "Forbidden")),
             list(INGRESSES, None).reply(200, page(ingresses, None)),
             list(HTTP_ROUTES, None).reply(200, page(vec![], None)),
+            list(GRPC_ROUTES, None).reply(200, page(vec![], None)),
         ]
     }
 
@@ -1209,7 +1221,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_listing_page_aborts_gc() {
         // The first pass starts the orphan's grace; the second pass's listing fails on the
-        // second page of its last kind, after the orphan was listed: nothing is deleted.
+        // second page of a later kind, after the orphan was listed: nothing is deleted.
         let mut scenario = full_listing(vec![], vec![listed(&orphan(), "uid-gone")], vec![]);
         scenario.extend([
             list(LEASES, None).reply(200, page(vec![], None)),

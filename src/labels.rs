@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{PUBLIC_POLICY, PlanSettings, Reason, Refusal};
+use crate::model::{AppProtocol, PUBLIC_POLICY, PlanSettings, Reason, Refusal};
 use crate::naming;
 
 pub const ENABLE: &str = "compose-ingress.enable";
@@ -18,6 +18,7 @@ pub const PATH: &str = "compose-ingress.path";
 pub const RATE_LIMIT_RPS: &str = "compose-ingress.rate-limit.rps";
 pub const CLASS: &str = "compose-ingress.class";
 pub const ACCESS: &str = "compose-ingress.access";
+pub const PROTOCOL: &str = "compose-ingress.protocol";
 /// Prefix of every label of ours: an unknown key under it is most likely a typo.
 pub const PREFIX: &str = "compose-ingress.";
 pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
@@ -39,7 +40,16 @@ pub const MAX_PATH_LEN: usize = 256;
 /// Longest value shown in a refusal (after escaping), so that log lines stay readable.
 pub const MAX_SHOWN_CHARS: usize = 80;
 
-const OUR_LABELS: [&str; 7] = [ENABLE, PORTS, HOST, PATH, RATE_LIMIT_RPS, CLASS, ACCESS];
+const OUR_LABELS: [&str; 8] = [
+    ENABLE,
+    PORTS,
+    HOST,
+    PATH,
+    RATE_LIMIT_RPS,
+    CLASS,
+    ACCESS,
+    PROTOCOL,
+];
 const KOMPOSE_LABELS: [&str; 3] = [KOMPOSE_EXPOSE, KOMPOSE_CLASS, KOMPOSE_TLS_SECRET];
 
 /// A host chosen by a label (instead of the template), with its own path.
@@ -68,6 +78,8 @@ pub struct ServiceExposure {
     pub tls_secret: Option<String>,
     /// The access policy a label chose (a policy name or `public`); `None`: the default.
     pub access: Option<String>,
+    /// The protocol of every exposed port of the service; `None`: undeclared (HTTP/1.1).
+    pub protocol: Option<AppProtocol>,
 }
 
 impl ServiceExposure {
@@ -82,6 +94,7 @@ impl ServiceExposure {
             class: None,
             tls_secret: None,
             access: None,
+            protocol: None,
         }
     }
 }
@@ -494,6 +507,21 @@ pub fn parse_service_labels(
     });
 
     let access = value(ACCESS).and_then(|v| parse_access(&mut ctx, v, settings));
+    let protocol = value(PROTOCOL).and_then(|v| {
+        let found = AppProtocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == v.trim().to_ascii_lowercase());
+        if found.is_none() {
+            let known: Vec<&str> = AppProtocol::ALL.iter().map(|p| p.as_str()).collect();
+            ctx.refuse(
+                PROTOCOL,
+                v,
+                Reason::UnknownProtocol,
+                &format!("unknown protocol; use one of: {}", known.join(", ")),
+            );
+        }
+        found
+    });
 
     if !ctx.refusals.is_empty() {
         return Err(ctx.refusals);
@@ -507,6 +535,7 @@ pub fn parse_service_labels(
         class,
         tls_secret,
         access,
+        protocol,
     })
 }
 
@@ -740,6 +769,24 @@ pub(crate) mod tests {
         let r = refused(&[(ENABLE, "true"), ("compose-ingress.hosts", "x")]);
         assert_eq!(r[0].reason, Reason::UnknownLabel);
         assert_eq!(r[0].label, "compose-ingress.hosts");
+    }
+
+    #[test]
+    fn protocol_is_one_of_the_known_ones() {
+        let r = refused(&[(ENABLE, "true"), (PROTOCOL, "grpcs")]);
+        assert_eq!(r[0].reason, Reason::UnknownProtocol);
+        assert!(
+            r[0].message
+                .contains("use one of: http, h2c, grpc, ws, https"),
+            "{}",
+            r[0].message
+        );
+        let labels = BTreeMap::from([
+            (ENABLE.to_string(), "true".to_string()),
+            (PROTOCOL.to_string(), " GRPC ".to_string()),
+        ]);
+        let e = parse_service_labels("c", "s", &labels, &settings()).unwrap();
+        assert_eq!(e.protocol, Some(AppProtocol::Grpc));
     }
 
     #[test]

@@ -229,6 +229,8 @@ pub enum Reason {
     PublicNotAllowed,
     /// Two services of one composition want different access policies (the route has one).
     AccessConflict,
+    /// `compose-ingress.protocol` is not one of the known protocols.
+    UnknownProtocol,
     /// The compose project name is too long or has characters Compose never gives one: it
     /// would reach object metadata, so the composition is refused whole.
     InvalidProjectName,
@@ -286,6 +288,7 @@ impl Reason {
             Reason::UnknownAccessPolicy => "unknown-access-policy",
             Reason::PublicNotAllowed => "public-not-allowed",
             Reason::AccessConflict => "access-conflict",
+            Reason::UnknownProtocol => "unknown-protocol",
             Reason::InvalidProjectName => "invalid-project-name",
         }
     }
@@ -345,6 +348,53 @@ impl Refusal {
     }
 }
 
+/// The application protocol of an exposed port (`compose-ingress.protocol`), for controllers
+/// that must know how to speak to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AppProtocol {
+    Http,
+    /// HTTP/2 over cleartext (prior knowledge).
+    H2c,
+    /// gRPC: HTTP/2 over cleartext; in Gateway mode routed by a GRPCRoute.
+    Grpc,
+    /// WebSocket over HTTP/1.1.
+    Ws,
+    /// The backend itself speaks TLS.
+    Https,
+}
+
+impl AppProtocol {
+    pub const ALL: [AppProtocol; 5] = [
+        AppProtocol::Http,
+        AppProtocol::H2c,
+        AppProtocol::Grpc,
+        AppProtocol::Ws,
+        AppProtocol::Https,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::H2c => "h2c",
+            AppProtocol::Grpc => "grpc",
+            AppProtocol::Ws => "ws",
+            AppProtocol::Https => "https",
+        }
+    }
+
+    /// The Service port's `appProtocol` (Kubernetes' standard names, which Gateway API
+    /// implementations read).
+    pub fn app_protocol(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::H2c | AppProtocol::Grpc => "kubernetes.io/h2c",
+            AppProtocol::Ws => "kubernetes.io/ws",
+            AppProtocol::Https => "https",
+        }
+    }
+}
+
 /// One route: a host (and path) to one (compose service, container port).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
@@ -361,6 +411,8 @@ pub struct Backend {
     pub path: String,
     /// True when the host came from a label (it must be claimed with a Lease before use).
     pub chosen_host: bool,
+    /// The protocol a label declared for the service's ports; `None`: HTTP/1.1, undeclared.
+    pub protocol: Option<AppProtocol>,
 }
 
 /// Everything one composition needs in the cluster, or nothing when `backends` is empty.

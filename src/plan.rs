@@ -141,7 +141,13 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
             awaiting_start,
         };
     }
-    let (backends, mut host_refusals) = claim_hosts(&accepted, &project.name, settings);
+    let (mut backends, mut host_refusals) = claim_hosts(&accepted, &project.name, settings);
+    for b in &mut backends {
+        b.protocol = accepted
+            .iter()
+            .find(|a| a.service == b.service)
+            .and_then(|a| a.exposure.protocol);
+    }
     refusals.append(&mut host_refusals);
     refusals.sort_by(|a, b| {
         (
@@ -561,6 +567,7 @@ fn claim_hosts(
                     host,
                     path,
                     chosen_host,
+                    protocol: None,
                 })
             },
         )

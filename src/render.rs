@@ -6,7 +6,7 @@
 //! Nothing from container labels is copied into annotations: only allow-listed keys with values
 //! the planner validated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::model::{
-    AccessPolicy, Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode,
+    AccessPolicy, AppProtocol, Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode,
 };
 use crate::naming;
 
@@ -45,6 +45,12 @@ pub const TRAEFIK_GROUP: &str = "traefik.io";
 pub const MIDDLEWARE_VERSION: &str = "v1alpha1";
 pub const MIDDLEWARE_KIND: &str = "Middleware";
 pub const MIDDLEWARE_PLURAL: &str = "middlewares";
+/// Traefik's Service annotation: the scheme Traefik's Ingress provider speaks to the backends.
+pub const TRAEFIK_SERVERS_SCHEME_ANNOTATION: &str =
+    "traefik.ingress.kubernetes.io/service.serversscheme";
+pub const GRPC_ROUTE_KIND: &str = "GRPCRoute";
+pub const GRPC_ROUTE_PLURAL: &str = "grpcroutes";
+
 /// Traefik's Ingress annotation naming the middlewares of every router of the Ingress.
 pub const TRAEFIK_MIDDLEWARES_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.middlewares";
 
@@ -53,6 +59,14 @@ pub fn middleware_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(TRAEFIK_GROUP, MIDDLEWARE_VERSION, MIDDLEWARE_KIND),
         MIDDLEWARE_PLURAL,
+    )
+}
+
+/// The `ApiResource` for `Api::<DynamicObject>` calls on GRPCRoutes.
+pub fn grpc_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GATEWAY_GROUP, HTTP_ROUTE_VERSION, GRPC_ROUTE_KIND),
+        GRPC_ROUTE_PLURAL,
     )
 }
 
@@ -185,17 +199,31 @@ pub fn service(d: &DesiredComposition, settings: &PlanSettings, owner: &OwnerPod
             port: i32::from(b.service_port),
             target_port: Some(IntOrString::Int(i32::from(b.host_port))),
             protocol: Some("TCP".to_string()),
+            app_protocol: b.protocol.map(|p| p.app_protocol().to_string()),
             ..ServicePort::default()
         });
     }
+    // Traefik's Ingress provider ignores appProtocol and reads the scheme to the backends from
+    // one Service annotation, for every port of the Service: set only when every exposed port
+    // of the composition needs the same non-HTTP/1 scheme (README, "Protocols").
+    let mut annotations = BTreeMap::new();
+    let schemes: BTreeSet<Option<&str>> = d
+        .backends
+        .iter()
+        .map(|b| match b.protocol {
+            Some(AppProtocol::H2c | AppProtocol::Grpc) => Some("h2c"),
+            Some(AppProtocol::Https) => Some("https"),
+            _ => None,
+        })
+        .collect();
+    if let [Some(scheme)] = schemes.into_iter().collect::<Vec<_>>()[..] {
+        annotations.insert(
+            TRAEFIK_SERVERS_SCHEME_ANNOTATION.to_string(),
+            scheme.to_string(),
+        );
+    }
     stamp(Service {
-        metadata: metadata(
-            d.object_name.clone(),
-            &d.name,
-            settings,
-            owner,
-            BTreeMap::new(),
-        ),
+        metadata: metadata(d.object_name.clone(), &d.name, settings, owner, annotations),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_string()),
             selector: Some(settings.pod_selector.clone()),
@@ -308,7 +336,40 @@ pub fn http_routes(
     settings: &PlanSettings,
     owner: &OwnerPod,
 ) -> Vec<DynamicObject> {
-    let resource = http_route_resource();
+    gateway_routes(d, settings, owner, false)
+}
+
+/// GRPCRoutes for the composition's `grpc` ports, one per host like [`http_routes`] (whose
+/// HTTPRoutes then leave those ports out): a GRPCRoute matches gRPC services and methods, not
+/// paths, so its rules have no matches. Only the filter types GRPCRoute knows are carried over
+/// from the access policy.
+pub fn grpc_routes(
+    d: &DesiredComposition,
+    settings: &PlanSettings,
+    owner: &OwnerPod,
+) -> Vec<DynamicObject> {
+    gateway_routes(d, settings, owner, true)
+}
+
+/// The filter types a GRPCRoute rule accepts (Gateway API v1).
+const GRPC_FILTER_TYPES: [&str; 4] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "ExtensionRef",
+];
+
+fn gateway_routes(
+    d: &DesiredComposition,
+    settings: &PlanSettings,
+    owner: &OwnerPod,
+    grpc: bool,
+) -> Vec<DynamicObject> {
+    let resource = if grpc {
+        grpc_route_resource()
+    } else {
+        http_route_resource()
+    };
     let parent_refs: Vec<serde_json::Value> = settings
         .gateway
         .iter()
@@ -338,43 +399,59 @@ pub fn http_routes(
     if let Some(p) = access_policy(d, settings) {
         filters.extend(p.http_route_filters.iter().cloned());
     }
+    if grpc {
+        filters.retain(|f| {
+            f["type"]
+                .as_str()
+                .is_some_and(|t| GRPC_FILTER_TYPES.contains(&t))
+        });
+    }
     by_host(d)
         .into_iter()
-        .map(|(host, backends)| {
+        .filter_map(|(host, backends)| {
             let rules: Vec<serde_json::Value> = backends
                 .iter()
+                .filter(|b| (b.protocol == Some(AppProtocol::Grpc)) == grpc)
                 .map(|b| {
-                    let mut rule = json!({
-                        "matches": [{"path": {"type": "PathPrefix", "value": b.path}}],
-                        "backendRefs": [{
-                            "group": "",
-                            "kind": "Service",
-                            "name": d.object_name,
-                            "port": b.service_port,
-                        }],
-                    });
+                    let backend_refs = json!([{
+                        "group": "",
+                        "kind": "Service",
+                        "name": d.object_name,
+                        "port": b.service_port,
+                    }]);
+                    let mut rule = if grpc {
+                        json!({"backendRefs": backend_refs})
+                    } else {
+                        json!({
+                            "matches": [{"path": {"type": "PathPrefix", "value": b.path}}],
+                            "backendRefs": backend_refs,
+                        })
+                    };
                     if !filters.is_empty() {
                         rule["filters"] = json!(filters);
                     }
                     rule
                 })
                 .collect();
-            let mut obj = DynamicObject::new(&http_route_name(&d.object_name, host), &resource)
-                .data(json!({
-                    "spec": {
-                        "parentRefs": parent_refs,
-                        "hostnames": [host],
-                        "rules": rules,
-                    }
-                }));
+            if rules.is_empty() {
+                return None;
+            }
+            let name = http_route_name(&d.object_name, host);
+            let mut obj = DynamicObject::new(&name, &resource).data(json!({
+                "spec": {
+                    "parentRefs": parent_refs,
+                    "hostnames": [host],
+                    "rules": rules,
+                }
+            }));
             obj.metadata = metadata(
-                http_route_name(&d.object_name, host),
+                name,
                 &d.name,
                 settings,
                 owner,
                 BTreeMap::from([(HOST_ANNOTATION.to_string(), host.to_string())]),
             );
-            stamp(obj)
+            Some(stamp(obj))
         })
         .collect()
 }
@@ -486,6 +563,7 @@ mod tests {
             host: host.into(),
             path: path.into(),
             chosen_host: false,
+            protocol: None,
         }
     }
 
@@ -743,6 +821,92 @@ mod tests {
         let ann = ingress(&d, &s, &owner()).metadata.annotations.unwrap();
         assert!(!ann.contains_key(TRAEFIK_MIDDLEWARES_ANNOTATION), "{ann:?}");
         assert!(!ann.contains_key("example.org/auth"), "{ann:?}");
+    }
+
+    #[test]
+    fn protocols_set_app_protocol_and_grpc_gets_grpc_routes() {
+        let mut d = desired();
+        for b in &mut d.backends {
+            b.protocol = match (b.service.as_str(), b.container_port) {
+                ("api", _) => Some(AppProtocol::Grpc),
+                ("web", 443) => Some(AppProtocol::Ws),
+                _ => None,
+            };
+        }
+        let svc = service(&d, &settings(), &owner());
+        let ports = svc.spec.unwrap().ports.unwrap();
+        let by_name = |n: &str| {
+            ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(n))
+                .and_then(|p| p.app_protocol.clone())
+        };
+        assert_eq!(
+            by_name(&naming::port_name("api", 80)).as_deref(),
+            Some("kubernetes.io/h2c")
+        );
+        assert_eq!(
+            by_name(&naming::port_name("web", 443)).as_deref(),
+            Some("kubernetes.io/ws")
+        );
+        assert_eq!(by_name(&naming::port_name("web", 80)), None);
+        // mixed schemes: no Traefik scheme annotation (it would apply to every port)
+        let ann = svc.metadata.annotations.unwrap();
+        assert!(
+            !ann.contains_key(TRAEFIK_SERVERS_SCHEME_ANNOTATION),
+            "{ann:?}"
+        );
+
+        let mut gw = settings();
+        gw.route_api = RouteApi::Gateway;
+        let grpc = grpc_routes(&d, &gw, &owner());
+        assert_eq!(
+            grpc.len(),
+            1,
+            "one GRPCRoute, for the one host with a grpc port"
+        );
+        assert_eq!(
+            grpc[0].data["spec"]["hostnames"],
+            json!(["chat.composition.example.com"])
+        );
+        assert_eq!(
+            grpc[0].data["spec"]["rules"],
+            json!([{"backendRefs": [{"group": "", "kind": "Service", "name": d.object_name, "port": 3080}]}])
+        );
+        // the HTTPRoutes leave the grpc port out
+        let http = http_routes(&d, &gw, &owner());
+        let ports: Vec<&serde_json::Value> = http
+            .iter()
+            .flat_map(|r| r.data["spec"]["rules"].as_array().unwrap())
+            .map(|rule| &rule["backendRefs"][0]["port"])
+            .collect();
+        assert!(!ports.contains(&&json!(3080)), "{ports:?}");
+        assert_eq!(ports.len(), 3);
+    }
+
+    #[test]
+    fn one_scheme_for_every_port_is_told_to_traefik() {
+        let mut d = desired();
+        for b in &mut d.backends {
+            b.protocol = Some(AppProtocol::H2c);
+        }
+        let ann = service(&d, &settings(), &owner())
+            .metadata
+            .annotations
+            .unwrap();
+        assert_eq!(ann[TRAEFIK_SERVERS_SCHEME_ANNOTATION], "h2c");
+        d.backends[0].protocol = Some(AppProtocol::Grpc); // grpc is h2c too
+        let ann = service(&d, &settings(), &owner())
+            .metadata
+            .annotations
+            .unwrap();
+        assert_eq!(ann[TRAEFIK_SERVERS_SCHEME_ANNOTATION], "h2c");
+        d.backends[0].protocol = None; // one HTTP/1 port: no annotation
+        let ann = service(&d, &settings(), &owner())
+            .metadata
+            .annotations
+            .unwrap();
+        assert!(!ann.contains_key(TRAEFIK_SERVERS_SCHEME_ANNOTATION));
     }
 
     #[test]

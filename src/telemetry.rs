@@ -334,6 +334,7 @@ mod tests {
                     host: "web-80-demo-runner-3.example.com".into(),
                     path: "/".into(),
                     chosen_host: false,
+                    protocol: None,
                 }],
                 refused: vec![],
             },

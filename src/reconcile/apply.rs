@@ -171,6 +171,9 @@ impl Reconciler {
                 for r in render::http_routes(d, &self.settings, &self.owner) {
                     objects.push(DesiredObject::new(Kind::HttpRoute, &r)?);
                 }
+                for r in render::grpc_routes(d, &self.settings, &self.owner) {
+                    objects.push(DesiredObject::new(Kind::GrpcRoute, &r)?);
+                }
             }
         }
         Ok(objects)
