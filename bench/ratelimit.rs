@@ -17,6 +17,7 @@ pub struct RateLimitResult {
     pub route_api: String,
     pub configured_rps: u32,
     pub offered_rps: u32,
+    /// The time the load was sent over.
     pub seconds: f64,
     pub sent: u32,
     pub ok: u32,
@@ -73,7 +74,7 @@ pub async fn phase_ratelimit(scale: &Scale) -> Vec<RateLimitResult> {
             tokio::time::sleep(Duration::from_secs(2)).await; // the bucket refills
             let offered = rps * 4;
             let r = load(&addr, &host, offered, scale.ratelimit_load).await;
-            let secs = scale.ratelimit_load.as_secs_f64();
+            let secs = r.sending.as_secs_f64();
             let result = RateLimitResult {
                 route_api: api.to_string(),
                 configured_rps: rps,

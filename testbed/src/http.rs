@@ -67,6 +67,9 @@ pub struct LoadResult {
     pub limited: u32,
     /// Anything else (another status, or no answer).
     pub other: u32,
+    /// From the first request sent to the last one sent: longer than planned when the machine
+    /// is busy, and the time a rate limiter refills over.
+    pub sending: Duration,
 }
 
 /// Sends `rate` GETs per second for `duration` to `addr` with `Host: host`, each at its own
@@ -86,6 +89,7 @@ pub async fn load(addr: &str, host: &str, rate: u32, duration: Duration) -> Load
     }
     let mut result = LoadResult {
         sent: n,
+        sending: start.elapsed(),
         ..LoadResult::default()
     };
     for t in tasks {
