@@ -115,7 +115,8 @@ pub struct Args {
     #[arg(long = "rate-limit-mode", env = "COMPOSE_INGRESS_RATE_LIMIT_MODE", value_enum, default_value_t = RateLimitModeArg::Annotation)]
     pub rate_limit_mode: RateLimitModeArg,
 
-    /// The operator's access policies (YAML, see README "Access policies"); labels pick one by
+    /// The operator's access policies (YAML, see README "Rate limits, access policies and
+    /// protocols"); labels pick one by
     /// name with compose-ingress.access. Without it every composition is public.
     #[arg(long = "access-policies", env = "COMPOSE_INGRESS_ACCESS_POLICIES")]
     pub access_policies: Option<String>,

@@ -36,7 +36,7 @@ const MAX_ENTRIES: usize = 20;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(
-        "access policies: {0}; see the schema in README.md (\"Access policies\") or src/policy.rs"
+        "access policies: {0}; see the schema in README.md (\"Rate limits, access policies and protocols\") or src/policy.rs"
     )]
     Invalid(String),
     #[error(

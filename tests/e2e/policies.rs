@@ -360,3 +360,132 @@ async fn access_policies_guard_compositions_through_traefik_gateway() {
     )
     .await;
 }
+
+/// A compose service running the bed's protoecho (gRPC health over h2c, WebSocket echo at /ws,
+/// plain HTTP otherwise) on `port`, declaring `protocol`.
+fn protoecho(name: &str, page: &str, port: u16, protocol: &str) -> String {
+    format!(
+        "  {name}:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
+         command: [\"protoecho\", \"serve\", \"--http-port\", \"{port}\", \"--page\", \"{page}\"]\n    \
+         ports: [\"{port}\"]\n    labels:\n      compose-ingress.enable: \"true\"\n      \
+         compose-ingress.protocol: \"{protocol}\"\n"
+    )
+}
+
+/// The bed's protoecho client, through Traefik's plain-HTTP entry point: (success, output).
+fn protoecho_client(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(format!("{}/protoecho", bed().get("BIN")))
+        .args(args)
+        .output()
+        .expect("run protoecho");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text.trim().to_string())
+}
+
+async fn protocols_are_routed(route: &[&str], test: &str, grpc_route: bool) {
+    let ns = unique_namespace(test);
+    let pod: RunnerPod = bed().runner_pod(&ns, "runner-0");
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, route).await;
+    let v2 = ComposeVersion::V2;
+    pod.compose_as(
+        v2,
+        "grpcdemo",
+        &compose_file(&[protoecho("api", "grpc-page", 50051, "grpc")]),
+        &["up", "-d"],
+    );
+    pod.compose_as(
+        v2,
+        "wsdemo",
+        &compose_file(&[protoecho("chat", "ws-page", 8080, "ws")]),
+        &["up", "-d"],
+    );
+    pod.compose_as(
+        v2,
+        "badproto",
+        &compose_file(&[protoecho("x", "x", 8080, "grpcs")]),
+        &["up", "-d"],
+    );
+    let addr = traefik_addr();
+    let grpc_host = format!("api-50051-grpcdemo-runner-0.{}", domain(&ns));
+    let ws_host = format!("chat-8080-wsdemo-runner-0.{}", domain(&ns));
+
+    // A gRPC health check through Traefik, answered by the container's gRPC server.
+    let (_, out) = eventually("a gRPC call through Traefik answers", CONVERGE, || async {
+        let r = protoecho_client(&["grpc-check", &addr, &grpc_host, "grpc-page"]);
+        r.0.then_some(r)
+    })
+    .await;
+    assert_eq!(out, "SERVING");
+    // A WebSocket echo through Traefik.
+    let (_, out) = eventually("a WebSocket through Traefik echoes", CONVERGE, || async {
+        let r = protoecho_client(&["ws-echo", &format!("ws://{addr}/ws"), &ws_host, "hi"]);
+        r.0.then_some(r)
+    })
+    .await;
+    assert_eq!(out, "ws-page: hi");
+
+    // What the cluster got: the Service port's appProtocol; in Gateway mode a GRPCRoute.
+    let svc = bed().kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "services",
+        "-l",
+        "compose-ingress/project=grpcdemo",
+        "-o",
+        "jsonpath={.items[0].spec.ports[0].appProtocol}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&svc.stdout), "kubernetes.io/h2c");
+    let routes = bed().kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "grpcroutes.gateway.networking.k8s.io",
+        "-l",
+        "compose-ingress/project=grpcdemo",
+        "-o",
+        "name",
+    ]);
+    let routes = String::from_utf8_lossy(&routes.stdout).lines().count();
+    assert_eq!(routes, usize::from(grpc_route), "GRPCRoutes of grpcdemo");
+
+    // An unknown protocol: refused with the known ones.
+    let refused = eventually("the unknown protocol is refused", CONVERGE, || async {
+        sidecar
+            .log_lines("label refused")
+            .into_iter()
+            .find(|l| l["span"]["composition"] == "badproto")
+    })
+    .await;
+    assert_eq!(refused["reason"], "unknown-protocol", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("use one of: http, h2c, grpc, ws, https")),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn grpc_and_websocket_backends_answer_through_traefik_ingress() {
+    protocols_are_routed(&[], "proto-ing", false).await;
+}
+
+#[tokio::test]
+async fn grpc_and_websocket_backends_answer_through_traefik_gateway() {
+    let gateway = format!(
+        "{}/{}",
+        bed().get("GATEWAY_NAMESPACE"),
+        bed().get("GATEWAY_NAME")
+    );
+    protocols_are_routed(
+        &["--route-api", "gateway", "--gateway", &gateway],
+        "proto-gw",
+        true,
+    )
+    .await;
+}

@@ -4,7 +4,7 @@
 # versions (go.mod + go.sum + Go version). A warm run finds them and builds nothing; a cold
 # run (fresh machine) builds everything, which takes minutes: progress is printed.
 #
-# usage: build.sh [kube|etcd|traefik|compose|containerd|moby|runc ...]   (default: kube etcd traefik)
+# usage: build.sh [kube|etcd|traefik|compose|containerd|moby|runc|protoecho ...]   (default: kube etcd traefik)
 # prints nothing on stdout but "NAME=DIR" lines, one per component, DIR holding its binaries.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,7 +31,9 @@ packages_of() {
                   github.com/containerd/containerd/v2/cmd/ctr ;;
     moby) echo github.com/moby/moby/v2/cmd/dockerd github.com/moby/moby/v2/cmd/docker-proxy ;;
     runc) echo github.com/opencontainers/runc ;;
-    *) log "unknown component '$1' (known: kube etcd traefik compose containerd moby runc)"; exit 2 ;;
+    # The bed's own gRPC (h2c) and WebSocket backend and client (tests/testbed/go/protoecho).
+    protoecho) echo . ;;
+    *) log "unknown component '$1' (known: kube etcd traefik compose containerd moby runc protoecho)"; exit 2 ;;
   esac
 }
 
@@ -41,6 +43,7 @@ packages_of() {
 binary_of() {
   case $1 in
     compose) echo docker-compose-v2 ;;
+    protoecho) echo protoecho ;;
     *) echo "" ;;
   esac
 }
@@ -94,7 +97,9 @@ build_one() {
   local key
   # Build tags are part of the key where a component has them (the others keep their old keys).
   local tags; tags=$(tags_of "$name")
-  key=$({ cat "$dir/go.mod" "$dir/go.sum"; go env GOVERSION; [ -z "$tags" ] || echo "$tags"; } | sha256sum | cut -c1-16)
+  # protoecho is the one component whose source is ours: its source is part of the key.
+  key=$({ cat "$dir/go.mod" "$dir/go.sum"; go env GOVERSION; [ -z "$tags" ] || echo "$tags"
+          [ "$name" != protoecho ] || cat "$dir"/*.go; } | sha256sum | cut -c1-16)
   local out="$cache/bin/$name-$key"
   if [ -f "$out/.complete" ]; then
     log "$name: cached in $out"

@@ -67,7 +67,7 @@ if [ -f "$TESTBED_DIR/env" ] && daemons_alive; then
   for _ in $(seq 1 90); do bed_ready && break; sleep 1; done
 fi
 # A bed of an older revision of these scripts (a component or flag it lacks) is restarted.
-BED_REVISION=2   # 2: Traefik's CRDs and kubernetescrd provider
+BED_REVISION=3   # 2: Traefik's CRDs and kubernetescrd provider; 3: protoecho in the test image
 if [ -f "$TESTBED_DIR/env" ] && ! grep -q "^BED_REVISION=$BED_REVISION\$" "$TESTBED_DIR/env"; then
   log "the running bed is of an older revision of these scripts: restarting it"
   "$here/down.sh" >/dev/null 2>&1 || true
@@ -91,7 +91,7 @@ mkdir -p "$LOGS" "$PKI" "$TESTBED_DIR/bin"
 
 "$here/install.sh"
 log "building control plane, etcd, Traefik and Compose v2 from Go modules (cached; a cold build takes ~20 min on 2 cores)"
-link_components kube etcd traefik compose containerd
+link_components kube etcd traefik compose containerd protoecho
 link_engine
 # `go build` names etcd's main package (module .../server/v3) after its directory.
 [ -e "$TESTBED_DIR/bin/etcd" ] || ln -sf "$(readlink -f "$TESTBED_DIR/bin/server")" "$TESTBED_DIR/bin/etcd"
@@ -224,10 +224,12 @@ start_daemon traefik "$BIN/traefik" \
 wait_for traefik 60 curl -fs "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping"
 
 # --- the test image: Debian's static busybox in an otherwise empty root fs -------------------
-if [ ! -f "$TESTBED_DIR/busybox-rootfs.tar" ]; then
+# with the bed's protoecho (gRPC over h2c and WebSocket backend) beside it.
+if [ ! -f "$TESTBED_DIR/busybox-rootfs.tar" ] || [ "$BIN/protoecho" -nt "$TESTBED_DIR/busybox-rootfs.tar" ]; then
   rootfs=$TESTBED_DIR/busybox-rootfs
   rm -rf "$rootfs" && mkdir -p "$rootfs/bin" "$rootfs/www" "$rootfs/tmp" "$rootfs/etc"
   cp /bin/busybox "$rootfs/bin/busybox"
+  cp "$(readlink -f "$BIN/protoecho")" "$rootfs/bin/protoecho"
   for applet in $(/bin/busybox --list); do [ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"; done
   echo "root:x:0:0:root:/:/bin/sh" > "$rootfs/etc/passwd"
   echo "compose-ingress test image" > "$rootfs/www/index.html"
