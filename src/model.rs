@@ -238,7 +238,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and docs checks.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 25] = [
         Reason::InvalidEnable,
         Reason::UnknownLabel,
         Reason::ValueTooLong,
@@ -260,6 +260,10 @@ impl Reason {
         Reason::TooManyPorts,
         Reason::TooManyHosts,
         Reason::InvalidProjectName,
+        Reason::UnknownAccessPolicy,
+        Reason::PublicNotAllowed,
+        Reason::AccessConflict,
+        Reason::UnknownProtocol,
     ];
 
     /// The stable machine-readable code (a metric label value, a JSON and log field).
