@@ -169,7 +169,7 @@ async fn admission_guard_bounds_the_sidecar_token_and_the_sidecar_works_under_it
                 &ingress(
                     "snippet",
                     &host,
-                    serde_json::json!({"traefik.ingress.kubernetes.io/router.middlewares": "x"}),
+                    serde_json::json!({"nginx.ingress.kubernetes.io/configuration-snippet": "x"}),
                 ),
             )
             .await,
