@@ -168,9 +168,16 @@ pub struct Args {
     #[arg(long = "log-format", env = "COMPOSE_INGRESS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
-    /// Address of the HTTP server for /metrics, /healthz, /readyz and /exposures.
+    /// Address of the HTTP server for /metrics, /healthz, /readyz, /exposures and
+    /// /v1/compositions/{project}.
     #[arg(long, env = "COMPOSE_INGRESS_LISTEN", default_value = "0.0.0.0:9102")]
     pub listen: SocketAddr,
+
+    /// The ingress controller's plain-HTTP address inside the cluster (e.g.
+    /// http://traefik.kube-system.svc:80): `wait=routable` then checks each URL with a request
+    /// through it. Unset: it checks that the objects are applied.
+    #[arg(long = "probe-url", env = "COMPOSE_INGRESS_PROBE_URL")]
+    pub probe_url: Option<String>,
 
     /// Service selector that matches only this pod, key=value; {pod} is replaced by the pod name.
     #[arg(
@@ -242,6 +249,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub listen: SocketAddr,
     pub cleanup_on_exit: CleanupOnExit,
+    /// `--probe-url` as (address, path prefix).
+    pub probe: Option<(String, String)>,
 }
 
 impl Config {
@@ -499,6 +508,16 @@ impl Args {
             }
         }
         let pod_selector = parse_selector(&self.pod_selector, &self.pod_name)?;
+        let probe = match &self.probe_url {
+            Some(url) => Some(crate::http_get::split_url(url).map_err(|_| {
+                bad(
+                    "--probe-url",
+                    url,
+                    "must be http://host[:port][/path], the ingress controller's plain-HTTP address in the cluster",
+                )
+            })?),
+            None => None,
+        };
         let access = match &self.access_policies {
             Some(path) => crate::policy::load(path)
                 .map_err(|e| bad("--access-policies", path, e.to_string()))?,
@@ -554,6 +573,7 @@ impl Args {
             log_format: self.log_format,
             listen: self.listen,
             cleanup_on_exit: self.cleanup_on_exit,
+            probe,
         })
     }
 }

@@ -4,10 +4,12 @@
 //! [`plan`] (pure) -> [`render`] (pure) -> [`cluster`] (server-side apply, delete), driven by
 //! the level-triggered [`reconcile`] loop.
 
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod docker;
 pub mod events;
+pub mod http_get;
 pub mod labels;
 pub mod logging;
 pub mod model;
@@ -17,5 +19,6 @@ pub mod policy;
 pub mod reconcile;
 pub mod render;
 pub mod retry;
+pub mod routable;
 pub mod status;
 pub mod telemetry;

@@ -16,7 +16,7 @@ use compose_ingress::events;
 use compose_ingress::model::RateLimitMode;
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
-use compose_ingress::{logging, retry, telemetry};
+use compose_ingress::{logging, retry, routable, telemetry};
 
 // One thread runs every task. The sidecar's work is I/O: a serial reconciler, one Docker event
 // reader, a few HTTP requests; a worker per core (tokio's default, 64 on a big node without a CPU
@@ -24,6 +24,11 @@ use compose_ingress::{logging, retry, telemetry};
 // arena, and the peaks of a start-up resync stay fragmented across them (BENCHMARKS.md, "Cost").
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // `compose-ingress wait|urls ...`: the CI job's commands, not the sidecar.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if matches!(argv.get(1).and_then(|a| a.to_str()), Some("wait" | "urls")) {
+        return compose_ingress::cli::run(argv).await;
+    }
     let config = match Args::try_parse() {
         Ok(args) => match args.validate() {
             Ok(c) => c,
@@ -87,6 +92,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             namespace: settings.namespace.clone(),
             pod: settings.pod_name.clone(),
             heartbeat_stale: HEARTBEAT_STALE,
+            probe: config.probe.clone().map(|(addr, base)| routable::Probe {
+                addr,
+                base,
+                domain: settings.domain.clone(),
+            }),
         },
         cancel.clone(),
     ));

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::routable::{self, Probe};
 use crate::status::{CompositionState, Status};
 
 /// Request line + headers larger than this get `431 Request Header Fields Too Large`.
@@ -50,6 +51,8 @@ pub struct ServerInfo {
     pub pod: String,
     /// `/healthz` fails when the reconciler loop has not turned for this long.
     pub heartbeat_stale: Duration,
+    /// The ingress controller to verify routability through (`--probe-url`).
+    pub probe: Option<Probe>,
 }
 
 /// Binds the listener (at start-up, so that a taken port fails fast with one clear line).
@@ -104,8 +107,15 @@ pub async fn serve(
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let response = respond(&req, &status, &info);
-                async move { Ok::<_, Infallible>(response) }
+                let (status, info) = (status.clone(), info.clone());
+                async move {
+                    let response = if req.uri().path().starts_with(COMPOSITIONS) {
+                        compositions(&req, &status, &info).await
+                    } else {
+                        respond(&req, &status, &info)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
@@ -125,12 +135,88 @@ pub async fn serve(
     }
 }
 
-const ENDPOINTS: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/exposures"];
+const ENDPOINTS: [&str; 5] = [
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/exposures",
+    "/v1/compositions/{project}",
+];
+const COMPOSITIONS: &str = "/v1/compositions/";
+
+/// `GET /v1/compositions/{project}[?service=S][&wait=routable][&timeout=60s]` (see
+/// [`crate::routable`]): 200 routable (or, without `wait`, whatever the state is), 422 refused,
+/// 504 when the wait timed out (the document says what is missing).
+async fn compositions<B>(
+    req: &Request<B>,
+    status: &Status,
+    info: &ServerInfo,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} not allowed: use GET\n", req.method()),
+        );
+    }
+    let name = req.uri().path().trim_start_matches(COMPOSITIONS);
+    if name.is_empty()
+        || name.len() > crate::plan::MAX_PROJECT_NAME
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the path is /v1/compositions/<compose project name>\n".to_string(),
+        );
+    }
+    let (mut service, mut wait, mut timeout) = (None, false, routable::MAX_WAIT);
+    for pair in req.uri().query().unwrap_or_default().split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("", _) => {}
+            ("service", s) if !s.is_empty() && s.len() <= 253 => service = Some(s.to_string()),
+            ("wait", "routable") => wait = true,
+            ("timeout", t) => match crate::config::parse_duration(t) {
+                Ok(d) => timeout = d,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("timeout: {e}\n")),
+            },
+            (k, _) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown query parameter {k:?}: use service=S, wait=routable, timeout=60s\n"
+                    ),
+                );
+            }
+        }
+    }
+    let probe = info.probe.as_ref();
+    let doc = if wait {
+        routable::wait(status, probe, name, service.as_deref(), timeout).await
+    } else {
+        routable::check(status, probe, name, service.as_deref()).await
+    };
+    let code = match doc.state {
+        "refused" => StatusCode::UNPROCESSABLE_ENTITY,
+        "pending" if wait => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::OK,
+    };
+    match serde_json::to_vec_pretty(&doc) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            with_type(code, body, "application/json")
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode: {e}\n"),
+        ),
+    }
+}
 
 /// The response to one request (pure apart from reading `status`).
 pub fn respond<B>(req: &Request<B>, status: &Status, info: &ServerInfo) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !ENDPOINTS.contains(&path) {
+    if !ENDPOINTS[..4].contains(&path) {
         return text(
             StatusCode::NOT_FOUND,
             format!("not found: {path}; try {}\n", ENDPOINTS.join(", ")),
@@ -251,6 +337,7 @@ mod tests {
             namespace: "ci".into(),
             pod: "runner-3".into(),
             heartbeat_stale: Duration::from_secs(180),
+            probe: None,
         }
     }
 
