@@ -6,6 +6,7 @@
 //! benchmarks share.
 
 mod admission;
+mod ci_job;
 mod compose_v2;
 mod deploy;
 mod disruptive;
