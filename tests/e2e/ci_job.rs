@@ -44,10 +44,15 @@ async fn wait_hands_over_urls_that_answer_at_once_and_fails_fast_on_refusal() {
     .await;
     let v2 = ComposeVersion::V2;
 
+    // An app that needs a few seconds before it listens: routed by Traefik before it answers
+    // (502 meanwhile), as a starting application is.
+    let slow = "  web:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
+                command: [\"sh\", \"-c\", \"sleep 4; echo job-page > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    \
+                ports: [\"8080\"]\n    labels: {compose-ingress.enable: \"true\"}\n";
     pod.compose_as(
         v2,
         "jobapp",
-        &compose_file(&[web("web", "job-page", 8080, "8080", &[ENABLE])]),
+        &compose_file(&[slow.to_string()]),
         &["up", "-d"],
     );
     let out = job(
