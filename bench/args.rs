@@ -3,7 +3,15 @@
 use std::path::PathBuf;
 
 /// The phases, in the order a full run measures them (`--only` takes a comma list of them).
-pub const PHASES: [&str; 6] = ["e2o", "routable", "side", "burst", "restart", "ratelimit"];
+pub const PHASES: [&str; 7] = [
+    "e2o",
+    "routable",
+    "side",
+    "burst",
+    "restart",
+    "ratelimit",
+    "wait",
+];
 
 /// `cargo bench --bench bench -- [--smoke] [--only PHASE,..] [--replot] [--out DIR]`
 #[derive(Debug, clap::Parser)]

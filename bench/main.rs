@@ -2,7 +2,7 @@
 //!
 //!   cargo bench --bench bench                      # every phase, full size (~22 min)
 //!   cargo bench --bench bench -- --smoke           # tiny run of every phase (CI keeps it alive)
-//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o routable side burst restart ratelimit
+//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o routable side burst restart ratelimit wait
 //!   cargo bench --bench bench -- --replot          # redraw the plots from results.json
 //!
 //! `cargo bench` builds the sidecar with the release settings (the bench profile inherits them)
@@ -33,6 +33,7 @@ mod restart_cost;
 mod routable;
 mod side_by_side;
 mod stats;
+mod wait;
 
 use clap::Parser;
 use serde_json::{Value, json};
@@ -137,6 +138,11 @@ fn run() {
         if args.runs("ratelimit") {
             let r = ratelimit::phase_ratelimit(&scale).await;
             results.insert("ratelimit".into(), json!(r));
+            save(&results);
+        }
+        if args.runs("wait") {
+            let r = wait::phase_wait(&scale).await;
+            results.insert("wait".into(), json!(r));
             save(&results);
         }
         say(format!("results in {}", path.display()));

@@ -68,8 +68,12 @@ pub struct LoadResult {
     /// Anything else (another status, or no answer).
     pub other: u32,
     /// From the first request sent to the last one sent: longer than planned when the machine
-    /// is busy, and the time a rate limiter refills over.
+    /// is busy.
     pub sending: Duration,
+    /// From the first request sent to the last answer: a server sees the requests arrive within
+    /// this time (later than they were sent when the machine is busy), so a rate limiter refills
+    /// over at most this long.
+    pub answered: Duration,
 }
 
 /// Sends `rate` GETs per second for `duration` to `addr` with `Host: host`, each at its own
@@ -83,9 +87,10 @@ pub async fn load(addr: &str, host: &str, rate: u32, duration: Duration) -> Load
         tokio::time::sleep_until(start + Duration::from_secs_f64(f64::from(i) / f64::from(rate)))
             .await;
         let (addr, host) = (addr.to_string(), host.to_string());
-        tasks.push(tokio::spawn(
-            async move { raw_get(&addr, &host, "/").await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            let status = raw_get(&addr, &host, "/").await;
+            (status, start.elapsed())
+        }));
     }
     let mut result = LoadResult {
         sent: n,
@@ -93,7 +98,9 @@ pub async fn load(addr: &str, host: &str, rate: u32, duration: Duration) -> Load
         ..LoadResult::default()
     };
     for t in tasks {
-        match t.await.ok().flatten() {
+        let (status, at) = t.await.unwrap_or((None, Duration::ZERO));
+        result.answered = result.answered.max(at);
+        match status {
             Some(200) => result.ok += 1,
             Some(429) => result.limited += 1,
             _ => result.other += 1,
