@@ -24,6 +24,10 @@ pub struct E2oResult {
     /// From the project's first Docker event (`create`, where the debounce starts) to both
     /// objects, minus the debounce: the sidecar's own overhead plus apiserver and watch delivery.
     pub beyond_debounce_from_first_event: Stats,
+    /// dockerd's own time from the `create` event to the `start` event (the harness calls
+    /// start as soon as create returned).
+    #[serde(default)]
+    pub create_to_start: Stats,
     pub missing: usize,
     pub samples_ms: Vec<f64>,
 }
@@ -71,6 +75,7 @@ pub async fn phase_e2o(scale: &Scale) -> Vec<E2oResult> {
         }
         let mut samples = Vec::new();
         let mut beyond = Vec::new();
+        let mut create_to_start = Vec::new();
         let mut missing = 0;
         let debounce_ms = if tag == "d300" { 300.0 } else { 0.0 };
         for p in &projects {
@@ -80,19 +85,22 @@ pub async fn phase_e2o(scale: &Scale) -> Vec<E2oResult> {
                 (Some(s), Some(f), Some(a), Some(b)) => {
                     samples.push((a.max(b) - s) as f64 / 1e6);
                     beyond.push((a.max(b) - f) as f64 / 1e6 - debounce_ms);
+                    create_to_start.push((s - f) as f64 / 1e6);
                 }
                 _ => missing += 1,
             }
         }
         let st = stats(&samples);
         let bd = stats(&beyond);
+        let cs = stats(&create_to_start);
         say(format!(
-            "e2o {debounce}: {st:?}, beyond debounce from first event {bd:?}, missing {missing}"
+            "e2o {debounce}: {st:?}, beyond debounce from first event {bd:?}, create to start {cs:?}, missing {missing}"
         ));
         results.push(E2oResult {
             debounce: debounce.to_string(),
             stats: st,
             beyond_debounce_from_first_event: bd,
+            create_to_start: cs,
             missing,
             samples_ms: samples,
         });

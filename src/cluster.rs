@@ -1030,6 +1030,7 @@ mod tests {
                     container_port: 5000,
                     protocol: Protocol::Tcp,
                     host_port: 32768,
+                    host_ip: "0.0.0.0".into(),
                 }],
             }],
         }

@@ -34,6 +34,12 @@ pub struct Args {
     #[arg(long = "pod-uid", env = "POD_UID")]
     pub pod_uid: Option<String>,
 
+    /// Address of this runner pod (downward API status.podIP): a port published on exactly this
+    /// IPv4 address counts like one published on all of them; read from the API when unset (an
+    /// IPv6 address is accepted and not used: the pods are IPv4).
+    #[arg(long = "pod-ip", env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+
     /// Docker daemon to watch: unix:///path or tcp://host:port.
     #[arg(
         long = "docker-host",
@@ -243,6 +249,7 @@ pub struct Timings {
 pub struct Config {
     pub settings: PlanSettings,
     pub pod_uid: Option<String>,
+    pub pod_ip: Option<std::net::Ipv4Addr>,
     pub docker_host: String,
     pub timings: Timings,
     pub dry_run: DryRun,
@@ -299,6 +306,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(d)
+}
+
+fn ipv4(ip: Option<std::net::IpAddr>) -> Option<std::net::Ipv4Addr> {
+    match ip {
+        Some(std::net::IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    }
 }
 
 /// `prefix/name`: a DNS subdomain prefix and a name of at most 63 of `[A-Za-z0-9-_.]`.
@@ -556,11 +570,13 @@ impl Args {
                 access,
                 expose_by_default: self.expose_by_default,
                 expose_plain_containers: self.expose_plain_containers,
+                pod_ip: ipv4(self.pod_ip),
                 pod_selector,
                 max_ports_per_composition: self.max_ports_per_composition,
                 max_hosts_per_pod: self.max_hosts_per_pod,
             },
             pod_uid: self.pod_uid,
+            pod_ip: ipv4(self.pod_ip),
             docker_host: self.docker_host,
             timings: Timings {
                 resync_interval: self.resync_interval,

@@ -324,11 +324,8 @@ fn observe(c: &ContainerSummary) -> ObservedContainer {
         .ports
         .iter()
         .flatten()
-        .filter(|p| {
-            // A port published only on the pod's loopback is unreachable for a Service.
-            let ip = p.ip.as_deref().unwrap_or("");
-            !(ip.starts_with("127.") || ip == "::1")
-        })
+        // Every binding with its address: which ones the pod's IP reaches is the planner's rule
+        // (`PublishedPort::reachable_on`).
         .filter_map(|p| {
             let protocol = match p.typ {
                 Some(PortSummaryTypeEnum::TCP) => Protocol::Tcp,
@@ -340,10 +337,10 @@ fn observe(c: &ContainerSummary) -> ObservedContainer {
                 container_port: p.private_port,
                 protocol,
                 host_port: p.public_port?,
+                host_ip: p.ip.clone().unwrap_or_default(),
             })
         })
         .collect();
-    // IPv4 and IPv6 bindings of one port are the same port.
     published.sort();
     published.dedup();
     ObservedContainer {
@@ -432,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn observed_ports_skip_loopback_and_dedupe_ip_families() {
+    fn observed_ports_keep_their_binding_address() {
         let port = |ip: &str, private: u16, public: Option<u16>, typ| PortSummary {
             ip: Some(ip.to_string()),
             private_port: private,
@@ -446,7 +443,13 @@ mod tests {
             ports: Some(vec![
                 port("0.0.0.0", 5000, Some(32768), PortSummaryTypeEnum::TCP),
                 port("::", 5000, Some(32768), PortSummaryTypeEnum::TCP),
+                // Docker < 27: the IPv6 binding of 8000 on a lower port than its IPv4 one (that
+                // port may be another container's IPv4 port): only the IPv4 one counts.
+                port("0.0.0.0", 8000, Some(40002), PortSummaryTypeEnum::TCP),
+                port("::", 8000, Some(40001), PortSummaryTypeEnum::TCP),
+                port("::", 8001, Some(40003), PortSummaryTypeEnum::TCP),
                 port("127.0.0.1", 6000, Some(6000), PortSummaryTypeEnum::TCP),
+                port("198.19.0.5", 6001, Some(6001), PortSummaryTypeEnum::TCP),
                 port("0.0.0.0", 53, Some(5353), PortSummaryTypeEnum::UDP),
                 port("", 7000, None, PortSummaryTypeEnum::TCP),
             ]),
@@ -455,19 +458,22 @@ mod tests {
         let o = observe(&c);
         assert_eq!(o.name, "demochat_web_1");
         assert_eq!(o.state, ContainerState::Running);
+        let bindings: Vec<(u16, u16, &str)> = o
+            .published
+            .iter()
+            .map(|p| (p.container_port, p.host_port, p.host_ip.as_str()))
+            .collect();
         assert_eq!(
-            o.published,
-            vec![
-                PublishedPort {
-                    container_port: 53,
-                    protocol: Protocol::Udp,
-                    host_port: 5353
-                },
-                PublishedPort {
-                    container_port: 5000,
-                    protocol: Protocol::Tcp,
-                    host_port: 32768
-                },
+            bindings,
+            [
+                (53, 5353, "0.0.0.0"),
+                (5000, 32768, "0.0.0.0"),
+                (5000, 32768, "::"),
+                (6000, 6000, "127.0.0.1"),
+                (6001, 6001, "198.19.0.5"),
+                (8000, 40001, "::"),
+                (8000, 40002, "0.0.0.0"),
+                (8001, 40003, "::"),
             ]
         );
     }

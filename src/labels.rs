@@ -562,6 +562,7 @@ pub(crate) mod tests {
             access: AccessPolicies::public_only(),
             expose_by_default: false,
             expose_plain_containers: false,
+            pod_ip: None,
             pod_selector: BTreeMap::from([(
                 "statefulset.kubernetes.io/pod-name".to_string(),
                 "runner-3".to_string(),

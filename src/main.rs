@@ -101,11 +101,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         cancel.clone(),
     ));
 
-    let Some(uid) = pod_uid(&config, &cluster, &cancel).await else {
+    let Some((uid, pod_ip)) = pod_identity(&config, &cluster, &cancel).await else {
         info!("stopped before start-up completed");
         let _ = server.await;
         return Ok(());
     };
+    let mut settings = settings;
+    settings.pod_ip = pod_ip;
+    info!(pod_ip = ?pod_ip, "ports published on every IPv4 address of the pod, or on this one, are exposed");
     let owner = config.owner(uid.clone());
     let poster = if config.dry_run == DryRun::None {
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -240,19 +243,32 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-/// The pod's uid for ownerReferences: from the downward API, or read from the API server
-/// (retried with backoff: the API server may be briefly unreachable when the pod starts).
-async fn pod_uid(config: &Config, cluster: &Cluster, cancel: &CancellationToken) -> Option<String> {
-    if let Some(uid) = &config.pod_uid {
-        return Some(uid.clone());
+/// The pod's uid (for ownerReferences) and IPv4 address (which port bindings the pod's IP
+/// reaches): from the downward API, or read from the API server (retried with backoff: the API
+/// server may be briefly unreachable when the pod starts).
+async fn pod_identity(
+    config: &Config,
+    cluster: &Cluster,
+    cancel: &CancellationToken,
+) -> Option<(String, Option<std::net::Ipv4Addr>)> {
+    if let (Some(uid), Some(ip)) = (&config.pod_uid, config.pod_ip) {
+        return Some((uid.clone(), Some(ip)));
     }
     let mut backoff = retry::backoff(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         match cluster.own_pod().await {
-            Ok(pod) => return pod.metadata.uid,
+            Ok(pod) => {
+                let uid = config.pod_uid.clone().or(pod.metadata.uid)?;
+                let ip = config.pod_ip.or_else(|| {
+                    pod.status
+                        .and_then(|s| s.pod_ip)
+                        .and_then(|ip| ip.parse().ok())
+                });
+                return Some((uid, ip));
+            }
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read this pod's uid (set POD_UID from the downward API to skip this); retrying");
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read this pod's uid and IP (set POD_UID and POD_IP from the downward API to skip this); retrying");
                 tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => return None }
             }
         }

@@ -23,8 +23,24 @@ pub enum Protocol {
 pub struct PublishedPort {
     pub container_port: u16,
     pub protocol: Protocol,
-    /// The port dind bound on the pod IP; what the Service's `targetPort` points at.
+    /// The port dind bound; what the Service's `targetPort` points at when the binding is
+    /// reachable on the pod's IP (see `host_ip`).
     pub host_port: u16,
+    /// The address of the binding as Docker reports it: `0.0.0.0` (or empty) for every IPv4
+    /// address of the pod, `::` for IPv6, or one address.
+    pub host_ip: String,
+}
+
+impl PublishedPort {
+    /// Whether a connection to the pod's IPv4 address `pod_ip` reaches this binding: a binding on
+    /// every IPv4 address, or on exactly the pod's. Never an IPv6 binding: before Docker 27 its
+    /// host port can differ from the IPv4 one, and be another container's IPv4 port.
+    pub fn reachable_on(&self, pod_ip: Option<std::net::Ipv4Addr>) -> bool {
+        match self.host_ip.as_str() {
+            "" | "0.0.0.0" => true,
+            ip => pod_ip.is_some_and(|p| ip.parse() == Ok(p)),
+        }
+    }
 }
 
 /// A container as the docker edge observed it (from a container listing, not from events).
@@ -160,6 +176,8 @@ pub struct PlanSettings {
     pub access: AccessPolicies,
     pub expose_by_default: bool,
     pub expose_plain_containers: bool,
+    /// The pod's IPv4 address, when known: bindings on exactly it are reachable too.
+    pub pod_ip: Option<std::net::Ipv4Addr>,
     /// The Service selector that matches exactly this runner pod
     /// (default `statefulset.kubernetes.io/pod-name=<pod>`).
     pub pod_selector: BTreeMap<String, String>,

@@ -75,7 +75,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
                 continue;
             }
         };
-        match exposed_ports(&service, container, &exposure) {
+        match exposed_ports(&service, container, &exposure, settings.pod_ip) {
             Ok(ports) if ports.is_empty() => continue,
             Ok(ports) => {
                 if let Some(r) = agree(
@@ -316,10 +316,11 @@ fn exposed_ports(
     service: &str,
     container: &ObservedContainer,
     exposure: &ServiceExposure,
+    pod_ip: Option<std::net::Ipv4Addr>,
 ) -> Result<Vec<(u16, u16)>, Box<Refusal>> {
     let mut tcp: BTreeMap<u16, u16> = BTreeMap::new();
     for p in &container.published {
-        if p.protocol != Protocol::Tcp || p.host_port == 0 {
+        if p.protocol != Protocol::Tcp || p.host_port == 0 || !p.reachable_on(pod_ip) {
             continue;
         }
         let host = tcp.entry(p.container_port).or_insert(p.host_port);
@@ -350,7 +351,7 @@ fn exposed_ports(
                         .map_or("", String::as_str),
                     Reason::PortNotPublished,
                     &format!(
-                        "container port(s) {} are not published over TCP (published TCP ports: {published}); publish them under `ports:` in the compose file or remove them from {}",
+                        "container port(s) {} are not published over TCP on the pod's IPv4 address (published there: {published}); publish them under `ports:` in the compose file (e.g. \"5000\" or \"0.0.0.0:8080:5000\"; not on 127.0.0.1 or [::] only) or remove them from {}",
                         missing.join(", "),
                         labels::PORTS
                     ),
@@ -631,6 +632,7 @@ mod tests {
                     container_port,
                     protocol,
                     host_port,
+                    host_ip: "0.0.0.0".into(),
                 })
                 .collect(),
         }
@@ -1055,6 +1057,45 @@ mod tests {
             &s,
         );
         assert_eq!(p.desired.unwrap().rate_limit_rps, None);
+    }
+
+    #[test]
+    fn only_bindings_the_pod_ip_reaches_are_exposed() {
+        let mut c = container("web-1", "web", 1, &[ON], &[]);
+        let bind = |cport: u16, hport: u16, ip: &str| PublishedPort {
+            container_port: cport,
+            protocol: TCP,
+            host_port: hport,
+            host_ip: ip.into(),
+        };
+        c.published = vec![
+            // Docker < 27: IPv6 on a lower port than IPv4 (another container's IPv4 port)
+            bind(8000, 40002, "0.0.0.0"),
+            bind(8000, 40001, "::"),
+            // IPv6 only, loopback only, a dind network address: not reachable on the pod IP
+            bind(8001, 40003, "::"),
+            bind(8002, 40004, "127.0.0.1"),
+            bind(8003, 40005, "198.19.0.5"),
+            // on exactly the pod's address
+            bind(8004, 40006, "198.18.7.2"),
+        ];
+        let mut s = settings();
+        s.pod_ip = Some("198.18.7.2".parse().unwrap());
+        let d = plan(&project(vec![c.clone()]), &s).desired.unwrap();
+        let ports: Vec<(u16, u16)> = d
+            .backends
+            .iter()
+            .map(|b| (b.container_port, b.host_port))
+            .collect();
+        assert_eq!(ports, [(8000, 40002), (8004, 40006)]);
+        // without the pod's address known, only bindings on every IPv4 address
+        let d = plan(&project(vec![c]), &settings()).desired.unwrap();
+        let ports: Vec<(u16, u16)> = d
+            .backends
+            .iter()
+            .map(|b| (b.container_port, b.host_port))
+            .collect();
+        assert_eq!(ports, [(8000, 40002)]);
     }
 
     fn with_policies(text: &str) -> PlanSettings {

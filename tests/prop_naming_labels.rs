@@ -31,6 +31,7 @@ fn settings(template: &str) -> PlanSettings {
         access: AccessPolicies::public_only(),
         expose_by_default: true,
         expose_plain_containers: true,
+        pod_ip: None,
         pod_selector: BTreeMap::from([(
             "statefulset.kubernetes.io/pod-name".to_string(),
             "runner-3".to_string(),
@@ -344,11 +345,13 @@ fn plans_route_only_to_hosts_under_the_domain() {
                             container_port: *cport,
                             protocol: Protocol::Tcp,
                             host_port: *hport,
+                            host_ip: "0.0.0.0".into(),
                         },
                         PublishedPort {
                             container_port: cport.wrapping_add(1),
                             protocol: Protocol::Tcp,
                             host_port: *hport,
+                            host_ip: "0.0.0.0".into(),
                         },
                     ],
                 },

@@ -75,3 +75,57 @@ async fn the_sidecar_speaks_an_api_version_each_engine_accepts() {
         );
     }
 }
+
+/// Issue 14, item 5: a container port published on the pod's IPv4 addresses on one host port
+/// and on IPv6 (`::`) on a lower one, which is another container's IPv4 port. The URL must serve
+/// the composition's own container, never the neighbour whose IPv4 port the IPv6 binding shares
+/// (today's code took the lowest port of any family). On both engines.
+async fn the_service_targets_the_ipv4_binding(engine: &str, test: &str) {
+    let bed = bed();
+    let ns = unique_namespace(test);
+    let pod = bed.runner_pod_on(&ns, "runner-0", engine);
+    let _sidecar = Sidecar::start(&SIDECAR, bed, &pod, &[]).await;
+    let v2 = testbed::ComposeVersion::V2;
+    // The neighbour holds pod port 18080 on IPv4 (not exposed: it only has to answer).
+    pod.compose_as(
+        v2,
+        "neighbour",
+        &compose_file(&[web("web", "neighbour-page", 80, "0.0.0.0:18080:80", &[])]),
+        &["up", "-d"],
+    );
+    let mine = "  web:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
+                command: [\"sh\", \"-c\", \"echo mine-page > /www/index.html && exec httpd -f -p 80 -h /www\"]\n    \
+                ports: [\"0.0.0.0:18081:80\", \"[::]:18080:80\"]\n    labels: {compose-ingress.enable: \"true\"}\n";
+    pod.compose_as(
+        v2,
+        "mine",
+        &compose_file(&[mine.to_string()]),
+        &["up", "-d"],
+    );
+    let host = format!("web-80-mine-runner-0.{}", testbed::domain(&ns));
+    assert_eq!(
+        testbed::through_ingress(&host).await.trim(),
+        "mine-page",
+        "the URL serves the composition's own container"
+    );
+    let admin = bed.admin().await;
+    let (service, _) = wait_exposed(&admin, &ns, "runner-0", "mine").await;
+    assert_eq!(
+        testbed::target_ports(&service)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect::<Vec<_>>(),
+        [18081],
+        "the Service targets the IPv4 binding"
+    );
+}
+
+#[tokio::test]
+async fn an_ipv6_binding_on_another_port_is_never_the_service_target() {
+    the_service_targets_the_ipv4_binding("29", "v6bind-29").await;
+}
+
+#[tokio::test]
+async fn an_ipv6_binding_on_another_port_is_never_the_service_target_engine_20_10() {
+    the_service_targets_the_ipv4_binding("20.10", "v6bind-20").await;
+}
