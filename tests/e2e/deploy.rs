@@ -318,6 +318,7 @@ fn assert_sidecar(sts: &StatefulSet, dir: &str) {
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),
         ("POD_UID", "metadata.uid"),
+        ("POD_IP", "status.podIP"),
     ] {
         let field = env
             .get(name)
@@ -492,6 +493,7 @@ fn assert_config_accepted(c: &Container, dir: &str) {
             (None, "POD_NAME") => "runner-0".to_string(),
             (None, "POD_NAMESPACE") => "ci".to_string(),
             (None, "POD_UID") => "00000000-0000-0000-0000-000000000000".to_string(),
+            (None, "POD_IP") => "198.18.232.10".to_string(),
             (None, other) => panic!("{dir}: sidecar env {other} has no value"),
         };
         if name != "COMPOSE_INGRESS_LISTEN" {
