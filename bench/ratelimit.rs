@@ -31,11 +31,7 @@ pub struct RateLimitResult {
 }
 
 pub async fn phase_ratelimit(scale: &Scale) -> Vec<RateLimitResult> {
-    let gateway = format!(
-        "{}/{}",
-        bed().get("GATEWAY_NAMESPACE"),
-        bed().get("GATEWAY_NAME")
-    );
+    let gateway = bed().gateway();
     let mut out = Vec::new();
     for (api, route_flags) in [
         ("ingress", vec![]),

@@ -165,11 +165,7 @@ pub async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
         } else {
             "HTTPRoute"
         };
-        let gw = format!(
-            "{}/{}",
-            bed().get("GATEWAY_NAMESPACE"),
-            bed().get("GATEWAY_NAME")
-        );
+        let gw = bed().gateway();
         let mut flags = vec!["--route-api", api];
         if api == "gateway" {
             flags.extend(["--gateway", gw.as_str()]);

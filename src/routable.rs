@@ -161,8 +161,8 @@ pub async fn check(
     name: &str,
     service: Option<&str>,
 ) -> Doc {
-    let compositions = status.compositions();
-    let state = compositions.get(name);
+    let state = status.composition(name);
+    let state = state.as_ref();
     let Some(probe) = probe else {
         return assess(name, state, service, "objects", &|_| true);
     };

@@ -399,6 +399,11 @@ impl Status {
             .unwrap_or_default()
     }
 
+    /// One composition's state (what a waiting job polls: no copy of the others).
+    pub fn composition(&self, key: &str) -> Option<CompositionState> {
+        self.compositions.read().ok()?.get(key).cloned()
+    }
+
     fn update_gauges(&self, map: &BTreeMap<String, CompositionState>) {
         let exposed = map
             .values()

@@ -88,6 +88,15 @@ impl Bed {
             .unwrap_or_else(|| panic!("test bed env has no {key}"))
     }
 
+    /// The bed's Gateway as the sidecar's `--gateway` takes it: `namespace/name`.
+    pub fn gateway(&self) -> String {
+        format!(
+            "{}/{}",
+            self.get("GATEWAY_NAMESPACE"),
+            self.get("GATEWAY_NAME")
+        )
+    }
+
     pub fn kubeconfig(&self) -> &str {
         self.get("KUBECONFIG")
     }

@@ -175,11 +175,7 @@ async fn timed_rate_limit_middleware_limits_through_traefik_ingress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_rate_limit_middleware_limits_through_traefik_gateway() {
-    let gateway = format!(
-        "{}/{}",
-        bed().get("GATEWAY_NAMESPACE"),
-        bed().get("GATEWAY_NAME")
-    );
+    let gateway = bed().gateway();
     rate_limit_is_enforced(
         &["--route-api", "gateway", "--gateway", &gateway],
         "ratelimit-gw",
@@ -352,11 +348,7 @@ async fn access_policies_guard_compositions_through_traefik_ingress() {
 
 #[tokio::test]
 async fn access_policies_guard_compositions_through_traefik_gateway() {
-    let gateway = format!(
-        "{}/{}",
-        bed().get("GATEWAY_NAMESPACE"),
-        bed().get("GATEWAY_NAME")
-    );
+    let gateway = bed().gateway();
     access_policies_are_enforced(
         &["--route-api", "gateway", "--gateway", &gateway],
         "access-gw",
@@ -480,11 +472,7 @@ async fn grpc_and_websocket_backends_answer_through_traefik_ingress() {
 
 #[tokio::test]
 async fn grpc_and_websocket_backends_answer_through_traefik_gateway() {
-    let gateway = format!(
-        "{}/{}",
-        bed().get("GATEWAY_NAMESPACE"),
-        bed().get("GATEWAY_NAME")
-    );
+    let gateway = bed().gateway();
     protocols_are_routed(
         &["--route-api", "gateway", "--gateway", &gateway],
         "proto-gw",

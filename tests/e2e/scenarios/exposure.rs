@@ -93,11 +93,7 @@ pub(super) async fn opted_in_service_gets_service_and_ingress_and_is_routable(
 
 pub(super) async fn gateway_mode_creates_an_httproute_that_routes(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("gateway").await;
-    let gateway = format!(
-        "{}/{}",
-        bed().get("GATEWAY_NAMESPACE"),
-        bed().get("GATEWAY_NAME")
-    );
+    let gateway = bed().gateway();
     let _sidecar = Sidecar::start(
         &SIDECAR,
         bed(),
