@@ -31,6 +31,7 @@ const LIST_PAGE: u32 = 500;
 pub enum Kind {
     Lease,
     Service,
+    EndpointSlice,
     Middleware,
     Ingress,
     HttpRoute,
@@ -38,9 +39,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Lease,
         Kind::Service,
+        Kind::EndpointSlice,
         Kind::Middleware,
         Kind::Ingress,
         Kind::HttpRoute,
@@ -51,6 +53,9 @@ impl Kind {
         match self {
             Kind::Lease => ApiResource::erase::<k8s_openapi::api::coordination::v1::Lease>(&()),
             Kind::Service => ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+            Kind::EndpointSlice => {
+                ApiResource::erase::<k8s_openapi::api::discovery::v1::EndpointSlice>(&())
+            }
             Kind::Ingress => ApiResource::erase::<k8s_openapi::api::networking::v1::Ingress>(&()),
             Kind::HttpRoute => render::http_route_resource(),
             Kind::Middleware => render::middleware_resource(),
@@ -62,6 +67,7 @@ impl Kind {
         match self {
             Kind::Lease => "Lease",
             Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::Ingress => "Ingress",
             Kind::HttpRoute => "HTTPRoute",
             Kind::Middleware => "Middleware",
@@ -518,6 +524,7 @@ mod tests {
 
     const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/ci/leases";
     const SERVICES: &str = "/api/v1/namespaces/ci/services";
+    const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/ci/endpointslices";
     const INGRESSES: &str = "/apis/networking.k8s.io/v1/namespaces/ci/ingresses";
     const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/ci/httproutes";
     const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/ci/grpcroutes";
@@ -953,6 +960,7 @@ mod tests {
             list(LEASES, None).reply(200, page(vec![], None)),
             list(SERVICES, None).reply(200, page(vec![listed(&a, "uid-a")], Some("c1"))),
             list(SERVICES, Some("c1")).reply(200, page(vec![listed(&b, "uid-b"), stranger], None)),
+            list(SLICES, None).reply(200, page(vec![], None)),
             // No Traefik CRDs in this cluster, and annotation mode: not an error.
             list(MIDDLEWARES, None).reply(404, status(404, "NotFound")),
             list(INGRESSES, None).reply(200, page(vec![], None)),
@@ -979,6 +987,7 @@ mod tests {
         let scenario = vec![
             list(LEASES, None).reply(200, page(vec![], None)),
             list(SERVICES, None).reply(200, page(vec![], None)),
+            list(SLICES, None).reply(200, page(vec![], None)),
             list(MIDDLEWARES, None).reply(403, status(403, "Forbidden")),
         ];
         let (owned, ()) = tokio::join!(
@@ -1032,6 +1041,7 @@ mod tests {
                     host_port: 32768,
                     host_ip: "0.0.0.0".into(),
                 }],
+                health: Default::default(),
             }],
         }
     }
@@ -1043,8 +1053,9 @@ mod tests {
         }
     }
 
-    /// What the reconciler renders for `observed_demochat()`: its Lease, Service and Ingress.
-    fn rendered_demochat() -> (DesiredObject, DesiredObject, DesiredObject) {
+    /// What the reconciler renders for `observed_demochat()`: its Lease, Service, EndpointSlice
+    /// and Ingress.
+    fn rendered_demochat() -> (DesiredObject, DesiredObject, DesiredObject, DesiredObject) {
         let settings = labels::tests::settings();
         let d = plan::plan(&observed_demochat(), &settings)
             .desired
@@ -1055,6 +1066,11 @@ mod tests {
             DesiredObject::new(Kind::Lease, &lease).expect("lease"),
             DesiredObject::new(Kind::Service, &render::service(&d, &settings, &owner()))
                 .expect("service"),
+            DesiredObject::new(
+                Kind::EndpointSlice,
+                &render::endpoint_slices(&d, &settings, &owner())[0],
+            )
+            .expect("endpoint slice"),
             DesiredObject::new(Kind::Ingress, &render::ingress(&d, &settings, &owner()))
                 .expect("ingress"),
         )
@@ -1087,11 +1103,13 @@ mod tests {
     fn full_listing(
         leases: Vec<Value>,
         services: Vec<Value>,
+        slices: Vec<Value>,
         ingresses: Vec<Value>,
     ) -> Vec<Exchange> {
         vec![
             list(LEASES, None).reply(200, page(leases, None)),
             list(SERVICES, None).reply(200, page(services, None)),
+            list(SLICES, None).reply(200, page(slices, None)),
             // annotation mode, a Role without Middlewares: not an error
             list(MIDDLEWARES, None).reply(403, status(403, "Forbidden")),
             list(INGRESSES, None).reply(200, page(ingresses, None)),
@@ -1123,8 +1141,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_composition_claims_its_host_then_writes_service_then_route() {
-        let (lease, service, ingress) = rendered_demochat();
-        let mut scenario = full_listing(vec![], vec![], vec![]);
+        let (lease, service, slice, ingress) = rendered_demochat();
+        let mut scenario = full_listing(vec![], vec![], vec![], vec![]);
         let lease_name = lease.name().to_string();
         scenario.extend([
             create(LEASES)
@@ -1139,6 +1157,13 @@ mod tests {
                     assert_ours(b, PROJECT);
                 })
                 .echo(201, "uid-svc"),
+            create(SLICES)
+                .body(|b| {
+                    assert_eq!(b["kind"], "EndpointSlice", "{b}");
+                    assert_eq!(b["endpoints"][0]["conditions"]["ready"], true, "{b}");
+                    assert_ours(b, PROJECT);
+                })
+                .echo(201, "uid-slice"),
             create(INGRESSES)
                 .body(|b| {
                     assert_eq!(b["kind"], "Ingress", "{b}");
@@ -1147,6 +1172,7 @@ mod tests {
                 .echo(201, "uid-ing"),
         ]);
         assert_eq!(service.name(), ingress.name());
+        assert!(slice.name().starts_with(service.name()));
         resyncs(
             mock_reconciler(),
             vec![snapshot_of(vec![observed_demochat()])],
@@ -1157,10 +1183,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_unchanged_composition_makes_no_write() {
-        let (lease, service, ingress) = rendered_demochat();
+        let (lease, service, slice, ingress) = rendered_demochat();
         let scenario = full_listing(
             vec![listed(&lease, "uid-lease")],
             vec![listed(&service, "uid-svc")],
+            vec![listed(&slice, "uid-slice")],
             vec![listed(&ingress, "uid-ing")],
         );
         resyncs(
@@ -1174,13 +1201,14 @@ mod tests {
     #[tokio::test]
     async fn a_changed_composition_is_applied() {
         // The counterpart of the test above: a stale spec hash is rewritten, nothing else.
-        let (lease, service, ingress) = rendered_demochat();
+        let (lease, service, slice, ingress) = rendered_demochat();
         let mut stale = listed(&service, "uid-svc");
         stale["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = json!("0000000000000000");
         let name = service.name().to_string();
         let mut scenario = full_listing(
             vec![listed(&lease, "uid-lease")],
             vec![stale],
+            vec![listed(&slice, "uid-slice")],
             vec![listed(&ingress, "uid-ing")],
         );
         scenario.push(
@@ -1204,10 +1232,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_orphan_is_deleted_from_complete_listings() {
-        let mut scenario = full_listing(vec![], vec![listed(&orphan(), "uid-gone")], vec![]);
+        let mut scenario =
+            full_listing(vec![], vec![listed(&orphan(), "uid-gone")], vec![], vec![]);
         scenario.extend(full_listing(
             vec![],
             vec![listed(&orphan(), "uid-gone")],
+            vec![],
             vec![],
         ));
         scenario.push(delete(SERVICES, "gone-svc", "uid-gone").reply(200, status(200, "Success")));
@@ -1223,10 +1253,12 @@ mod tests {
     async fn a_failed_listing_page_aborts_gc() {
         // The first pass starts the orphan's grace; the second pass's listing fails on the
         // second page of a later kind, after the orphan was listed: nothing is deleted.
-        let mut scenario = full_listing(vec![], vec![listed(&orphan(), "uid-gone")], vec![]);
+        let mut scenario =
+            full_listing(vec![], vec![listed(&orphan(), "uid-gone")], vec![], vec![]);
         scenario.extend([
             list(LEASES, None).reply(200, page(vec![], None)),
             list(SERVICES, None).reply(200, page(vec![listed(&orphan(), "uid-gone")], None)),
+            list(SLICES, None).reply(200, page(vec![], None)),
             list(MIDDLEWARES, None).reply(200, page(vec![], None)),
             list(INGRESSES, None).reply(200, page(vec![], None)),
             list(HTTP_ROUTES, None).reply(200, page(vec![], Some("c1"))),
@@ -1242,12 +1274,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_host_held_by_another_pod_gets_no_objects() {
-        let (lease, _, _) = rendered_demochat();
+        let (lease, _, _, _) = rendered_demochat();
         let name = lease.name().to_string();
         let mut held = listed(&lease, "other-uid");
         held["metadata"]["labels"] = json!(render::ownership_labels("runner-7", "shop"));
         held["metadata"]["annotations"][PROJECT_NAME_ANNOTATION] = json!("shop");
-        let mut scenario = full_listing(vec![], vec![], vec![]);
+        let mut scenario = full_listing(vec![], vec![], vec![], vec![]);
         scenario.extend([
             create(LEASES).reply(409, status(409, "AlreadyExists")),
             get(LEASES, &name).reply(200, held),
@@ -1262,9 +1294,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_foreign_service_of_the_same_name_stops_the_composition_untouched() {
-        let (lease, service, _) = rendered_demochat();
+        let (lease, service, _, _) = rendered_demochat();
         let name = service.name().to_string();
-        let mut scenario = full_listing(vec![listed(&lease, "uid-lease")], vec![], vec![]);
+        let mut scenario = full_listing(vec![listed(&lease, "uid-lease")], vec![], vec![], vec![]);
         scenario.extend([
             create(SERVICES).reply(409, status(409, "AlreadyExists")),
             get(SERVICES, &name).reply(200, foreign(&name, json!({"app": "web"}))),

@@ -2,7 +2,6 @@
 //! uses. A bad flag fails at start-up with one line naming the flag, the value and the fix,
 //! before anything is touched (exit code 2).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -185,13 +184,14 @@ pub struct Args {
     #[arg(long = "probe-url", env = "COMPOSE_INGRESS_PROBE_URL")]
     pub probe_url: Option<String>,
 
-    /// Service selector that matches only this pod, key=value; {pod} is replaced by the pod name.
+    /// No longer used: Services have no selector, the sidecar writes their EndpointSlices
+    /// (health-gated routing). Accepted so that an old setting is reported, not fatal.
     #[arg(
         long = "pod-selector",
         env = "COMPOSE_INGRESS_POD_SELECTOR",
-        default_value = "statefulset.kubernetes.io/pod-name={pod}"
+        hide = true
     )]
-    pub pod_selector: String,
+    pub pod_selector: Option<String>,
 
     /// On SIGTERM: delete this pod's objects when the pod is terminating (auto), always, or never.
     #[arg(long = "cleanup-on-exit", env = "COMPOSE_INGRESS_CLEANUP_ON_EXIT", value_enum, default_value_t = CleanupOnExit::Auto)]
@@ -258,6 +258,8 @@ pub struct Config {
     pub cleanup_on_exit: CleanupOnExit,
     /// `--probe-url` as (address, path prefix).
     pub probe: Option<(String, String)>,
+    /// Settings that are accepted but do nothing any more, with the fix: logged at start-up.
+    pub obsolete: Vec<String>,
 }
 
 impl Config {
@@ -368,45 +370,6 @@ fn parse_gateway(text: &str) -> Result<GatewayRef, ConfigError> {
         name,
         section_name: section,
     })
-}
-
-fn parse_selector(text: &str, pod: &str) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut out = BTreeMap::new();
-    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| bad("--pod-selector", text, "expected key=value[,key=value]"))?;
-        let v = v.trim().replace("{pod}", pod);
-        let k = k.trim();
-        if k.is_empty()
-            || k.len() > 317
-            || !k
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-        {
-            return Err(bad(
-                "--pod-selector",
-                text,
-                format!("'{k}' is not a label key"),
-            ));
-        }
-        if naming::label_value(&v) != v {
-            return Err(bad(
-                "--pod-selector",
-                text,
-                format!("'{v}' is not a valid label value"),
-            ));
-        }
-        out.insert(k.to_string(), v);
-    }
-    if out.is_empty() {
-        return Err(bad(
-            "--pod-selector",
-            text,
-            "needs at least one key=value that matches only this pod",
-        ));
-    }
-    Ok(out)
 }
 
 impl Args {
@@ -521,7 +484,6 @@ impl Args {
                 return Err(bad(flag, "0", "must be more than zero"));
             }
         }
-        let pod_selector = parse_selector(&self.pod_selector, &self.pod_name)?;
         let probe = match &self.probe_url {
             Some(url) => Some(crate::http_get::split_url(url).map_err(|_| {
                 bad(
@@ -571,7 +533,6 @@ impl Args {
                 expose_by_default: self.expose_by_default,
                 expose_plain_containers: self.expose_plain_containers,
                 pod_ip: ipv4(self.pod_ip),
-                pod_selector,
                 max_ports_per_composition: self.max_ports_per_composition,
                 max_hosts_per_pod: self.max_hosts_per_pod,
             },
@@ -590,6 +551,17 @@ impl Args {
             listen: self.listen,
             cleanup_on_exit: self.cleanup_on_exit,
             probe,
+            obsolete: self
+                .pod_selector
+                .iter()
+                .map(|v| {
+                    format!(
+                        "--pod-selector (COMPOSE_INGRESS_POD_SELECTOR) {v:?} is no longer used: \
+                         Services have no selector, the sidecar writes their EndpointSlices \
+                         (health-gated routing); remove the setting"
+                    )
+                })
+                .collect(),
         })
     }
 }
@@ -616,17 +588,18 @@ mod tests {
     }
 
     #[test]
+    fn an_obsolete_pod_selector_is_reported_not_fatal() {
+        let c = args(&["--pod-selector", "app=x"]).expect("accepted");
+        assert_eq!(c.obsolete.len(), 1);
+        assert!(c.obsolete[0].contains("no longer used"), "{:?}", c.obsolete);
+        assert!(args(&[]).expect("valid").obsolete.is_empty());
+    }
+
+    #[test]
     fn defaults_are_sane() {
         let c = args(&[]).expect("valid");
         assert_eq!(c.settings.domain, "composition.example.com");
         assert_eq!(c.settings.host_template, "{service}-{port}-{project}-{pod}");
-        assert_eq!(
-            c.settings
-                .pod_selector
-                .get("statefulset.kubernetes.io/pod-name")
-                .map(String::as_str),
-            Some("runner-3")
-        );
         assert_eq!(c.timings.delete_grace, Duration::from_secs(10));
         assert_eq!(c.timings.resync_interval, Duration::from_secs(300));
         assert_eq!(c.dry_run, DryRun::None);
@@ -649,7 +622,6 @@ mod tests {
                 vec!["--docker-host", "/var/run/docker.sock"],
                 "--docker-host",
             ),
-            (vec!["--pod-selector", "nokey"], "--pod-selector"),
             (vec!["--allowed-classes", "Bad_Class"], "--allowed-classes"),
             (
                 vec!["--rate-limit-annotation", "snippet"],

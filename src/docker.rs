@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerSummary, ContainerSummaryStateEnum, EventMessage, PortSummaryTypeEnum,
+    ContainerSummary, ContainerSummaryHealthStatusEnum, ContainerSummaryStateEnum, EventMessage,
+    PortSummaryTypeEnum,
 };
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures::StreamExt;
@@ -16,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::labels::COMPOSE_PROJECT;
-use crate::model::{ContainerState, ObservedContainer, ObservedProject, Protocol, PublishedPort};
+use crate::model::{
+    ContainerState, Health, ObservedContainer, ObservedProject, Protocol, PublishedPort,
+};
 use crate::retry::Retry;
 
 /// A composition key: the compose project name, or `/<container name>` for a plain container
@@ -319,6 +322,29 @@ fn composition_key(c: &ContainerSummary, expose_plain: bool) -> Option<Compositi
     None
 }
 
+/// The container's health: the listing's `Health` field (API 1.52+), else the `(healthy)` /
+/// `(unhealthy)` / `(health: starting)` suffix that every engine puts in `Status`.
+fn health_of(c: &ContainerSummary) -> Health {
+    if let Some(status) = c.health.as_ref().and_then(|h| h.status) {
+        match status {
+            ContainerSummaryHealthStatusEnum::HEALTHY => return Health::Healthy,
+            ContainerSummaryHealthStatusEnum::UNHEALTHY => return Health::Unhealthy,
+            ContainerSummaryHealthStatusEnum::STARTING => return Health::Starting,
+            _ => {}
+        }
+    }
+    let status = c.status.as_deref().unwrap_or_default();
+    if status.ends_with("(healthy)") {
+        Health::Healthy
+    } else if status.ends_with("(unhealthy)") {
+        Health::Unhealthy
+    } else if status.ends_with("(health: starting)") {
+        Health::Starting
+    } else {
+        Health::None
+    }
+}
+
 fn observe(c: &ContainerSummary) -> ObservedContainer {
     let mut published: Vec<PublishedPort> = c
         .ports
@@ -358,6 +384,7 @@ fn observe(c: &ContainerSummary) -> ObservedContainer {
             _ => ContainerState::Stopped,
         },
         published,
+        health: health_of(c),
     }
 }
 
@@ -426,6 +453,37 @@ mod tests {
             hint_of(&event("start", &[("name", "plain")]), true),
             Some(("start", "/plain".to_string()))
         );
+    }
+
+    #[test]
+    fn health_comes_from_the_health_field_or_the_status_text() {
+        let summary = |status: &str, health: Option<ContainerSummaryHealthStatusEnum>| {
+            health_of(&ContainerSummary {
+                status: Some(status.to_string()),
+                health: health.map(|status| bollard::models::ContainerSummaryHealth {
+                    status: Some(status),
+                    failing_streak: None,
+                }),
+                ..Default::default()
+            })
+        };
+        // Engines before API 1.52 (20.10): only the status text says it.
+        assert_eq!(summary("Up 3 seconds", None), Health::None);
+        assert_eq!(
+            summary("Up 3 seconds (health: starting)", None),
+            Health::Starting
+        );
+        assert_eq!(summary("Up 9 seconds (healthy)", None), Health::Healthy);
+        assert_eq!(summary("Up 2 minutes (unhealthy)", None), Health::Unhealthy);
+        // Docker 29: the field, which wins.
+        use ContainerSummaryHealthStatusEnum as H;
+        assert_eq!(summary("Up 1 second", Some(H::HEALTHY)), Health::Healthy);
+        assert_eq!(
+            summary("Up 1 second (healthy)", Some(H::UNHEALTHY)),
+            Health::Unhealthy
+        );
+        assert_eq!(summary("Up 1 second", Some(H::STARTING)), Health::Starting);
+        assert_eq!(summary("Up 1 second", Some(H::NONE)), Health::None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub const RATE_LIMIT_RPS: &str = "compose-ingress.rate-limit.rps";
 pub const CLASS: &str = "compose-ingress.class";
 pub const ACCESS: &str = "compose-ingress.access";
 pub const PROTOCOL: &str = "compose-ingress.protocol";
+pub const HEALTH: &str = "compose-ingress.health";
 /// Prefix of every label of ours: an unknown key under it is most likely a typo.
 pub const PREFIX: &str = "compose-ingress.";
 pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
@@ -40,7 +41,7 @@ pub const MAX_PATH_LEN: usize = 256;
 /// Longest value shown in a refusal (after escaping), so that log lines stay readable.
 pub const MAX_SHOWN_CHARS: usize = 80;
 
-const OUR_LABELS: [&str; 8] = [
+const OUR_LABELS: [&str; 9] = [
     ENABLE,
     PORTS,
     HOST,
@@ -49,6 +50,7 @@ const OUR_LABELS: [&str; 8] = [
     CLASS,
     ACCESS,
     PROTOCOL,
+    HEALTH,
 ];
 const KOMPOSE_LABELS: [&str; 3] = [KOMPOSE_EXPOSE, KOMPOSE_CLASS, KOMPOSE_TLS_SECRET];
 
@@ -80,7 +82,14 @@ pub struct ServiceExposure {
     pub access: Option<String>,
     /// The protocol of every exposed port of the service; `None`: undeclared (HTTP/1.1).
     pub protocol: Option<AppProtocol>,
+    /// Whether traffic waits for the container's healthcheck (`compose-ingress.health`,
+    /// default `gate`; `ignore` routes it as soon as it runs).
+    pub health_gate: bool,
 }
+
+/// `compose-ingress.health` values.
+pub const HEALTH_GATE: &str = "gate";
+pub const HEALTH_IGNORE: &str = "ignore";
 
 impl ServiceExposure {
     /// A service that is not exposed (opted out, or not opted in).
@@ -95,6 +104,7 @@ impl ServiceExposure {
             tls_secret: None,
             access: None,
             protocol: None,
+            health_gate: true,
         }
     }
 }
@@ -522,6 +532,23 @@ pub fn parse_service_labels(
         }
         found
     });
+    let health_gate = match value(HEALTH).map(|v| v.trim().to_ascii_lowercase()) {
+        None => true,
+        Some(v) if v == HEALTH_GATE => true,
+        Some(v) if v == HEALTH_IGNORE => false,
+        Some(_) => {
+            ctx.refuse(
+                HEALTH,
+                value(HEALTH).unwrap_or_default(),
+                Reason::InvalidHealth,
+                &format!(
+                    "use {HEALTH_GATE} (route only while the container's healthcheck passes, \
+                     the default) or {HEALTH_IGNORE} (route as soon as it runs)"
+                ),
+            );
+            true
+        }
+    };
 
     if !ctx.refusals.is_empty() {
         return Err(ctx.refusals);
@@ -536,6 +563,7 @@ pub fn parse_service_labels(
         tls_secret,
         access,
         protocol,
+        health_gate,
     })
 }
 
@@ -562,11 +590,7 @@ pub(crate) mod tests {
             access: AccessPolicies::public_only(),
             expose_by_default: false,
             expose_plain_containers: false,
-            pod_ip: None,
-            pod_selector: BTreeMap::from([(
-                "statefulset.kubernetes.io/pod-name".to_string(),
-                "runner-3".to_string(),
-            )]),
+            pod_ip: Some(std::net::Ipv4Addr::new(10, 0, 0, 7)),
             max_ports_per_composition: 20,
             max_hosts_per_pod: 200,
         }
@@ -788,6 +812,25 @@ pub(crate) mod tests {
         ]);
         let e = parse_service_labels("c", "s", &labels, &settings()).unwrap();
         assert_eq!(e.protocol, Some(AppProtocol::Grpc));
+    }
+
+    #[test]
+    fn health_is_gate_or_ignore() {
+        let r = refused(&[(ENABLE, "true"), (HEALTH, "off")]);
+        assert_eq!(r[0].reason, Reason::InvalidHealth);
+        assert!(r[0].message.contains("use gate"), "{}", r[0].message);
+        let gate = |v: Option<&str>| {
+            let mut labels = BTreeMap::from([(ENABLE.to_string(), "true".to_string())]);
+            if let Some(v) = v {
+                labels.insert(HEALTH.to_string(), v.to_string());
+            }
+            parse_service_labels("c", "s", &labels, &settings())
+                .unwrap()
+                .health_gate
+        };
+        assert!(gate(None));
+        assert!(gate(Some("gate")));
+        assert!(!gate(Some(" Ignore ")));
     }
 
     #[test]

@@ -107,8 +107,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         return Ok(());
     };
     let mut settings = settings;
-    settings.pod_ip = pod_ip;
-    info!(pod_ip = ?pod_ip, "ports published on every IPv4 address of the pod, or on this one, are exposed");
+    settings.pod_ip = Some(pod_ip);
+    for warning in &config.obsolete {
+        warn!("{warning}");
+    }
+    info!(%pod_ip, "ports published on every IPv4 address of the pod, or on this one, are exposed; endpoints point at this address");
     let owner = config.owner(uid.clone());
     let poster = if config.dry_run == DryRun::None {
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -243,35 +246,45 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-/// The pod's uid (for ownerReferences) and IPv4 address (which port bindings the pod's IP
-/// reaches): from the downward API, or read from the API server (retried with backoff: the API
-/// server may be briefly unreachable when the pod starts).
+/// The pod's uid (for ownerReferences) and IPv4 address (the address of its EndpointSlices, and
+/// which port bindings it reaches): from the downward API, or read from the API server (retried
+/// with backoff: the API server may be briefly unreachable when the pod starts). Nothing is
+/// exposed without the address.
 async fn pod_identity(
     config: &Config,
     cluster: &Cluster,
     cancel: &CancellationToken,
-) -> Option<(String, Option<std::net::Ipv4Addr>)> {
+) -> Option<(String, std::net::Ipv4Addr)> {
     if let (Some(uid), Some(ip)) = (&config.pod_uid, config.pod_ip) {
-        return Some((uid.clone(), Some(ip)));
+        return Some((uid.clone(), ip));
     }
     let mut backoff = retry::backoff(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        match cluster.own_pod().await {
+        let problem = match cluster.own_pod().await {
             Ok(pod) => {
                 let uid = config.pod_uid.clone().or(pod.metadata.uid)?;
                 let ip = config.pod_ip.or_else(|| {
-                    pod.status
-                        .and_then(|s| s.pod_ip)
-                        .and_then(|ip| ip.parse().ok())
+                    let ips = pod.status.and_then(|s| s.pod_ips).unwrap_or_default();
+                    ips.iter().find_map(|ip| ip.ip.parse().ok())
                 });
-                return Some((uid, ip));
+                match ip {
+                    Some(ip) => return Some((uid, ip)),
+                    None => "this pod has no IPv4 address in its status (IPv6-only pods are not \
+                             supported); set POD_IP from the downward API"
+                        .to_string(),
+                }
             }
-            Err(e) => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read this pod's uid and IP (set POD_UID and POD_IP from the downward API to skip this); retrying");
-                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => return None }
-            }
-        }
+            Err(e) => format!(
+                "cannot read this pod's uid and IP (set POD_UID and POD_IP from the downward API \
+                 to skip this): {e}"
+            ),
+        };
+        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        warn!(
+            retry_in_ms = delay.as_millis() as u64,
+            "{problem}; retrying"
+        );
+        tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => return None }
     }
 }
 

@@ -53,6 +53,32 @@ pub struct ObservedContainer {
     /// Only running containers are exposed; the docker edge may still report others.
     pub state: ContainerState,
     pub published: Vec<PublishedPort>,
+    /// Docker's verdict of the container's HEALTHCHECK, if it has one.
+    pub health: Health,
+}
+
+/// The state of a container's Docker HEALTHCHECK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Health {
+    /// No healthcheck: routed as soon as it runs.
+    #[default]
+    None,
+    /// Within its start period, or no check has passed yet.
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    /// Docker's word for the state (`docker ps`, the `health_status` event).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::None => "none",
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 /// The part of Docker's container state the planner cares about.
@@ -178,9 +204,6 @@ pub struct PlanSettings {
     pub expose_plain_containers: bool,
     /// The pod's IPv4 address, when known: bindings on exactly it are reachable too.
     pub pod_ip: Option<std::net::Ipv4Addr>,
-    /// The Service selector that matches exactly this runner pod
-    /// (default `statefulset.kubernetes.io/pod-name=<pod>`).
-    pub pod_selector: BTreeMap<String, String>,
     /// Most ports (Service ports, Ingress rules) one composition may expose; over it the
     /// composition is refused whole.
     pub max_ports_per_composition: usize,
@@ -249,6 +272,8 @@ pub enum Reason {
     AccessConflict,
     /// `compose-ingress.protocol` is not one of the known protocols.
     UnknownProtocol,
+    /// `compose-ingress.health` is neither `gate` nor `ignore`.
+    InvalidHealth,
     /// The compose project name is too long or has characters Compose never gives one: it
     /// would reach object metadata, so the composition is refused whole.
     InvalidProjectName,
@@ -256,7 +281,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and docs checks.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::InvalidEnable,
         Reason::UnknownLabel,
         Reason::ValueTooLong,
@@ -282,6 +307,7 @@ impl Reason {
         Reason::PublicNotAllowed,
         Reason::AccessConflict,
         Reason::UnknownProtocol,
+        Reason::InvalidHealth,
     ];
 
     /// The stable machine-readable code (a metric label value, a JSON and log field).
@@ -311,6 +337,7 @@ impl Reason {
             Reason::PublicNotAllowed => "public-not-allowed",
             Reason::AccessConflict => "access-conflict",
             Reason::UnknownProtocol => "unknown-protocol",
+            Reason::InvalidHealth => "invalid-health",
             Reason::InvalidProjectName => "invalid-project-name",
         }
     }
@@ -435,6 +462,11 @@ pub struct Backend {
     pub chosen_host: bool,
     /// The protocol a label declared for the service's ports; `None`: HTTP/1.1, undeclared.
     pub protocol: Option<AppProtocol>,
+    /// Whether the controller may send traffic to it (the endpoint's `ready` condition): the
+    /// container is healthy, has no healthcheck, or its service opted out of health gating.
+    pub ready: bool,
+    /// The container's health as Docker reports it (for `/exposures` and `wait`).
+    pub health: Health,
 }
 
 /// Everything one composition needs in the cluster, or nothing when `backends` is empty.

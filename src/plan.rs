@@ -10,8 +10,8 @@ use crate::labels::{
     self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_SERVICE, ServiceExposure,
 };
 use crate::model::{
-    Backend, ContainerState, DesiredComposition, ObservedContainer, ObservedProject, PUBLIC_POLICY,
-    Plan, PlanSettings, Protocol, Reason, Refusal,
+    Backend, ContainerState, DesiredComposition, Health, ObservedContainer, ObservedProject,
+    PUBLIC_POLICY, Plan, PlanSettings, Protocol, Reason, Refusal,
 };
 use crate::naming;
 
@@ -143,10 +143,14 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
     }
     let (mut backends, mut host_refusals) = claim_hosts(&accepted, &project.name, settings);
     for b in &mut backends {
-        b.protocol = accepted
-            .iter()
-            .find(|a| a.service == b.service)
-            .and_then(|a| a.exposure.protocol);
+        if let Some(a) = accepted.iter().find(|a| a.service == b.service) {
+            b.protocol = a.exposure.protocol;
+            b.health = a.container.health;
+            // Health-gated routing: a container with a healthcheck gets traffic only while it
+            // passes, unless its service opted out.
+            b.ready = !a.exposure.health_gate
+                || matches!(a.container.health, Health::None | Health::Healthy);
+        }
     }
     refusals.append(&mut host_refusals);
     refusals.sort_by(|a, b| {
@@ -569,6 +573,8 @@ fn claim_hosts(
                     path,
                     chosen_host,
                     protocol: None,
+                    ready: true,
+                    health: Health::None,
                 })
             },
         )
@@ -635,6 +641,7 @@ mod tests {
                     host_ip: "0.0.0.0".into(),
                 })
                 .collect(),
+            health: Default::default(),
         }
     }
 
@@ -686,6 +693,29 @@ mod tests {
         assert_eq!(d.class.as_deref(), Some("public"));
         assert_eq!(d.tls_secret.as_deref(), Some("wildcard-tls"));
         assert_eq!(d.rate_limit_rps, Some(100));
+    }
+
+    #[test]
+    fn a_container_with_a_healthcheck_is_ready_only_while_healthy_unless_it_opts_out() {
+        let ready = |health: Health, labels: &[(&str, &str)]| {
+            let mut c = container("demo-web-1", "web", 1, labels, &[(80, TCP, 32768)]);
+            c.health = health;
+            let d = plan(&project(vec![c]), &settings())
+                .desired
+                .expect("exposed");
+            assert_eq!(d.backends[0].health, health);
+            d.backends[0].ready
+        };
+        assert!(
+            ready(Health::None, &[ON]),
+            "no healthcheck: routed as it runs"
+        );
+        assert!(ready(Health::Healthy, &[ON]));
+        assert!(!ready(Health::Starting, &[ON]));
+        assert!(!ready(Health::Unhealthy, &[ON]));
+        let ignore = [ON, (crate::labels::HEALTH, "ignore")];
+        assert!(ready(Health::Starting, &ignore));
+        assert!(ready(Health::Unhealthy, &ignore));
     }
 
     #[test]

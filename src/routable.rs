@@ -5,8 +5,9 @@
 //! (`--probe-url`): every URL is requested through the controller with its Host header, and it
 //! counts when the answer comes from the container: not 502/503/504, and not what the controller
 //! answers for a host it does not know (its not-found answer, taken from a host that cannot
-//! exist). Without `--probe-url` the sidecar can only say that its objects are applied
-//! (`checked: objects`); the controller may take a moment more.
+//! exist). Without `--probe-url` the sidecar can only say that its objects are applied, with
+//! every EndpointSlice ready (`checked: objects`); the controller may take a moment more. Either
+//! way a service whose container's healthcheck does not pass (health-gated routing) is missing.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +41,8 @@ pub struct Doc {
     /// `routable`, `pending` (not yet, or not exposed yet), or `refused`.
     pub state: &'static str,
     /// What "routable" was checked against: `controller` (a request through the ingress
-    /// controller reached the container) or `objects` (the Service and route are applied).
+    /// controller reached the container) or `objects` (the Service, its EndpointSlices, ready,
+    /// and the route are applied).
     pub checked: &'static str,
     pub urls: Vec<UrlView>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -129,7 +131,13 @@ pub fn assess(
             doc.missing.clear();
             for b in &mine {
                 let url = url_of(b, urls);
-                if !answered(b) {
+                if !b.ready {
+                    doc.missing.push(format!(
+                        "{} ({url}): container health {}, routed once healthy",
+                        b.service,
+                        b.health.as_str()
+                    ));
+                } else if !answered(b) {
                     doc.missing.push(format!("{} ({url})", b.service));
                 }
                 doc.urls.push(UrlView {
@@ -183,7 +191,7 @@ pub async fn check(
         .ok();
         for b in backends
             .iter()
-            .filter(|b| service.is_none_or(|s| s == b.service))
+            .filter(|b| b.ready && service.is_none_or(|s| s == b.service))
         {
             let path = format!("{}{}", probe.base, b.path);
             if let Ok(a) = http_get::get(&probe.addr, &b.host, &path, PROBE_TIMEOUT).await
@@ -220,7 +228,7 @@ pub async fn wait(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Reason;
+    use crate::model::{Health, Reason};
 
     fn backend(service: &str, port: u16) -> Backend {
         Backend {
@@ -233,6 +241,8 @@ mod tests {
             path: "/".into(),
             chosen_host: false,
             protocol: None,
+            ready: true,
+            health: Health::None,
         }
     }
 
@@ -263,6 +273,27 @@ mod tests {
         });
         assert_eq!(doc.state, "routable");
         assert_eq!(doc.urls.len(), 1);
+    }
+
+    #[test]
+    fn an_unhealthy_container_is_missing_whatever_answers() {
+        let mut s = exposed(vec![]);
+        if let CompositionState::Exposed { backends, .. } = &mut s {
+            backends[0].ready = false;
+            backends[0].health = Health::Starting;
+        }
+        for checked in ["objects", "controller"] {
+            let doc = assess("demo", Some(&s), None, checked, &|_| true);
+            assert_eq!(doc.state, "pending");
+            assert_eq!(
+                doc.missing,
+                [
+                    "api (https://api-9000.example.com/): container health starting, routed once healthy"
+                ]
+            );
+        }
+        let doc = assess("demo", Some(&s), Some("web"), "objects", &|_| true);
+        assert_eq!(doc.state, "routable");
     }
 
     #[test]

@@ -422,6 +422,8 @@ mod tests {
                     path: "/".into(),
                     chosen_host: false,
                     protocol: None,
+                    ready: true,
+                    health: crate::model::Health::None,
                 }],
                 refused: vec![],
             },

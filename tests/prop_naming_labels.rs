@@ -32,10 +32,6 @@ fn settings(template: &str) -> PlanSettings {
         expose_by_default: true,
         expose_plain_containers: true,
         pod_ip: None,
-        pod_selector: BTreeMap::from([(
-            "statefulset.kubernetes.io/pod-name".to_string(),
-            "runner-3".to_string(),
-        )]),
         max_ports_per_composition: 20,
         max_hosts_per_pod: 200,
     }
@@ -340,6 +336,7 @@ fn plans_route_only_to_hosts_under_the_domain() {
                     .filter(|(k, _)| k != labels::PORTS || i % 2 == 0)
                     .collect(),
                     state: ContainerState::Running,
+                    health: Default::default(),
                     published: vec![
                         PublishedPort {
                             container_port: *cport,

@@ -159,6 +159,9 @@ impl Reconciler {
             Kind::Service,
             &render::service(d, &self.settings, &self.owner),
         )?];
+        for slice in render::endpoint_slices(d, &self.settings, &self.owner) {
+            objects.push(DesiredObject::new(Kind::EndpointSlice, &slice)?);
+        }
         if let Some(m) = render::rate_limit_middleware(d, &self.settings, &self.owner) {
             objects.push(DesiredObject::new(Kind::Middleware, &m)?);
         }

@@ -2,12 +2,13 @@
 //! the sidecar's ServiceAccount token (a CI job that got hold of it, say) can create, change or
 //! delete only what the sidecar itself would; and the sidecar works unchanged under it. The guard
 //! is applied as a user applies it (`kubectl kustomize deploy/admission | kubectl apply -n NS`),
-//! with the one change a user makes: the domain in its ConfigMap.
+//! with the changes a user makes: the domain and the pod address ranges in its ConfigMap.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, PostParams};
 
@@ -34,6 +35,14 @@ fn render_guard(bed: &Bed, ns: &str) -> Vec<String> {
         "the ConfigMap's domain line:\n{yaml}"
     );
     let yaml = yaml.replace(default_domain, &format!("  domain: {}\n", domain(ns)));
+    // The bed's pod addresses: runner pods 198.18.<n>.2, the kubelet node's 198.18.232.0/24.
+    let default_cidrs = "  podCIDRs: 10.0.0.0/8\n";
+    assert_eq!(
+        yaml.matches(default_cidrs).count(),
+        1,
+        "the ConfigMap's podCIDRs line:\n{yaml}"
+    );
+    let yaml = yaml.replace(default_cidrs, "  podCIDRs: 198.18.0.0/16\n");
     let mut docs: Vec<String> = yaml.split("\n---\n").map(str::to_string).collect();
     docs.sort_by_key(|d| !d.contains("kind: ConfigMap"));
     docs
@@ -217,6 +226,45 @@ async fn admission_guard_bounds_the_sidecar_token_and_the_sidecar_works_under_it
                     serde_json::json!({"selector": runner, "ports": port}),
                 ),
             )
+            .await,
+    );
+    refused(
+        "a Service with a selector (the controller-manager would add its endpoints)",
+        services
+            .create(
+                &pp,
+                &service(
+                    "selecting",
+                    ours(),
+                    serde_json::json!({"selector": runner, "ports": port}),
+                ),
+            )
+            .await,
+    );
+    // EndpointSlices: the sidecar's own point at its pod; a stolen token cannot point a URL at
+    // an address outside the pod ranges (the apiserver, a node, a cloud metadata address) or at
+    // a pod that is not a runner.
+    let slices: Api<EndpointSlice> = Api::namespaced(stolen.clone(), &ns);
+    let slice = |name: &str, address: &str, pod: &str| -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": ours()},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [address], "targetRef": {"kind": "Pod", "name": pod}}],
+            "ports": [{"name": "web", "port": 80}],
+        }))
+        .expect("endpoint slice")
+    };
+    let message = refused(
+        "an EndpointSlice to an address outside the pod ranges",
+        slices
+            .create(&pp, &slice("metadata", "169.254.169.254", "runner-0"))
+            .await,
+    );
+    assert!(message.contains("198.18.0.0/16"), "{message}");
+    refused(
+        "an EndpointSlice to a pod that is not a runner",
+        slices
+            .create(&pp, &slice("database", "198.18.232.40", "postgres-0"))
             .await,
     );
     // Someone else's Service: the token's Role may delete Services, the guard says no.

@@ -2,6 +2,7 @@
 //! composition, routable through Traefik, nothing for what does not qualify.
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 use testbed::{
     CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_file, eventually, ingress_hosts,
@@ -42,13 +43,41 @@ pub(super) async fn opted_in_service_gets_service_and_ingress_and_is_routable(
     );
     let spec = service.spec.clone().expect("spec");
     assert_eq!(
-        spec.selector
-            .expect("selector")
-            .get("statefulset.kubernetes.io/pod-name")
-            .map(String::as_str),
-        Some("runner-0")
+        spec.selector, None,
+        "the sidecar writes the endpoints itself"
     );
-    for meta in [&service.metadata, &ingress.metadata] {
+    // Its one EndpointSlice: the pod's IP, the published host port under the Service port's
+    // name, ready (the container has no healthcheck).
+    let service_name = service.metadata.name.clone().expect("name");
+    let slices = Api::<EndpointSlice>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service_name}")))
+        .await
+        .expect("list endpointslices")
+        .items;
+    assert_eq!(slices.len(), 1, "{slices:?}");
+    let slice = &slices[0];
+    let endpoints = slice.endpoints.clone().expect("endpoints");
+    let view: Vec<(Vec<String>, Option<bool>)> = endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.addresses.clone(),
+                e.conditions.clone().and_then(|c| c.ready),
+            )
+        })
+        .collect();
+    assert_eq!(view, vec![(vec![pod.ip.clone()], Some(true))]);
+    let slice_ports: Vec<(Option<String>, Option<i32>)> = slice
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone(), p.port))
+        .collect();
+    assert_eq!(
+        slice_ports,
+        vec![(Some(ports[0].0.clone()), Some(host_port as i32))]
+    );
+    for meta in [&service.metadata, &slice.metadata, &ingress.metadata] {
         let labels = meta.labels.clone().expect("labels");
         assert_eq!(labels["app.kubernetes.io/managed-by"], "compose-ingress");
         assert_eq!(labels["compose-ingress/pod"], "runner-0");
