@@ -255,9 +255,9 @@ async fn admission_guard_bounds_the_sidecar_token_and_the_sidecar_works_under_it
         .expect("endpoint slice")
     };
     let message = refused(
-        "an EndpointSlice to an address outside the pod ranges",
+        "an EndpointSlice to an address outside the pod ranges (the apiserver's Service)",
         slices
-            .create(&pp, &slice("metadata", "169.254.169.254", "runner-0"))
+            .create(&pp, &slice("apiserver", "10.96.0.1", "runner-0"))
             .await,
     );
     assert!(message.contains("198.18.0.0/16"), "{message}");

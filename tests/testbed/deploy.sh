@@ -57,10 +57,11 @@ resources:
 images:
 - name: ghcr.io/example/compose-ingress
   newName: ${sidecar%%:*}
-  newTag: ${sidecar#*:}
+  # quoted: a tag of hex digits can read as a YAML number (all digits, or 1e5-like)
+  newTag: "${sidecar#*:}"
 - name: docker
   newName: ${DIND_IMAGE%:*}
-  newTag: ${DIND_IMAGE##*:}
+  newTag: "${DIND_IMAGE##*:}"
 patches:
 - target: {kind: StatefulSet, name: runner}
   patch: |-
