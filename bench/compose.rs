@@ -5,6 +5,32 @@ use std::process::Command;
 
 use testbed::{RunnerPod, bed};
 
+/// The host label a phase's composition chooses (`compose-ingress.host`): `<project>-<pod>`,
+/// with an `n` before every part that is only digits (`wait-3-bench-wait` becomes
+/// `wait-n3-bench-wait`). The sidecar refuses a chosen host that its host template could render
+/// for some composition or pod (`host-looks-like-template`); under the default template the
+/// plain `<project>-<pod>` is one (service `wait`, port 3, composition `bench`, pod `wait`).
+pub fn chosen_host_label(project: &str, pod: &RunnerPod) -> String {
+    let label = format!("{project}-{}", pod.name)
+        .split('-')
+        .map(|part| {
+            if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                format!("n{part}")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-");
+    let shape = compose_ingress::naming::HostShape::of_template("{service}-{port}-{project}-{pod}")
+        .expect("the default host template parses");
+    assert!(
+        !shape.matches(&label),
+        "{label} looks like a template host: the sidecar would refuse it"
+    );
+    label
+}
+
 pub fn compose_file(
     pod: &RunnerPod,
     project: &str,

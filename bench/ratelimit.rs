@@ -9,6 +9,7 @@ use testbed::{DOMAIN, Sidecar, TRAEFIK_RBAC, bed, load, traefik_addr};
 use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
+use crate::compose::chosen_host_label;
 use crate::http::{until_200, wait_ready};
 use crate::pods::{finish_pod, phase_pod};
 
@@ -57,7 +58,7 @@ pub async fn phase_ratelimit(scale: &Scale) -> Vec<RateLimitResult> {
         let addr = traefik_addr();
         for &rps in &scale.ratelimit_rps {
             let project = format!("rl-{rps}");
-            let host_label = format!("{project}-{}", pod.name);
+            let host_label = chosen_host_label(&project, &pod);
             let yaml = format!(
                 "services:\n  web:\n    image: {}\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    ports: [\"80\"]\n    labels:\n      compose-ingress.enable: \"true\"\n      compose-ingress.host: \"{host_label}\"\n      compose-ingress.rate-limit.rps: \"{rps}\"\n",
                 bed().get("TEST_IMAGE"),

@@ -12,7 +12,7 @@ use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
 use crate::cluster::{delete_owned, dyn_api, resource};
-use crate::compose::{compose_file, compose_up};
+use crate::compose::{chosen_host_label, compose_file, compose_up};
 use crate::docker::{ensure_networks, remove_all};
 use crate::http::{http_get, until_200, wait_ready};
 use crate::pods::{finish_pod, phase_pod};
@@ -204,7 +204,7 @@ pub async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
             let mut failed = 0;
             for k in 0..scale.routable_samples {
                 let project = format!("rt-{api}-{level}-{k}");
-                let host_label = format!("{project}-{}", pod.name);
+                let host_label = chosen_host_label(&project, &pod);
                 let file = compose_file(&pod, &project, &host_label, None);
                 compose_up(&pod, &project, &file);
                 let t0 = Instant::now();

@@ -10,7 +10,7 @@ use testbed::{DOMAIN, Sidecar, bed};
 use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
-use crate::compose::{compose_file, compose_up};
+use crate::compose::{chosen_host_label, compose_file, compose_up};
 use crate::docker::{ensure_networks, remove_all};
 use crate::http::{http_get, until_200, wait_ready};
 use crate::pods::{finish_pod, phase_pod};
@@ -85,7 +85,7 @@ pub async fn phase_side(scale: &Scale) -> SideResult {
     let (mut a, mut b, mut fa, mut fb) = (Vec::new(), Vec::new(), 0, 0);
     for k in 0..scale.side_samples {
         let project = format!("side-{k}");
-        let host_a = format!("{project}-{}", pod.name);
+        let host_a = chosen_host_label(&project, &pod);
         let host_b = format!("{project}.docker.example.com");
         let file = compose_file(&pod, &project, &host_a, Some(&host_b));
         compose_up(&pod, &project, &file);

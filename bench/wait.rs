@@ -10,7 +10,7 @@ use testbed::{DOMAIN, Sidecar, bed};
 use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
-use crate::compose::{compose_file, compose_up};
+use crate::compose::{chosen_host_label, compose_file, compose_up};
 use crate::docker::{ensure_networks, remove_all};
 use crate::http::{http_get, wait_ready};
 use crate::pods::{finish_pod, phase_pod};
@@ -42,7 +42,7 @@ pub async fn phase_wait(scale: &Scale) -> WaitResult {
     let (mut samples, mut failed, mut not_answering) = (Vec::new(), 0, 0);
     for k in 0..scale.side_samples {
         let project = format!("wait-{k}");
-        let host_label = format!("{project}-{}", pod.name);
+        let host_label = chosen_host_label(&project, &pod);
         let file = compose_file(&pod, &project, &host_label, None);
         compose_up(&pod, &project, &file);
         let t0 = Instant::now();

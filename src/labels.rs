@@ -475,6 +475,31 @@ pub fn parse_service_labels(
     }
     hosts.sort();
     hosts.dedup_by(|a, b| a.label == b.label && a.path == b.path);
+    // Chosen hosts and template hosts are disjoint name spaces: a chosen host that the
+    // operator's template could render for ANY composition or pod (naming::HostShape) is
+    // refused, so that no label can take the URL the template gives somebody else, whoever comes
+    // up first. A template that does not parse renders nothing (config refuses it at start-up;
+    // the planner refuses every template host), so there is nothing to keep apart.
+    if !hosts.is_empty()
+        && let Ok(shape) = naming::HostShape::of_template(&settings.host_template)
+    {
+        let template = settings.host_template.as_str();
+        hosts.retain(|h| {
+            if !shape.matches(&h.label) {
+                return true;
+            }
+            ctx.refuse(
+                h.source,
+                value(h.source).unwrap_or_default(),
+                Reason::HostLooksLikeTemplate,
+                &format!(
+                    "host {} has the shape of the operator's host template `{template}`, so it could be the host the template gives another composition or pod, and a chosen host never takes a template host; choose a host that does not look like `{template}`, or remove the label to get this service's template host",
+                    naming::full_host(&h.label, &settings.domain)
+                ),
+            );
+            false
+        });
+    }
 
     let rate_limit_rps =
         value(RATE_LIMIT_RPS).and_then(|v| parse_rps(&mut ctx, v, settings.max_rps));
@@ -688,6 +713,61 @@ pub(crate) mod tests {
         assert_eq!(r[0].reason, Reason::InvalidHost);
         let r = refused(&[(ENABLE, "true"), (HOST, "")]);
         assert_eq!(r[0].reason, Reason::InvalidHost);
+    }
+
+    #[test]
+    fn chosen_hosts_shaped_like_the_template_are_refused() {
+        // What the default template gives service web, port 80, of composition victim on pod
+        // runner-0: no label may choose it, whichever comes up first.
+        let r = refused(&[(ENABLE, "true"), (HOST, "web-80-victim-runner-0")]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].reason, Reason::HostLooksLikeTemplate);
+        assert_eq!(r[0].label, HOST);
+        assert_eq!(r[0].value, "web-80-victim-runner-0");
+        for needle in [
+            "label compose-ingress.host=\"web-80-victim-runner-0\"",
+            "host web-80-victim-runner-0.composition.example.com",
+            "choose a host that does not look like `{service}-{port}-{project}-{pod}`",
+        ] {
+            assert!(r[0].message.contains(needle), "{}", r[0].message);
+        }
+        let r = refused(&[
+            (ENABLE, "true"),
+            (HOST, "Web-80-Victim-Runner-0.composition.example.com"),
+        ]);
+        assert_eq!(r[0].reason, Reason::HostLooksLikeTemplate);
+        let r = refused(&[(
+            KOMPOSE_EXPOSE,
+            "ok.composition.example.com,api-8080-x-y.composition.example.com/api",
+        )]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].reason, Reason::HostLooksLikeTemplate);
+        assert_eq!(r[0].label, KOMPOSE_EXPOSE);
+        assert!(
+            r[0].message
+                .contains("api-8080-x-y.composition.example.com")
+        );
+        // Not something the template renders: chosen as usual.
+        let e = parse(&[(ENABLE, "true"), (HOST, "victim-web")]).unwrap();
+        assert_eq!(e.hosts[0].label, "victim-web");
+        // The shape is the operator's template's.
+        let mut s = settings();
+        s.host_template = "ci-{pod}-{service}".into();
+        let one = |host: &str| {
+            let labels = BTreeMap::from([
+                (ENABLE.to_string(), "true".to_string()),
+                (HOST.to_string(), host.to_string()),
+            ]);
+            parse_service_labels("c", "web", &labels, &s)
+        };
+        assert!(one("web-80-victim-runner-0").is_ok());
+        let r = one("ci-runner-0-web").unwrap_err();
+        assert_eq!(r[0].reason, Reason::HostLooksLikeTemplate);
+        assert!(
+            r[0].message.contains("`ci-{pod}-{service}`"),
+            "{}",
+            r[0].message
+        );
     }
 
     #[test]

@@ -260,6 +260,9 @@ pub enum Reason {
     HostTakenInComposition,
     /// Another pod (or composition) holds the host's Lease.
     HostTaken,
+    /// A chosen host the operator's `--host-template` could render for some composition or pod:
+    /// chosen hosts and template hosts are disjoint, so no label can take a template host.
+    HostLooksLikeTemplate,
     /// The composition exposes more ports than `--max-ports-per-composition`: refused whole.
     TooManyPorts,
     /// Exposing the composition would take the pod over `--max-hosts-per-pod`: refused whole.
@@ -281,7 +284,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and docs checks.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::InvalidEnable,
         Reason::UnknownLabel,
         Reason::ValueTooLong,
@@ -300,6 +303,7 @@ impl Reason {
         Reason::InvalidHostTemplate,
         Reason::HostTakenInComposition,
         Reason::HostTaken,
+        Reason::HostLooksLikeTemplate,
         Reason::TooManyPorts,
         Reason::TooManyHosts,
         Reason::InvalidProjectName,
@@ -331,6 +335,7 @@ impl Reason {
             Reason::InvalidHostTemplate => "invalid-host-template",
             Reason::HostTakenInComposition => "host-taken-in-composition",
             Reason::HostTaken => "host-taken",
+            Reason::HostLooksLikeTemplate => "host-looks-like-template",
             Reason::TooManyPorts => "too-many-ports",
             Reason::TooManyHosts => "too-many-hosts",
             Reason::UnknownAccessPolicy => "unknown-access-policy",

@@ -270,6 +270,175 @@ pub fn render_host_label(
     Ok(dns_label(&raw))
 }
 
+/// One place of a [`HostShape`]: what the template can put there, after sanitizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Atom {
+    /// A letter or digit of the template's literal text (lowercased, as rendering does).
+    Char(u8),
+    /// A '-' of the literal text: a separator, which sanitizing collapses with its neighbours
+    /// and drops at either end.
+    Sep,
+    /// `{port}`: the decimal form of a u16 (`0`..`65535`, no leading zero).
+    Port,
+    /// Any run of letters, digits and separators, none included: what `{service}` and
+    /// `{project}` can become (their raw text may sanitize away entirely, e.g. `___`).
+    Any,
+    /// Exactly one letter or digit. `{pod}` is `Any Alnum Any`: a pod name is a Kubernetes name
+    /// (`--pod-name` is checked at start-up), so it always leaves at least one letter or digit.
+    Alnum,
+}
+
+/// Everything `--host-template` can render, for ANY pod, composition, service and port: the
+/// *shape* of template hosts. A chosen host (`compose-ingress.host`, kompose hosts) whose label
+/// matches it is refused, so that chosen hosts and template hosts are disjoint name spaces and
+/// no composition can take the URL the template gives another composition or another pod.
+///
+/// Rendering inserts the raw values and sanitizes the whole ([`render_host_label`]), so the
+/// shape follows what sanitizing does: literal text lowercased, every run of separators (a
+/// literal '-', or whatever in a value is not a letter or digit) becomes one '-', and separators
+/// at either end disappear. On top of that come the two other forms rendering has: a result
+/// longer than 63 characters is cut and suffixed with a hash ([`dns_label`]: 53 or 54
+/// characters of a render, '-', 8 hex digits), and an empty result becomes `x`.
+///
+/// The shape must be a superset of what the template renders (a property test renders random
+/// inputs through it); it may be larger, at the price of refusing a few chosen hosts that no
+/// template host could equal. Matching is a search over (place in the template, place in the
+/// label, separator pending) with a visited set: linear in template length × label length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostShape {
+    atoms: Vec<Atom>,
+}
+
+impl HostShape {
+    /// The shape of `template`; the same errors as [`validate_host_template`].
+    pub fn of_template(template: &str) -> Result<Self, NamingError> {
+        let mut atoms = Vec::new();
+        for piece in parse_template(template)? {
+            match piece {
+                Piece::Literal(text) => {
+                    for b in text.bytes() {
+                        if b.is_ascii_alphanumeric() {
+                            atoms.push(Atom::Char(b.to_ascii_lowercase()));
+                        } else {
+                            atoms.push(Atom::Sep);
+                        }
+                    }
+                }
+                Piece::Service | Piece::Project => atoms.push(Atom::Any),
+                Piece::Port => atoms.push(Atom::Port),
+                Piece::Pod => atoms.extend([Atom::Any, Atom::Alnum, Atom::Any]),
+            }
+        }
+        Ok(Self { atoms })
+    }
+
+    /// Whether the template could render `label` for somebody.
+    pub fn matches(&self, label: &str) -> bool {
+        let h = label.as_bytes();
+        if self.reaches(h, |atom, i| atom == self.atoms.len() && i == h.len()) {
+            return true;
+        }
+        // An empty render becomes `x`.
+        if label == "x" && self.reaches(&[], |atom, i| atom == self.atoms.len() && i == 0) {
+            return true;
+        }
+        // A shortened render: `cut(render, 54)` (54 characters, or 53 when the cut left a
+        // trailing '-') + '-' + 8 hex digits. Any prefix of a render will do.
+        let n = h.len();
+        if (MAX_LABEL_LEN - 1..=MAX_LABEL_LEN).contains(&n) {
+            let (prefix, suffix) = h.split_at(n - HASH_SUFFIX_LEN);
+            return suffix[0] == b'-'
+                && suffix[1..]
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+                && self.reaches(prefix, |_, i| i == prefix.len());
+        }
+        false
+    }
+
+    /// Whether some way of rendering reaches a state (next atom, bytes of `h` produced) that
+    /// `accept` takes. `h` is produced left to right; a separator is held back ("pending") until
+    /// the next letter or digit, so that runs collapse and a trailing one is dropped.
+    fn reaches(&self, h: &[u8], accept: impl Fn(usize, usize) -> bool) -> bool {
+        let n = self.atoms.len();
+        let index = |atom: usize, i: usize, pending: bool| {
+            (atom * (h.len() + 1) + i) * 2 + usize::from(pending)
+        };
+        let mut seen = vec![false; (n + 1) * (h.len() + 1) * 2];
+        let mut stack = vec![(0usize, 0usize, false)];
+        while let Some((atom, i, pending)) = stack.pop() {
+            let k = index(atom, i, pending);
+            if seen[k] {
+                continue;
+            }
+            seen[k] = true;
+            if accept(atom, i) {
+                return true;
+            }
+            let Some(&a) = self.atoms.get(atom) else {
+                continue;
+            };
+            // Where the next letters or digits start in `h`: after the pending separator, unless
+            // nothing was produced yet (a leading separator is dropped).
+            let start = if pending && i > 0 {
+                if h.get(i) != Some(&b'-') {
+                    None
+                } else {
+                    Some(i + 1)
+                }
+            } else {
+                Some(i)
+            };
+            let alnum_at = |j: usize| {
+                h.get(j)
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            };
+            match a {
+                Atom::Char(c) => {
+                    if let Some(j) = start.filter(|&j| h.get(j) == Some(&c)) {
+                        stack.push((atom + 1, j + 1, false));
+                    }
+                }
+                Atom::Sep => stack.push((atom + 1, i, true)),
+                Atom::Port => {
+                    if let Some(j) = start {
+                        for len in 1..=5 {
+                            let Some(digits) = h.get(j..j + len) else {
+                                break;
+                            };
+                            if !digits.iter().all(u8::is_ascii_digit) {
+                                break;
+                            }
+                            let canonical = std::str::from_utf8(digits)
+                                .ok()
+                                .and_then(|d| d.parse::<u16>().ok())
+                                .is_some_and(|p| p.to_string().as_bytes() == digits);
+                            if canonical {
+                                stack.push((atom + 1, j + len, false));
+                            }
+                        }
+                    }
+                }
+                Atom::Any => {
+                    stack.push((atom + 1, i, pending));
+                    if !pending {
+                        stack.push((atom, i, true));
+                    }
+                    if let Some(j) = start.filter(|&j| alnum_at(j)) {
+                        stack.push((atom, j + 1, false));
+                    }
+                }
+                Atom::Alnum => {
+                    if let Some(j) = start.filter(|&j| alnum_at(j)) {
+                        stack.push((atom + 1, j + 1, false));
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
 /// Name of the Service and the route objects of one composition: unique per (pod, project),
 /// readable (`ci-<project>-<pod>-<hash>`), an RFC 1035 label. The hash is always there, because
 /// sanitizing alone maps `a_b` and `a-b` onto the same name.
@@ -484,6 +653,123 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("ONE DNS label"), "{msg}");
+    }
+
+    const DEFAULT: &str = "{service}-{port}-{project}-{pod}";
+
+    fn shape(template: &str) -> HostShape {
+        HostShape::of_template(template).unwrap()
+    }
+
+    #[test]
+    fn default_shape_is_a_port_part_followed_by_more() {
+        let s = shape(DEFAULT);
+        for template_host in [
+            "web-80-demo-runner-0",
+            "web-5000-demochat-runner-3",
+            // service and project may sanitize away; the pod always leaves something
+            "80-x",
+            "app-8080-x",
+            "a-0-b",
+            "app-3-x",
+            "my-web-65535-a-b-c-d",
+        ] {
+            assert!(s.matches(template_host), "{template_host}");
+        }
+        for chosen in [
+            "api-demo",
+            "shop-v2",
+            "release-2024",
+            "web-8080",
+            "app-v3-x",
+            "myapp",
+            "web-80",
+            "web-080-x",
+            "web-65536-x",
+            "web-80x-y",
+            "web--80-x",
+            "x",
+            "wait-k3-bench-wait",
+        ] {
+            assert!(!s.matches(chosen), "{chosen}");
+        }
+    }
+
+    #[test]
+    fn shape_covers_shortened_renders() {
+        let s = shape(DEFAULT);
+        let long = render_host_label(DEFAULT, "web", 80, &"p".repeat(70), "runner-0").unwrap();
+        assert_eq!(long.len(), 63);
+        assert!(s.matches(&long), "{long}");
+        // a cut that leaves a trailing '-' gives 53 + 9 characters
+        let project = format!("{}-{}", "p".repeat(46), "q".repeat(30));
+        let short = render_host_label(DEFAULT, "web", 80, &project, "runner-0").unwrap();
+        assert_eq!(short.len(), 62, "{short}");
+        assert!(s.matches(&short), "{short}");
+        // Any 62-63 character label that ends in '-' and 8 hex digits could be one.
+        let hashed = format!("{}-deadbeef", "a".repeat(54));
+        assert!(s.matches(&hashed));
+        assert!(!s.matches(&format!("{}-deadbeeg", "a".repeat(54))));
+        assert!(!s.matches(&format!("{}-deadbeef", "a".repeat(52))));
+        // ... unless no render starts like it.
+        let fixed = shape("ci-{service}");
+        assert!(fixed.matches(&format!("ci-{}-deadbeef", "a".repeat(51))));
+        assert!(!fixed.matches(&format!("cx-{}-deadbeef", "a".repeat(51))));
+    }
+
+    #[test]
+    fn shape_follows_sanitizing_of_literals() {
+        let s = shape("CI--{service}-");
+        assert!(s.matches("ci-web"));
+        assert!(s.matches("ci"));
+        assert!(!s.matches("ciweb"));
+        assert!(!s.matches("cx-web"));
+        let fixed = shape("static");
+        assert!(fixed.matches("static"));
+        assert!(!fixed.matches("static-1"));
+        let glued = shape("{service}{port}");
+        assert!(glued.matches("web80") && glued.matches("web-80") && glued.matches("80"));
+        assert!(!glued.matches("web"));
+        // A template that can render nothing renders `x`.
+        assert!(shape("-").matches("x"));
+        assert!(!shape("-").matches("y"));
+        assert!(!shape("a-{port}").matches("x"));
+        // A template that is one free placeholder covers every label without "--".
+        let any = shape("{service}");
+        assert!(any.matches("anything-at-all") && any.matches("x"));
+        assert!(!any.matches("xn--80ak6aa92e"));
+    }
+
+    #[test]
+    fn shape_matches_what_the_template_renders() {
+        let templates = [
+            DEFAULT,
+            "{pod}-{service}",
+            "ci-{project}{port}x",
+            "{port}{port}",
+            "-{pod}-",
+            "a{service}b{project}c",
+        ];
+        let values = ["web", "", "___", "My_Web", "a-b", "8080", "ü", "-x-", "9"];
+        let pods = ["runner-0", "a", "r.b-1", "0"];
+        for template in templates {
+            let s = shape(template);
+            for service in values {
+                for project in values {
+                    for pod in pods {
+                        for port in [0, 7, 80, 65535] {
+                            let l =
+                                render_host_label(template, service, port, project, pod).unwrap();
+                            assert!(
+                                s.matches(&l),
+                                "{template} {service:?} {project:?} {pod:?} {port}: {l}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(HostShape::of_template("{x}").is_err());
     }
 
     #[test]

@@ -1000,6 +1000,50 @@ mod tests {
     }
 
     #[test]
+    fn a_chosen_host_never_equals_a_template_host() {
+        // The victim's template host, rendered by the planner itself.
+        let victim = plan(
+            &ObservedProject {
+                name: "victim".into(),
+                containers: vec![container(
+                    "victim-web-1",
+                    "web",
+                    1,
+                    &[ON],
+                    &[(80, TCP, 1000)],
+                )],
+            },
+            &settings(),
+        );
+        let taken = hosts(&victim);
+        assert_eq!(taken, ["web-80-victim-runner-3.composition.example.com"]);
+        // A composition that chooses it is refused, whether it comes up first or not.
+        let squat = plan(
+            &ObservedProject {
+                name: "squat".into(),
+                containers: vec![
+                    container(
+                        "squat-web-1",
+                        "web",
+                        1,
+                        &[ON, (labels::HOST, &taken[0])],
+                        &[(80, TCP, 1001)],
+                    ),
+                    container("squat-ok-1", "ok", 1, &[ON], &[(80, TCP, 1002)]),
+                ],
+            },
+            &settings(),
+        );
+        assert_eq!(squat.refusals.len(), 1, "{:?}", squat.refusals);
+        assert_eq!(squat.refusals[0].reason, Reason::HostLooksLikeTemplate);
+        assert_eq!(squat.refusals[0].service, "web");
+        assert_eq!(
+            hosts(&squat),
+            ["ok-80-squat-runner-3.composition.example.com"]
+        );
+    }
+
+    #[test]
     fn template_without_port_collides_on_second_port() {
         let mut s = settings();
         s.host_template = "{service}-{project}".into();

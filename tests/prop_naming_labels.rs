@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use compose_ingress::labels::{self, MAX_SHOWN_CHARS};
 use compose_ingress::model::{
     AccessPolicies, ContainerState, ObservedContainer, ObservedProject, PlanSettings, Protocol,
-    PublishedPort, RateLimitMode, RouteApi,
+    PublishedPort, RateLimitMode, Reason, RouteApi,
 };
 use compose_ingress::{naming, plan};
 use proptest::prelude::*;
@@ -289,7 +289,10 @@ fn accepted_chosen_hosts_are_one_label_under_the_domain() {
             if with_kompose {
                 map.insert(labels::KOMPOSE_EXPOSE.to_string(), kompose);
             }
-            let Ok(e) = labels::parse_service_labels("c", "s", &map, &settings("{service}")) else {
+            // (Not a template of one free placeholder: that one renders every label, so it
+            // leaves no chosen host free.)
+            let Ok(e) = labels::parse_service_labels("c", "s", &map, &settings("ci-{service}"))
+            else {
                 return Ok(false);
             };
             for h in &e.hosts {
@@ -396,5 +399,170 @@ fn plans_route_only_to_hosts_under_the_domain() {
     assert!(
         exposed >= ENOUGH,
         "only {exposed} of {CASES} generated compositions were exposed"
+    );
+}
+
+/// Host templates an operator could write: placeholders and literal text in any order, the
+/// default one often.
+fn template() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("{service}".to_string()),
+        Just("{port}".to_string()),
+        Just("{project}".to_string()),
+        Just("{pod}".to_string()),
+        "[a-zA-Z0-9-]{1,4}",
+    ];
+    prop_oneof![
+        1 => Just("{service}-{port}-{project}-{pod}".to_string()),
+        3 => proptest::collection::vec(piece, 1..7).prop_map(|p| p.concat()),
+    ]
+}
+
+/// A pod name as Kubernetes gives one (a DNS subdomain), or any text with at least one letter
+/// or digit in it: the shape's only assumption about `{pod}`.
+fn pod() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9]([a-z0-9.-]{0,60}[a-z0-9])?",
+        (text(), "[a-zA-Z0-9]", text()).prop_map(|(a, b, c)| format!("{a}{b}{c}")),
+    ]
+}
+
+/// Service and composition names: anything (a hand-set compose label can say anything), long
+/// ones (shortened renders), and ones that sanitize to nothing.
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        text(),
+        "[a-zA-Z0-9_.-]{0,30}",
+        "[a-z0-9-]{40,80}",
+        "[_.-]{0,3}",
+    ]
+}
+
+#[test]
+fn the_shape_of_a_template_covers_everything_it_renders() {
+    // Whatever the composition, service, port and pod, a template host matches the template's
+    // shape: the shape is a superset of the template name space, not just this pod's.
+    let strategy = (template(), name(), any::<u16>(), name(), pod());
+    let shortened = accepted_of(
+        CASES * 4,
+        strategy,
+        |(template, service, port, project, pod)| {
+            let shape = naming::HostShape::of_template(&template);
+            let label = naming::render_host_label(&template, &service, port, &project, &pod);
+            let (Ok(shape), Ok(label)) = (shape, label) else {
+                prop_assert!(false, "{template} does not parse");
+                return Ok(false);
+            };
+            prop_assert!(
+                shape.matches(&label),
+                "{template:?} rendered {label:?} for service {service:?} port {port} project {project:?} pod {pod:?}, outside its shape"
+            );
+            Ok(label.len() >= 62)
+        },
+    );
+    // The shortened form (cut + hash) is its own branch of the shape: it must be exercised.
+    assert!(
+        shortened >= ENOUGH,
+        "only {shortened} of {} renders were shortened",
+        CASES * 4
+    );
+}
+
+/// Chosen host labels: another composition's template host (rendered), or a random label.
+fn chosen_label() -> impl Strategy<Value = (String, String)> {
+    template().prop_flat_map(|template| {
+        let rendered = (name(), any::<u16>(), name(), pod()).prop_map({
+            let template = template.clone();
+            move |(service, port, project, pod)| {
+                naming::render_host_label(&template, &service, port, &project, &pod)
+                    .unwrap_or_default()
+            }
+        });
+        let random = prop_oneof![
+            "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
+            "[a-z]{1,6}(-[0-9]{1,5}){0,2}(-[a-z0-9]{1,8}){0,3}",
+        ];
+        (Just(template), prop_oneof![rendered, random])
+    })
+}
+
+#[test]
+fn chosen_hosts_the_template_could_render_are_refused() {
+    let free = accepted_of(CASES * 2, chosen_label(), |(template, label)| {
+        prop_assert!(naming::is_dns_label(&label), "{label:?}");
+        let shape = naming::HostShape::of_template(&template);
+        prop_assert!(shape.is_ok());
+        let looks_like_template = shape.is_ok_and(|s| s.matches(&label));
+        let map = BTreeMap::from([
+            (labels::ENABLE.to_string(), "true".to_string()),
+            (labels::HOST.to_string(), label.clone()),
+        ]);
+        match labels::parse_service_labels("c", "s", &map, &settings(&template)) {
+            Ok(e) => {
+                prop_assert!(!looks_like_template, "{label} was chosen under {template}");
+                prop_assert_eq!(e.hosts.len(), 1);
+                Ok(true)
+            }
+            Err(refusals) => {
+                prop_assert!(
+                    looks_like_template,
+                    "{label} under {template}: {refusals:?}"
+                );
+                prop_assert_eq!(refusals.len(), 1);
+                prop_assert_eq!(refusals[0].reason, Reason::HostLooksLikeTemplate);
+                prop_assert_eq!(refusals[0].label.as_str(), labels::HOST);
+                prop_assert!(refusals[0].message.contains(&template));
+                Ok(false)
+            }
+        }
+    });
+    let shaped = CASES * 2 - free;
+    assert!(free >= ENOUGH, "only {free} chosen hosts were free");
+    assert!(
+        shaped >= ENOUGH,
+        "only {shaped} chosen hosts looked like the template"
+    );
+}
+
+/// The rule the README gives for the default template, written out by hand: a `-`-separated
+/// part that is a port number (no leading zero, at most 65535) with another part after it, or
+/// 62-63 characters that end in `-` and 8 hex digits (a shortened template host).
+fn default_rule(label: &str) -> bool {
+    let parts: Vec<&str> = label.split('-').collect();
+    let port_then_more = parts[..parts.len() - 1]
+        .iter()
+        .any(|p| p.parse::<u16>().is_ok_and(|n| n.to_string() == *p));
+    let n = label.len();
+    let shortened = (62..=63).contains(&n)
+        && label.as_bytes()[n - 9] == b'-'
+        && label[n - 8..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (port_then_more || shortened) && !label.contains("--")
+}
+
+#[test]
+fn the_default_shape_is_the_documented_rule() {
+    let shape = naming::HostShape::of_template("{service}-{port}-{project}-{pod}")
+        .expect("the default template");
+    let label = prop_oneof![
+        "[a-z0-9]{1,4}(-[a-z0-9]{1,6}){0,4}",
+        "[a-z]{1,3}(-(0|[1-9][0-9]{0,5}|0[0-9]{1,3})){1,3}(-[a-z]{1,3}){0,2}",
+        "[a-f0-9][a-f0-9-]{51,52}[a-f0-9]-[a-f0-9]{8}",
+    ];
+    let refused = accepted_of(CASES * 2, label, |label| {
+        prop_assert!(naming::is_dns_label(&label), "{label:?}");
+        let matches = shape.matches(&label);
+        prop_assert_eq!(matches, default_rule(&label), "{}", label);
+        Ok(matches)
+    });
+    assert!(
+        refused >= ENOUGH,
+        "only {refused} labels looked like template hosts"
+    );
+    assert!(
+        CASES * 2 - refused >= ENOUGH,
+        "only {} labels were free",
+        CASES * 2 - refused
     );
 }

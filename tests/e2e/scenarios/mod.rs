@@ -148,6 +148,11 @@ async fn a_lease_deleted_by_hand_is_claimed_again_at_the_next_resync() {
 }
 
 #[tokio::test]
+async fn a_chosen_host_cannot_squat_another_pods_template_host() {
+    ownership::a_chosen_host_cannot_squat_another_pods_template_host().await
+}
+
+#[tokio::test]
 async fn kompose_labels_rate_limits_and_tls_shape_the_ingress() {
     labels::kompose_labels_rate_limits_and_tls_shape_the_ingress().await
 }

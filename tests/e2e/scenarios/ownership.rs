@@ -1,5 +1,5 @@
-//! Ownership: two pods never fight over a host, and a sidecar never touches objects that are
-//! not its pod's.
+//! Ownership: two pods never fight over a host, a chosen host never takes a template host, and
+//! a sidecar never touches objects that are not its pod's.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
@@ -9,7 +9,7 @@ use testbed::{
     ingress_hosts, ingresses_of, through_ingress, unique_namespace, wait_exposed, web,
 };
 
-use super::setup;
+use super::{host_of, setup};
 use crate::SIDECAR;
 use crate::operability::Endpoints;
 
@@ -106,6 +106,124 @@ pub(super) async fn two_pods_racing_for_one_host_exactly_one_wins_without_flappi
         loser.log_lines("host refused").len(),
         1,
         "the refusal is logged once, not on every pass"
+    );
+}
+
+/// Chosen hosts and template hosts are disjoint (issue 14, item 2). An attacker's composition
+/// on another pod chooses the host that the template will give a composition of runner-0, before
+/// that composition exists: it is refused (`host-looks-like-template`: log line, `/exposures`,
+/// metric) and claims nothing, and when the victim comes up its URL answers from its own
+/// container. Before the rule, the squatter got an Ingress and the host's Lease, and the victim
+/// got an Ingress with the same host: two routes for one host, the controller's pick.
+pub(super) async fn a_chosen_host_cannot_squat_another_pods_template_host() {
+    let bed = bed();
+    let ns = unique_namespace("squat");
+    let victim_pod = bed.runner_pod(&ns, "runner-0");
+    let squatter_pod = bed.runner_pod(&ns, "runner-1");
+    let admin = bed.admin().await;
+    let fast = ["--resync-interval", "2s"];
+    let (victim, squatter) = tokio::join!(
+        Sidecar::start(&SIDECAR, bed, &victim_pod, &fast),
+        Sidecar::start(&SIDECAR, bed, &squatter_pod, &fast)
+    );
+    // What the default template will give service web, port 80, of composition `victim` on
+    // runner-0; both pods serve the test namespace's domain.
+    let label = "web-80-victim-runner-0";
+    let host = host_of(&ns, "web", 80, "victim", "runner-0");
+    assert_eq!(host, format!("{label}.{}", domain(&ns)));
+    squatter_pod.compose(
+        "squat",
+        &compose_file(&[web(
+            "web",
+            "from-squatter",
+            80,
+            "80",
+            &[ENABLE, ("compose-ingress.host", label)],
+        )]),
+        &["up", "-d"],
+    );
+    let refusal = eventually("the squatter refused in /exposures", CONVERGE, || async {
+        let doc = squatter.exposures();
+        doc["compositions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "squat" && c["state"] == "refused")
+            .and_then(|c| c["reasons"].get(0).cloned())
+    })
+    .await;
+    assert_eq!(refusal["reason"], "host-looks-like-template", "{refusal}");
+    assert_eq!(refusal["label"], "compose-ingress.host", "{refusal}");
+    assert_eq!(refusal["value"], label, "{refusal}");
+    let message = refusal["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&host)
+            && message.contains("does not look like `{service}-{port}-{project}-{pod}`"),
+        "the refusal names the host and the fix: {message}"
+    );
+    let line = squatter.wait_log("label refused").await;
+    assert_eq!(line["reason"], "host-looks-like-template", "{line}");
+    assert_eq!(line["label"], "compose-ingress.host", "{line}");
+    assert_eq!(line["value"], label, "{line}");
+    assert_eq!(
+        squatter.metrics().value(
+            "compose_ingress_refused_labels_total",
+            &[("reason", "host-looks-like-template")]
+        ),
+        1.0
+    );
+    // Refused in the plan: no Ingress, and no Lease that would hold the host.
+    assert!(
+        ingresses_of(&admin, &ns, "runner-1", "squat")
+            .await
+            .is_empty()
+    );
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
+    let selector = ListParams::default().labels("app.kubernetes.io/managed-by=compose-ingress");
+    assert!(
+        leases
+            .list(&selector)
+            .await
+            .expect("list leases")
+            .items
+            .is_empty(),
+        "the squatter claims no host"
+    );
+
+    // The victim comes up and gets its template host, answered by its own container.
+    victim_pod.compose(
+        "victim",
+        &compose_file(&[web("web", "from-victim", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "victim").await;
+    assert_eq!(ingress_hosts(&ingress), vec![host.clone()]);
+    for _ in 0..5 {
+        assert_eq!(through_ingress(&host).await.trim(), "from-victim");
+    }
+    // Full resyncs on both sides change nothing: the squatter stays refused (one warning, not
+    // one per pass), and the host has one route, the victim's.
+    let (rv, rs) = (
+        victim.log_count("full resync done"),
+        squatter.log_count("full resync done"),
+    );
+    victim.wait_resyncs(rv + 2).await;
+    squatter.wait_resyncs(rs + 2).await;
+    assert!(
+        ingresses_of(&admin, &ns, "runner-1", "squat")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ingresses_of(&admin, &ns, "runner-0", "victim").await.len(),
+        1
+    );
+    assert_eq!(through_ingress(&host).await.trim(), "from-victim");
+    assert_eq!(squatter.log_lines("label refused").len(), 1);
+    assert!(
+        victim.log_lines("label refused").is_empty() && victim.log_lines("host refused").is_empty(),
+        "{}",
+        victim.logs()
     );
 }
 
