@@ -13,6 +13,7 @@ use serde::Serialize;
 use tracing::debug;
 
 use crate::config::DryRun;
+use crate::managed_fields;
 use crate::render::{
     self, HOST_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, POD_LABEL, PROJECT_LABEL,
     PROJECT_NAME_ANNOTATION, SPEC_HASH_ANNOTATION,
@@ -123,6 +124,10 @@ pub struct OwnedObject {
     pub spec_hash: Option<String>,
     /// For Leases: the host they claim.
     pub host: Option<String>,
+    /// Some of its fields are still recorded under the create's entry (an object an older
+    /// sidecar created): they are handed to the apply entry before the next apply
+    /// (src/managed_fields.rs).
+    pub needs_hand_over: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +319,9 @@ impl Cluster {
         if !self.is_ours(&meta) {
             return None; // the selector already says so; this keeps the rule in one place
         }
+        // Leases are claims: created once and never applied, so one manager is all they have.
+        let needs_hand_over =
+            kind != Kind::Lease && managed_fields::needs_hand_over(&meta, FIELD_MANAGER);
         let annotations = meta.annotations.unwrap_or_default();
         let labels = meta.labels.unwrap_or_default();
         Some(OwnedObject {
@@ -327,6 +335,7 @@ impl Cluster {
                 .unwrap_or_default(),
             spec_hash: annotations.get(SPEC_HASH_ANNOTATION).cloned(),
             host: annotations.get(HOST_ANNOTATION).cloned(),
+            needs_hand_over,
         })
     }
 
@@ -364,9 +373,14 @@ impl Cluster {
         }
         let api = self.api(obj.kind);
         match api.create(&self.post_params(), &obj.object).await {
-            Ok(created) => Ok(Created::New {
-                uid: created.metadata.uid.unwrap_or_default(),
-            }),
+            Ok(created) => {
+                if obj.kind != Kind::Lease && self.dry_run == DryRun::None {
+                    self.hand_over(obj.kind, &created.metadata).await?;
+                }
+                Ok(Created::New {
+                    uid: created.metadata.uid.unwrap_or_default(),
+                })
+            }
             Err(e) if is_status(&e, 409) => {
                 let live =
                     api.get(obj.name())
@@ -378,8 +392,47 @@ impl Cluster {
         }
     }
 
+    /// Hands the fields a create recorded to the apply entry of our manager (see
+    /// src/managed_fields.rs); `meta` is the object's as the apiserver last returned it.
+    pub async fn hand_over(
+        &self,
+        kind: Kind,
+        meta: &kube::api::ObjectMeta,
+    ) -> Result<(), ClusterError> {
+        let Some(patch) = managed_fields::hand_over_patch(meta, FIELD_MANAGER) else {
+            return Ok(());
+        };
+        let name = meta.name.as_deref().unwrap_or_default();
+        self.api(kind)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(self.err("hand over the fields of", kind, name))?;
+        debug!(%kind, name, "fields of the create handed to the apply entry");
+        Ok(())
+    }
+
+    /// Reads the object and hands its create's fields over (an object an older sidecar made).
+    pub async fn hand_over_live(&self, kind: Kind, name: &str) -> Result<(), ClusterError> {
+        let live = self
+            .api(kind)
+            .get(name)
+            .await
+            .map_err(self.err("get", kind, name))?;
+        if self.is_ours(&live.metadata) {
+            self.hand_over(kind, &live.metadata).await?;
+        }
+        Ok(())
+    }
+
     /// Server-side apply of an object known to be ours (field manager `compose-ingress`).
-    pub async fn apply(&self, obj: &DesiredObject) -> Result<String, ClusterError> {
+    /// With `uid` (the object as listed), the apply carries it as a precondition: an object that
+    /// was deleted and recreated by someone else under the same name is refused (409), never
+    /// taken over.
+    pub async fn apply(
+        &self,
+        obj: &DesiredObject,
+        uid: Option<&str>,
+    ) -> Result<String, ClusterError> {
         if self.dry_run != DryRun::None {
             self.print("apply", obj);
             if self.dry_run == DryRun::Client {
@@ -388,9 +441,11 @@ impl Cluster {
         }
         let mut params = PatchParams::apply(FIELD_MANAGER).force();
         params.dry_run = self.dry_run == DryRun::Server;
+        let mut object = obj.object.clone();
+        object.metadata.uid = uid.filter(|u| !u.is_empty()).map(str::to_string);
         let applied = self
             .api(obj.kind)
-            .patch(obj.name(), &params, &Patch::Apply(&obj.object))
+            .patch(obj.name(), &params, &Patch::Apply(&object))
             .await
             .map_err(self.err("apply", obj.kind, obj.name()))?;
         Ok(applied.metadata.uid.unwrap_or_default())
@@ -402,14 +457,20 @@ impl Cluster {
     pub async fn upsert(
         &self,
         obj: &DesiredObject,
-        known_ours: bool,
+        known: Option<&OwnedObject>,
     ) -> Result<String, ClusterError> {
-        if known_ours {
-            return self.apply(obj).await;
+        if let Some(known) = known {
+            if known.needs_hand_over {
+                self.hand_over_live(obj.kind, obj.name()).await?;
+            }
+            return self.apply(obj, Some(&known.uid)).await;
         }
         match self.create(obj).await? {
             Created::New { uid } => Ok(uid),
-            Created::Exists(live) if self.is_ours(&live.metadata) => self.apply(obj).await,
+            Created::Exists(live) if self.is_ours(&live.metadata) => {
+                self.hand_over(obj.kind, &live.metadata).await?;
+                self.apply(obj, live.metadata.uid.as_deref()).await
+            }
             Created::Exists(_) => Err(ClusterError::NotOurs {
                 kind: obj.kind,
                 namespace: self.namespace.clone(),
@@ -532,6 +593,7 @@ mod tests {
 
     const JSON: &str = "application/json";
     const APPLY_PATCH: &str = "application/apply-patch+yaml";
+    const MERGE_PATCH: &str = "application/merge-patch+json";
     const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
     fn mock_cluster() -> (Cluster, ApiHandle) {
@@ -824,7 +886,7 @@ mod tests {
                 .echo(201, "uid-web"),
         ];
         let (uid, ()) = tokio::join!(
-            async move { cluster.upsert(&obj, false).await },
+            async move { cluster.upsert(&obj, None).await },
             serve(handle, scenario)
         );
         assert_eq!(uid.expect("created"), "uid-web");
@@ -839,11 +901,90 @@ mod tests {
                 .body(|b| {
                     assert_eq!(b["apiVersion"], "v1", "{b}");
                     assert_eq!(b["kind"], "Service", "{b}");
+                    // the listed uid: a same-named replacement is refused, never taken over
+                    assert_eq!(b["metadata"]["uid"], "uid-web", "{b}");
                 })
                 .echo(200, "uid-web"),
         ];
+        let known = owned_service("web", "uid-web", false);
         let (uid, ()) = tokio::join!(
-            async move { cluster.upsert(&obj, true).await },
+            async move { cluster.upsert(&obj, Some(&known)).await },
+            serve(handle, scenario)
+        );
+        assert_eq!(uid.expect("applied"), "uid-web");
+    }
+
+    fn owned_service(name: &str, uid: &str, needs_hand_over: bool) -> OwnedObject {
+        OwnedObject {
+            kind: Kind::Service,
+            name: name.into(),
+            uid: uid.into(),
+            project: PROJECT.into(),
+            spec_hash: None,
+            host: None,
+            needs_hand_over,
+        }
+    }
+
+    /// A create's record in `managedFields`, as the apiserver writes it.
+    fn created_fields() -> Value {
+        json!([{
+            "manager": "compose-ingress", "operation": "Update", "apiVersion": "v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:annotations": {"f:rps": {}}}},
+        }])
+    }
+
+    #[tokio::test]
+    async fn a_created_object_s_fields_are_handed_to_the_apply_entry_at_once() {
+        let (cluster, handle) = mock_cluster();
+        let obj = service_object("web", PROJECT);
+        let mut reply = obj.object.clone();
+        reply.metadata.uid = Some("uid-web".into());
+        reply.metadata.resource_version = Some("7".into());
+        let mut reply = serde_json::to_value(&reply).expect("json");
+        reply["metadata"]["managedFields"] = created_fields();
+        let scenario = vec![
+            create(SERVICES).reply(201, reply),
+            expect(Method::PATCH, format!("{SERVICES}/web"))
+                .content_type(MERGE_PATCH)
+                .body(|b| {
+                    assert_eq!(b["metadata"]["resourceVersion"], "7", "{b}");
+                    let entries = b["metadata"]["managedFields"].as_array().expect("list");
+                    assert_eq!(entries.len(), 1, "{b}");
+                    assert_eq!(entries[0]["operation"], "Apply", "{b}");
+                    assert_eq!(
+                        entries[0]["fieldsV1"]["f:metadata"]["f:annotations"]["f:rps"],
+                        json!({})
+                    );
+                })
+                .reply(200, json!({"metadata": {"name": "web"}})),
+        ];
+        let (uid, ()) = tokio::join!(
+            async move { cluster.upsert(&obj, None).await },
+            serve(handle, scenario)
+        );
+        assert_eq!(uid.expect("created"), "uid-web");
+    }
+
+    #[tokio::test]
+    async fn an_object_an_older_sidecar_created_is_handed_over_then_applied() {
+        let (cluster, handle) = mock_cluster();
+        let obj = service_object("web", PROJECT);
+        let mut live = listed(&obj, "uid-web");
+        live["metadata"]["resourceVersion"] = json!("9");
+        live["metadata"]["managedFields"] = created_fields();
+        let scenario = vec![
+            get(SERVICES, "web").reply(200, live),
+            expect(Method::PATCH, format!("{SERVICES}/web"))
+                .content_type(MERGE_PATCH)
+                .body(|b| assert_eq!(b["metadata"]["resourceVersion"], "9", "{b}"))
+                .reply(200, json!({"metadata": {"name": "web"}})),
+            apply(SERVICES, "web").echo(200, "uid-web"),
+        ];
+        let known = owned_service("web", "uid-web", true);
+        let (uid, ()) = tokio::join!(
+            async move { cluster.upsert(&obj, Some(&known)).await },
             serve(handle, scenario)
         );
         assert_eq!(uid.expect("applied"), "uid-web");
@@ -860,7 +1001,7 @@ mod tests {
             apply(SERVICES, "web").echo(200, "foreign-uid"),
         ];
         let (uid, ()) = tokio::join!(
-            async move { cluster.upsert(&obj, false).await },
+            async move { cluster.upsert(&obj, None).await },
             serve(handle, scenario)
         );
         assert_eq!(uid.expect("applied"), "foreign-uid");
@@ -878,7 +1019,7 @@ mod tests {
                 get(SERVICES, "web").reply(200, foreign("web", labels)),
             ];
             let (result, ()) = tokio::join!(
-                async move { cluster.upsert(&obj, false).await },
+                async move { cluster.upsert(&obj, None).await },
                 serve(handle, scenario)
             );
             let err = result.expect_err("a foreign object must be refused");

@@ -12,6 +12,7 @@ pub mod events;
 pub mod http_get;
 pub mod labels;
 pub mod logging;
+pub mod managed_fields;
 pub mod model;
 pub mod naming;
 pub mod plan;

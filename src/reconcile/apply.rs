@@ -193,16 +193,22 @@ impl Reconciler {
         // In `Kind` order: a route never points at a Service or Middleware that does not exist yet.
         for obj in &objects {
             let id = (obj.kind, obj.name().to_string());
-            let known = self.owned.get(&id);
-            if known.is_some_and(|o| o.spec_hash.as_deref() == obj.spec_hash()) {
-                continue; // unchanged: zero writes
+            let known = self.owned.get(&id).cloned();
+            // Unchanged: zero writes. An object an older sidecar created is written once more,
+            // after its fields are handed to the apply entry, so that fields it no longer
+            // wants go.
+            if known
+                .as_ref()
+                .is_some_and(|o| o.spec_hash.as_deref() == obj.spec_hash() && !o.needs_hand_over)
+            {
+                continue;
             }
             let verb = if known.is_some() { "apply" } else { "create" };
             let uid = measured(
                 &self.status.metrics,
                 verb,
                 obj.kind,
-                self.cluster.upsert(obj, known.is_some()),
+                self.cluster.upsert(obj, known.as_ref()),
                 ok_or_error,
             )
             .await?;
@@ -299,6 +305,7 @@ fn owned_record(
         project: project.to_string(),
         spec_hash: obj.spec_hash().map(str::to_string),
         host,
+        needs_hand_over: false,
     }
 }
 

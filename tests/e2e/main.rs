@@ -11,6 +11,7 @@ mod compose_v2;
 mod deploy;
 mod disruptive;
 mod engines;
+mod field_manager;
 mod health;
 mod node;
 mod operability;
