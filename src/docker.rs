@@ -3,15 +3,18 @@
 //! daemon drops events for a subscriber slower than 100 ms, so it only pushes keys into a queue.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::Docker;
 use bollard::models::{
     ContainerSummary, ContainerSummaryHealthStatusEnum, ContainerSummaryStateEnum, EventMessage,
     PortSummaryTypeEnum,
 };
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::{BollardRequest, Docker};
 use futures::StreamExt;
+use hyper::Uri;
+use hyper::http::uri::PathAndQuery;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -60,31 +63,74 @@ const RELEVANT_ACTIONS: &[&str] = &[
     "update",
 ];
 
+/// The Docker client of the sidecar. Every clone (the event watcher's, the reconciler's) shares
+/// one negotiated bollard client: the watcher negotiates the API version at each (re)connect and
+/// stores the result here, so every request of every clone carries a version the engine accepts.
+/// Shared by us, explicitly, rather than through bollard's clones happening to share their
+/// version; and each negotiation starts from the client's own version, so a dind replaced by a
+/// newer engine is not held to an older one's.
 #[derive(Clone)]
 pub struct DockerClient {
-    docker: Docker,
+    docker: Arc<RwLock<Docker>>,
     host: String,
     expose_plain: bool,
+}
+
+/// `request` with `prefix` (`/v1.41`) before its path, unless it has one.
+fn with_version_prefix(request: BollardRequest, prefix: &str) -> BollardRequest {
+    let (mut parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if !path.starts_with(&format!("{prefix}/")) {
+        let mut uri = parts.uri.clone().into_parts();
+        if let Ok(versioned) = PathAndQuery::try_from(format!("{prefix}{path}")) {
+            uri.path_and_query = Some(versioned);
+            if let Ok(uri) = Uri::from_parts(uri) {
+                parts.uri = uri;
+            }
+        }
+    }
+    BollardRequest::from_parts(parts, body)
+}
+
+/// A bollard client at bollard's own API version (no I/O).
+fn connect(host: &str) -> Result<Docker, DockerError> {
+    let connect = |e| DockerError::Connect {
+        host: host.to_string(),
+        source: e,
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        Docker::connect_with_unix(path, 60, bollard::API_DEFAULT_VERSION).map_err(connect)
+    } else {
+        Docker::connect_with_http(host, 60, bollard::API_DEFAULT_VERSION).map_err(connect)
+    }
 }
 
 impl DockerClient {
     /// Creates the client (no I/O yet: the daemon may still be starting, as dind is when a native
     /// sidecar starts before it).
     pub fn new(host: &str, expose_plain: bool) -> Result<Self, DockerError> {
-        let connect = |e| DockerError::Connect {
-            host: host.to_string(),
-            source: e,
-        };
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, 60, bollard::API_DEFAULT_VERSION).map_err(connect)?
-        } else {
-            Docker::connect_with_http(host, 60, bollard::API_DEFAULT_VERSION).map_err(connect)?
-        };
         Ok(Self {
-            docker,
+            docker: Arc::new(RwLock::new(connect(host)?)),
             host: host.to_string(),
             expose_plain,
         })
+    }
+
+    /// The shared client as negotiated last (a cheap clone of bollard's handle).
+    fn client(&self) -> Docker {
+        match self.docker.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The API version every request carries now (bollard puts it in the path).
+    pub fn api_version(&self) -> String {
+        self.client().client_version().to_string()
     }
 
     fn request_error(
@@ -98,14 +144,24 @@ impl DockerClient {
         }
     }
 
-    /// Agrees on the API version with the daemon (dind may be older than this client).
-    pub async fn negotiate(&mut self) -> Result<(), DockerError> {
-        self.docker = self
-            .docker
-            .clone()
+    /// Agrees on the API version with the daemon (dind may be older than this client), for
+    /// every clone. bollard 0.21 builds its request paths without the version (its `/vX.Y`
+    /// prefix is lost in a URL join), so an engine would answer every request with its own
+    /// newest API, whatever was negotiated: the negotiated client puts the version into each
+    /// path itself, and the engine answers in the schema this client was built for.
+    pub async fn negotiate(&self) -> Result<(), DockerError> {
+        let negotiated = connect(&self.host)?
             .negotiate_version()
             .await
             .map_err(self.request_error("version"))?;
+        let version = negotiated.client_version();
+        let prefix = format!("/v{}.{}", version.major_version, version.minor_version);
+        let negotiated =
+            negotiated.with_request_modifier(move |request| with_version_prefix(request, &prefix));
+        match self.docker.write() {
+            Ok(mut d) => *d = negotiated,
+            Err(poisoned) => *poisoned.into_inner() = negotiated,
+        }
         Ok(())
     }
 
@@ -118,7 +174,7 @@ impl DockerClient {
             filters: Some(filters),
             ..Default::default()
         };
-        self.docker
+        self.client()
             .list_containers(Some(options))
             .await
             .map_err(self.request_error("list containers"))
@@ -169,7 +225,7 @@ impl DockerClient {
     /// Reads the event stream until cancelled, reconnecting with backoff. Sends `Resync` after
     /// every (re)connect and `DockerDown` when the stream breaks.
     pub async fn watch(
-        mut self,
+        self,
         hints: UnboundedSender<Hint>,
         events_seen: impl Fn(&str),
         cancel: CancellationToken,
@@ -200,10 +256,11 @@ impl DockerClient {
                 )])),
                 ..Default::default()
             };
-            let mut stream = self.docker.events(Some(options));
+            let client = self.client();
+            let mut stream = client.events(Some(options));
             // The API version every request of this connection carries (bollard puts it in the
             // path): the client's own unless the daemon is older, then the daemon's.
-            let api_version = self.docker.client_version();
+            let api_version = client.client_version();
             if connected_once {
                 info!(docker_host = %self.host, %api_version, "reconnected to Docker; full resync");
             } else {
@@ -452,6 +509,60 @@ mod tests {
         assert_eq!(
             hint_of(&event("start", &[("name", "plain")]), true),
             Some(("start", "/plain".to_string()))
+        );
+    }
+
+    /// A daemon that speaks API 1.41 (like Docker 20.10) and lists no containers; it records
+    /// the request paths.
+    async fn old_daemon() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = paths.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                let body = if path.ends_with("/version") {
+                    r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24"}"#
+                } else {
+                    "[]"
+                };
+                seen.lock().expect("paths").push(path);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        (format!("tcp://{addr}"), paths)
+    }
+
+    #[tokio::test]
+    async fn one_negotiation_serves_every_clone() {
+        let (host, paths) = old_daemon().await;
+        let watcher = DockerClient::new(&host, false).expect("client");
+        let reconciler = watcher.clone();
+        assert_ne!(
+            reconciler.api_version(),
+            "1.41",
+            "bollard's own version first"
+        );
+        watcher.negotiate().await.expect("negotiate");
+        assert_eq!(reconciler.api_version(), "1.41");
+        reconciler.snapshot().await.expect("listing");
+        let paths = paths.lock().expect("paths").clone();
+        assert!(
+            paths
+                .last()
+                .is_some_and(|p| p.starts_with("/v1.41/containers/json")),
+            "the reconciler's listing carries the negotiated version: {paths:?}"
         );
     }
 
