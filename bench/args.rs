@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// The phases, in the order a full run measures them (`--only` takes a comma list of them).
-pub const PHASES: [&str; 7] = [
+pub const PHASES: [&str; 8] = [
     "e2o",
     "routable",
     "side",
@@ -11,6 +11,7 @@ pub const PHASES: [&str; 7] = [
     "restart",
     "ratelimit",
     "wait",
+    "health",
 ];
 
 /// `cargo bench --bench bench -- [--smoke] [--only PHASE,..] [--replot] [--out DIR]`

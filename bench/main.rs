@@ -2,7 +2,7 @@
 //!
 //!   cargo bench --bench bench                      # every phase, full size (~22 min)
 //!   cargo bench --bench bench -- --smoke           # tiny run of every phase (CI keeps it alive)
-//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o routable side burst restart ratelimit wait
+//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o routable side burst restart ratelimit wait health
 //!   cargo bench --bench bench -- --replot          # redraw the plots from results.json
 //!
 //! `cargo bench` builds the sidecar with the release settings (the bench profile inherits them)
@@ -24,6 +24,7 @@ mod cluster;
 mod compose;
 mod docker;
 mod e2o;
+mod health;
 mod http;
 mod machine;
 mod pods;
@@ -143,6 +144,11 @@ fn run() {
         if args.runs("wait") {
             let r = wait::phase_wait(&scale).await;
             results.insert("wait".into(), json!(r));
+            save(&results);
+        }
+        if args.runs("health") {
+            let r = health::phase_health(&scale).await;
+            results.insert("health".into(), json!(r));
             save(&results);
         }
         say(format!("results in {}", path.display()));

@@ -124,10 +124,17 @@ pub struct OwnedObject {
     pub spec_hash: Option<String>,
     /// For Leases: the host they claim.
     pub host: Option<String>,
-    /// Some of its fields are still recorded under the create's entry (an object an older
-    /// sidecar created): they are handed to the apply entry before the next apply
-    /// (src/managed_fields.rs).
+    /// Some of its fields are still recorded under the create's entry: they are handed to the
+    /// apply entry before its next apply (src/managed_fields.rs).
     pub needs_hand_over: bool,
+    /// The create's entry owns fields the last apply did not send (an object an older sidecar
+    /// created and changed): written once more even when its spec is unchanged.
+    pub leftovers: bool,
+    /// A Service with a selector, from a sidecar before health-gated routing. Removing the
+    /// selector would leave the EndpointSlice controller's slices behind, unmanaged (they would
+    /// keep routing, to ports that may change hands): such a Service is deleted and created
+    /// again, and the garbage collector takes the controller's slices with it.
+    pub legacy_selector: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +181,22 @@ impl ClusterError {
                 }
             }
             _ => None,
+        }
+    }
+}
+
+/// What an upsert did, with the object's uid: a create leaves its fields under the create's
+/// entry until the object's first apply (src/managed_fields.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upserted {
+    Created(String),
+    Applied(String),
+}
+
+impl Upserted {
+    pub fn uid(&self) -> &str {
+        match self {
+            Upserted::Created(uid) | Upserted::Applied(uid) => uid,
         }
     }
 }
@@ -322,6 +345,9 @@ impl Cluster {
         // Leases are claims: created once and never applied, so one manager is all they have.
         let needs_hand_over =
             kind != Kind::Lease && managed_fields::needs_hand_over(&meta, FIELD_MANAGER);
+        let leftovers = needs_hand_over && managed_fields::has_leftovers(&meta, FIELD_MANAGER);
+        let legacy_selector = kind == Kind::Service
+            && managed_fields::owns(&meta, FIELD_MANAGER, &["f:spec", "f:selector"]);
         let annotations = meta.annotations.unwrap_or_default();
         let labels = meta.labels.unwrap_or_default();
         Some(OwnedObject {
@@ -336,6 +362,8 @@ impl Cluster {
             spec_hash: annotations.get(SPEC_HASH_ANNOTATION).cloned(),
             host: annotations.get(HOST_ANNOTATION).cloned(),
             needs_hand_over,
+            leftovers,
+            legacy_selector,
         })
     }
 
@@ -373,14 +401,9 @@ impl Cluster {
         }
         let api = self.api(obj.kind);
         match api.create(&self.post_params(), &obj.object).await {
-            Ok(created) => {
-                if obj.kind != Kind::Lease && self.dry_run == DryRun::None {
-                    self.hand_over(obj.kind, &created.metadata).await?;
-                }
-                Ok(Created::New {
-                    uid: created.metadata.uid.unwrap_or_default(),
-                })
-            }
+            Ok(created) => Ok(Created::New {
+                uid: created.metadata.uid.unwrap_or_default(),
+            }),
             Err(e) if is_status(&e, 409) => {
                 let live =
                     api.get(obj.name())
@@ -411,7 +434,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Reads the object and hands its create's fields over (an object an older sidecar made).
+    /// Reads the object and hands its create's fields over.
     pub async fn hand_over_live(&self, kind: Kind, name: &str) -> Result<(), ClusterError> {
         let live = self
             .api(kind)
@@ -458,18 +481,20 @@ impl Cluster {
         &self,
         obj: &DesiredObject,
         known: Option<&OwnedObject>,
-    ) -> Result<String, ClusterError> {
+    ) -> Result<Upserted, ClusterError> {
         if let Some(known) = known {
             if known.needs_hand_over {
                 self.hand_over_live(obj.kind, obj.name()).await?;
             }
-            return self.apply(obj, Some(&known.uid)).await;
+            return Ok(Upserted::Applied(self.apply(obj, Some(&known.uid)).await?));
         }
         match self.create(obj).await? {
-            Created::New { uid } => Ok(uid),
+            Created::New { uid } => Ok(Upserted::Created(uid)),
             Created::Exists(live) if self.is_ours(&live.metadata) => {
                 self.hand_over(obj.kind, &live.metadata).await?;
-                self.apply(obj, live.metadata.uid.as_deref()).await
+                Ok(Upserted::Applied(
+                    self.apply(obj, live.metadata.uid.as_deref()).await?,
+                ))
             }
             Created::Exists(_) => Err(ClusterError::NotOurs {
                 kind: obj.kind,
@@ -889,7 +914,7 @@ mod tests {
             async move { cluster.upsert(&obj, None).await },
             serve(handle, scenario)
         );
-        assert_eq!(uid.expect("created"), "uid-web");
+        assert_eq!(uid.expect("created"), Upserted::Created("uid-web".into()));
     }
 
     #[tokio::test]
@@ -911,7 +936,7 @@ mod tests {
             async move { cluster.upsert(&obj, Some(&known)).await },
             serve(handle, scenario)
         );
-        assert_eq!(uid.expect("applied"), "uid-web");
+        assert_eq!(uid.expect("applied"), Upserted::Applied("uid-web".into()));
     }
 
     fn owned_service(name: &str, uid: &str, needs_hand_over: bool) -> OwnedObject {
@@ -923,6 +948,8 @@ mod tests {
             spec_hash: None,
             host: None,
             needs_hand_over,
+            leftovers: false,
+            legacy_selector: false,
         }
     }
 
@@ -935,8 +962,10 @@ mod tests {
         }])
     }
 
+    /// A create is one write: its fields are handed over before the object's first apply, not
+    /// at once (what it wrote is what is desired, nothing can be left over yet).
     #[tokio::test]
-    async fn a_created_object_s_fields_are_handed_to_the_apply_entry_at_once() {
+    async fn a_create_is_one_write() {
         let (cluster, handle) = mock_cluster();
         let obj = service_object("web", PROJECT);
         let mut reply = obj.object.clone();
@@ -944,27 +973,12 @@ mod tests {
         reply.metadata.resource_version = Some("7".into());
         let mut reply = serde_json::to_value(&reply).expect("json");
         reply["metadata"]["managedFields"] = created_fields();
-        let scenario = vec![
-            create(SERVICES).reply(201, reply),
-            expect(Method::PATCH, format!("{SERVICES}/web"))
-                .content_type(MERGE_PATCH)
-                .body(|b| {
-                    assert_eq!(b["metadata"]["resourceVersion"], "7", "{b}");
-                    let entries = b["metadata"]["managedFields"].as_array().expect("list");
-                    assert_eq!(entries.len(), 1, "{b}");
-                    assert_eq!(entries[0]["operation"], "Apply", "{b}");
-                    assert_eq!(
-                        entries[0]["fieldsV1"]["f:metadata"]["f:annotations"]["f:rps"],
-                        json!({})
-                    );
-                })
-                .reply(200, json!({"metadata": {"name": "web"}})),
-        ];
+        let scenario = vec![create(SERVICES).reply(201, reply)];
         let (uid, ()) = tokio::join!(
             async move { cluster.upsert(&obj, None).await },
             serve(handle, scenario)
         );
-        assert_eq!(uid.expect("created"), "uid-web");
+        assert_eq!(uid.expect("created"), Upserted::Created("uid-web".into()));
     }
 
     #[tokio::test]
@@ -987,7 +1001,7 @@ mod tests {
             async move { cluster.upsert(&obj, Some(&known)).await },
             serve(handle, scenario)
         );
-        assert_eq!(uid.expect("applied"), "uid-web");
+        assert_eq!(uid.expect("applied"), Upserted::Applied("uid-web".into()));
     }
 
     #[tokio::test]
@@ -1004,7 +1018,10 @@ mod tests {
             async move { cluster.upsert(&obj, None).await },
             serve(handle, scenario)
         );
-        assert_eq!(uid.expect("applied"), "foreign-uid");
+        assert_eq!(
+            uid.expect("applied"),
+            Upserted::Applied("foreign-uid".into())
+        );
     }
 
     #[tokio::test]

@@ -9,8 +9,10 @@
 //! Service port, the selector of a Service written before health-gated routing) would stay on the
 //! object for ever. Moving the create's fields into the `Apply` entry (what kubectl's
 //! client-side-apply upgrade does, `k8s.io/client-go/util/csaupgrade`) makes the next apply
-//! the sole owner. Done once per object: right after its create, and on the first resync after an
-//! upgrade for objects an older sidecar created.
+//! the sole owner. Done once per object, right before the first apply it needs (a create alone
+//! costs no second write: what it wrote is what is desired), and at once for an object whose
+//! create's entry owns fields the last apply no longer sent ([`has_leftovers`]: objects an older
+//! sidecar created and later changed).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use serde_json::{Value, json};
@@ -33,6 +35,57 @@ pub fn needs_hand_over(meta: &ObjectMeta, manager: &str) -> bool {
         .iter()
         .flatten()
         .any(|e| is_update_of(e, manager))
+}
+
+/// Whether `manager`'s `Update` entry owns a field its `Apply` entry does not, while an `Apply`
+/// entry exists: a field a create set and a later apply dropped, still on the object. Only an
+/// apply can remove it, so such an object is written even when its spec is unchanged. Without an
+/// `Apply` entry the object is as its create wrote it: nothing left over.
+pub fn has_leftovers(meta: &ObjectMeta, manager: &str) -> bool {
+    let entries = meta.managed_fields.iter().flatten();
+    let Some(apply) = entries.clone().find(|e| is_entry_of(e, manager, "Apply")) else {
+        return false;
+    };
+    let fields = |e: &ManagedFieldsEntry| e.fields_v1.as_ref().map(|f| f.0.clone());
+    let applied = fields(apply).unwrap_or_else(|| json!({}));
+    entries
+        .filter(|e| is_update_of(e, manager))
+        .filter_map(fields)
+        .any(|created| !covers(&applied, &created))
+}
+
+/// Whether every field of `b` (its leaves, not the `.` marks of the maps and structs that hold
+/// them) is in `a`.
+fn covers(a: &Value, b: &Value) -> bool {
+    match b {
+        Value::Object(b) => b.iter().all(|(key, value)| {
+            if key == "." {
+                return true;
+            }
+            match a.get(key) {
+                Some(inner) => covers(inner, value),
+                None => only_marks(value),
+            }
+        }),
+        _ => true,
+    }
+}
+
+/// A subtree that is only the mark of a map or struct (`{".": {}}`), no field of its own. (`{}`
+/// is a leaf: a field.)
+fn only_marks(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| !o.is_empty() && o.keys().all(|k| k == "."))
+}
+
+/// Whether one of `manager`'s entries owns the field at `path` (`["f:spec", "f:selector"]`).
+pub fn owns(meta: &ObjectMeta, manager: &str, path: &[&str]) -> bool {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| e.manager.as_deref() == Some(manager))
+        .filter_map(|e| e.fields_v1.as_ref())
+        .any(|f| path.iter().try_fold(&f.0, |v, key| v.get(*key)).is_some())
 }
 
 /// The union of two `fieldsV1` sets (nested objects of `f:`/`k:`/`v:`/`i:` keys, `{}` leaves).
@@ -171,6 +224,62 @@ mod tests {
             })
         );
         assert_eq!(out[1]["operation"], "Apply");
+    }
+
+    #[test]
+    fn leftovers_are_fields_the_create_set_and_the_last_apply_did_not() {
+        let created = json!({"f:metadata": {"f:annotations": {".": {}, "f:hash": {}, "f:rps": {}}}, "f:spec": {".": {}, "f:ports": {}}});
+        // Only created: as desired, nothing left over.
+        assert!(!has_leftovers(
+            &meta(vec![entry("compose-ingress", "Update", created.clone())]),
+            "compose-ingress"
+        ));
+        // Applied since with every field the create set: nothing left over.
+        let all = json!({"f:metadata": {"f:annotations": {"f:hash": {}, "f:rps": {}}}, "f:spec": {"f:ports": {}}});
+        assert!(!has_leftovers(
+            &meta(vec![
+                entry("compose-ingress", "Update", created.clone()),
+                entry("compose-ingress", "Apply", all)
+            ]),
+            "compose-ingress"
+        ));
+        // Applied since without the rate-limit annotation: it is still on the object.
+        let without =
+            json!({"f:metadata": {"f:annotations": {"f:hash": {}}}, "f:spec": {"f:ports": {}}});
+        assert!(has_leftovers(
+            &meta(vec![
+                entry("compose-ingress", "Update", created),
+                entry("compose-ingress", "Apply", without)
+            ]),
+            "compose-ingress"
+        ));
+        // Someone else's fields are not ours to remove.
+        assert!(!has_leftovers(
+            &meta(vec![
+                entry("kubectl", "Update", json!({"f:spec": {"f:selector": {}}})),
+                entry(
+                    "compose-ingress",
+                    "Apply",
+                    json!({"f:spec": {"f:ports": {}}})
+                ),
+            ]),
+            "compose-ingress"
+        ));
+    }
+
+    #[test]
+    fn owned_fields_by_path() {
+        let m = meta(vec![
+            entry(
+                "compose-ingress",
+                "Update",
+                json!({"f:spec": {"f:selector": {}}}),
+            ),
+            entry("kubectl", "Update", json!({"f:spec": {"f:type": {}}})),
+        ]);
+        assert!(owns(&m, "compose-ingress", &["f:spec", "f:selector"]));
+        assert!(!owns(&m, "compose-ingress", &["f:spec", "f:type"]));
+        assert!(!owns(&m, "kubectl", &["f:spec", "f:selector"]));
     }
 
     #[test]

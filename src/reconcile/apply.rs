@@ -7,7 +7,7 @@ use tracing::info;
 use tracing::warn;
 
 use super::{CompositionRecord, LOG_TARGET, Outcome, Problem, Reconciler};
-use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject};
+use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject, Upserted};
 use crate::model::{DesiredComposition, Reason, Refusal, RouteApi};
 use crate::render;
 use crate::status::{CompositionState, Metrics};
@@ -197,14 +197,22 @@ impl Reconciler {
             // Unchanged: zero writes. An object an older sidecar created is written once more,
             // after its fields are handed to the apply entry, so that fields it no longer
             // wants go.
-            if known
-                .as_ref()
-                .is_some_and(|o| o.spec_hash.as_deref() == obj.spec_hash() && !o.needs_hand_over)
-            {
+            if known.as_ref().is_some_and(|o| {
+                o.spec_hash.as_deref() == obj.spec_hash() && !o.leftovers && !o.legacy_selector
+            }) {
                 continue;
             }
+            // A Service an older sidecar gave a selector: made again (see `legacy_selector`).
+            let known = match known {
+                Some(o) if o.legacy_selector => {
+                    info!(target: LOG_TARGET, service = %o.name, "a Service with a selector (from before health-gated routing) is created again without one");
+                    self.delete_owned(&o).await?;
+                    None
+                }
+                known => known,
+            };
             let verb = if known.is_some() { "apply" } else { "create" };
-            let uid = measured(
+            let upserted = measured(
                 &self.status.metrics,
                 verb,
                 obj.kind,
@@ -212,7 +220,9 @@ impl Reconciler {
                 ok_or_error,
             )
             .await?;
-            self.owned.insert(id, owned_record(obj, key, uid, None));
+            let mut record = owned_record(obj, key, upserted.uid().to_string(), None);
+            record.needs_hand_over = matches!(upserted, Upserted::Created(_));
+            self.owned.insert(id, record);
             wrote = true;
         }
         // Objects of this composition that the plan no longer wants (a host dropped, a route of
@@ -306,6 +316,8 @@ fn owned_record(
         spec_hash: obj.spec_hash().map(str::to_string),
         host,
         needs_hand_over: false,
+        leftovers: false,
+        legacy_selector: false,
     }
 }
 

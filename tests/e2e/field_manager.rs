@@ -1,11 +1,13 @@
 //! One field manager per object (issue 14, item 4): what the desired state no longer has goes
 //! from the live object, whether the object was created by this sidecar or by an older one
 //! (whose create left its fields under a second, `Update` entry), and no object is recreated
-//! for it (uids and hosts stay).
+//! for it (uids and hosts stay), but for a Service an older sidecar gave a selector: that one is
+//! made again, so that the EndpointSlice controller's slices go with it.
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use testbed::{
     CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_file, eventually, unique_namespace,
     wait_exposed, web,
@@ -48,11 +50,6 @@ async fn a_label_removed_on_recreate_leaves_no_annotation_behind() {
         annotations.get(RPS_ANNOTATION).map(String::as_str),
         Some("7")
     );
-    assert_eq!(
-        our_entries(&ingress.metadata),
-        ["Apply"],
-        "one manager from the create on"
-    );
 
     // The same composition recreated without the label: the annotation goes, the Ingress stays.
     let unlimited = compose_file(&[web("web", "unlimited", 80, "80", &[ENABLE])]);
@@ -65,10 +62,15 @@ async fn a_label_removed_on_recreate_leaves_no_annotation_behind() {
     })
     .await;
     assert_eq!(after.metadata.uid, uid, "not recreated");
+    assert_eq!(
+        our_entries(&after.metadata),
+        ["Apply"],
+        "one manager after the first apply"
+    );
 }
 
 #[tokio::test]
-async fn objects_an_older_sidecar_created_are_handed_over_without_being_recreated() {
+async fn what_an_older_sidecar_left_behind_goes_on_the_first_resync() {
     let ns = unique_namespace("handover");
     let pod = bed().runner_pod(&ns, "runner-0");
     let admin = bed().admin().await;
@@ -79,10 +81,11 @@ async fn objects_an_older_sidecar_created_are_handed_over_without_being_recreate
     let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "legacy").await;
     sidecar.stop();
 
-    // What an older sidecar left: its create (POST) recorded fields under an `Update` entry of
-    // the same manager, among them the Service selector (before health-gated routing) and a
-    // rate-limit annotation no label asks for any more. A merge patch by that manager leaves
-    // exactly that record.
+    // What an older sidecar left. Its Service selected the pod (before health-gated routing),
+    // so the EndpointSlice controller made a slice for it, and its spec hash was another; its
+    // Ingress was created with a rate-limit annotation (recorded under the create's `Update`
+    // entry) and applied since without it (an `Apply` entry without the annotation). Writes by
+    // the same manager leave exactly those records.
     let name = service.metadata.name.clone().expect("name");
     let by_old_sidecar = PatchParams {
         field_manager: Some("compose-ingress".into()),
@@ -94,10 +97,25 @@ async fn objects_an_older_sidecar_created_are_handed_over_without_being_recreate
         .patch(
             &name,
             &by_old_sidecar,
-            &Patch::Merge(serde_json::json!({"spec": {"selector": {"statefulset.kubernetes.io/pod-name": "runner-0"}}})),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"compose-ingress/spec-hash": "0000000000000000"}},
+                "spec": {"selector": {"statefulset.kubernetes.io/pod-name": "runner-0"}},
+            })),
         )
         .await
         .expect("the old sidecar's selector");
+    let labels = ingress.metadata.labels.clone().expect("labels");
+    ingresses
+        .patch(
+            &name,
+            &PatchParams::apply("compose-ingress").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": name, "labels": labels},
+            })),
+        )
+        .await
+        .expect("the old sidecar's apply");
     ingresses
         .patch(
             &name,
@@ -106,6 +124,19 @@ async fn objects_an_older_sidecar_created_are_handed_over_without_being_recreate
         )
         .await
         .expect("the old sidecar's annotation");
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), &ns);
+    let by_controller = ListParams::default().labels(&format!(
+        "kubernetes.io/service-name={name},endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
+    ));
+    eventually(
+        "the controller's slice for the old selector",
+        CONVERGE,
+        || async {
+            let items = slices.list(&by_controller).await.ok()?.items;
+            (!items.is_empty()).then_some(())
+        },
+    )
+    .await;
     let old = services.get(&name).await.expect("service");
     assert!(
         our_entries(&old.metadata).contains(&"Update".to_string()),
@@ -113,19 +144,23 @@ async fn objects_an_older_sidecar_created_are_handed_over_without_being_recreate
         old.metadata.managed_fields
     );
 
-    // The new sidecar's first resync: both fields go, one Apply entry owns the rest, and the
-    // objects are the same ones.
+    // The new sidecar's first resync: the selector and the annotation go, one Apply entry owns
+    // the rest; the Ingress is the same object, the Service a new one.
     let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
     let live = eventually("the old selector removed", CONVERGE, || async {
         let live = services.get(&name).await.ok()?;
         live.spec.as_ref()?.selector.is_none().then_some(live)
     })
     .await;
-    assert_eq!(
+    assert_ne!(
         live.metadata.uid, service.metadata.uid,
-        "the Service was not recreated"
+        "the Service with a selector is made again (its controller slices go with it)"
     );
-    assert_eq!(our_entries(&live.metadata), ["Apply"]);
+    eventually("the controller's slices gone", CONVERGE, || async {
+        let items = slices.list(&by_controller).await.ok()?.items;
+        items.is_empty().then_some(())
+    })
+    .await;
     let live = eventually("the old annotation removed", CONVERGE, || async {
         let live = ingresses.get(&name).await.ok()?;
         let annotations = live.metadata.annotations.clone().unwrap_or_default();
