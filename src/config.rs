@@ -39,6 +39,11 @@ pub struct Args {
     #[arg(long = "pod-ip", env = "POD_IP")]
     pub pod_ip: Option<std::net::IpAddr>,
 
+    /// Address of the node (downward API status.hostIP): the kubelet's probes come from it, and
+    /// it keeps HTTP connection slots that no CI job can take.
+    #[arg(long = "host-ip", env = "HOST_IP")]
+    pub host_ip: Option<std::net::IpAddr>,
+
     /// Docker daemon to watch: unix:///path or tcp://host:port.
     #[arg(
         long = "docker-host",
@@ -250,6 +255,7 @@ pub struct Config {
     pub settings: PlanSettings,
     pub pod_uid: Option<String>,
     pub pod_ip: Option<std::net::Ipv4Addr>,
+    pub host_ip: Option<std::net::IpAddr>,
     pub docker_host: String,
     pub timings: Timings,
     pub dry_run: DryRun,
@@ -538,6 +544,7 @@ impl Args {
             },
             pod_uid: self.pod_uid,
             pod_ip: ipv4(self.pod_ip),
+            host_ip: self.host_ip,
             docker_host: self.docker_host,
             timings: Timings {
                 resync_interval: self.resync_interval,

@@ -51,6 +51,9 @@ pub enum DockerError {
 pub enum Hint {
     /// Something about this composition may have changed.
     Composition(CompositionKey),
+    /// A container of this composition changed its health (`health_status`): for an exposed
+    /// composition only an endpoint's readiness changes, and nothing is left to coalesce.
+    Health(CompositionKey),
     /// (Re)connected to Docker: list everything and converge, GC included.
     Resync,
     /// The event stream broke: Docker is unreachable until the next `Resync`.
@@ -279,7 +282,12 @@ impl DockerClient {
                         if let Some((action, key)) = hint_of(&event, self.expose_plain) {
                             events_seen(action);
                             debug!(action, project = %key, "docker event");
-                            if hints.send(Hint::Composition(key)).is_err() {
+                            let hint = if action == "health_status" {
+                                Hint::Health(key)
+                            } else {
+                                Hint::Composition(key)
+                            };
+                            if hints.send(hint).is_err() {
                                 return;
                             }
                         }

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod conn_limits;
 pub mod docker;
 pub mod events;
 pub mod http_get;

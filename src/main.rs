@@ -97,6 +97,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 base,
                 domain: settings.domain.clone(),
             }),
+            node_ip: config.host_ip,
         },
         cancel.clone(),
     ));

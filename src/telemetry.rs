@@ -15,10 +15,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::conn_limits::ConnLimits;
 use crate::routable::{self, Probe};
 use crate::status::{CompositionState, Status};
 
@@ -26,8 +26,6 @@ use crate::status::{CompositionState, Status};
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// More headers than this get `431` too.
 pub const MAX_HEADERS: usize = 64;
-/// Connections served at once; more are closed right after accept.
-pub const MAX_CONNECTIONS: usize = 64;
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// No connection lives longer than this (scrapes and probes take milliseconds).
@@ -53,6 +51,23 @@ pub struct ServerInfo {
     pub heartbeat_stale: Duration,
     /// The ingress controller to verify routability through (`--probe-url`).
     pub probe: Option<Probe>,
+    /// The node's address (`HOST_IP`): the kubelet's probes come from it, and it has connection
+    /// slots of its own (src/conn_limits.rs).
+    pub node_ip: Option<std::net::IpAddr>,
+}
+
+/// A connection slot of `peer`, given back when the connection ends.
+struct Slot {
+    limits: Arc<std::sync::Mutex<ConnLimits>>,
+    peer: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.limits.lock() {
+            l.release(self.peer);
+        }
+    }
 }
 
 /// Binds the listener (at start-up, so that a taken port fails fast with one clear line).
@@ -75,7 +90,7 @@ pub async fn serve(
         .unwrap_or_default();
     info!(listen = %addr, "serving /metrics, /healthz, /readyz and /exposures");
     let info = Arc::new(info);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = Arc::new(std::sync::Mutex::new(ConnLimits::new(info.node_ip)));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -96,10 +111,15 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "too many HTTP connections; closing this one");
+        let admitted = limits.lock().is_ok_and(|mut l| l.admit(peer.ip()));
+        if !admitted {
+            debug!(%peer, "too many HTTP connections from this address, or from all; closing this one");
             drop(stream);
             continue;
+        }
+        let permit = Slot {
+            limits: limits.clone(),
+            peer: peer.ip(),
         };
         let status = status.clone();
         let info = info.clone();
@@ -338,6 +358,7 @@ mod tests {
             pod: "runner-3".into(),
             heartbeat_stale: Duration::from_secs(180),
             probe: None,
+            node_ip: None,
         }
     }
 

@@ -57,12 +57,25 @@ pub enum Exposure<T> {
     Delete,
 }
 
-/// When a hint for a composition with this lifecycle is due. The debounce guesses when a
-/// composition has finished coming up; when the last pass saw which services are still to
-/// start, nothing is left to guess: the settle wait coalesces their starts, so go at once.
-/// `--settle-time 0` turns the whole mechanism off, the debounce skip included.
-pub fn hint_due(timings: &Timings, expecting_start: bool, now: Instant) -> Instant {
-    now + debounce(timings, expecting_start)
+/// What a hint is about, for [`hint_due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HintContext {
+    /// The last pass saw services created and not started yet.
+    pub expecting_start: bool,
+    /// A container's health changed (`health_status`) and the composition is exposed.
+    pub health_of_exposed: bool,
+}
+
+/// When a hint is due. The debounce guesses when a composition has finished coming up; when the
+/// last pass saw which services are still to start, nothing is left to guess: the settle wait
+/// coalesces their starts, so go at once (`--settle-time 0` turns that off, the skip included).
+/// A health change of an exposed composition is due at once too: its containers are up, only an
+/// endpoint's readiness changes, and health-gated routing should follow Docker without a delay.
+pub fn hint_due(timings: &Timings, hint: HintContext, now: Instant) -> Instant {
+    if hint.health_of_exposed {
+        return now;
+    }
+    now + debounce(timings, hint.expecting_start)
 }
 
 fn debounce(timings: &Timings, expecting_start: bool) -> Duration {

@@ -183,14 +183,17 @@ impl Reconciler {
     }
 
     fn on_hint(&mut self, hint: Hint) {
+        let health = matches!(hint, Hint::Health(_));
         match hint {
-            Hint::Composition(key) => {
-                // A start the last pass was waiting for needs no debounce (`hint_due`).
-                let expecting = self
-                    .compositions
-                    .get(&key)
-                    .is_some_and(|s| s.lifecycle.expecting_start);
-                let due = lifecycle::hint_due(&self.timings, expecting, Instant::now());
+            Hint::Composition(key) | Hint::Health(key) => {
+                let state = self.compositions.get(&key);
+                let expecting = state.is_some_and(|s| s.lifecycle.expecting_start);
+                let exposed = state.is_some_and(|s| !s.urls.is_empty());
+                let hint = lifecycle::HintContext {
+                    expecting_start: expecting,
+                    health_of_exposed: health && exposed,
+                };
+                let due = lifecycle::hint_due(&self.timings, hint, Instant::now());
                 self.queue.schedule(key, due);
             }
             Hint::Resync => {

@@ -75,7 +75,7 @@ impl<K: Ord + Clone> DelayQueue<K> {
 mod tests {
     use std::time::Duration;
 
-    use super::super::lifecycle::{Lifecycle, PlanShape, hint_due};
+    use super::super::lifecycle::{HintContext, Lifecycle, PlanShape, hint_due};
     use super::*;
     use crate::config::Timings;
 
@@ -89,6 +89,29 @@ mod tests {
             delete_grace: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
         }
+    }
+
+    fn ctx(expecting_start: bool) -> HintContext {
+        HintContext {
+            expecting_start,
+            health_of_exposed: false,
+        }
+    }
+
+    #[test]
+    fn a_health_change_of_an_exposed_composition_is_due_at_once() {
+        let t = timings(ms(500));
+        let t0 = Instant::now();
+        let health = HintContext {
+            expecting_start: false,
+            health_of_exposed: true,
+        };
+        assert_eq!(hint_due(&t, health, t0), t0);
+        assert_eq!(
+            hint_due(&t, ctx(false), t0),
+            t0 + DEBOUNCE,
+            "any other hint waits"
+        );
     }
 
     fn ms(n: u64) -> Duration {
@@ -137,7 +160,7 @@ mod tests {
         let t = timings(Duration::from_secs(10));
         let t0 = Instant::now();
         let mut q = DelayQueue::default();
-        q.schedule("p", hint_due(&t, false, t0));
+        q.schedule("p", hint_due(&t, ctx(false), t0));
         assert!(
             q.pop_due(t0 + DEBOUNCE - ms(1)).is_empty(),
             "not before the debounce"
@@ -150,8 +173,8 @@ mod tests {
         let t = timings(Duration::from_secs(10));
         let t0 = Instant::now();
         let mut q = DelayQueue::default();
-        q.schedule("p", hint_due(&t, false, t0));
-        q.schedule("p", hint_due(&t, false, t0 + ms(200)));
+        q.schedule("p", hint_due(&t, ctx(false), t0));
+        q.schedule("p", hint_due(&t, ctx(false), t0 + ms(200)));
         assert_eq!(q.next_due(), Some(t0 + DEBOUNCE));
         assert_eq!(
             q.pop_due(t0 + DEBOUNCE),
@@ -184,7 +207,7 @@ mod tests {
         // The waiting pass's own deadline (the end of the settle time) is already queued.
         q.schedule("p", t0 + t.settle_time);
         let start = t0 + ms(50);
-        q.schedule("p", hint_due(&t, lifecycle.expecting_start, start));
+        q.schedule("p", hint_due(&t, ctx(lifecycle.expecting_start), start));
         assert_eq!(q.pop_due(start), vec!["p"], "no debounce");
     }
 
@@ -198,10 +221,10 @@ mod tests {
             "settle time 0: nothing is waited for"
         );
         let mut q = DelayQueue::default();
-        q.schedule("p", hint_due(&t, lifecycle.expecting_start, t0));
+        q.schedule("p", hint_due(&t, ctx(lifecycle.expecting_start), t0));
         assert!(q.pop_due(t0).is_empty());
         // Even a stale "expecting" flag does not skip it.
-        assert_eq!(hint_due(&t, true, t0), t0 + DEBOUNCE);
+        assert_eq!(hint_due(&t, ctx(true), t0), t0 + DEBOUNCE);
         assert_eq!(q.pop_due(t0 + DEBOUNCE), vec!["p"]);
     }
 }

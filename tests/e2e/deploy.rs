@@ -319,6 +319,7 @@ fn assert_sidecar(sts: &StatefulSet, dir: &str) {
         ("POD_NAMESPACE", "metadata.namespace"),
         ("POD_UID", "metadata.uid"),
         ("POD_IP", "status.podIP"),
+        ("HOST_IP", "status.hostIP"),
     ] {
         let field = env
             .get(name)
@@ -494,6 +495,7 @@ fn assert_config_accepted(c: &Container, dir: &str) {
             (None, "POD_NAMESPACE") => "ci".to_string(),
             (None, "POD_UID") => "00000000-0000-0000-0000-000000000000".to_string(),
             (None, "POD_IP") => "198.18.232.10".to_string(),
+            (None, "HOST_IP") => "198.18.231.1".to_string(),
             (None, other) => panic!("{dir}: sidecar env {other} has no value"),
         };
         if name != "COMPOSE_INGRESS_LISTEN" {

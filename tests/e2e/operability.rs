@@ -898,3 +898,112 @@ async fn bad_requests_get_proper_status_codes_and_never_crash_the_sidecar() {
     );
     assert_eq!(sidecar.get("/exposures").expect("GET /exposures").0, 200);
 }
+
+/// Opens a connection to `server` from the loopback address `from` and sends a request that
+/// holds it (a `wait=routable` for a composition that never comes, 60 s): a CI job's container
+/// doing the same from its own address in dind.
+async fn holding_connection(server: &str, from: [u8; 4]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind a loopback source address");
+    let mut stream = socket
+        .connect(server.parse().expect("server address"))
+        .await
+        .expect("connect");
+    let _ = stream
+        .write_all(
+            b"GET /v1/compositions/never?wait=routable&timeout=60s HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+    stream
+}
+
+/// Whether the server closed the connection (refused it after accept) rather than holding it.
+/// An admitted connection answers only after 60 s; a refused one ends at once.
+async fn was_closed(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// `GET /readyz` from the loopback address `from`: its status, or None when refused.
+async fn readyz_from(server: &str, from: [u8; 4]) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(std::net::SocketAddr::from((from, 0))).ok()?;
+    let mut stream = socket.connect(server.parse().ok()?).await.ok()?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// Issue 14, item 8: CI jobs' containers cannot hold every connection of the HTTP server and
+/// starve the kubelet's probes: each address may hold a few, all of them together a bounded
+/// number, and the node's address (`--host-ip`, the kubelet's) has slots of its own.
+#[tokio::test]
+async fn no_ci_job_can_starve_the_kubelet_s_probes() {
+    use compose_ingress::conn_limits::{PER_PEER, TOTAL};
+    let bed = bed();
+    let ns = unique_namespace("starve");
+    let pod = bed.runner_pod(&ns, "runner-0");
+    // The node's address here: a loopback address nobody else uses.
+    let sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--host-ip", "127.0.0.2"]).await;
+    sidecar.wait_status("/readyz", 200).await;
+    let server = sidecar.listen.clone();
+
+    // One container: its share, no more.
+    let mut held = Vec::new();
+    for _ in 0..PER_PEER + 4 {
+        held.push(holding_connection(&server, [127, 0, 1, 1]).await);
+    }
+    let closed = futures::future::join_all(held.iter_mut().map(was_closed)).await;
+    assert_eq!(
+        closed.iter().filter(|c| **c).count(),
+        4,
+        "one address holds at most {PER_PEER} connections"
+    );
+
+    // Many containers: together they reach the total and no more.
+    let peers = (TOTAL / PER_PEER) as u8;
+    let mut more = Vec::new();
+    for peer in 2..=peers + 1 {
+        for _ in 0..PER_PEER {
+            more.push(holding_connection(&server, [127, 0, 1, peer]).await);
+        }
+    }
+    let closed = futures::future::join_all(more.iter_mut().map(was_closed)).await;
+    let admitted = PER_PEER + closed.iter().filter(|c| !**c).count();
+    assert_eq!(admitted, TOTAL, "all addresses together");
+    held.extend(more);
+    // ...then a new container is refused, and the kubelet's probe still answered.
+    assert_eq!(
+        readyz_from(&server, [127, 0, 1, 200]).await,
+        None,
+        "over the total"
+    );
+    assert_eq!(
+        readyz_from(&server, [127, 0, 0, 2]).await,
+        Some(200),
+        "the node's probe is never starved"
+    );
+    drop(held);
+    // Slots come back when the connections end.
+    let answered = eventually("slots free again", CONVERGE, || async {
+        readyz_from(&server, [127, 0, 1, 200]).await
+    })
+    .await;
+    assert_eq!(answered, 200);
+}
