@@ -24,6 +24,10 @@ use crate::stats::{Stats, stats};
 pub struct HealthResult {
     /// Docker's `health_status: healthy` event → the container answers through Traefik (ms).
     pub healthy_to_routable: Stats,
+    /// Of which: the event → the sidecar's log line after it wrote the EndpointSlice (ms)...
+    pub healthy_to_slice_written: Stats,
+    /// ...and that line → the answer through Traefik (the controller's share, ms).
+    pub slice_written_to_routable: Stats,
     /// Docker's `health_status: unhealthy` event → Traefik no longer passes requests on (ms).
     pub unhealthy_to_unrouted: Stats,
     /// Samples that did not converge within 30 s.
@@ -113,6 +117,7 @@ pub async fn phase_health(scale: &Scale) -> HealthResult {
         Sidecar::start_with_kubeconfig(&SIDECAR, &pod, &kubeconfig, &[], "sidecar-health");
     wait_ready(&sidecar, Duration::from_secs(60)).await;
     let (mut up, mut down) = (Vec::new(), Vec::new());
+    let (mut sidecar_share, mut controller_share) = (Vec::new(), Vec::new());
     let (mut failed, mut routed_while_starting) = (0, 0);
     for k in 0..scale.side_samples {
         let project = format!("health-{k}");
@@ -155,10 +160,16 @@ pub async fn phase_health(scale: &Scale) -> HealthResult {
         let sample = async {
             let healthy = next_health_event(&mut events, "healthy").await?;
             let routed = until_served(&traefik, &host, &project, true).await?;
-            Some(routed - healthy)
+            Some((healthy, routed))
         };
         match sample.await {
-            Some(ms) => up.push(ms),
+            Some((healthy, routed)) => {
+                up.push(routed - healthy);
+                if let Some(written) = routed_again_logged(&sidecar, &project, healthy) {
+                    sidecar_share.push(written - healthy);
+                    controller_share.push(routed - written);
+                }
+            }
             None => failed += 1,
         }
         docker_exec(&pod, &container, &["rm", "-f", "/tmp/healthy"]);
@@ -174,6 +185,8 @@ pub async fn phase_health(scale: &Scale) -> HealthResult {
     }
     let result = HealthResult {
         healthy_to_routable: stats(&up),
+        healthy_to_slice_written: stats(&sidecar_share),
+        slice_written_to_routable: stats(&controller_share),
         unhealthy_to_unrouted: stats(&down),
         failed,
         routed_while_starting,
@@ -183,6 +196,37 @@ pub async fn phase_health(scale: &Scale) -> HealthResult {
     remove_all(&docker).await;
     finish_pod(&pod);
     result
+}
+
+/// When the sidecar logged, after `after` (ms since epoch), that every service of `project` is
+/// routed again (the EndpointSlice is written by then).
+fn routed_again_logged(sidecar: &Sidecar, project: &str, after: f64) -> Option<f64> {
+    sidecar
+        .log_lines("routed services changed")
+        .iter()
+        .filter(|l| l["span"]["composition"] == project)
+        .filter(|l| l["not_routed"].as_str() == Some("[]"))
+        .filter_map(|l| l["timestamp"].as_str().and_then(rfc3339_ms))
+        .find(|t| *t >= after - 1.0)
+}
+
+/// `2026-11-27T21:36:37.197419Z` → ms since the epoch (the sidecar's log timestamps, UTC).
+fn rfc3339_ms(s: &str) -> Option<f64> {
+    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days as f64 * 86_400.0) + hh * 3600.0 + mm * 60.0 + ss) * 1e3)
 }
 
 fn host_label_of(host: &str) -> String {

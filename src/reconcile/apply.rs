@@ -253,6 +253,20 @@ impl Reconciler {
             self.status.event_exposed(key, &urls);
             state.urls = urls.clone();
         }
+        let unhealthy: BTreeSet<(String, &'static str)> = d
+            .backends
+            .iter()
+            .filter(|b| !b.ready)
+            .map(|b| (b.service.clone(), b.health.as_str()))
+            .collect();
+        if state.unhealthy != unhealthy {
+            let not_routed: Vec<String> = unhealthy
+                .iter()
+                .map(|(service, health)| format!("{service} ({health})"))
+                .collect();
+            info!(target: LOG_TARGET, not_routed = ?not_routed, "routed services changed: a container's healthcheck does not pass, or passes again");
+            state.unhealthy = unhealthy;
+        }
         self.status.set_composition(
             key,
             CompositionState::Exposed {

@@ -95,6 +95,9 @@ struct CompositionRecord {
     problems: BTreeSet<Problem>,
     last_error: Option<String>,
     urls: Vec<String>,
+    /// Exposed services not routed at the last pass (their container's healthcheck does not
+    /// pass), with their health: a change is logged once.
+    unhealthy: BTreeSet<(String, &'static str)>,
 }
 
 impl Default for CompositionRecord {
@@ -105,6 +108,7 @@ impl Default for CompositionRecord {
             problems: BTreeSet::new(),
             last_error: None,
             urls: Vec::new(),
+            unhealthy: BTreeSet::new(),
         }
     }
 }
