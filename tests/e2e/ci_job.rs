@@ -11,7 +11,7 @@ use testbed::{
 use crate::SIDECAR;
 
 /// `compose-ingress <args>` as a job in the runner pod runs it, against `sidecar`.
-fn job(sidecar: &Sidecar, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn job(sidecar: &Sidecar, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(SIDECAR.binary)
         .args(args)
         .args(["--sidecar", &format!("http://{}", sidecar.listen)])
@@ -20,7 +20,7 @@ fn job(sidecar: &Sidecar, args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run compose-ingress as a job")
 }
 
-fn show(out: &Output) -> String {
+pub(crate) fn show(out: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
         out.status.code(),

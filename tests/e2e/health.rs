@@ -4,8 +4,6 @@
 //! step is the test's doing, not a race with a clock. Runs on Docker 29 (the `Health` field of
 //! the listing) and 20.10 (only the status text says it).
 
-use std::process::{Command, Output};
-
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -16,6 +14,11 @@ use testbed::{
 };
 
 use crate::SIDECAR;
+use crate::ci_job::show;
+
+fn job(sidecar: &Sidecar, args: &[&str]) -> std::process::Output {
+    crate::ci_job::job(sidecar, args, &[])
+}
 
 /// A web server whose healthcheck passes while /tmp/healthy exists. The long start period keeps
 /// it `starting` (not `unhealthy`) until the file first appears; after that one failed check
@@ -27,23 +30,6 @@ fn checked_web(name: &str, page: &str, extra_labels: &str) -> String {
          ports: [\"80\"]\n    \
          healthcheck: {{test: [\"CMD\", \"test\", \"-f\", \"/tmp/healthy\"], interval: 1s, timeout: 1s, retries: 1, start_period: 10m}}\n    \
          labels: {{compose-ingress.enable: \"true\"{extra_labels}}}\n"
-    )
-}
-
-fn job(sidecar: &Sidecar, args: &[&str]) -> Output {
-    Command::new(SIDECAR.binary)
-        .args(args)
-        .args(["--sidecar", &format!("http://{}", sidecar.listen)])
-        .output()
-        .expect("run compose-ingress as a job")
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     )
 }
 
