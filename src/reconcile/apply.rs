@@ -302,6 +302,23 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Deletes the composition's EndpointSlices as its delete grace starts, and returns how many.
+    /// Its containers are gone, so their host ports are free for the next job's container: with
+    /// fixed ports it would be served under this composition's URL for the whole grace. The
+    /// Service, the routes and the Leases stay, so the URL stays claimed (the controller answers
+    /// it with no endpoints), and a comeback within the grace writes the slices again.
+    pub(super) async fn withdraw_endpoints(&mut self, key: &str) -> Result<usize, ClusterError> {
+        let slices: Vec<OwnedObject> = self
+            .owned_of(key)
+            .into_iter()
+            .filter(|o| o.kind == Kind::EndpointSlice)
+            .collect();
+        for slice in &slices {
+            self.delete_owned(slice).await?;
+        }
+        Ok(slices.len())
+    }
+
     async fn delete_owned(&mut self, o: &OwnedObject) -> Result<(), ClusterError> {
         measured(
             &self.status.metrics,

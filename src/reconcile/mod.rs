@@ -398,16 +398,20 @@ impl Reconciler {
                 Outcome::Nothing
             }
             Exposure::StartGrace { until } => {
+                let slices = self.withdraw_endpoints(key).await?;
                 self.queue.schedule(key.to_string(), until);
                 info!(
                     grace_ms = self.timings.delete_grace.as_millis() as u64,
-                    "composition no longer exposed; deleting its objects after the grace"
+                    endpoint_slices_deleted = slices,
+                    "composition no longer exposed: its endpoints are withdrawn now, its other objects deleted after the grace"
                 );
                 self.status
                     .set_composition(key, CompositionState::PendingDeletion);
                 Outcome::GracePending
             }
             Exposure::HoldGrace { until } => {
+                // Slices a failed pass left behind (or an older sidecar's) go too.
+                self.withdraw_endpoints(key).await?;
                 self.queue.schedule(key.to_string(), until);
                 Outcome::GracePending
             }

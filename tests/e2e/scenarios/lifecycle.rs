@@ -81,6 +81,8 @@ pub(super) async fn compose_down_deletes_after_the_grace_and_a_restart_within_it
     );
 
     // down: the objects survive the grace, then go.
+    let freed = pod.published_port_as(compose, "life", "web", 80);
+    let host = super::host_of(&ns, "web", 80, "life", "runner-0");
     pod.compose_as(compose, "life", &file, &["down"]);
     eventually("life pending deletion in /exposures", CONVERGE, || async {
         sidecar
@@ -96,6 +98,57 @@ pub(super) async fn compose_down_deletes_after_the_grace_and_a_restart_within_it
     .await;
     let still = services_of(&admin, &ns, "runner-0", "life").await;
     assert_eq!(still.len(), 1, "objects are kept during the delete grace");
+
+    // The freed host port, taken by the next job's container within the grace: the URL must
+    // not serve it. The endpoints are withdrawn as the grace starts, so the controller answers
+    // with its own 404/503 (no endpoint) rather than 502 (an endpoint that refuses) before the
+    // port is taken.
+    let traefik = format!("{}/", bed().get("TRAEFIK_WEB"));
+    eventually("the URL has no endpoint (404/503)", CONVERGE, || async {
+        matches!(testbed::http_get(&traefik, Some(&host)).0, 404 | 503).then_some(())
+    })
+    .await;
+    let out = pod.docker_cli(&[
+        "run",
+        "-d",
+        "--name",
+        "squatter",
+        "-p",
+        &format!("{freed}:80"),
+        "compose-ingress-test/busybox:1",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo squatter > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the squatter answers on the freed port",
+        CONVERGE,
+        || async {
+            let (code, body) = testbed::http_get(&format!("http://{}:{freed}/", pod.ip), None);
+            (code == 200 && body.trim() == "squatter").then_some(())
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        let (code, body) = testbed::http_get(&traefik, Some(&host));
+        assert_ne!(
+            body.trim(),
+            "squatter",
+            "the grace served another container on the freed port ({code})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // All of that within the grace (after it the route is gone and nothing could be served).
+    assert_eq!(
+        services_of(&admin, &ns, "runner-0", "life").await.len(),
+        1,
+        "no 404/503 within the grace: the endpoints stayed on the freed port (or the grace is too short for this machine)"
+    );
     wait_gone(&admin, &ns, "runner-0", "life").await;
     let leases = bed().kubectl(&[
         "-n",
