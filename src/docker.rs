@@ -1,16 +1,18 @@
 //! The Docker edge: lists containers into observed compositions, and turns the daemon's event
 //! stream into composition hints. The event reader never does I/O besides reading the stream: the
 //! daemon drops events for a subscriber slower than 100 ms, so it only pushes keys into a queue.
+//!
+//! Version negotiation and the event stream go through bollard; the container listing is our
+//! own request ([`listing`]), parsed into only the fields the sidecar reads.
+
+mod listing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::models::{
-    ContainerSummary, ContainerSummaryHealthStatusEnum, ContainerSummaryStateEnum, EventMessage,
-    PortSummaryTypeEnum,
-};
-use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::models::EventMessage;
+use bollard::query_parameters::EventsOptions;
 use bollard::{BollardRequest, Docker};
 use futures::StreamExt;
 use hyper::Uri;
@@ -43,6 +45,40 @@ pub enum DockerError {
         host: String,
         what: &'static str,
         source: bollard::errors::Error,
+    },
+    /// Our own requests (the listing): no connection.
+    #[error(
+        "cannot connect to Docker at {host}: {source} (check --docker-host / DOCKER_HOST and that dind is running)"
+    )]
+    Dial {
+        host: String,
+        source: std::io::Error,
+    },
+    /// Our own requests: the exchange broke or timed out.
+    #[error("Docker request {what} failed: {detail} (is the Docker daemon at {host} up?)")]
+    Exchange {
+        host: String,
+        what: &'static str,
+        detail: String,
+    },
+    /// Our own requests: the daemon said no.
+    #[error(
+        "Docker request {what} was answered {status}: {message} (is {host} a Docker daemon, and does any proxy in front of it allow the request?)"
+    )]
+    Status {
+        host: String,
+        what: &'static str,
+        status: hyper::StatusCode,
+        message: String,
+    },
+    /// Our own requests: an answer that is not what Docker sends.
+    #[error(
+        "Docker request {what} got an answer this sidecar cannot read: {source} (is {host} a Docker daemon?)"
+    )]
+    Decode {
+        host: String,
+        what: &'static str,
+        source: serde_json::Error,
     },
 }
 
@@ -168,36 +204,27 @@ impl DockerClient {
         Ok(())
     }
 
+    /// Every container (all states) matching `filters`, with the API version every request
+    /// carries now.
     async fn list(
         &self,
-        filters: HashMap<String, Vec<String>>,
-    ) -> Result<Vec<ContainerSummary>, DockerError> {
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        self.client()
-            .list_containers(Some(options))
-            .await
-            .map_err(self.request_error("list containers"))
+        filters: &BTreeMap<&str, Vec<String>>,
+    ) -> Result<Vec<listing::Listed>, DockerError> {
+        listing::list_containers(&self.host, &self.api_version(), filters).await
     }
 
     /// Every container of one composition, fresh from the daemon.
     pub async fn project(&self, key: &str) -> Result<ObservedProject, DockerError> {
-        let mut filters = HashMap::new();
+        let mut filters = BTreeMap::new();
         if let Some(name) = key.strip_prefix('/') {
-            filters.insert("name".to_string(), vec![format!("^/{name}$")]);
+            filters.insert("name", vec![format!("^/{name}$")]);
         } else {
-            filters.insert(
-                "label".to_string(),
-                vec![format!("{COMPOSE_PROJECT}={key}")],
-            );
+            filters.insert("label", vec![format!("{COMPOSE_PROJECT}={key}")]);
         }
         let containers = self
-            .list(filters)
+            .list(&filters)
             .await?
-            .iter()
+            .into_iter()
             .filter(|c| composition_key(c, self.expose_plain).as_deref() == Some(key))
             .map(observe)
             .collect();
@@ -211,7 +238,7 @@ impl DockerClient {
     /// may drive orphan GC (an empty answer from a daemon that is still starting is an error).
     pub async fn snapshot(&self) -> Result<BTreeMap<CompositionKey, ObservedProject>, DockerError> {
         let mut compositions: BTreeMap<CompositionKey, ObservedProject> = BTreeMap::new();
-        for c in self.list(HashMap::new()).await? {
+        for c in self.list(&BTreeMap::new()).await? {
             if let Some(key) = composition_key(&c, self.expose_plain) {
                 let entry = compositions
                     .entry(key.clone())
@@ -219,7 +246,7 @@ impl DockerClient {
                         name: key.clone(),
                         containers: Vec::new(),
                     });
-                entry.containers.push(observe(&c));
+                entry.containers.push(observe(c));
             }
         }
         Ok(compositions)
@@ -373,14 +400,13 @@ fn hint_of(event: &EventMessage, expose_plain: bool) -> Option<(&str, Compositio
     None
 }
 
-fn composition_key(c: &ContainerSummary, expose_plain: bool) -> Option<CompositionKey> {
-    if let Some(p) = c.labels.as_ref().and_then(|l| l.get(COMPOSE_PROJECT)) {
+fn composition_key(c: &listing::Listed, expose_plain: bool) -> Option<CompositionKey> {
+    if let Some(p) = c.labels.get(COMPOSE_PROJECT) {
         return Some(p.clone());
     }
     if expose_plain {
         return c
             .names
-            .as_ref()?
             .first()
             .map(|n| format!("/{}", n.trim_start_matches('/')));
     }
@@ -389,16 +415,14 @@ fn composition_key(c: &ContainerSummary, expose_plain: bool) -> Option<Compositi
 
 /// The container's health: the listing's `Health` field (API 1.52+), else the `(healthy)` /
 /// `(unhealthy)` / `(health: starting)` suffix that every engine puts in `Status`.
-fn health_of(c: &ContainerSummary) -> Health {
-    if let Some(status) = c.health.as_ref().and_then(|h| h.status) {
-        match status {
-            ContainerSummaryHealthStatusEnum::HEALTHY => return Health::Healthy,
-            ContainerSummaryHealthStatusEnum::UNHEALTHY => return Health::Unhealthy,
-            ContainerSummaryHealthStatusEnum::STARTING => return Health::Starting,
-            _ => {}
-        }
+fn health_of(c: &listing::Listed) -> Health {
+    match c.health.as_ref().map(|h| h.status.as_str()) {
+        Some("healthy") => return Health::Healthy,
+        Some("unhealthy") => return Health::Unhealthy,
+        Some("starting") => return Health::Starting,
+        _ => {}
     }
-    let status = c.status.as_deref().unwrap_or_default();
+    let status = c.status.as_str();
     if status.ends_with("(healthy)") {
         Health::Healthy
     } else if status.ends_with("(unhealthy)") {
@@ -410,46 +434,45 @@ fn health_of(c: &ContainerSummary) -> Health {
     }
 }
 
-fn observe(c: &ContainerSummary) -> ObservedContainer {
+fn observe(c: listing::Listed) -> ObservedContainer {
+    let health = health_of(&c);
     let mut published: Vec<PublishedPort> = c
         .ports
-        .iter()
-        .flatten()
+        .into_iter()
         // Every binding with its address: which ones the pod's IP reaches is the planner's rule
         // (`PublishedPort::reachable_on`).
         .filter_map(|p| {
-            let protocol = match p.typ {
-                Some(PortSummaryTypeEnum::TCP) => Protocol::Tcp,
-                Some(PortSummaryTypeEnum::UDP) => Protocol::Udp,
-                Some(PortSummaryTypeEnum::SCTP) => Protocol::Sctp,
+            let protocol = match p.typ.as_str() {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                "sctp" => Protocol::Sctp,
                 _ => return None,
             };
             Some(PublishedPort {
-                container_port: p.private_port,
+                container_port: p.private_port?,
                 protocol,
                 host_port: p.public_port?,
-                host_ip: p.ip.clone().unwrap_or_default(),
+                host_ip: p.ip.unwrap_or_default(),
             })
         })
         .collect();
     published.sort();
     published.dedup();
     ObservedContainer {
-        id: c.id.clone().unwrap_or_default(),
         name: c
             .names
-            .as_ref()
-            .and_then(|n| n.first())
+            .first()
             .map(|n| n.trim_start_matches('/').to_string())
             .unwrap_or_default(),
-        labels: c.labels.clone().unwrap_or_default().into_iter().collect(),
-        state: match c.state {
-            Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
-            Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
+        id: c.id,
+        labels: c.labels,
+        state: match c.state.as_str() {
+            "running" => ContainerState::Running,
+            "created" => ContainerState::Created,
             _ => ContainerState::Stopped,
         },
         published,
-        health: health_of(c),
+        health,
     }
 }
 
@@ -483,7 +506,8 @@ mod tests {
     }
 
     use super::*;
-    use bollard::models::{EventActor, PortSummary};
+    use bollard::models::EventActor;
+    use listing::{Listed, ListedHealth, ListedPort};
 
     fn event(action: &str, attrs: &[(&str, &str)]) -> EventMessage {
         EventMessage {
@@ -520,41 +544,81 @@ mod tests {
         );
     }
 
-    /// A daemon that speaks API 1.41 (like Docker 20.10) and lists no containers; it records
-    /// the request paths.
-    async fn old_daemon() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    /// The request heads a fake daemon has seen.
+    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A fake daemon's answer to a listing request (by its path and query): status, JSON body.
+    type Answer = fn(&str) -> (u16, String);
+
+    /// A daemon speaking API 1.41 (like Docker 20.10) on `s`: answers one request, `/version`
+    /// itself and anything else with `listing`, in two chunks as dockerd sends a large listing,
+    /// and records the request head.
+    async fn serve<S>(mut s: S, listing: Answer, seen: Seen)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+        let (status, body) = if path.ends_with("/version") {
+            (
+                200,
+                r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24"}"#.to_string(),
+            )
+        } else {
+            listing(&path)
+        };
+        seen.lock().expect("seen").push(head);
+        let (first, second) = body.split_at(body.len() / 2);
+        let mut reply = format!(
+            "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+        for chunk in [first, second] {
+            if !chunk.is_empty() {
+                reply.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+            }
+        }
+        reply.push_str("0\r\n\r\n");
+        let _ = s.write_all(reply.as_bytes()).await;
+    }
+
+    /// A fake 1.41 daemon on TCP (see [`serve`]).
+    async fn fake_daemon(listing: Answer) -> (String, Seen) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = paths.clone();
+        let seen: Seen = Arc::default();
+        let heads = seen.clone();
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let mut buf = vec![0u8; 4096];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                let path = head.split(' ').nth(1).unwrap_or_default().to_string();
-                let body = if path.ends_with("/version") {
-                    r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24"}"#
-                } else {
-                    "[]"
-                };
-                seen.lock().expect("paths").push(path);
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(reply.as_bytes()).await;
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(serve(s, listing, heads.clone()));
             }
         });
-        (format!("tcp://{addr}"), paths)
+        (format!("tcp://{addr}"), seen)
+    }
+
+    /// A daemon that lists no containers.
+    async fn old_daemon() -> (String, Seen) {
+        fake_daemon(|_| (200, "[]".to_string())).await
+    }
+
+    /// The path of a recorded request head.
+    fn path_of(head: &str) -> &str {
+        head.split(' ').nth(1).unwrap_or_default()
     }
 
     #[tokio::test]
     async fn one_negotiation_serves_every_clone() {
-        let (host, paths) = old_daemon().await;
+        let (host, seen) = old_daemon().await;
         let watcher = DockerClient::new(&host, false).expect("client");
         let reconciler = watcher.clone();
         assert_ne!(
@@ -565,27 +629,231 @@ mod tests {
         watcher.negotiate().await.expect("negotiate");
         assert_eq!(reconciler.api_version(), "1.41");
         reconciler.snapshot().await.expect("listing");
-        let paths = paths.lock().expect("paths").clone();
+        let heads = seen.lock().expect("seen").clone();
         assert!(
-            paths
+            heads
                 .last()
-                .is_some_and(|p| p.starts_with("/v1.41/containers/json")),
-            "the reconciler's listing carries the negotiated version: {paths:?}"
+                .is_some_and(|h| path_of(h).starts_with("/v1.41/containers/json")),
+            "the reconciler's listing carries the negotiated version: {heads:?}"
         );
+    }
+
+    /// Two containers as Docker 29 (API 1.52+) lists them: every field of the listing, most of
+    /// which the sidecar never reads.
+    const DOCKER_29_LISTING: &str = r#"[
+      {
+        "Id": "8dfafdbc3a40",
+        "Names": ["/demochat-web-1"],
+        "Image": "demochat-web",
+        "ImageID": "sha256:5f9d5c8b3c1e",
+        "ImageManifestDescriptor": {
+          "mediaType": "application/vnd.oci.image.manifest.v1+json",
+          "digest": "sha256:c0537ff6a5218ef531ece93d4984efc99bbf3f7497c0a7726c88e2bb7584dc96",
+          "size": 3987495,
+          "urls": ["https://example.com"],
+          "annotations": {"com.docker.official-images.bashbrew.arch": "amd64"},
+          "platform": {"architecture": "arm", "os": "windows", "os.version": "10.0.19041.1165",
+                       "os.features": ["win32k"], "variant": "v7"}
+        },
+        "Command": "python app.py",
+        "Created": 1764000000,
+        "Ports": [
+          {"IP": "0.0.0.0", "PrivatePort": 5000, "PublicPort": 32768, "Type": "tcp"},
+          {"IP": "::", "PrivatePort": 5000, "PublicPort": 32768, "Type": "tcp"},
+          {"PrivatePort": 9000, "Type": "tcp"},
+          {"IP": "0.0.0.0", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"}
+        ],
+        "Labels": {
+          "com.docker.compose.project": "demochat",
+          "com.docker.compose.service": "web"
+        },
+        "State": "running",
+        "Status": "Up 5 minutes (healthy)",
+        "Health": {"Status": "healthy", "FailingStreak": 0},
+        "HostConfig": {"NetworkMode": "demochat_default", "Annotations": {"a": "b"}},
+        "NetworkSettings": {
+          "Networks": {
+            "demochat_default": {
+              "IPAMConfig": null, "Links": null, "Aliases": null,
+              "MacAddress": "02:42:ac:11:00:02", "DriverOpts": null, "GwPriority": 0,
+              "NetworkID": "7ea29fc1412292a2d7bba362f9253545fecdfa8ce9a6e37dd10ba8bee7129812",
+              "EndpointID": "2cdc4edb1ded3631c81f57966563e5c8525b81121bb3706a9a9a3ae102711f3f",
+              "Gateway": "172.17.0.1", "IPAddress": "172.17.0.2", "IPPrefixLen": 16,
+              "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+              "DNSNames": ["demochat-web-1", "web", "8dfafdbc3a40"]
+            }
+          }
+        },
+        "Mounts": [
+          {"Type": "volume", "Name": "demochat_data", "Source": "/var/lib/docker/volumes/demochat_data/_data",
+           "Destination": "/data", "Driver": "local", "Mode": "z", "RW": true, "Propagation": ""}
+        ]
+      },
+      {
+        "Id": "f00dfeed",
+        "Names": ["/lonely"],
+        "Image": "busybox",
+        "Ports": [],
+        "Labels": null,
+        "State": "exited",
+        "Status": "Exited (0) 2 hours ago",
+        "Health": {"Status": "none", "FailingStreak": 0},
+        "Mounts": null,
+        "NetworkSettings": {"Networks": null}
+      }
+    ]"#;
+
+    #[tokio::test]
+    async fn a_docker_29_listing_reads_into_observed_containers() {
+        let (host, seen) = fake_daemon(|_| (200, DOCKER_29_LISTING.to_string())).await;
+        let docker = DockerClient::new(&host, true).expect("client");
+        docker.negotiate().await.expect("negotiate");
+        let project = docker.project("demochat").await.expect("listing");
+        let heads = seen.lock().expect("seen").clone();
+        let head = heads.last().expect("a listing request");
+        // {"label":["com.docker.compose.project=demochat"]}, percent-encoded.
+        assert_eq!(
+            path_of(head),
+            "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A%5B%22com.docker.compose.project%3Ddemochat%22%5D%7D"
+        );
+        assert!(head.starts_with("GET "), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nhost: 127.0.0.1:"),
+            "{head}"
+        );
+        // The daemon ignored the filter: the listing's other container is not the project's.
+        assert_eq!(project.name, "demochat");
+        let [web] = project.containers.as_slice() else {
+            panic!("one container: {:?}", project.containers);
+        };
+        assert_eq!(web.id, "8dfafdbc3a40");
+        assert_eq!(web.name, "demochat-web-1");
+        assert_eq!(web.state, ContainerState::Running);
+        assert_eq!(web.health, Health::Healthy);
+        assert_eq!(
+            web.labels
+                .get("com.docker.compose.service")
+                .map(String::as_str),
+            Some("web")
+        );
+        let bindings: Vec<(u16, u16, &str, Protocol)> = web
+            .published
+            .iter()
+            .map(|p| {
+                (
+                    p.container_port,
+                    p.host_port,
+                    p.host_ip.as_str(),
+                    p.protocol,
+                )
+            })
+            .collect();
+        assert_eq!(
+            bindings,
+            [
+                (53, 5353, "0.0.0.0", Protocol::Udp),
+                (5000, 32768, "0.0.0.0", Protocol::Tcp),
+                (5000, 32768, "::", Protocol::Tcp),
+            ]
+        );
+
+        // The whole listing: the plain container too (null Labels), under its name.
+        let snapshot = docker.snapshot().await.expect("snapshot");
+        let heads = seen.lock().expect("seen").clone();
+        assert_eq!(
+            heads.last().map(|h| path_of(h)),
+            Some("/v1.41/containers/json?all=1")
+        );
+        assert_eq!(
+            snapshot.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["/lonely", "demochat"]
+        );
+        let lonely = &snapshot["/lonely"].containers[0];
+        assert_eq!(lonely.state, ContainerState::Stopped);
+        assert_eq!(lonely.health, Health::None);
+        assert!(lonely.labels.is_empty() && lonely.published.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_listing_is_an_error_naming_status_and_message() {
+        let (host, _) = fake_daemon(|_| {
+            (
+                400,
+                r#"{"message":"client version 1.53 is too new. Maximum supported API version is 1.41"}"#
+                    .to_string(),
+            )
+        })
+        .await;
+        let docker = DockerClient::new(&host, false).expect("client");
+        let error = docker.snapshot().await.expect_err("a 400").to_string();
+        assert!(error.contains("400"), "{error}");
+        assert!(error.contains("client version 1.53 is too new"), "{error}");
+        assert!(error.contains(&host), "{error}");
+
+        let (host, _) = fake_daemon(|_| (403, "forbidden by the socket proxy\n".to_string())).await;
+        let docker = DockerClient::new(&host, false).expect("client");
+        let error = docker
+            .project("demochat")
+            .await
+            .expect_err("a 403")
+            .to_string();
+        assert!(
+            error.contains("403") && error.contains("forbidden by the socket proxy"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn listings_go_over_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!(
+            "compose-ingress-docker-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let socket = dir.join("docker.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        let seen: Seen = Arc::default();
+        let heads = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(serve(
+                    s,
+                    |_| (200, DOCKER_29_LISTING.to_string()),
+                    heads.clone(),
+                ));
+            }
+        });
+        let docker =
+            DockerClient::new(&format!("unix://{}", socket.display()), false).expect("client");
+        let snapshot = docker.snapshot().await.expect("snapshot");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            snapshot.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["demochat"]
+        );
+        let heads = seen.lock().expect("seen").clone();
+        let head = heads.last().expect("a listing request");
+        assert!(
+            path_of(head).starts_with(&format!("/v{}/containers/json?all=1", docker.api_version())),
+            "{head}"
+        );
+    }
+
+    /// A listed container, for the unit tests below.
+    fn listed(status: &str, health: Option<&str>) -> Listed {
+        Listed {
+            status: status.to_string(),
+            health: health.map(|status| ListedHealth {
+                status: status.to_string(),
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn health_comes_from_the_health_field_or_the_status_text() {
-        let summary = |status: &str, health: Option<ContainerSummaryHealthStatusEnum>| {
-            health_of(&ContainerSummary {
-                status: Some(status.to_string()),
-                health: health.map(|status| bollard::models::ContainerSummaryHealth {
-                    status: Some(status),
-                    failing_streak: None,
-                }),
-                ..Default::default()
-            })
-        };
+        let summary = |status: &str, health: Option<&str>| health_of(&listed(status, health));
         // Engines before API 1.52 (20.10): only the status text says it.
         assert_eq!(summary("Up 3 seconds", None), Health::None);
         assert_eq!(
@@ -595,44 +863,45 @@ mod tests {
         assert_eq!(summary("Up 9 seconds (healthy)", None), Health::Healthy);
         assert_eq!(summary("Up 2 minutes (unhealthy)", None), Health::Unhealthy);
         // Docker 29: the field, which wins.
-        use ContainerSummaryHealthStatusEnum as H;
-        assert_eq!(summary("Up 1 second", Some(H::HEALTHY)), Health::Healthy);
+        assert_eq!(summary("Up 1 second", Some("healthy")), Health::Healthy);
         assert_eq!(
-            summary("Up 1 second (healthy)", Some(H::UNHEALTHY)),
+            summary("Up 1 second (healthy)", Some("unhealthy")),
             Health::Unhealthy
         );
-        assert_eq!(summary("Up 1 second", Some(H::STARTING)), Health::Starting);
-        assert_eq!(summary("Up 1 second", Some(H::NONE)), Health::None);
+        assert_eq!(summary("Up 1 second", Some("starting")), Health::Starting);
+        assert_eq!(summary("Up 1 second", Some("none")), Health::None);
     }
 
     #[test]
     fn observed_ports_keep_their_binding_address() {
-        let port = |ip: &str, private: u16, public: Option<u16>, typ| PortSummary {
+        let port = |ip: &str, private: u16, public: Option<u16>, typ: &str| ListedPort {
             ip: Some(ip.to_string()),
-            private_port: private,
+            private_port: Some(private),
             public_port: public,
-            typ: Some(typ),
+            typ: typ.to_string(),
         };
-        let c = ContainerSummary {
-            id: Some("id1".into()),
-            names: Some(vec!["/demochat_web_1".into()]),
-            state: Some(ContainerSummaryStateEnum::RUNNING),
-            ports: Some(vec![
-                port("0.0.0.0", 5000, Some(32768), PortSummaryTypeEnum::TCP),
-                port("::", 5000, Some(32768), PortSummaryTypeEnum::TCP),
+        let c = Listed {
+            id: "id1".into(),
+            names: vec!["/demochat_web_1".into()],
+            state: "running".into(),
+            ports: vec![
+                port("0.0.0.0", 5000, Some(32768), "tcp"),
+                port("::", 5000, Some(32768), "tcp"),
                 // Docker < 27: the IPv6 binding of 8000 on a lower port than its IPv4 one (that
                 // port may be another container's IPv4 port): only the IPv4 one counts.
-                port("0.0.0.0", 8000, Some(40002), PortSummaryTypeEnum::TCP),
-                port("::", 8000, Some(40001), PortSummaryTypeEnum::TCP),
-                port("::", 8001, Some(40003), PortSummaryTypeEnum::TCP),
-                port("127.0.0.1", 6000, Some(6000), PortSummaryTypeEnum::TCP),
-                port("198.19.0.5", 6001, Some(6001), PortSummaryTypeEnum::TCP),
-                port("0.0.0.0", 53, Some(5353), PortSummaryTypeEnum::UDP),
-                port("", 7000, None, PortSummaryTypeEnum::TCP),
-            ]),
+                port("0.0.0.0", 8000, Some(40002), "tcp"),
+                port("::", 8000, Some(40001), "tcp"),
+                port("::", 8001, Some(40003), "tcp"),
+                port("127.0.0.1", 6000, Some(6000), "tcp"),
+                port("198.19.0.5", 6001, Some(6001), "tcp"),
+                port("0.0.0.0", 53, Some(5353), "udp"),
+                port("", 7000, None, "tcp"),
+                // A protocol the sidecar does not know: skipped.
+                port("0.0.0.0", 7001, Some(7001), "quic"),
+            ],
             ..Default::default()
         };
-        let o = observe(&c);
+        let o = observe(c);
         assert_eq!(o.name, "demochat_web_1");
         assert_eq!(o.state, ContainerState::Running);
         let bindings: Vec<(u16, u16, &str)> = o

@@ -1,0 +1,299 @@
+//! The container listing, requested and parsed here rather than by bollard: Docker 29 lists
+//! every container with its NetworkSettings, Mounts, HostConfig, ImageManifestDescriptor, ...,
+//! and parsing all of it into bollard's `ContainerSummary` at every resync left thousands of
+//! small allocations fragmented in the heap. [`Listed`] holds only the fields the sidecar reads;
+//! serde skips the rest of the JSON without building it.
+//!
+//! One `GET /vX.Y/containers/json` per connection, over the daemon's unix socket or TCP, with
+//! the API version that the shared bollard client negotiated.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Deserializer};
+
+use super::DockerError;
+
+/// The most one listing may take, from connecting to its last byte (bollard's timeout was 60 s).
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the request is called in errors.
+const WHAT: &str = "list containers";
+
+/// One container of the listing: only what the sidecar reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Listed {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub names: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub labels: BTreeMap<String, String>,
+    /// "running", "created", "exited", ...
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub state: String,
+    /// "Up 3 seconds (healthy)", ...
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub status: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub ports: Vec<ListedPort>,
+    /// API 1.52+ only.
+    #[serde(default)]
+    pub health: Option<ListedHealth>,
+}
+
+/// One port of a container: a published binding when it has a `PublicPort`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ListedPort {
+    /// The binding's address ("0.0.0.0", "::", "127.0.0.1", ...).
+    #[serde(rename = "IP", default)]
+    pub ip: Option<String>,
+    #[serde(rename = "PrivatePort", default)]
+    pub private_port: Option<u16>,
+    #[serde(rename = "PublicPort", default)]
+    pub public_port: Option<u16>,
+    /// "tcp", "udp" or "sctp".
+    #[serde(rename = "Type", default, deserialize_with = "null_as_default")]
+    pub typ: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ListedHealth {
+    /// "healthy", "unhealthy", "starting" or "none".
+    #[serde(rename = "Status", default, deserialize_with = "null_as_default")]
+    pub status: String,
+}
+
+/// A JSON `null` as the type's default (Docker sends `"Labels": null`, `"Ports": null`, ...).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Where the daemon listens, from a `--docker-host` value.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    /// A socket path.
+    Unix(&'a str),
+    /// `host:port`.
+    Tcp(&'a str),
+}
+
+/// `unix:///path`, or `tcp://host:port` / `http://host:port` (as bollard took them).
+fn endpoint(host: &str) -> Endpoint<'_> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        return Endpoint::Unix(path);
+    }
+    let authority = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+        .unwrap_or(host);
+    Endpoint::Tcp(authority.trim_end_matches('/'))
+}
+
+/// `s` percent-encoded for a query string (everything but RFC 3986's unreserved characters).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The request's path and query: all containers, matching `filters` (none when empty).
+fn listing_path(api_version: &str, filters: &BTreeMap<&str, Vec<String>>) -> String {
+    let mut path = format!("/v{api_version}/containers/json?all=1");
+    if !filters.is_empty() {
+        // A map of strings to lists of strings always serializes.
+        let json = serde_json::to_string(filters).unwrap_or_default();
+        path.push_str("&filters=");
+        path.push_str(&query_escape(&json));
+    }
+    path
+}
+
+/// Every container of the daemon at `host` matching `filters`, all states, asked with API
+/// version `api_version` ("1.53").
+pub(super) async fn list_containers(
+    host: &str,
+    api_version: &str,
+    filters: &BTreeMap<&str, Vec<String>>,
+) -> Result<Vec<Listed>, DockerError> {
+    let (status, body) =
+        tokio::time::timeout(TIMEOUT, get(host, &listing_path(api_version, filters)))
+            .await
+            .map_err(|_| DockerError::Exchange {
+                host: host.to_string(),
+                what: WHAT,
+                detail: format!("no complete answer within {} s", TIMEOUT.as_secs()),
+            })??;
+    if !status.is_success() {
+        return Err(DockerError::Status {
+            host: host.to_string(),
+            what: WHAT,
+            status,
+            message: error_message(&body),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|source| DockerError::Decode {
+        host: host.to_string(),
+        what: WHAT,
+        source,
+    })
+}
+
+/// The `message` of Docker's error body (`{"message": "..."}`), else the body's start as text.
+fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Message {
+        message: String,
+    }
+    if let Ok(m) = serde_json::from_slice::<Message>(body) {
+        return m.message;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "no message".to_string();
+    }
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// `GET path_and_query` on the daemon: the answer's status and whole body.
+async fn get(host: &str, path_and_query: &str) -> Result<(StatusCode, Bytes), DockerError> {
+    let dial = |source| DockerError::Dial {
+        host: host.to_string(),
+        source,
+    };
+    let exchange_error = |e: hyper::Error| DockerError::Exchange {
+        host: host.to_string(),
+        what: WHAT,
+        detail: e.to_string(),
+    };
+    let (io, authority) = match endpoint(host) {
+        Endpoint::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path).await.map_err(dial)?;
+            // What Docker's own client sends on a socket, where no host name applies.
+            (Io::Unix(TokioIo::new(stream)), "api.moby.localhost")
+        }
+        Endpoint::Tcp(authority) => {
+            let stream = tokio::net::TcpStream::connect(authority)
+                .await
+                .map_err(dial)?;
+            (Io::Tcp(TokioIo::new(stream)), authority)
+        }
+    };
+    let request = Request::get(path_and_query)
+        .header(HOST, authority)
+        .header(ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| DockerError::Exchange {
+            host: host.to_string(),
+            what: WHAT,
+            detail: format!("cannot build the request {path_and_query}: {e}"),
+        })?;
+    match io {
+        Io::Unix(io) => exchange(io, request).await,
+        Io::Tcp(io) => exchange(io, request).await,
+    }
+    .map_err(exchange_error)
+}
+
+enum Io {
+    Unix(TokioIo<tokio::net::UnixStream>),
+    Tcp(TokioIo<tokio::net::TcpStream>),
+}
+
+/// One request on a fresh HTTP/1.1 connection over `io`, driving the connection until the
+/// whole answer is read (the connection closes when this returns).
+async fn exchange<T>(
+    io: T,
+    request: Request<Empty<Bytes>>,
+) -> Result<(StatusCode, Bytes), hyper::Error>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    let answer = async move {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    };
+    let mut answer = std::pin::pin!(answer);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        answer = &mut answer => answer,
+        // The daemon closed the connection: the answer has it all by now, or fails.
+        closed = &mut connection => {
+            closed?;
+            answer.await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_sockets_or_tcp_addresses() {
+        assert_eq!(
+            endpoint("unix:///var/run/docker.sock"),
+            Endpoint::Unix("/var/run/docker.sock")
+        );
+        assert_eq!(
+            endpoint("tcp://localhost:2375"),
+            Endpoint::Tcp("localhost:2375")
+        );
+        assert_eq!(
+            endpoint("http://10.0.0.1:2375/"),
+            Endpoint::Tcp("10.0.0.1:2375")
+        );
+    }
+
+    #[test]
+    fn filters_are_percent_encoded_json() {
+        let filters = BTreeMap::from([("name", vec!["^/web$".to_string()])]);
+        assert_eq!(
+            listing_path("1.41", &filters),
+            "/v1.41/containers/json?all=1&filters=%7B%22name%22%3A%5B%22%5E%2Fweb%24%22%5D%7D"
+        );
+        assert_eq!(
+            listing_path("1.53", &BTreeMap::new()),
+            "/v1.53/containers/json?all=1"
+        );
+    }
+
+    #[test]
+    fn error_bodies_give_their_message() {
+        assert_eq!(
+            error_message(br#"{"message":"client version 1.53 is too new"}"#),
+            "client version 1.53 is too new"
+        );
+        assert_eq!(error_message(b"Forbidden\n"), "Forbidden");
+        assert_eq!(error_message(b""), "no message");
+        assert_eq!(
+            error_message("é".repeat(300).as_bytes()).chars().count(),
+            203
+        );
+    }
+}
