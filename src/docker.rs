@@ -94,6 +94,9 @@ pub enum Hint {
     Resync,
     /// The event stream broke: Docker is unreachable until the next `Resync`.
     DockerDown,
+    /// From the Lease watcher (src/lease_watch.rs), not Docker: this host's Lease was deleted,
+    /// or (`None`) any may have been while the watch was down.
+    HostReleased(Option<String>),
 }
 
 /// Container actions that can change what a composition exposes (exec_*, attach, ... cannot).

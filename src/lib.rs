@@ -12,6 +12,7 @@ pub mod docker;
 pub mod events;
 pub mod http_get;
 pub mod labels;
+pub mod lease_watch;
 pub mod logging;
 pub mod managed_fields;
 pub mod model;

@@ -16,7 +16,7 @@ use compose_ingress::events;
 use compose_ingress::model::RateLimitMode;
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
-use compose_ingress::{logging, retry, routable, telemetry};
+use compose_ingress::{lease_watch, logging, retry, routable, telemetry};
 
 // One thread runs every task. The sidecar's work is I/O: a serial reconciler, one Docker event
 // reader, a few HTTP requests; a worker per core (tokio's default, 64 on a big node without a CPU
@@ -118,7 +118,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         status.set_event_sink(events_tx);
         Some(tokio::spawn(events::run(
-            client,
+            client.clone(),
             events::RegardingPod {
                 namespace: settings.namespace.clone(),
                 name: settings.pod_name.clone(),
@@ -153,7 +153,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(report_end(
             "docker-watcher",
             docker.clone().watch(
-                hints_tx,
+                hints_tx.clone(),
                 move |action| metrics.metrics.docker_event_action(action),
                 cancel.clone(),
             ),
@@ -161,6 +161,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
             cancel.clone(),
         ))
     };
+    let lease_watcher = (config.dry_run != DryRun::Client).then(|| {
+        tokio::spawn(report_end(
+            "lease-watcher",
+            lease_watch::run(
+                client.clone(),
+                settings.namespace.clone(),
+                hints_tx,
+                // kube's default read timeout is 295 s.
+                lease_watch::watch_seconds(Duration::from_secs(295)),
+                cancel.clone(),
+            ),
+            status.clone(),
+            cancel.clone(),
+        ))
+    });
     let reconciler = Reconciler::new(
         docker,
         cluster.clone(),
@@ -180,6 +195,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     info!("shutting down: stopped watching Docker");
     let _ = reconciling.await;
     let _ = watcher.await;
+    if let Some(lease_watcher) = lease_watcher {
+        let _ = lease_watcher.await;
+    }
     cleanup_on_exit(&config, &cluster).await;
     if let Some(poster) = poster {
         let _ = poster.await;

@@ -204,6 +204,25 @@ impl Reconciler {
                 self.status.set_docker_connected(true);
                 self.resync_due = Some(Instant::now());
             }
+            Hint::HostReleased(host) => {
+                // A composition refused for that host is retried now, not at the next resync.
+                let now = Instant::now();
+                let waiting: Vec<CompositionKey> = self
+                    .compositions
+                    .iter()
+                    .filter(|(_, state)| {
+                        state.problems.iter().any(|p| {
+                            matches!(p, Problem::HostTaken { host: taken, .. }
+                                if host.as_deref().is_none_or(|h| h == taken))
+                        })
+                    })
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in waiting {
+                    debug!(composition = %key, host = ?host, "a host it was refused may be free: retrying");
+                    self.queue.schedule(key, now);
+                }
+            }
             Hint::DockerDown => {
                 if self.status.docker_connected() {
                     self.status.metrics.docker_reconnect();

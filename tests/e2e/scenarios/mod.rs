@@ -148,6 +148,11 @@ async fn a_lease_deleted_by_hand_is_claimed_again_at_the_next_resync() {
 }
 
 #[tokio::test]
+async fn a_host_given_up_by_its_holder_goes_to_the_refused_composition_at_once() {
+    ownership::a_host_given_up_by_its_holder_goes_to_the_refused_composition_at_once().await
+}
+
+#[tokio::test]
 async fn a_chosen_host_cannot_squat_another_pods_template_host() {
     ownership::a_chosen_host_cannot_squat_another_pods_template_host().await
 }

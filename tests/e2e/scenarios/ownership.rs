@@ -353,3 +353,52 @@ pub(super) async fn a_lease_deleted_by_hand_is_claimed_again_at_the_next_resync(
         sidecar.logs()
     );
 }
+
+/// A composition refused because another pod holds its host gets the host as soon as the holder
+/// gives it up (issue 14, item 9): the sidecars watch the host Leases, so the refused one is
+/// retried when the holder's Lease is deleted, not at the next full resync (5 minutes by
+/// default, longer than this test's deadline). Before the watch, the URL stayed refused until
+/// that resync.
+pub(super) async fn a_host_given_up_by_its_holder_goes_to_the_refused_composition_at_once() {
+    let bed = bed();
+    let ns = unique_namespace("handoff");
+    let a = bed.runner_pod(&ns, "runner-0");
+    let b = bed.runner_pod(&ns, "runner-1");
+    let admin = bed.admin().await;
+    let (sa, sb) = tokio::join!(
+        Sidecar::start(&SIDECAR, bed, &a, &[]),
+        Sidecar::start(&SIDECAR, bed, &b, &[])
+    );
+    let contested = format!("handoff-{ns}");
+    let labels = [ENABLE, ("compose-ingress.host", contested.as_str())];
+    let host = format!("{contested}.{}", domain(&ns));
+    let v2 = ComposeVersion::V2;
+    let file_a = compose_file(&[web("web", "from-a", 80, "80", &labels)]);
+    a.compose_as(v2, "proj", &file_a, &["up", "-d"]);
+    wait_exposed(&admin, &ns, "runner-0", "proj").await;
+    assert_eq!(through_ingress(&host).await.trim(), "from-a");
+    b.compose_as(
+        v2,
+        "proj",
+        &compose_file(&[web("web", "from-b", 80, "80", &labels)]),
+        &["up", "-d"],
+    );
+    let refused = sb.wait_log("host refused").await;
+    assert_eq!(refused["holder_pod"], "runner-0");
+    assert!(
+        ingresses_of(&admin, &ns, "runner-1", "proj")
+            .await
+            .is_empty()
+    );
+
+    // The holder goes (its grace is 2 s): the refused composition gets the host.
+    a.compose_as(v2, "proj", &file_a, &["down"]);
+    let (_, ingress) = wait_exposed(&admin, &ns, "runner-1", "proj").await;
+    assert_eq!(ingress_hosts(&ingress), vec![host.clone()]);
+    assert_eq!(through_ingress(&host).await.trim(), "from-b");
+    assert!(
+        sb.log_lines("full resync done").len() <= 1,
+        "only the start-up resync ran: the watch, not a resync, retried the composition"
+    );
+    drop(sa);
+}
