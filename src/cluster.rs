@@ -135,6 +135,10 @@ pub struct OwnedObject {
     /// keep routing, to ports that may change hands): such a Service is deleted and created
     /// again, and the garbage collector takes the controller's slices with it.
     pub legacy_selector: bool,
+    /// Another manager owns fields of it (a hand edit): written at the next pass even when its
+    /// spec is unchanged, after those fields are handed to our apply entry, so that the apply
+    /// sets it back to what is desired (src/managed_fields.rs).
+    pub edited: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +350,7 @@ impl Cluster {
         let needs_hand_over =
             kind != Kind::Lease && managed_fields::needs_hand_over(&meta, FIELD_MANAGER);
         let leftovers = needs_hand_over && managed_fields::has_leftovers(&meta, FIELD_MANAGER);
+        let edited = kind != Kind::Lease && managed_fields::edited_by_others(&meta, FIELD_MANAGER);
         let legacy_selector = kind == Kind::Service
             && managed_fields::owns(&meta, FIELD_MANAGER, &["f:spec", "f:selector"]);
         let annotations = meta.annotations.unwrap_or_default();
@@ -364,6 +369,7 @@ impl Cluster {
             needs_hand_over,
             leftovers,
             legacy_selector,
+            edited,
         })
     }
 
@@ -483,7 +489,7 @@ impl Cluster {
         known: Option<&OwnedObject>,
     ) -> Result<Upserted, ClusterError> {
         if let Some(known) = known {
-            if known.needs_hand_over {
+            if known.needs_hand_over || known.edited {
                 self.hand_over_live(obj.kind, obj.name()).await?;
             }
             return Ok(Upserted::Applied(self.apply(obj, Some(&known.uid)).await?));
@@ -950,6 +956,7 @@ mod tests {
             needs_hand_over,
             leftovers: false,
             legacy_selector: false,
+            edited: false,
         }
     }
 

@@ -106,44 +106,136 @@ fn union(a: &Value, b: &Value) -> Value {
     }
 }
 
-/// The merge patch that moves `manager`'s `Update` fields into its `Apply` entry (made from the
-/// `Update` entry when there is none): the whole `managedFields` list (a merge patch replaces a
+/// An entry of another manager on the object itself (not on a subresource such as `status`).
+fn is_foreign(entry: &ManagedFieldsEntry, manager: &str) -> bool {
+    entry.manager.as_deref() != Some(manager)
+        && entry.subresource.as_deref().unwrap_or_default().is_empty()
+}
+
+/// Fields another manager may own on our objects without that being an edit to revert: the
+/// status (controllers write it, older apiservers record that without a subresource), and a
+/// Service's allocated addresses (immutable: an apply could not remove them, it would fail).
+const NOT_REVERTED: &[&[&str]] = &[
+    &["f:status"],
+    &["f:spec", "f:clusterIP"],
+    &["f:spec", "f:clusterIPs"],
+];
+
+/// `fields` split into the part an edit to revert owns and the part [`NOT_REVERTED`] keeps.
+fn split_revertable(fields: &Value) -> (Value, Value) {
+    let mut revertable = fields.clone();
+    let mut kept = json!({});
+    for path in NOT_REVERTED {
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        if let Some(taken) = remove_path(&mut revertable, path) {
+            let mut branch = json!({ *last: taken });
+            for key in parents.iter().rev() {
+                branch = json!({ *key: branch });
+            }
+            kept = union(&kept, &branch);
+        }
+    }
+    (revertable, kept)
+}
+
+/// Removes the field at `path` and returns it; a map or struct left without fields by that goes
+/// too (an empty `{}` would read as a field of its own).
+fn remove_path(v: &mut Value, path: &[&str]) -> Option<Value> {
+    let (first, rest) = path.split_first()?;
+    if rest.is_empty() {
+        return v.as_object_mut()?.remove(*first);
+    }
+    let child = v.get_mut(*first)?;
+    let taken = remove_path(child, rest)?;
+    if child
+        .as_object()
+        .is_some_and(|o| o.keys().all(|k| k == "."))
+    {
+        v.as_object_mut()?.remove(*first);
+    }
+    Some(taken)
+}
+
+/// Whether a `fieldsV1` set owns at least one field (a `{}` leaf), not only the marks (`.`) of
+/// maps and structs.
+fn has_fields(v: &Value) -> bool {
+    v.as_object().is_some_and(|o| {
+        o.iter().any(|(key, inner)| {
+            key != "." && (inner.as_object().is_some_and(|i| i.is_empty()) || has_fields(inner))
+        })
+    })
+}
+
+fn fields_of(e: &ManagedFieldsEntry) -> Value {
+    e.fields_v1
+        .as_ref()
+        .map(|f| f.0.clone())
+        .unwrap_or_else(|| json!({}))
+}
+
+/// Whether another manager owns a field of the object itself: someone edited it (`kubectl
+/// edit`, `patch`, `apply`, another tool). The next write hands those fields to our `Apply`
+/// entry ([`hand_over_patch`]), so that the apply sets back the ones we send and removes the
+/// ones we do not (an added annotation, rule or port). An object nobody touched has no such
+/// entry, so the check costs no write.
+pub fn edited_by_others(meta: &ObjectMeta, manager: &str) -> bool {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| is_foreign(e, manager))
+        .any(|e| has_fields(&split_revertable(&fields_of(e)).0))
+}
+
+/// The merge patch that moves `manager`'s `Update` fields, and the fields other managers own on
+/// the object itself (see [`edited_by_others`]; minus [`NOT_REVERTED`]), into `manager`'s `Apply`
+/// entry (made when there is none): the whole `managedFields` list (a merge patch replaces a
 /// list), and the object's resourceVersion, so that a concurrent write makes it fail (409)
 /// instead of losing that write's record. `None`: nothing to hand over.
 pub fn hand_over_patch(meta: &ObjectMeta, manager: &str) -> Option<Value> {
     let entries = meta.managed_fields.clone().unwrap_or_default();
-    let updates: Vec<&ManagedFieldsEntry> = entries
-        .iter()
-        .filter(|e| is_update_of(e, manager))
-        .collect();
-    let first = *updates.first()?;
-    let fields = |e: &ManagedFieldsEntry| {
-        e.fields_v1
-            .as_ref()
-            .map(|f| f.0.clone())
-            .unwrap_or_else(|| json!({}))
-    };
-    let mut owned = updates
-        .iter()
-        .fold(json!({}), |acc, e| union(&acc, &fields(e)));
+    let mut taken = json!({});
+    let mut template: Option<&ManagedFieldsEntry> = None;
+    let mut out: Vec<ManagedFieldsEntry> = Vec::new();
+    for e in &entries {
+        if is_update_of(e, manager) {
+            taken = union(&taken, &fields_of(e));
+            template = template.or(Some(e));
+        } else if is_entry_of(e, manager, "Apply") {
+        } else if is_foreign(e, manager) {
+            let (revertable, kept) = split_revertable(&fields_of(e));
+            if !has_fields(&revertable) {
+                out.push(e.clone());
+                continue;
+            }
+            taken = union(&taken, &revertable);
+            template = template.or(Some(e));
+            if has_fields(&kept) {
+                let mut rest = e.clone();
+                rest.fields_v1 = Some(FieldsV1(kept));
+                out.push(rest);
+            }
+        } else {
+            out.push(e.clone());
+        }
+    }
+    let template = template?;
     let apply = entries.iter().find(|e| is_entry_of(e, manager, "Apply"));
     let mut merged = match apply {
         Some(a) => {
-            owned = union(&fields(a), &owned);
+            taken = union(&fields_of(a), &taken);
             a.clone()
         }
         None => ManagedFieldsEntry {
+            manager: Some(manager.to_string()),
             operation: Some("Apply".to_string()),
-            ..first.clone()
+            subresource: None,
+            ..template.clone()
         },
     };
-    merged.fields_v1 = Some(FieldsV1(owned));
+    merged.fields_v1 = Some(FieldsV1(taken));
     merged.fields_type = Some("FieldsV1".to_string());
-    let mut out: Vec<ManagedFieldsEntry> = entries
-        .iter()
-        .filter(|e| !is_update_of(e, manager) && !is_entry_of(e, manager, "Apply"))
-        .cloned()
-        .collect();
     out.push(merged);
     Some(json!({"metadata": {"resourceVersion": meta.resource_version, "managedFields": out}}))
 }
@@ -283,13 +375,123 @@ mod tests {
     }
 
     #[test]
-    fn nothing_to_hand_over_without_our_update_entry() {
+    fn nothing_to_hand_over_without_our_update_entry_or_an_edit() {
         let applied = meta(vec![
             entry("compose-ingress", "Apply", json!({})),
-            entry("someone-else", "Update", json!({"f:data": {}})),
+            entry(
+                "someone-else",
+                "Update",
+                json!({"f:status": {"f:data": {}}}),
+            ),
         ]);
         assert!(!needs_hand_over(&applied, "compose-ingress"));
         assert!(hand_over_patch(&applied, "compose-ingress").is_none());
         assert!(hand_over_patch(&ObjectMeta::default(), "compose-ingress").is_none());
+    }
+
+    fn status_entry(manager: &str) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            subresource: Some("status".into()),
+            ..entry(
+                manager,
+                "Update",
+                json!({"f:status": {"f:loadBalancer": {}}}),
+            )
+        }
+    }
+
+    #[test]
+    fn only_another_manager_s_fields_of_the_object_itself_are_an_edit() {
+        let ours = entry(
+            "compose-ingress",
+            "Apply",
+            json!({"f:spec": {"f:rules": {}}}),
+        );
+        let untouched = meta(vec![
+            ours.clone(),
+            status_entry("traefik"),
+            // An older apiserver's status write, without a subresource.
+            entry(
+                "kube-controller-manager",
+                "Update",
+                json!({"f:status": {".": {}, "f:x": {}}}),
+            ),
+            // A Service's allocated address, recorded for whoever created it.
+            entry("kubectl", "Update", json!({"f:spec": {"f:clusterIP": {}}})),
+            // Marks only: no field.
+            entry(
+                "kubectl",
+                "Update",
+                json!({"f:metadata": {"f:annotations": {".": {}}}}),
+            ),
+        ]);
+        assert!(!edited_by_others(&untouched, "compose-ingress"));
+        let edited = meta(vec![
+            ours,
+            entry(
+                "kubectl-edit",
+                "Update",
+                json!({"f:metadata": {"f:annotations": {"f:nginx.ingress.kubernetes.io/configuration-snippet": {}}}}),
+            ),
+        ]);
+        assert!(edited_by_others(&edited, "compose-ingress"));
+    }
+
+    #[test]
+    fn an_edit_s_fields_go_to_the_apply_entry_and_its_status_and_addresses_stay() {
+        let live = meta(vec![
+            entry(
+                "compose-ingress",
+                "Apply",
+                json!({"f:spec": {"f:ports": {}}}),
+            ),
+            entry(
+                "kubectl-patch",
+                "Update",
+                json!({
+                    "f:metadata": {"f:annotations": {".": {}, "f:added": {}}},
+                    "f:spec": {"f:clusterIP": {}, "f:ports": {"k:{\"port\":1}": {}}},
+                    "f:status": {"f:x": {}}
+                }),
+            ),
+            status_entry("traefik"),
+        ]);
+        let out = patched_entries(&hand_over_patch(&live, "compose-ingress").expect("patch"));
+        assert_eq!(out.len(), 3, "{out:#?}");
+        let ours = out
+            .iter()
+            .find(|e| e["manager"] == "compose-ingress")
+            .expect("our entry");
+        assert_eq!(ours["operation"], "Apply");
+        assert_eq!(
+            ours["fieldsV1"],
+            json!({
+                "f:metadata": {"f:annotations": {".": {}, "f:added": {}}},
+                "f:spec": {"f:ports": {"k:{\"port\":1}": {}}}
+            })
+        );
+        let theirs = out
+            .iter()
+            .find(|e| e["manager"] == "kubectl-patch")
+            .expect("the edit's entry keeps what is not reverted");
+        assert_eq!(
+            theirs["fieldsV1"],
+            json!({"f:spec": {"f:clusterIP": {}}, "f:status": {"f:x": {}}})
+        );
+        assert!(out.iter().any(|e| e["manager"] == "traefik"));
+    }
+
+    #[test]
+    fn an_edit_without_an_apply_entry_of_ours_makes_one() {
+        let live = meta(vec![entry(
+            "kubectl-edit",
+            "Update",
+            json!({"f:spec": {"f:rules": {}}}),
+        )]);
+        let out = patched_entries(&hand_over_patch(&live, "compose-ingress").expect("patch"));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["manager"], "compose-ingress");
+        assert_eq!(out[0]["operation"], "Apply");
+        assert_eq!(out[0]["fieldsV1"], json!({"f:spec": {"f:rules": {}}}));
     }
 }

@@ -198,9 +198,15 @@ impl Reconciler {
             // after its fields are handed to the apply entry, so that fields it no longer
             // wants go.
             if known.as_ref().is_some_and(|o| {
-                o.spec_hash.as_deref() == obj.spec_hash() && !o.leftovers && !o.legacy_selector
+                o.spec_hash.as_deref() == obj.spec_hash()
+                    && !o.leftovers
+                    && !o.legacy_selector
+                    && !o.edited
             }) {
                 continue;
+            }
+            if let Some(o) = known.as_ref().filter(|o| o.edited) {
+                info!(target: LOG_TARGET, kind = %o.kind, name = %o.name, "an owned object was edited by someone else: setting it back to what the composition wants");
             }
             // A Service an older sidecar gave a selector: made again (see `legacy_selector`).
             let known = match known {
@@ -349,6 +355,7 @@ fn owned_record(
         needs_hand_over: false,
         leftovers: false,
         legacy_selector: false,
+        edited: false,
     }
 }
 

@@ -173,3 +173,154 @@ async fn what_an_older_sidecar_left_behind_goes_on_the_first_resync() {
     );
     assert_eq!(our_entries(&live.metadata), ["Apply"]);
 }
+
+/// The resourceVersions of the composition's Service, Ingress and EndpointSlices.
+async fn versions(admin: &kube::Client, ns: &str, service: &str, ingress: &str) -> Vec<String> {
+    let rv = |m: &kube::api::ObjectMeta| m.resource_version.clone().unwrap_or_default();
+    let mut out = vec![
+        rv(&Api::<Service>::namespaced(admin.clone(), ns)
+            .get(service)
+            .await
+            .expect("service")
+            .metadata),
+        rv(&Api::<Ingress>::namespaced(admin.clone(), ns)
+            .get(ingress)
+            .await
+            .expect("ingress")
+            .metadata),
+    ];
+    let slices = Api::<EndpointSlice>::namespaced(admin.clone(), ns)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .expect("slices");
+    out.extend(slices.items.iter().map(|s| rv(&s.metadata)));
+    out
+}
+
+/// A hand edit of an owned object (issue 14, item 9) is set back at the next full resync: a
+/// changed host, an added annotation, an EndpointSlice pointed elsewhere, an added label; and
+/// objects nobody edited are not written, before or after (the restart budget's rule: no write
+/// to an unchanged object). The edits are made as an admin with its own field manager, as
+/// `kubectl edit` and `kubectl patch` do. Before, only the spec-hash annotation was compared,
+/// and every one of these edits stayed.
+#[tokio::test]
+async fn hand_edits_are_set_back_at_the_next_resync_and_untouched_objects_are_not_written() {
+    let ns = unique_namespace("handedit");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let admin = bed().admin().await;
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--resync-interval", "2s"]).await;
+    let v2 = ComposeVersion::V2;
+    let file = compose_file(&[web("web", "the-page", 80, "80", &[ENABLE])]);
+    pod.compose_as(v2, "edited", &file, &["up", "-d"]);
+    let (service, ingress) = wait_exposed(&admin, &ns, "runner-0", "edited").await;
+    let service_name = service.metadata.name.clone().expect("name");
+    let ingress_name = ingress.metadata.name.clone().expect("name");
+    let host = ingress
+        .spec
+        .as_ref()
+        .expect("spec")
+        .rules
+        .as_ref()
+        .expect("rules")[0]
+        .host
+        .clone()
+        .expect("host");
+    assert_eq!(testbed::through_ingress(&host).await.trim(), "the-page");
+
+    // Untouched: several resyncs write nothing.
+    let before = versions(&admin, &ns, &service_name, &ingress_name).await;
+    let seen = sidecar.log_lines("full resync done").len();
+    sidecar.wait_resyncs(seen + 2).await;
+    assert_eq!(
+        versions(&admin, &ns, &service_name, &ingress_name).await,
+        before
+    );
+
+    // The edits.
+    let edit = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PatchParams::default()
+    };
+    let ingresses: Api<Ingress> = Api::namespaced(admin.clone(), &ns);
+    let mut rule = ingress
+        .spec
+        .as_ref()
+        .expect("spec")
+        .rules
+        .clone()
+        .expect("rules")[0]
+        .clone();
+    rule.host = Some(format!("evil.{host}"));
+    ingresses
+        .patch(
+            &ingress_name,
+            &edit,
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"example.com/snippet": "evil"}},
+                "spec": {"rules": [rule]}
+            })),
+        )
+        .await
+        .expect("edit the ingress");
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), &ns);
+    let slice_name = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service_name}")))
+        .await
+        .expect("slices")
+        .items[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    slices
+        .patch(
+            &slice_name,
+            &edit,
+            &Patch::Merge(serde_json::json!({
+                "endpoints": [{"addresses": ["198.18.0.99"], "conditions": {"ready": true}}]
+            })),
+        )
+        .await
+        .expect("edit the slice");
+    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
+    services
+        .patch(
+            &service_name,
+            &edit,
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"edited": "by-hand"}}})),
+        )
+        .await
+        .expect("edit the service");
+
+    // Set back, same objects.
+    let pod_ip = pod.ip.to_string();
+    eventually("every edit set back", CONVERGE, || async {
+        let i = ingresses.get(&ingress_name).await.ok()?;
+        let s = slices.get(&slice_name).await.ok()?;
+        let svc = services.get(&service_name).await.ok()?;
+        let i_host = i.spec.as_ref()?.rules.as_ref()?[0].host.clone()?;
+        let annotations = i.metadata.annotations.clone().unwrap_or_default();
+        let address = s.endpoints.as_ref()?.first()?.addresses.first()?.clone();
+        let labels = svc.metadata.labels.clone().unwrap_or_default();
+        (i_host == host
+            && !annotations.contains_key("example.com/snippet")
+            && address == pod_ip
+            && !labels.contains_key("edited"))
+        .then_some(())
+    })
+    .await;
+    let after = ingresses.get(&ingress_name).await.expect("ingress");
+    assert_eq!(after.metadata.uid, ingress.metadata.uid, "not recreated");
+    assert!(!sidecar.log_lines("edited by someone else").is_empty());
+    assert_eq!(testbed::through_ingress(&host).await.trim(), "the-page");
+
+    // Converged: the next resyncs write nothing again.
+    let reverted = versions(&admin, &ns, &service_name, &ingress_name).await;
+    let seen = sidecar.log_lines("full resync done").len();
+    sidecar.wait_resyncs(seen + 2).await;
+    assert_eq!(
+        versions(&admin, &ns, &service_name, &ingress_name).await,
+        reverted,
+        "a set-back object is written once, not at every resync"
+    );
+}
