@@ -4,6 +4,8 @@
 //! pod's ownership labels), and only deleted with a uid precondition from a listing by this pod's
 //! label selector.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -227,6 +229,9 @@ pub enum Created {
     Exists(Box<DynamicObject>),
 }
 
+/// Called whenever an API request of a [`Cluster`] came back (see [`Cluster::with_progress`]).
+pub type Progress = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
@@ -237,6 +242,7 @@ pub struct Cluster {
     /// Otherwise they are still listed (so a previous mode's leftovers are collected), but a
     /// cluster without Traefik's CRDs (404) or a Role without them (403) is not an error.
     middlewares: bool,
+    progress: Option<Progress>,
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -251,7 +257,26 @@ impl Cluster {
             pod: pod.to_string(),
             dry_run,
             middlewares: false,
+            progress: None,
         }
+    }
+
+    /// Calls `progress` whenever one of this handle's API requests came back, answered or
+    /// failed (the reconciler's liveness heartbeat: one call of this type may be several
+    /// requests, a create that finds the object then reads it, a listing of many pages, and a
+    /// pass is alive as long as its requests come back).
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Awaits one API request, then reports the progress.
+    async fn sent<T>(&self, request: impl std::future::Future<Output = T>) -> T {
+        let answer = request.await;
+        if let Some(progress) = &self.progress {
+            progress();
+        }
+        answer
     }
 
     /// Middlewares are part of the output: failing to list them is an error.
@@ -291,7 +316,7 @@ impl Cluster {
     /// This runner pod, for its uid and whether it is terminating.
     pub async fn own_pod(&self) -> Result<Pod, ClusterError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        api.get(&self.pod)
+        self.sent(api.get(&self.pod))
             .await
             .map_err(|source| ClusterError::Pod {
                 namespace: self.namespace.clone(),
@@ -311,7 +336,7 @@ impl Cluster {
                 .labels(&render::pod_selector_string(&self.pod))
                 .limit(LIST_PAGE);
             loop {
-                let page = match self.api(kind).list_metadata(&lp).await {
+                let page = match self.sent(self.api(kind).list_metadata(&lp)).await {
                     Ok(l) => l,
                     Err(e)
                         if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute)
@@ -406,15 +431,19 @@ impl Cluster {
             }
         }
         let api = self.api(obj.kind);
-        match api.create(&self.post_params(), &obj.object).await {
+        match self
+            .sent(api.create(&self.post_params(), &obj.object))
+            .await
+        {
             Ok(created) => Ok(Created::New {
                 uid: created.metadata.uid.unwrap_or_default(),
             }),
             Err(e) if is_status(&e, 409) => {
-                let live =
-                    api.get(obj.name())
-                        .await
-                        .map_err(self.err("get", obj.kind, obj.name()))?;
+                let live = self.sent(api.get(obj.name())).await.map_err(self.err(
+                    "get",
+                    obj.kind,
+                    obj.name(),
+                ))?;
                 Ok(Created::Exists(Box::new(live)))
             }
             Err(e) => Err(self.err("create", obj.kind, obj.name())(e)),
@@ -432,8 +461,8 @@ impl Cluster {
             return Ok(());
         };
         let name = meta.name.as_deref().unwrap_or_default();
-        self.api(kind)
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        let api = self.api(kind);
+        self.sent(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)))
             .await
             .map_err(self.err("hand over the fields of", kind, name))?;
         debug!(%kind, name, "fields of the create handed to the apply entry");
@@ -442,9 +471,9 @@ impl Cluster {
 
     /// Reads the object and hands its create's fields over.
     pub async fn hand_over_live(&self, kind: Kind, name: &str) -> Result<(), ClusterError> {
+        let api = self.api(kind);
         let live = self
-            .api(kind)
-            .get(name)
+            .sent(api.get(name))
             .await
             .map_err(self.err("get", kind, name))?;
         if self.is_ours(&live.metadata) {
@@ -472,9 +501,9 @@ impl Cluster {
         params.dry_run = self.dry_run == DryRun::Server;
         let mut object = obj.object.clone();
         object.metadata.uid = uid.filter(|u| !u.is_empty()).map(str::to_string);
+        let api = self.api(obj.kind);
         let applied = self
-            .api(obj.kind)
-            .patch(obj.name(), &params, &Patch::Apply(&object))
+            .sent(api.patch(obj.name(), &params, &Patch::Apply(&object)))
             .await
             .map_err(self.err("apply", obj.kind, obj.name()))?;
         Ok(applied.metadata.uid.unwrap_or_default())
@@ -563,7 +592,8 @@ impl Cluster {
             }),
             ..DeleteParams::background()
         };
-        match self.api(kind).delete(name, &params).await {
+        let api = self.api(kind);
+        match self.sent(api.delete(name, &params)).await {
             Ok(_) => Ok(()),
             // Already gone, or replaced by an object that is not the one we own: nothing to do.
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => {
@@ -1244,6 +1274,10 @@ mod tests {
     /// A reconciler whose Docker client is never used (`resync_from` takes Docker's listing)
     /// and whose cluster is the mock. No delete grace: an orphan goes at its second pass.
     fn mock_reconciler() -> (Reconciler, ApiHandle) {
+        mock_reconciler_with(Arc::new(Status::default()))
+    }
+
+    fn mock_reconciler_with(status: Arc<Status>) -> (Reconciler, ApiHandle) {
         let (cluster, handle) = mock_cluster();
         let docker = crate::docker::DockerClient::new("tcp://127.0.0.1:9", false)
             .expect("a Docker client does no I/O until used");
@@ -1260,7 +1294,7 @@ mod tests {
             labels::tests::settings(),
             owner(),
             timings,
-            Arc::new(Status::default()),
+            status,
         );
         (reconciler, handle)
     }
@@ -1472,5 +1506,69 @@ mod tests {
             scenario,
         )
         .await;
+    }
+
+    /// `observed_demochat()` under another project name.
+    fn observed_project(project: &str) -> ObservedProject {
+        let mut p = observed_demochat();
+        p.name = project.to_string();
+        for c in &mut p.containers {
+            c.name = format!("{project}-web-1");
+            c.id = format!("id-{project}");
+            c.labels
+                .insert(COMPOSE_PROJECT.to_string(), project.to_string());
+        }
+        p
+    }
+
+    /// A long pass feeds the liveness heartbeat after every request that came back (a listing
+    /// page, a claim, a write), not only when the reconciler's loop turns: a full resync of many
+    /// compositions against a slow apiserver must not look like a hung sidecar. Every request is
+    /// answered 5 ms after it came; the heartbeat read then must be later than the one read at
+    /// the request before.
+    #[tokio::test]
+    async fn a_long_pass_feeds_the_heartbeat_after_every_request() {
+        let status = Arc::new(Status::default());
+        let beats = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let projects = ["alpha", "beta", "gamma"];
+        let mut scenario = full_listing(vec![], vec![], vec![], vec![]);
+        for _ in projects {
+            scenario.extend([
+                create(LEASES).echo(201, "uid-lease"),
+                create(SERVICES).echo(201, "uid-svc"),
+                create(SLICES).echo(201, "uid-slice"),
+                create(INGRESSES).echo(201, "uid-ing"),
+            ]);
+        }
+        let scenario: Vec<Exchange> = scenario
+            .into_iter()
+            .map(|exchange| {
+                let (status, beats) = (status.clone(), beats.clone());
+                exchange.body(move |_| {
+                    std::thread::sleep(Duration::from_millis(5));
+                    beats
+                        .lock()
+                        .expect("beats")
+                        .push(status.last_heartbeat_ms());
+                })
+            })
+            .collect();
+        let requests = scenario.len();
+        resyncs(
+            mock_reconciler_with(status.clone()),
+            vec![snapshot_of(projects.map(observed_project).into())],
+            scenario,
+        )
+        .await;
+        let beats = beats.lock().expect("beats").clone();
+        assert_eq!(beats.len(), requests);
+        for (i, pair) in beats.windows(2).enumerate() {
+            assert!(
+                pair[1] > pair[0],
+                "no heartbeat between request {i} and request {}: {beats:?}",
+                i + 1
+            );
+        }
+        assert!(status.alive(Duration::from_secs(60)).is_ok());
     }
 }

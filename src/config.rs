@@ -202,10 +202,26 @@ pub struct Args {
     #[arg(long = "cleanup-on-exit", env = "COMPOSE_INGRESS_CLEANUP_ON_EXIT", value_enum, default_value_t = CleanupOnExit::Auto)]
     pub cleanup_on_exit: CleanupOnExit,
 
-    /// Upper bound for the clean-up at exit.
+    /// Upper bound for the whole shutdown, from SIGTERM to exit (the clean-up at exit
+    /// included): what is still running then is left to the pod's garbage collection.
     #[arg(long = "shutdown-timeout", env = "COMPOSE_INGRESS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Longest wait for one Kubernetes API request (connect, send, answer); a request that takes
+    /// longer fails and is retried with backoff like any other error.
+    #[arg(long = "api-timeout", env = "COMPOSE_INGRESS_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+
+    /// `/healthz` fails when the reconciler made no progress (no composition, page or request
+    /// done, no idle turn) for this long. Unset: max(180s, 3 x --api-timeout). For tests; must
+    /// be at least 10s and more than twice --api-timeout.
+    #[arg(long = "heartbeat-stale", env = "COMPOSE_INGRESS_HEARTBEAT_STALE", value_parser = parse_duration, hide = true)]
+    pub heartbeat_stale: Option<Duration>,
 }
+
+/// The default of `--heartbeat-stale` when `--api-timeout` is at most a minute: long enough for a
+/// Docker request (bounded at 60 s by the Docker client) and for a full resync to get going.
+pub const DEFAULT_HEARTBEAT_STALE: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RateLimitModeArg {
@@ -264,6 +280,11 @@ pub struct Config {
     pub cleanup_on_exit: CleanupOnExit,
     /// `--probe-url` as (address, path prefix).
     pub probe: Option<(String, String)>,
+    /// Bound of one Kubernetes API request (`--api-timeout`).
+    pub api_timeout: Duration,
+    /// `/healthz` fails when the reconciler made no progress for this long (see
+    /// [`Args::heartbeat_stale`]).
+    pub heartbeat_stale: Duration,
     /// Settings that are accepted but do nothing any more, with the fix: logged at start-up.
     pub obsolete: Vec<String>,
 }
@@ -378,6 +399,30 @@ fn parse_gateway(text: &str) -> Result<GatewayRef, ConfigError> {
     })
 }
 
+/// `/healthz`'s staleness bound. The reconciler feeds its heartbeat after every request, page
+/// and composition of a pass and at every idle turn (every few seconds), so the longest gap
+/// between two beats is about one request, which `--api-timeout` bounds (a stalled response
+/// body: a second more). Twice that keeps one slow request, and the work around it, from ever
+/// failing liveness; the 10 s floor is twice the idle loop's turn.
+fn heartbeat_stale(set: Option<Duration>, api_timeout: Duration) -> Result<Duration, ConfigError> {
+    let Some(stale) = set else {
+        return Ok(DEFAULT_HEARTBEAT_STALE.max(api_timeout.saturating_mul(3)));
+    };
+    let floor = crate::reconcile::HEARTBEAT.saturating_mul(2);
+    if stale < floor || stale <= api_timeout.saturating_mul(2) {
+        return Err(bad(
+            "--heartbeat-stale",
+            &format!("{stale:?}"),
+            format!(
+                "must be at least {floor:?} and more than twice --api-timeout ({api_timeout:?}): \
+                 one API request may take that long, and the kubelet would restart a healthy \
+                 sidecar; raise it, lower --api-timeout, or leave it unset"
+            ),
+        ));
+    }
+    Ok(stale)
+}
+
 impl Args {
     /// Validates every flag; the first problem found is returned.
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -485,11 +530,13 @@ impl Args {
         for (flag, d) in [
             ("--resync-interval", self.resync_interval),
             ("--shutdown-timeout", self.shutdown_timeout),
+            ("--api-timeout", self.api_timeout),
         ] {
             if d.is_zero() {
                 return Err(bad(flag, "0", "must be more than zero"));
             }
         }
+        let heartbeat_stale = heartbeat_stale(self.heartbeat_stale, self.api_timeout)?;
         let probe = match &self.probe_url {
             Some(url) => Some(crate::http_get::split_url(url).map_err(|_| {
                 bad(
@@ -558,6 +605,8 @@ impl Args {
             listen: self.listen,
             cleanup_on_exit: self.cleanup_on_exit,
             probe,
+            api_timeout: self.api_timeout,
+            heartbeat_stale,
             obsolete: self
                 .pod_selector
                 .iter()
@@ -654,6 +703,48 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(args(&["--debounce", "abc"]).is_err());
+    }
+
+    #[test]
+    fn api_timeout_and_heartbeat_stale_defaults() {
+        let c = args(&[]).expect("valid");
+        assert_eq!(c.api_timeout, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_stale, Duration::from_secs(180));
+        // A longer API timeout moves the unset staleness bound with it.
+        let c = args(&["--api-timeout", "2m"]).expect("valid");
+        assert_eq!(c.heartbeat_stale, Duration::from_secs(360));
+        let c = args(&["--api-timeout", "2s", "--heartbeat-stale", "10s"]).expect("valid");
+        assert_eq!(
+            (c.api_timeout, c.heartbeat_stale),
+            (Duration::from_secs(2), Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn heartbeat_stale_must_outlast_two_api_requests_and_the_idle_turn() {
+        for extra in [
+            // twice the API timeout is not enough: strictly more
+            vec!["--api-timeout", "30s", "--heartbeat-stale", "60s"],
+            vec!["--heartbeat-stale", "59s"],
+            // below the floor of two idle turns
+            vec!["--api-timeout", "1s", "--heartbeat-stale", "9s"],
+            vec!["--api-timeout", "2m", "--heartbeat-stale", "3m"],
+        ] {
+            let err = args(&extra).expect_err(&format!("{extra:?} must be refused"));
+            assert!(err.contains("--heartbeat-stale"), "{extra:?}: {err}");
+            assert!(err.contains("--api-timeout"), "{extra:?}: {err}");
+        }
+        assert!(args(&["--api-timeout", "30s", "--heartbeat-stale", "61s"]).is_ok());
+        let err = args(&["--api-timeout", "0"]).expect_err("zero");
+        assert!(err.contains("--api-timeout"), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_stale_is_a_hidden_test_flag() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("--api-timeout"), "{help}");
+        assert!(!help.contains("--heartbeat-stale"), "{help}");
     }
 
     #[test]

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -16,14 +15,32 @@ use compose_ingress::events;
 use compose_ingress::model::RateLimitMode;
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
-use compose_ingress::{lease_watch, logging, retry, routable, telemetry};
+use compose_ingress::{kube_client, lease_watch, logging, retry, routable, shutdown, telemetry};
 
 // One thread runs every task. The sidecar's work is I/O: a serial reconciler, one Docker event
 // reader, a few HTTP requests; a worker per core (tokio's default, 64 on a big node without a CPU
 // limit) buys nothing here and costs memory: glibc gives each thread that allocates its own malloc
 // arena, and the peaks of a start-up resync stay fragmented across them (BENCHMARKS.md, "Cost").
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("compose-ingress: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(sidecar_main());
+    // The shutdown is bounded by --shutdown-timeout (see `shut_down`): whatever still runs then
+    // (a task, a blocking DNS lookup of the HTTP client) must not hold the exit. Dropping the
+    // runtime would wait for blocking threads without a bound; this does not wait.
+    runtime.shutdown_background();
+    code
+}
+
+async fn sidecar_main() -> ExitCode {
     // `compose-ingress wait|urls ...`: the CI job's commands, not the sidecar.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if matches!(argv.get(1).and_then(|a| a.to_str()), Some("wait" | "urls")) {
@@ -68,9 +85,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot configure a Kubernetes client: run in a pod with a ServiceAccount, or set KUBECONFIG")?;
+    let client = kube_client::client(config.api_timeout).await?;
     let settings = config.settings.clone();
     let cluster = Cluster::new(
         client.clone(),
@@ -91,7 +106,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         telemetry::ServerInfo {
             namespace: settings.namespace.clone(),
             pod: settings.pod_name.clone(),
-            heartbeat_stale: HEARTBEAT_STALE,
+            heartbeat_stale: config.heartbeat_stale,
             probe: config.probe.clone().map(|(addr, base)| routable::Probe {
                 addr,
                 base,
@@ -104,7 +119,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let Some((uid, pod_ip)) = pod_identity(&config, &cluster, &cancel).await else {
         info!("stopped before start-up completed");
-        let _ = server.await;
+        shut_down(&config, None, vec![], vec![("http-server", server)]).await;
         return Ok(());
     };
     let mut settings = settings;
@@ -132,12 +147,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mut last = Vec::new();
+    if let Some(poster) = poster {
+        last.push(("event-poster", poster));
+    }
+    last.push(("http-server", server));
     let Some(docker) = docker_client(&config, &cancel).await else {
         info!("stopped before Docker was reachable");
-        if let Some(poster) = poster {
-            let _ = poster.await;
-        }
-        let _ = server.await;
+        shut_down(&config, None, vec![], last).await;
         return Ok(());
     };
     info!(
@@ -168,8 +185,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 client.clone(),
                 settings.namespace.clone(),
                 hints_tx,
-                // kube's default read timeout is 295 s.
-                lease_watch::watch_seconds(Duration::from_secs(295)),
+                lease_watch::watch_seconds(config.api_timeout),
                 cancel.clone(),
             ),
             status.clone(),
@@ -193,18 +209,44 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     cancel.cancelled().await;
     info!("shutting down: stopped watching Docker");
-    let _ = reconciling.await;
-    let _ = watcher.await;
+    let mut first = vec![("reconciler", reconciling), ("docker-watcher", watcher)];
     if let Some(lease_watcher) = lease_watcher {
-        let _ = lease_watcher.await;
+        first.push(("lease-watcher", lease_watcher));
     }
-    cleanup_on_exit(&config, &cluster).await;
-    if let Some(poster) = poster {
-        let _ = poster.await;
-    }
-    let _ = server.await;
+    shut_down(&config, Some(&cluster), first, last).await;
     info!("bye");
     Ok(())
+}
+
+/// Everything after the cancellation (SIGTERM), under one deadline (see [`shutdown::bounded`]):
+/// the reconciler (which drops its pass at once) and the Docker watcher, then the clean-up at
+/// exit (with a cluster), then the Event poster and the HTTP server. Past the deadline one
+/// warning names what was still running and the sidecar exits (status 0, as after a completed
+/// shutdown: the objects it could not delete go with the pod, through their ownerReferences, or
+/// are resynced by the next start when the pod lives on); `main` then drops the runtime without
+/// waiting for anything.
+async fn shut_down(
+    config: &Config,
+    cluster: Option<&Cluster>,
+    first: Vec<shutdown::Task>,
+    last: Vec<shutdown::Task>,
+) {
+    let timeout = config.timings.shutdown_timeout;
+    let step = shutdown::Step::default();
+    let cleanup = async {
+        if let Some(cluster) = cluster {
+            cleanup_on_exit(config, cluster, &step).await;
+        }
+    };
+    if let Err(running) = shutdown::bounded(timeout, first, cleanup, &step, last).await {
+        warn!(
+            timeout_ms = timeout.as_millis() as u64,
+            still_running = ?running,
+            "shutdown timed out (--shutdown-timeout): exiting with work still running; the pod's \
+             garbage collection removes any objects left behind (the next start resyncs them if \
+             the pod lives on)"
+        );
+    }
 }
 
 /// The Docker client. bollard refuses a unix socket that does not exist yet, which is the normal
@@ -223,10 +265,6 @@ async fn docker_client(config: &Config, cancel: &CancellationToken) -> Option<Do
         }
     }
 }
-
-/// `/healthz` fails when the reconciler loop has not turned for this long (it turns every
-/// few seconds when idle; a full resync against a slow apiserver may hold it for a while).
-const HEARTBEAT_STALE: Duration = Duration::from_secs(180);
 
 /// Runs a long-lived task; if it ends before shutdown, `/healthz` reports it (and the kubelet
 /// restarts the sidecar).
@@ -279,7 +317,12 @@ async fn pod_identity(
     }
     let mut backoff = retry::backoff(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let problem = match cluster.own_pod().await {
+        // A SIGTERM is not held up by a request in flight (the shutdown has its own bound).
+        let pod = tokio::select! {
+            pod = cluster.own_pod() => pod,
+            _ = cancel.cancelled() => return None,
+        };
+        let problem = match pod {
             Ok(pod) => {
                 let uid = config.pod_uid.clone().or(pod.metadata.uid)?;
                 let ip = config.pod_ip.or_else(|| {
@@ -309,37 +352,41 @@ async fn pod_identity(
 
 /// On SIGTERM: delete this pod's objects when the pod itself is terminating (auto), or as the
 /// flag forces; a restart of the sidecar alone leaves them in place (no outage for users).
-async fn cleanup_on_exit(config: &Config, cluster: &Cluster) {
+/// Bounded by the shutdown's deadline (see `shut_down`), which reads `step` to name what was
+/// under way.
+async fn cleanup_on_exit(config: &Config, cluster: &Cluster, step: &shutdown::Step) {
     if config.dry_run == DryRun::Client {
         return;
     }
     let delete = match config.cleanup_on_exit {
         CleanupOnExit::Never => false,
         CleanupOnExit::Always => true,
-        CleanupOnExit::Auto => match cluster.own_pod().await {
-            Ok(pod) => pod.metadata.deletion_timestamp.is_some(),
-            Err(e) if e.status() == Some(404) => {
-                info!("this pod is already gone: the garbage collector removes its objects");
-                false
+        CleanupOnExit::Auto => {
+            step.set(Some("clean-up at exit: reading this pod"));
+            match cluster.own_pod().await {
+                Ok(pod) => pod.metadata.deletion_timestamp.is_some(),
+                Err(e) if e.status() == Some(404) => {
+                    info!("this pod is already gone: the garbage collector removes its objects");
+                    false
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot tell whether this pod is terminating; leaving its objects (the next start resyncs, the pod's deletion garbage-collects them)");
+                    false
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "cannot tell whether this pod is terminating; leaving its objects (the next start resyncs, the pod's deletion garbage-collects them)");
-                false
-            }
-        },
+        }
     };
     if !delete {
+        step.set(None);
         info!(cleanup_on_exit = ?config.cleanup_on_exit, "leaving this pod's objects in place");
         return;
     }
-    match tokio::time::timeout(config.timings.shutdown_timeout, delete_all_owned(cluster)).await {
-        Ok(Ok(n)) => info!(objects = n, "pod terminating: deleted this pod's objects"),
-        Ok(Err(e)) => {
+    step.set(Some("clean-up at exit: deleting this pod's objects"));
+    match delete_all_owned(cluster).await {
+        Ok(n) => info!(objects = n, "pod terminating: deleted this pod's objects"),
+        Err(e) => {
             warn!(error = %e, "clean-up at exit failed; the pod's garbage collection removes the rest")
         }
-        Err(_) => warn!(
-            timeout_ms = config.timings.shutdown_timeout.as_millis() as u64,
-            "clean-up at exit timed out; the pod's garbage collection removes the rest"
-        ),
     }
+    step.set(None);
 }

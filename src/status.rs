@@ -287,7 +287,7 @@ pub struct Status {
     initial_sync_done: AtomicBool,
     /// A full resync completed since Docker was last (re)connected.
     synced_since_connect: AtomicBool,
-    /// Unix milliseconds of the reconciler loop's last turn (see [`Status::heartbeat`]).
+    /// Unix milliseconds of the reconciler's last progress (see [`Status::heartbeat`]).
     heartbeat_ms: AtomicI64,
     /// The first long-running task that ended before shutdown, if any.
     stopped_loop: Mutex<Option<&'static str>>,
@@ -310,9 +310,18 @@ impl Status {
         }
     }
 
-    /// The reconciler loop calls this on every turn (and at least every few seconds when idle).
+    /// The reconciler made progress: it calls this on every turn of its loop (at least every
+    /// few seconds when idle) and, within a long pass, after every composition, every API
+    /// request and every page of a listing. Progress, not turns: a full resync of a thousand
+    /// compositions against a slow apiserver keeps `/healthz` passing as long as it moves, and
+    /// only a pass stuck on one step for `--heartbeat-stale` fails it (every API request is
+    /// bounded by `--api-timeout`, every Docker request by 60 s).
     pub fn heartbeat(&self) {
         self.heartbeat_ms.store(unix_millis(), Ordering::Relaxed);
+    }
+    /// Unix milliseconds of the last [`Status::heartbeat`] (0: none yet).
+    pub fn last_heartbeat_ms(&self) -> i64 {
+        self.heartbeat_ms.load(Ordering::Relaxed)
     }
     /// A long-running task (`reconciler`, `docker-watcher`, ...) ended while the process runs on.
     pub fn loop_stopped(&self, name: &'static str) {
@@ -320,7 +329,7 @@ impl Status {
             guard.get_or_insert(name);
         }
     }
-    /// Liveness: `Err(reason)` when a loop ended or the reconciler has not turned for `stale`.
+    /// Liveness: `Err(reason)` when a loop ended or the reconciler made no progress for `stale`.
     pub fn alive(&self, stale: Duration) -> Result<(), String> {
         if let Ok(guard) = self.stopped_loop.lock()
             && let Some(name) = *guard
@@ -334,7 +343,7 @@ impl Status {
         let age = unix_millis().saturating_sub(last);
         if age > stale.as_millis() as i64 {
             return Err(format!(
-                "the reconciler loop has not turned for {} s",
+                "the reconciler has made no progress for {} s",
                 age / 1000
             ));
         }

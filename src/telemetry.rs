@@ -47,7 +47,7 @@ pub enum TelemetryError {
 pub struct ServerInfo {
     pub namespace: String,
     pub pod: String,
-    /// `/healthz` fails when the reconciler loop has not turned for this long.
+    /// `/healthz` fails when the reconciler made no progress for this long (`--heartbeat-stale`).
     pub heartbeat_stale: Duration,
     /// The ingress controller to verify routability through (`--probe-url`).
     pub probe: Option<Probe>,

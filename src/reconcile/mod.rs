@@ -134,7 +134,8 @@ pub struct Reconciler {
     resync_retry: Retry,
 }
 
-/// The idle reconciler loop still turns this often (its heartbeat for `/healthz`).
+/// The idle reconciler loop still turns this often (its heartbeat for `/healthz`; a busy pass
+/// beats after every composition, request and listing page, see [`Status::heartbeat`]).
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 impl Reconciler {
@@ -146,6 +147,12 @@ impl Reconciler {
         timings: Timings,
         status: Arc<Status>,
     ) -> Self {
+        // Every API request that comes back is progress for the liveness heartbeat: a pass of
+        // many writes, or a listing of many pages, against a slow apiserver is alive as long as
+        // its requests come back; only one request can stand between two beats, and
+        // `--api-timeout` bounds it.
+        let beat = status.clone();
+        let cluster = cluster.with_progress(Arc::new(move || beat.heartbeat()));
         Self {
             docker,
             cluster,
@@ -176,11 +183,21 @@ impl Reconciler {
                     Some(h) => self.on_hint(h),
                     None => break,
                 },
+                // A pass stops at once on SIGTERM, in the middle of a request if need be: the
+                // shutdown has a deadline (--shutdown-timeout) and the clean-up at exit should get
+                // it, not the rest of a long resync. Level-triggered, nothing is lost: a request
+                // cut short is redone by the next start's resync, or its object goes with the pod.
                 _ = tokio::time::sleep_until(self.resync_due.unwrap_or(far)), if self.resync_due.is_some() => {
-                    self.full_resync().await;
+                    tokio::select! {
+                        _ = self.full_resync() => {}
+                        _ = cancel.cancelled() => break,
+                    }
                 }
                 _ = tokio::time::sleep_until(next_due.unwrap_or(far)), if next_due.is_some() => {
-                    self.process_due().await;
+                    tokio::select! {
+                        _ = self.process_due() => {}
+                        _ = cancel.cancelled() => break,
+                    }
                 }
             }
         }
@@ -232,10 +249,15 @@ impl Reconciler {
         }
     }
 
+    /// Reconciles every due composition; a burst (a hundred jobs starting at once) can make
+    /// this a long pass, so each composition and each request in it is progress for the
+    /// heartbeat.
     async fn process_due(&mut self) {
         for key in self.queue.pop_due(Instant::now()) {
             let span = info_span!("reconcile", composition = %key);
-            match self.docker.project(&key).instrument(span.clone()).await {
+            let observed = self.docker.project(&key).instrument(span.clone()).await;
+            self.status.heartbeat();
+            match observed {
                 Ok(observed) => {
                     self.reconcile_composition(&key, &observed)
                         .instrument(span)
@@ -256,7 +278,9 @@ impl Reconciler {
     async fn full_resync(&mut self) {
         self.resync_due = None;
         let started = Instant::now();
-        let snapshot = match self.docker.snapshot().await {
+        let snapshot = self.docker.snapshot().await;
+        self.status.heartbeat();
+        let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {
                 return self.resync_failed(format!("Docker listing failed, no GC this time: {e}"));
@@ -326,6 +350,8 @@ impl Reconciler {
     async fn reconcile_composition(&mut self, key: &str, observed: &ObservedProject) {
         let started = std::time::Instant::now();
         let result = self.converge(key, observed).await;
+        // One composition done, whatever the result: progress (see `Status::heartbeat`).
+        self.status.heartbeat();
         let state = self.compositions.entry(key.to_string()).or_default();
         match result {
             Ok(outcome) => {

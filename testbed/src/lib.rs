@@ -12,6 +12,7 @@ mod http;
 mod node;
 mod objects;
 mod pod;
+mod proxy;
 mod sidecar;
 mod wait;
 
@@ -29,7 +30,9 @@ pub use objects::{
     wait_gone,
 };
 pub use pod::{ComposeVersion, RunnerPod, unique_namespace};
+pub use proxy::ApiProxy;
 pub use sidecar::{
-    DOMAIN, Launch, Sidecar, TRAEFIK_RBAC, domain, free_port, sidecar_kubeconfig, stop_process,
+    DOMAIN, Launch, Sidecar, TRAEFIK_RBAC, domain, free_port, sidecar_kubeconfig,
+    sidecar_kubeconfig_via, stop_process,
 };
 pub use wait::{CONVERGE, eventually};

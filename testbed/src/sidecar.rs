@@ -104,6 +104,12 @@ pub const TRAEFIK_RBAC: &str = "deploy/components/traefik/rbac.yaml";
 
 /// Writes a kubeconfig for the sidecar's ServiceAccount token in the pod's directory.
 pub async fn sidecar_kubeconfig(bed: &Bed, pod: &RunnerPod) -> PathBuf {
+    sidecar_kubeconfig_via(bed, pod, bed.get("APISERVER")).await
+}
+
+/// [`sidecar_kubeconfig`] with another apiserver URL (a proxy in front of the bed's, see
+/// [`crate::ApiProxy`]); the bed's CA still verifies it, the certificate naming 127.0.0.1.
+pub async fn sidecar_kubeconfig_via(bed: &Bed, pod: &RunnerPod, server: &str) -> PathBuf {
     let admin = bed.admin().await;
     let token = pod.sidecar_token(&admin).await;
     let path = pod.dir.join("sidecar.kubeconfig");
@@ -111,7 +117,7 @@ pub async fn sidecar_kubeconfig(bed: &Bed, pod: &RunnerPod) -> PathBuf {
         "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
          users:\n- name: sidecar\n  user:\n    token: {token}\ncontexts:\n- name: sidecar\n  context: {{cluster: bed, user: sidecar, namespace: {}}}\n\
          current-context: sidecar\n",
-        bed.get("APISERVER"),
+        server,
         bed.get("CA_CRT"),
         pod.namespace
     );
@@ -133,6 +139,19 @@ impl Sidecar {
         {
             pod.grant(&bed.admin().await, TRAEFIK_RBAC).await;
         }
+        Self::start_with_kubeconfig(launch, pod, &kubeconfig, extra, "sidecar")
+    }
+
+    /// [`Sidecar::start`] with the apiserver at `server` (e.g. an [`crate::ApiProxy`]'s URL);
+    /// without the Traefik Role of `traefik-middleware` mode.
+    pub async fn start_via(
+        launch: &Launch,
+        bed: &Bed,
+        pod: &RunnerPod,
+        server: &str,
+        extra: &[&str],
+    ) -> Sidecar {
+        let kubeconfig = sidecar_kubeconfig_via(bed, pod, server).await;
         Self::start_with_kubeconfig(launch, pod, &kubeconfig, extra, "sidecar")
     }
 

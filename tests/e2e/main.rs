@@ -12,6 +12,7 @@ mod deploy;
 mod disruptive;
 mod engines;
 mod field_manager;
+mod frozen_apiserver;
 mod health;
 mod node;
 mod operability;
