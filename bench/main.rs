@@ -94,7 +94,7 @@ fn main() {
             return;
         }
         if args.runs("e2o") {
-            let r = phase_e2o(&scale).await;
+            let r = Box::pin(phase_e2o(&scale)).await;
             if let Err(e) = plot_e2o(&r, &out.join("event_to_object.png")) {
                 say(format!("plot e2o: {e}"));
             }
