@@ -50,21 +50,10 @@ use crate::routable::{RoutableResult, phase_routable};
 /// sidecar runner with the bench's settings.
 const SIDECAR: Launch = Launch::bench(env!("CARGO_BIN_EXE_compose-ingress"));
 
+/// Runs on the main thread's stack: each phase's future is boxed (below), so the future that
+/// `block_on` polls holds pointers, not the phases' states (they once overflowed 8 MiB as one
+/// large future, and a 256 MiB thread carried them).
 fn main() {
-    // The phases were once one large future that overflowed the main thread's 8 MiB. Today each
-    // phase's future is ~4 KiB even in a debug build (size_of_val of the unpolled futures), but
-    // the stack their polls take has not been measured on a bed: keep the room until a debug
-    // `--smoke` run without it proves it unneeded.
-    std::thread::Builder::new()
-        .name("bench".into())
-        .stack_size(256 << 20)
-        .spawn(run)
-        .expect("spawn the bench thread")
-        .join()
-        .expect("the bench failed");
-}
-
-fn run() {
     let args = Args::parse();
     let scale = args.scale();
     let out = args.out_dir();
@@ -105,7 +94,7 @@ fn run() {
             return;
         }
         if args.runs("e2o") {
-            let r = phase_e2o(&scale).await;
+            let r = Box::pin(phase_e2o(&scale)).await;
             if let Err(e) = plot_e2o(&r, &out.join("event_to_object.png")) {
                 say(format!("plot e2o: {e}"));
             }
@@ -113,7 +102,7 @@ fn run() {
             save(&results);
         }
         if args.runs("routable") {
-            let r = phase_routable(&scale).await;
+            let r = Box::pin(phase_routable(&scale)).await;
             if let Err(e) = plot_routable(&r, &out.join("time_to_routable.png")) {
                 say(format!("plot routable: {e}"));
             }
@@ -121,33 +110,33 @@ fn run() {
             save(&results);
         }
         if args.runs("side") {
-            let r = side_by_side::phase_side(&scale).await;
+            let r = Box::pin(side_by_side::phase_side(&scale)).await;
             results.insert("side_by_side".into(), json!(r));
             save(&results);
         }
         if args.runs("burst") {
-            let r = burst::phase_burst(&scale).await;
+            let r = Box::pin(burst::phase_burst(&scale)).await;
             results.insert("burst".into(), json!(r));
             save(&results);
         }
         if args.runs("restart") {
-            let (r, c) = restart_cost::phase_restart_and_cost(&scale).await;
+            let (r, c) = Box::pin(restart_cost::phase_restart_and_cost(&scale)).await;
             results.insert("restart".into(), json!(r));
             results.insert("cost".into(), json!(c));
             save(&results);
         }
         if args.runs("ratelimit") {
-            let r = ratelimit::phase_ratelimit(&scale).await;
+            let r = Box::pin(ratelimit::phase_ratelimit(&scale)).await;
             results.insert("ratelimit".into(), json!(r));
             save(&results);
         }
         if args.runs("wait") {
-            let r = wait::phase_wait(&scale).await;
+            let r = Box::pin(wait::phase_wait(&scale)).await;
             results.insert("wait".into(), json!(r));
             save(&results);
         }
         if args.runs("health") {
-            let r = health::phase_health(&scale).await;
+            let r = Box::pin(health::phase_health(&scale)).await;
             results.insert("health".into(), json!(r));
             save(&results);
         }
