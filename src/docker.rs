@@ -5,6 +5,7 @@
 //! Version negotiation and the event stream go through bollard; the container listing is our
 //! own request ([`listing`]), parsed into only the fields the sidecar reads.
 
+mod json_array;
 mod listing;
 
 use std::collections::{BTreeMap, HashMap};
@@ -79,6 +80,15 @@ pub enum DockerError {
         host: String,
         what: &'static str,
         source: serde_json::Error,
+    },
+    /// Our own requests: the answer's body is not a whole JSON array.
+    #[error(
+        "Docker request {what} got an answer this sidecar cannot read: {source} (is {host} a Docker daemon?)"
+    )]
+    NotAList {
+        host: String,
+        what: &'static str,
+        source: json_array::ArrayError,
     },
 }
 

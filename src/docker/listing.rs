@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Deserializer};
 
 use super::DockerError;
+use super::json_array::ArrayElements;
 
 /// The most one listing may take, from connecting to its last byte (bollard's timeout was 60 s).
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -127,34 +128,73 @@ fn listing_path(api_version: &str, filters: &BTreeMap<&str, Vec<String>>) -> Str
     path
 }
 
+/// Error bodies are short (`{"message": "..."}`); more than this of one is not kept.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// Every container of the daemon at `host` matching `filters`, all states, asked with API
-/// version `api_version` ("1.53").
+/// version `api_version` ("1.53"). Parsed one container at a time as the body arrives
+/// (src/docker/json_array.rs): the body is never held whole.
 pub(super) async fn list_containers(
     host: &str,
     api_version: &str,
     filters: &BTreeMap<&str, Vec<String>>,
 ) -> Result<Vec<Listed>, DockerError> {
-    let (status, body) =
-        tokio::time::timeout(TIMEOUT, get(host, &listing_path(api_version, filters)))
-            .await
-            .map_err(|_| DockerError::Exchange {
-                host: host.to_string(),
-                what: WHAT,
-                detail: format!("no complete answer within {} s", TIMEOUT.as_secs()),
-            })??;
+    let mut listed: Vec<Listed> = Vec::new();
+    let mut elements = ArrayElements::default();
+    let mut failure: Option<DockerError> = None;
+    let mut error_body: Vec<u8> = Vec::new();
+    let decode = |source| DockerError::Decode {
+        host: host.to_string(),
+        what: WHAT,
+        source,
+    };
+    let not_a_list = |source| DockerError::NotAList {
+        host: host.to_string(),
+        what: WHAT,
+        source,
+    };
+    let on_chunk = |status: StatusCode, chunk: &[u8]| {
+        if !status.is_success() {
+            let room = MAX_ERROR_BODY.saturating_sub(error_body.len());
+            error_body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            return;
+        }
+        if failure.is_some() {
+            return;
+        }
+        let parsed = elements.feed(chunk, &mut |element: &[u8]| {
+            listed.push(serde_json::from_slice(element)?);
+            Ok::<(), serde_json::Error>(())
+        });
+        failure = match parsed {
+            Ok(()) => None,
+            Err(Ok(e)) => Some(not_a_list(e)),
+            Err(Err(e)) => Some(decode(e)),
+        };
+    };
+    let status = tokio::time::timeout(
+        TIMEOUT,
+        get(host, &listing_path(api_version, filters), on_chunk),
+    )
+    .await
+    .map_err(|_| DockerError::Exchange {
+        host: host.to_string(),
+        what: WHAT,
+        detail: format!("no complete answer within {} s", TIMEOUT.as_secs()),
+    })??;
     if !status.is_success() {
         return Err(DockerError::Status {
             host: host.to_string(),
             what: WHAT,
             status,
-            message: error_message(&body),
+            message: error_message(&error_body),
         });
     }
-    serde_json::from_slice(&body).map_err(|source| DockerError::Decode {
-        host: host.to_string(),
-        what: WHAT,
-        source,
-    })
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    elements.finish().map_err(not_a_list)?;
+    Ok(listed)
 }
 
 /// The `message` of Docker's error body (`{"message": "..."}`), else the body's start as text.
@@ -177,8 +217,13 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-/// `GET path_and_query` on the daemon: the answer's status and whole body.
-async fn get(host: &str, path_and_query: &str) -> Result<(StatusCode, Bytes), DockerError> {
+/// `GET path_and_query` on the daemon: the answer's status; its body goes to `on_chunk` as it
+/// arrives.
+async fn get(
+    host: &str,
+    path_and_query: &str,
+    on_chunk: impl FnMut(StatusCode, &[u8]),
+) -> Result<StatusCode, DockerError> {
     let dial = |source| DockerError::Dial {
         host: host.to_string(),
         source,
@@ -211,8 +256,8 @@ async fn get(host: &str, path_and_query: &str) -> Result<(StatusCode, Bytes), Do
             detail: format!("cannot build the request {path_and_query}: {e}"),
         })?;
     match io {
-        Io::Unix(io) => exchange(io, request).await,
-        Io::Tcp(io) => exchange(io, request).await,
+        Io::Unix(io) => exchange(io, request, on_chunk).await,
+        Io::Tcp(io) => exchange(io, request, on_chunk).await,
     }
     .map_err(exchange_error)
 }
@@ -223,11 +268,13 @@ enum Io {
 }
 
 /// One request on a fresh HTTP/1.1 connection over `io`, driving the connection until the
-/// whole answer is read (the connection closes when this returns).
+/// whole answer is read (the connection closes when this returns); the body's chunks go to
+/// `on_chunk` with the status.
 async fn exchange<T>(
     io: T,
     request: Request<Empty<Bytes>>,
-) -> Result<(StatusCode, Bytes), hyper::Error>
+    mut on_chunk: impl FnMut(StatusCode, &[u8]),
+) -> Result<StatusCode, hyper::Error>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin,
 {
@@ -235,8 +282,13 @@ where
     let answer = async move {
         let response = sender.send_request(request).await?;
         let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                on_chunk(status, &data);
+            }
+        }
+        Ok::<_, hyper::Error>(status)
     };
     let mut answer = std::pin::pin!(answer);
     let mut connection = std::pin::pin!(connection);

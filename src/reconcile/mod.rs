@@ -293,9 +293,10 @@ impl Reconciler {
     /// that tests can drive the cluster side against a mock API without a Docker daemon.
     pub(crate) async fn resync_from(
         &mut self,
-        snapshot: BTreeMap<CompositionKey, ObservedProject>,
+        mut snapshot: BTreeMap<CompositionKey, ObservedProject>,
         started: Instant,
     ) {
+        let projects = snapshot.len();
         let owned = match self.cluster.list_owned().await {
             Ok(o) => o,
             Err(e) => return self.resync_failed(format!("listing this pod's objects failed: {e}")),
@@ -311,9 +312,9 @@ impl Reconciler {
         let empty = ObservedProject::default();
         for key in keys {
             self.queue.remove(&key);
+            // Taken out, not cloned: a full resync holds one copy of the listing, shrinking.
             let observed = snapshot
-                .get(&key)
-                .cloned()
+                .remove(&key)
                 .unwrap_or_else(|| ObservedProject {
                     name: key.clone(),
                     ..empty.clone()
@@ -325,7 +326,7 @@ impl Reconciler {
         self.resync_due = Some(Instant::now() + self.timings.resync_interval);
         self.status.resync_done();
         info!(
-            projects = snapshot.len(),
+            projects,
             owned_objects = self.owned.len(),
             took_ms = started.elapsed().as_millis() as u64,
             "full resync done"
