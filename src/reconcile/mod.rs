@@ -313,12 +313,10 @@ impl Reconciler {
         for key in keys {
             self.queue.remove(&key);
             // Taken out, not cloned: a full resync holds one copy of the listing, shrinking.
-            let observed = snapshot
-                .remove(&key)
-                .unwrap_or_else(|| ObservedProject {
-                    name: key.clone(),
-                    ..empty.clone()
-                });
+            let observed = snapshot.remove(&key).unwrap_or_else(|| ObservedProject {
+                name: key.clone(),
+                ..empty.clone()
+            });
             self.reconcile_composition(&key, &observed)
                 .instrument(info_span!("reconcile", composition = %key))
                 .await;
