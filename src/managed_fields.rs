@@ -203,6 +203,7 @@ pub fn hand_over_patch(meta: &ObjectMeta, manager: &str) -> Option<Value> {
             taken = union(&taken, &fields_of(e));
             template = template.or(Some(e));
         } else if is_entry_of(e, manager, "Apply") {
+            // Our apply entry takes the fields below, once the loop has gathered them.
         } else if is_foreign(e, manager) {
             let (revertable, kept) = split_revertable(&fields_of(e));
             if !has_fields(&revertable) {
