@@ -24,6 +24,9 @@ pub fn resource(kind: &str) -> ApiResource {
         "Ingress" => GroupVersionKind::gvk("networking.k8s.io", "v1", "Ingress"),
         "HTTPRoute" => GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
         "Lease" => GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"),
+        "EndpointSlice" => GroupVersionKind::gvk("discovery.k8s.io", "v1", "EndpointSlice"),
+        "GRPCRoute" => GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "GRPCRoute"),
+        "Middleware" => GroupVersionKind::gvk("traefik.io", "v1alpha1", "Middleware"),
         other => panic!("unknown kind {other}"),
     };
     ApiResource::from_gvk(&gvk)
@@ -171,7 +174,17 @@ pub async fn owned_projects(client: &kube::Client, ns: &str, kind: &str) -> Hash
 
 /// Deletes every object compose-ingress owns in `ns` (between modes of a phase).
 pub async fn delete_owned(admin: &kube::Client, ns: &str) {
-    for k in ["Ingress", "HTTPRoute", "Service", "Lease"] {
+    // Every kind the sidecar writes: a kind left out (EndpointSlices were, once) leaves
+    // orphans that the next phase's sidecar GCs while it is being measured.
+    for k in [
+        "Ingress",
+        "HTTPRoute",
+        "GRPCRoute",
+        "Middleware",
+        "Service",
+        "EndpointSlice",
+        "Lease",
+    ] {
         let _ = dyn_api(admin, ns, k)
             .delete_collection(
                 &DeleteParams::default(),
