@@ -1,14 +1,16 @@
 //! The apply step of a pass: host claims (Leases), server-side applies and deletes of the
-//! composition's objects, and what they tell (Events, metrics, the composition's status).
+//! composition's rendered objects (src/reconcile/rendered.rs), and then the report of what they
+//! did (log lines, Events, the composition's status); every request is counted in the metrics.
 
 use std::collections::BTreeSet;
 
 use tracing::info;
 use tracing::warn;
 
+use super::rendered::Rendered;
 use super::{CompositionRecord, LOG_TARGET, Outcome, Problem, Reconciler};
 use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject, Upserted};
-use crate::model::{DesiredComposition, Reason, Refusal, RouteApi};
+use crate::model::{Backend, DesiredComposition, Reason, Refusal};
 use crate::render;
 use crate::status::{CompositionState, Metrics};
 
@@ -154,44 +156,16 @@ impl Reconciler {
             .is_some_and(|s| s.problems.contains(problem))
     }
 
-    fn render_all(&self, d: &DesiredComposition) -> Result<Vec<DesiredObject>, ClusterError> {
-        let mut objects = vec![DesiredObject::new(
-            Kind::Service,
-            &render::service(d, &self.settings, &self.owner),
-        )?];
-        for slice in render::endpoint_slices(d, &self.settings, &self.owner) {
-            objects.push(DesiredObject::new(Kind::EndpointSlice, &slice)?);
-        }
-        if let Some(m) = render::rate_limit_middleware(d, &self.settings, &self.owner) {
-            objects.push(DesiredObject::new(Kind::Middleware, &m)?);
-        }
-        match self.settings.route_api {
-            RouteApi::Ingress => objects.push(DesiredObject::new(
-                Kind::Ingress,
-                &render::ingress(d, &self.settings, &self.owner),
-            )?),
-            RouteApi::Gateway => {
-                for r in render::http_routes(d, &self.settings, &self.owner) {
-                    objects.push(DesiredObject::new(Kind::HttpRoute, &r)?);
-                }
-                for r in render::grpc_routes(d, &self.settings, &self.owner) {
-                    objects.push(DesiredObject::new(Kind::GrpcRoute, &r)?);
-                }
-            }
-        }
-        Ok(objects)
-    }
-
-    pub(super) async fn apply(
+    /// Writes a rendered composition: every object whose spec changed since our last write (zero
+    /// writes when none did), then deletes the composition's objects that the plan no longer
+    /// wants. Returns whether anything was written.
+    pub(super) async fn write(
         &mut self,
         key: &str,
-        d: &DesiredComposition,
-        refused: Vec<Refusal>,
-    ) -> Result<Outcome, ClusterError> {
-        let objects = self.render_all(d)?;
+        rendered: &Rendered,
+    ) -> Result<bool, ClusterError> {
         let mut wrote = false;
-        // In `Kind` order: a route never points at a Service or Middleware that does not exist yet.
-        for obj in &objects {
+        for obj in &rendered.objects {
             let id = (obj.kind, obj.name().to_string());
             let known = self.owned.get(&id).cloned();
             // Unchanged: zero writes. An object an older sidecar created is written once more,
@@ -233,17 +207,17 @@ impl Reconciler {
         }
         // Objects of this composition that the plan no longer wants (a host dropped, a route of
         // the other API, a lease of a host given up): routes first, leases last.
-        let wanted: BTreeSet<(Kind, String)> = objects
+        let wanted: BTreeSet<(Kind, &str)> = rendered
+            .objects
             .iter()
-            .map(|o| (o.kind, o.name().to_string()))
+            .map(|o| (o.kind, o.name()))
             .collect();
-        let wanted_hosts: BTreeSet<&str> = d.backends.iter().map(|b| b.host.as_str()).collect();
         let mut stale: Vec<OwnedObject> = self
             .owned_of(key)
             .into_iter()
             .filter(|o| match o.kind {
-                Kind::Lease => !o.host.as_deref().is_some_and(|h| wanted_hosts.contains(h)),
-                _ => !wanted.contains(&(o.kind, o.name.clone())),
+                Kind::Lease => !o.host.as_ref().is_some_and(|h| rendered.hosts.contains(h)),
+                _ => !wanted.contains(&(o.kind, o.name.as_str())),
             })
             .collect();
         stale.sort_by_key(|o| std::cmp::Reverse(o.kind));
@@ -251,7 +225,26 @@ impl Reconciler {
             self.delete_owned(&o).await?;
             wrote = true;
         }
-        let urls = super::urls_of(d, &self.settings);
+        Ok(wrote)
+    }
+
+    /// Tells what a pass of an exposed composition did, after its writes: one log line and one
+    /// Event when its URLs change, one log line when its routed services change, and its
+    /// `/exposures` state.
+    pub(super) fn report(
+        &mut self,
+        key: &str,
+        rendered: Rendered,
+        backends: Vec<Backend>,
+        refused: Vec<Refusal>,
+        wrote: bool,
+    ) -> Outcome {
+        let Rendered {
+            objects,
+            urls,
+            not_routed,
+            ..
+        } = rendered;
         let state = self.compositions.entry(key.to_string()).or_default();
         let changed = state.urls != urls;
         if changed {
@@ -259,33 +252,27 @@ impl Reconciler {
             self.status.event_exposed(key, &urls);
             state.urls = urls.clone();
         }
-        let unhealthy: BTreeSet<(String, &'static str)> = d
-            .backends
-            .iter()
-            .filter(|b| !b.ready)
-            .map(|b| (b.service.clone(), b.health.as_str()))
-            .collect();
-        if state.unhealthy != unhealthy {
-            let not_routed: Vec<String> = unhealthy
+        if state.unhealthy != not_routed {
+            let names: Vec<String> = not_routed
                 .iter()
                 .map(|(service, health)| format!("{service} ({health})"))
                 .collect();
-            info!(target: LOG_TARGET, not_routed = ?not_routed, "routed services changed: a container's healthcheck does not pass, or passes again");
-            state.unhealthy = unhealthy;
+            info!(target: LOG_TARGET, not_routed = ?names, "routed services changed: a container's healthcheck does not pass, or passes again");
+            state.unhealthy = not_routed;
         }
         self.status.set_composition(
             key,
             CompositionState::Exposed {
                 urls,
-                backends: d.backends.clone(),
+                backends,
                 refused,
             },
         );
-        Ok(if wrote || changed {
+        if wrote || changed {
             Outcome::Exposed
         } else {
             Outcome::Unchanged
-        })
+        }
     }
 
     /// Deletes every object of a composition whose grace is over: routes first, leases last.

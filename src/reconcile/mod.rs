@@ -5,12 +5,14 @@
 //! objects.
 //!
 //! When a composition is due is the [`queue`]'s business, the timing rules (debounce, settle time,
-//! delete grace, forgetting) are [`lifecycle`]'s, the writes (claims, applies, deletes, Events,
-//! metrics) are [`apply`]'s.
+//! delete grace, forgetting) are [`lifecycle`]'s; an exposed composition is rendered once
+//! ([`rendered`]: objects, URLs), then written and reported ([`apply`]: claims, applies,
+//! deletes, log lines, Events, status, metrics).
 
 mod apply;
 mod lifecycle;
 mod queue;
+mod rendered;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::cluster::{Cluster, ClusterError, Kind, OwnedObject};
 use crate::config::Timings;
 use crate::docker::{CompositionKey, DockerClient, Hint};
-use crate::model::{DesiredComposition, ObservedProject, OwnerPod, PlanSettings, Reason, RouteApi};
+use crate::model::{ObservedProject, OwnerPod, PlanSettings, Reason};
 use crate::plan::plan;
 use crate::retry::Retry;
 use crate::status::{CompositionState, Status};
@@ -434,8 +436,11 @@ impl Reconciler {
             );
         let outcome = match exposure {
             Exposure::Expose(d) => {
+                // Rendered once; written; then reported.
                 let refused = apply::refused_reasons(&plan.refusals, self.compositions.get(key));
-                return self.apply(key, &d, refused).await;
+                let rendered = rendered::render(&d, &self.settings, &self.owner)?;
+                let wrote = self.write(key, &rendered).await?;
+                return Ok(self.report(key, rendered, d.backends, refused, wrote));
             }
             Exposure::Nothing => {
                 self.status.remove_composition(key);
@@ -473,23 +478,6 @@ impl Reconciler {
         }
         Ok(outcome)
     }
-}
-
-/// The URLs users get: https when the operator configured a TLS secret.
-pub fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<String> {
-    let scheme = if d.tls_secret.is_some() && settings.route_api == RouteApi::Ingress {
-        "https"
-    } else {
-        "http"
-    };
-    let mut urls: Vec<String> = d
-        .backends
-        .iter()
-        .map(|b| format!("{scheme}://{}{}", b.host, b.path))
-        .collect();
-    urls.sort();
-    urls.dedup();
-    urls
 }
 
 /// Deletes every object of this pod (shutdown of a terminating pod): routes first, leases last.
