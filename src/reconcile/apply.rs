@@ -165,45 +165,69 @@ impl Reconciler {
         rendered: &Rendered,
     ) -> Result<bool, ClusterError> {
         let mut wrote = false;
-        for obj in &rendered.objects {
-            let id = (obj.kind, obj.name().to_string());
-            let known = self.owned.get(&id).cloned();
-            // Unchanged: zero writes. An object an older sidecar created is written once more,
-            // after its fields are handed to the apply entry, so that fields it no longer
-            // wants go.
-            if known.as_ref().is_some_and(|o| {
-                o.spec_hash.as_deref() == obj.spec_hash()
-                    && !o.leftovers
-                    && !o.legacy_selector
-                    && !o.edited
-            }) {
-                continue;
-            }
-            if let Some(o) = known.as_ref().filter(|o| o.edited) {
-                info!(target: LOG_TARGET, kind = %o.kind, name = %o.name, "an owned object was edited by someone else: setting it back to what the composition wants");
-            }
-            // A Service an older sidecar gave a selector: made again (see `legacy_selector`).
-            let known = match known {
-                Some(o) if o.legacy_selector => {
-                    info!(target: LOG_TARGET, service = %o.name, "a Service with a selector (from before health-gated routing) is created again without one");
-                    self.delete_owned(&o).await?;
-                    None
+        // Two waves: what a route points at (the Service, a Middleware), then the EndpointSlices
+        // and the routes together. A route never points at an object that does not exist yet,
+        // and slices and routes, which do not point at each other, do not wait for one another:
+        // one request less between a container's start and a routable URL.
+        for wave in [Wave::Referenced, Wave::Referring] {
+            let mut todo: Vec<(&DesiredObject, Option<OwnedObject>)> = Vec::new();
+            for obj in rendered.objects.iter().filter(|o| wave_of(o.kind) == wave) {
+                let known = self.owned.get(&(obj.kind, obj.name().to_string())).cloned();
+                // Unchanged: zero writes. An object an older sidecar created is written once
+                // more, after its fields are handed to the apply entry, so that fields it no
+                // longer wants go.
+                if known.as_ref().is_some_and(|o| {
+                    o.spec_hash.as_deref() == obj.spec_hash()
+                        && !o.leftovers
+                        && !o.legacy_selector
+                        && !o.edited
+                }) {
+                    continue;
                 }
-                known => known,
-            };
-            let verb = if known.is_some() { "apply" } else { "create" };
-            let upserted = measured(
-                &self.status.metrics,
-                verb,
-                obj.kind,
-                self.cluster.upsert(obj, known.as_ref()),
-                ok_or_error,
-            )
-            .await?;
-            let mut record = owned_record(obj, key, upserted.uid().to_string(), None);
-            record.needs_hand_over = matches!(upserted, Upserted::Created(_));
-            self.owned.insert(id, record);
-            wrote = true;
+                if let Some(o) = known.as_ref().filter(|o| o.edited) {
+                    info!(target: LOG_TARGET, kind = %o.kind, name = %o.name, "an owned object was edited by someone else: setting it back to what the composition wants");
+                }
+                // A Service an older sidecar gave a selector: made again (see `legacy_selector`).
+                let known = match known {
+                    Some(o) if o.legacy_selector => {
+                        info!(target: LOG_TARGET, service = %o.name, "a Service with a selector (from before health-gated routing) is created again without one");
+                        self.delete_owned(&o).await?;
+                        None
+                    }
+                    known => known,
+                };
+                todo.push((obj, known));
+            }
+            let results = futures::future::join_all(todo.iter().map(|(obj, known)| {
+                let verb = if known.is_some() { "apply" } else { "create" };
+                measured(
+                    &self.status.metrics,
+                    verb,
+                    obj.kind,
+                    self.cluster.upsert(obj, known.as_ref()),
+                    ok_or_error,
+                )
+            }))
+            .await;
+            // What was written is recorded even when another write of the wave failed.
+            let mut failed = None;
+            for ((obj, _), result) in todo.into_iter().zip(results) {
+                match result {
+                    Ok(upserted) => {
+                        let mut record = owned_record(obj, key, upserted.uid().to_string(), None);
+                        record.needs_hand_over = matches!(upserted, Upserted::Created(_));
+                        self.owned
+                            .insert((obj.kind, obj.name().to_string()), record);
+                        wrote = true;
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         // Objects of this composition that the plan no longer wants (a host dropped, a route of
         // the other API, a lease of a host given up): routes first, leases last.
@@ -323,6 +347,22 @@ impl Reconciler {
         .await?;
         self.owned.remove(&(o.kind, o.name.clone()));
         Ok(())
+    }
+}
+
+/// The write waves of a composition's objects, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wave {
+    /// What routes point at.
+    Referenced,
+    /// The routes, and the EndpointSlices (which point at the Service, by label).
+    Referring,
+}
+
+fn wave_of(kind: Kind) -> Wave {
+    match kind {
+        Kind::Lease | Kind::Service | Kind::Middleware => Wave::Referenced,
+        Kind::EndpointSlice | Kind::Ingress | Kind::HttpRoute | Kind::GrpcRoute => Wave::Referring,
     }
 }
 
