@@ -44,7 +44,8 @@ pub struct Args {
     #[arg(long = "host-ip", env = "HOST_IP")]
     pub host_ip: Option<std::net::IpAddr>,
 
-    /// Docker daemon to watch: unix:///path or tcp://host:port.
+    /// Docker daemon to watch: unix:///path or tcp://host:port (port 2375 when left out, as
+    /// Docker's own CLI does).
     #[arg(
         long = "docker-host",
         env = "DOCKER_HOST",
@@ -315,6 +316,41 @@ fn bad(flag: &'static str, value: &str, problem: impl Into<String>) -> ConfigErr
     }
 }
 
+/// `--docker-host` as the Docker clients dial it: `unix:///path`, or `tcp://host:port` where a
+/// left-out port is Docker's plain-TCP default 2375 (what `docker -H tcp://dind` does; without
+/// it the dial would fail with a less helpful error at every reconnect).
+fn docker_host(text: &str) -> Result<String, String> {
+    if let Some(path) = text.strip_prefix("unix://") {
+        if path.is_empty() {
+            return Err("needs a socket path, e.g. unix:///var/run/docker.sock".into());
+        }
+        return Ok(text.to_string());
+    }
+    let Some(authority) = text.strip_prefix("tcp://") else {
+        return Err("must start with unix:// or tcp://".into());
+    };
+    let authority = authority.trim_end_matches('/');
+    let (host, port) = match authority.rsplit_once(':') {
+        // A bracketed IPv6 address with no port ("[::1]"), or no colon at all.
+        Some((host, port)) if !port.ends_with(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    if host.is_empty() || host.contains('/') || (host.contains(':') && !host.starts_with('[')) {
+        return Err(
+            "tcp:// needs a host and an optional port, e.g. tcp://127.0.0.1:2375 or \
+             tcp://[::1]:2375"
+                .into(),
+        );
+    }
+    match port {
+        None => Ok(format!("tcp://{host}:2375")),
+        Some(p) if p.parse::<u16>().is_ok_and(|p| p > 0) => Ok(format!("tcp://{host}:{p}")),
+        Some(p) => Err(format!(
+            "the port '{p}' is not a TCP port (1-65535), e.g. tcp://127.0.0.1:2375"
+        )),
+    }
+}
+
 /// Parses `500ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -461,13 +497,8 @@ impl Args {
                 "must be the pod's metadata.uid (downward API), or unset",
             ));
         }
-        if !(self.docker_host.starts_with("unix://") || self.docker_host.starts_with("tcp://")) {
-            return Err(bad(
-                "--docker-host",
-                &self.docker_host,
-                "must start with unix:// or tcp://",
-            ));
-        }
+        let docker_host = docker_host(&self.docker_host)
+            .map_err(|problem| bad("--docker-host", &self.docker_host, problem))?;
         naming::validate_host_template(&self.host_template)
             .map_err(|e| bad("--host-template", &self.host_template, e.to_string()))?;
         if let Some(c) = &self.ingress_class {
@@ -592,7 +623,7 @@ impl Args {
             pod_uid: self.pod_uid,
             pod_ip: ipv4(self.pod_ip),
             host_ip: self.host_ip,
-            docker_host: self.docker_host,
+            docker_host,
             timings: Timings {
                 resync_interval: self.resync_interval,
                 debounce: self.debounce,
@@ -649,6 +680,39 @@ mod tests {
         assert_eq!(c.obsolete.len(), 1);
         assert!(c.obsolete[0].contains("no longer used"), "{:?}", c.obsolete);
         assert!(args(&[]).expect("valid").obsolete.is_empty());
+    }
+
+    #[test]
+    fn a_tcp_docker_host_without_a_port_gets_dockers_default_and_junk_is_refused() {
+        let host = |h: &str| args(&["--docker-host", h]).map(|c| c.docker_host);
+        assert_eq!(host("tcp://dind").as_deref(), Ok("tcp://dind:2375"));
+        assert_eq!(host("tcp://dind/").as_deref(), Ok("tcp://dind:2375"));
+        assert_eq!(
+            host("tcp://10.0.0.2:2376").as_deref(),
+            Ok("tcp://10.0.0.2:2376")
+        );
+        assert_eq!(host("tcp://[::1]").as_deref(), Ok("tcp://[::1]:2375"));
+        assert_eq!(host("tcp://[::1]:2376").as_deref(), Ok("tcp://[::1]:2376"));
+        assert_eq!(
+            host("unix:///var/run/docker.sock").as_deref(),
+            Ok("unix:///var/run/docker.sock")
+        );
+        for (junk, says) in [
+            ("tcp://", "needs a host"),
+            ("tcp://::1", "needs a host"),
+            ("tcp://dind/v1.41", "needs a host"),
+            ("tcp://dind:", "not a TCP port"),
+            ("tcp://dind:0", "not a TCP port"),
+            ("tcp://dind:65536", "not a TCP port"),
+            ("unix://", "needs a socket path"),
+            ("http://dind:2375", "must start with unix:// or tcp://"),
+        ] {
+            let e = host(junk).expect_err(junk);
+            assert!(
+                e.contains("--docker-host") && e.contains(says),
+                "{junk}: {e}"
+            );
+        }
     }
 
     #[test]
