@@ -166,7 +166,10 @@ pub enum ClusterError {
         name: String,
         pod: String,
     },
-    #[error("cannot read pod {namespace}/{name}: {source} (the Role must allow get on pods)")]
+    #[error(
+        "cannot read pod {namespace}/{name}: {source} ({})",
+        pod_read_hint(source)
+    )]
     Pod {
         namespace: String,
         name: String,
@@ -177,6 +180,20 @@ pub enum ClusterError {
         kind: Kind,
         source: serde_json::Error,
     },
+}
+
+/// What to do about a failed read of the sidecar's own pod, by what the apiserver said.
+fn pod_read_hint(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 401 => {
+            "the ServiceAccount token was refused: check the projected token volume of the sidecar"
+        }
+        kube::Error::Api(s) if s.code == 403 => "the Role must allow get on pods",
+        kube::Error::Api(s) if s.code == 404 => {
+            "no such pod: POD_NAME and POD_NAMESPACE must be the pod's own, from the downward API"
+        }
+        _ => "the apiserver did not answer as expected; retried",
+    }
 }
 
 impl ClusterError {
@@ -1522,6 +1539,29 @@ mod tests {
                 .insert(COMPOSE_PROJECT.to_string(), project.to_string());
         }
         p
+    }
+
+    /// A failed read of the sidecar's own pod (start-up without POD_UID/POD_IP, clean-up at exit)
+    /// says what to fix by what the apiserver answered, not always "the Role".
+    #[tokio::test]
+    async fn a_failed_read_of_the_own_pod_says_what_to_fix_by_its_status() {
+        for (code, reason, says) in [
+            (401, "Unauthorized", "token was refused"),
+            (403, "Forbidden", "the Role must allow get on pods"),
+            (404, "NotFound", "no such pod: POD_NAME and POD_NAMESPACE"),
+            (500, "InternalError", "did not answer as expected; retried"),
+        ] {
+            let (cluster, handle) = mock_cluster();
+            let scenario =
+                vec![get("/api/v1/namespaces/ci/pods", POD).reply(code, status(code, reason))];
+            let (result, ()) = tokio::join!(
+                async move { cluster.own_pod().await },
+                serve(handle, scenario)
+            );
+            let e = result.expect_err("an error").to_string();
+            assert!(e.contains(says), "{code}: {e}");
+            assert!(e.contains("pod ci/runner-3"), "{code}: {e}");
+        }
     }
 
     /// A long pass feeds the liveness heartbeat after every request that came back (a listing
