@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 /// The phases, in the order a full run measures them (`--only` takes a comma list of them).
-pub const PHASES: [&str; 8] = [
+pub const PHASES: [&str; 9] = [
     "e2o",
+    "hol",
     "routable",
     "side",
     "burst",
@@ -72,6 +73,9 @@ impl Args {
 pub struct Scale {
     pub smoke: bool,
     pub e2o_n: usize,
+    /// Orphan compositions whose graces end together, and compositions arriving meanwhile.
+    pub hol_orphans: usize,
+    pub hol_arrivals: usize,
     pub routable_levels: Vec<usize>,
     pub routable_samples: usize,
     pub side_samples: usize,
@@ -89,6 +93,8 @@ impl Scale {
         Scale {
             smoke: false,
             e2o_n: 200,
+            hol_orphans: 100,
+            hol_arrivals: 20,
             routable_levels: vec![0, 100, 500, 1000, 2000],
             routable_samples: 12,
             side_samples: 20,
@@ -104,6 +110,8 @@ impl Scale {
         Scale {
             smoke: true,
             e2o_n: 5,
+            hol_orphans: 3,
+            hol_arrivals: 2,
             routable_levels: vec![0],
             routable_samples: 2,
             side_samples: 2,

@@ -2,7 +2,7 @@
 //!
 //!   cargo bench --bench bench                      # every phase, full size (~22 min)
 //!   cargo bench --bench bench -- --smoke           # tiny run of every phase (CI keeps it alive)
-//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o routable side burst restart ratelimit wait health
+//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o hol routable side burst restart ratelimit wait health
 //!   cargo bench --bench bench -- --replot          # redraw the plots from results.json
 //!
 //! `cargo bench` builds the sidecar with the release settings (the bench profile inherits them)
@@ -25,6 +25,7 @@ mod compose;
 mod docker;
 mod e2o;
 mod health;
+mod hol;
 mod http;
 mod machine;
 mod pods;
@@ -99,6 +100,11 @@ fn main() {
                 say(format!("plot e2o: {e}"));
             }
             results.insert("event_to_object".into(), json!(r));
+            save(&results);
+        }
+        if args.runs("hol") {
+            let r = Box::pin(hol::phase_hol(&scale)).await;
+            results.insert("head_of_line".into(), json!(r));
             save(&results);
         }
         if args.runs("routable") {
