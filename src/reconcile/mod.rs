@@ -197,7 +197,7 @@ impl Reconciler {
                 }
                 _ = tokio::time::sleep_until(next_due.unwrap_or(far)), if next_due.is_some() => {
                     tokio::select! {
-                        _ = self.process_due() => {}
+                        _ = self.process_due(&mut hints) => {}
                         _ = cancel.cancelled() => break,
                     }
                 }
@@ -254,8 +254,17 @@ impl Reconciler {
     /// Reconciles every due composition; a burst (a hundred jobs starting at once) can make
     /// this a long pass, so each composition and each request in it is progress for the
     /// heartbeat.
-    async fn process_due(&mut self) {
-        for key in self.queue.pop_due(Instant::now()) {
+    async fn process_due(&mut self, hints: &mut UnboundedReceiver<Hint>) {
+        loop {
+            // Hints that came during the last composition's pass are queued before the next one
+            // is picked: a composition that a Docker event made due goes before the deletes of
+            // a batch of graces that ended together (background keys, see `DelayQueue`).
+            while let Ok(hint) = hints.try_recv() {
+                self.on_hint(hint);
+            }
+            let Some(key) = self.queue.pop_next_due(Instant::now()) else {
+                break;
+            };
             let span = info_span!("reconcile", composition = %key);
             let observed = self.docker.project(&key).instrument(span.clone()).await;
             self.status.heartbeat();
@@ -448,7 +457,7 @@ impl Reconciler {
             }
             Exposure::StartGrace { until } => {
                 let slices = self.withdraw_endpoints(key).await?;
-                self.queue.schedule(key.to_string(), until);
+                self.queue.schedule_background(key.to_string(), until);
                 info!(
                     grace_ms = self.timings.delete_grace.as_millis() as u64,
                     endpoint_slices_deleted = slices,
@@ -461,7 +470,7 @@ impl Reconciler {
             Exposure::HoldGrace { until } => {
                 // Slices a failed pass left behind (or an older sidecar's) go too.
                 self.withdraw_endpoints(key).await?;
-                self.queue.schedule(key.to_string(), until);
+                self.queue.schedule_background(key.to_string(), until);
                 Outcome::GracePending
             }
             Exposure::Delete => {

@@ -12,7 +12,16 @@ use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct DelayQueue<K> {
-    due: BTreeMap<K, Instant>,
+    due: BTreeMap<K, Due>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Due {
+    at: Instant,
+    /// Timer-made work that nobody waits for (the deletes after a grace): taken only when no
+    /// foreground key is due, so that a batch of them never holds up a composition that a
+    /// Docker event made due.
+    background: bool,
 }
 
 impl<K: Ord> Default for DelayQueue<K> {
@@ -26,10 +35,23 @@ impl<K: Ord> Default for DelayQueue<K> {
 impl<K: Ord + Clone> DelayQueue<K> {
     /// Makes `key` due at `at`, or keeps its deadline if that is earlier.
     pub fn schedule(&mut self, key: K, at: Instant) {
+        self.insert(key, at, false);
+    }
+
+    /// [`DelayQueue::schedule`] for work nobody waits for: behind every foreground key that is
+    /// due. A key scheduled both ways is foreground.
+    pub fn schedule_background(&mut self, key: K, at: Instant) {
+        self.insert(key, at, true);
+    }
+
+    fn insert(&mut self, key: K, at: Instant, background: bool) {
         self.due
             .entry(key)
-            .and_modify(|t| *t = (*t).min(at))
-            .or_insert(at);
+            .and_modify(|d| {
+                d.at = d.at.min(at);
+                d.background &= background;
+            })
+            .or_insert(Due { at, background });
     }
 
     /// Forgets `key`'s deadline (it is being handled another way, e.g. by a full resync).
@@ -38,26 +60,31 @@ impl<K: Ord + Clone> DelayQueue<K> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        self.due.remove(key)
+        self.due.remove(key).map(|d| d.at)
     }
 
     /// The earliest deadline, if any key is queued.
     pub fn next_due(&self) -> Option<Instant> {
-        self.due.values().min().copied()
+        self.due.values().map(|d| d.at).min()
     }
 
-    /// Takes out every key due at `now` (deadline reached), in key order.
-    pub fn pop_due(&mut self, now: Instant) -> Vec<K> {
-        let due: Vec<K> = self
+    /// Takes out the key to handle next at `now`: of the keys due (deadline reached), the
+    /// foreground ones first, then the earliest deadline, then key order.
+    pub fn pop_next_due(&mut self, now: Instant) -> Option<K> {
+        let key = self
             .due
             .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &due {
-            self.due.remove(k);
-        }
-        due
+            .filter(|(_, d)| d.at <= now)
+            .min_by_key(|(_, d)| (d.background, d.at))
+            .map(|(k, _)| k.clone())?;
+        self.due.remove(&key);
+        Some(key)
+    }
+
+    /// Every key due at `now`, in the order [`DelayQueue::pop_next_due`] takes them.
+    #[cfg(test)]
+    pub fn pop_due(&mut self, now: Instant) -> Vec<K> {
+        std::iter::from_fn(|| self.pop_next_due(now)).collect()
     }
 
     /// `key`'s deadline, if it is queued (the reconciler only needs the earliest of all).
@@ -67,7 +94,7 @@ impl<K: Ord + Clone> DelayQueue<K> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        self.due.get(key).copied()
+        self.due.get(key).map(|d| d.at)
     }
 }
 
@@ -116,6 +143,38 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_due_foreground_key_goes_before_every_due_background_key() {
+        let t0 = Instant::now();
+        let mut q = DelayQueue::default();
+        // A grace ended for a and b long ago; c's hint is due only now.
+        q.schedule_background("a", t0);
+        q.schedule_background("b", t0 + ms(10));
+        q.schedule("c", t0 + ms(300));
+        assert_eq!(q.pop_next_due(t0 + ms(299)), Some("a"), "c is not due yet");
+        assert_eq!(
+            q.pop_due(t0 + ms(300)),
+            vec!["c", "b"],
+            "due: foreground first, however old the background deadline"
+        );
+    }
+
+    #[test]
+    fn a_hint_for_a_background_key_makes_it_foreground_keeping_the_earlier_deadline() {
+        let t0 = Instant::now();
+        let mut q = DelayQueue::default();
+        q.schedule_background("back", t0);
+        q.schedule_background("comeback", t0 + ms(100));
+        q.schedule("comeback", t0 + ms(400));
+        assert_eq!(q.deadline("comeback"), Some(t0 + ms(100)));
+        assert_eq!(q.pop_due(t0 + ms(100)), vec!["comeback", "back"]);
+        // Background twice stays background.
+        q.schedule_background("x", t0);
+        q.schedule_background("x", t0 + ms(5));
+        q.schedule("y", t0 + ms(5));
+        assert_eq!(q.pop_due(t0 + ms(5)), vec!["y", "x"]);
     }
 
     #[test]
