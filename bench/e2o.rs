@@ -7,13 +7,10 @@ use testbed::{Sidecar, bed};
 use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
-use crate::cluster::{Seen, delete_owned, watch_kind};
-use crate::docker::{
-    create_composition, ensure_networks, remove_all, remove_composition, start_composition,
-    watch_start_events,
-};
+use crate::cluster::delete_owned;
+use crate::docker::{create_composition, ensure_networks, remove_composition, start_composition};
 use crate::http::wait_ready;
-use crate::pods::{finish_pod, phase_pod};
+use crate::pods::{Watching, phase_pod};
 use crate::stats::{Stats, stats};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -37,10 +34,8 @@ pub async fn phase_e2o(scale: &Scale) -> Vec<E2oResult> {
     let docker = pod.docker();
     ensure_networks(&docker, 1).await;
     let admin = bed().admin().await;
-    let seen = Seen::default();
-    let watches = ["Service", "Ingress"]
-        .map(|k| watch_kind(admin.clone(), pod.namespace.clone(), k, seen.clone()));
-    let (events, ev_task) = watch_start_events(docker.clone());
+    let watching = Watching::start(&admin, &pod, &docker);
+    let (seen, events) = (&watching.seen, &watching.events);
     let mut results = Vec::new();
     for (tag, debounce) in [("d300", "300ms"), ("d0", "0s")] {
         say(format!(
@@ -112,9 +107,6 @@ pub async fn phase_e2o(scale: &Scale) -> Vec<E2oResult> {
         // hold up the first compositions it measures): delete them as an admin.
         delete_owned(&admin, &pod.namespace).await;
     }
-    ev_task.abort();
-    watches.iter().for_each(|w| w.abort());
-    remove_all(&docker).await;
-    finish_pod(&pod);
+    watching.finish(&docker, &pod).await;
     results
 }

@@ -11,13 +11,10 @@ use testbed::{Sidecar, bed};
 use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
-use crate::cluster::{Seen, count_owned, delete_owned, watch_kind};
-use crate::docker::{
-    create_composition, ensure_networks, remove_all, remove_composition, start_composition,
-    watch_start_events,
-};
+use crate::cluster::{count_owned, delete_owned};
+use crate::docker::{create_composition, ensure_networks, remove_composition, start_composition};
 use crate::http::wait_ready;
-use crate::pods::{finish_pod, phase_pod};
+use crate::pods::{Watching, phase_pod};
 use crate::stats::{Stats, stats};
 
 /// The bench's `--delete-grace` (testbed's `Launch::bench`).
@@ -39,15 +36,9 @@ pub async fn phase_hol(scale: &Scale) -> HolResult {
     let docker = pod.docker();
     ensure_networks(&docker, 1).await;
     let admin = bed().admin().await;
-    let seen = Seen::default();
-    let watches = ["Service", "Ingress"]
-        .map(|k| watch_kind(admin.clone(), pod.namespace.clone(), k, seen.clone()));
-    let (events, ev_task) = watch_start_events(docker.clone());
-    let all_seen = |projects: &[String]| {
-        projects
-            .iter()
-            .all(|p| seen.get("Service", p).is_some() && seen.get("Ingress", p).is_some())
-    };
+    let watching = Watching::start(&admin, &pod, &docker);
+    let all_seen =
+        |projects: &[String]| projects.iter().all(|p| watching.objects_seen(p).is_some());
 
     say(format!("hol: exposing {} orphans-to-be", scale.hol_orphans));
     let orphans: Vec<String> = (0..scale.hol_orphans)
@@ -106,9 +97,9 @@ pub async fn phase_hol(scale: &Scale) -> HolResult {
     let mut samples = Vec::new();
     let mut missing = 0;
     for p in &arrivals {
-        let start = events.first.lock().expect("lock").get(p).copied();
-        match (start, seen.get("Service", p), seen.get("Ingress", p)) {
-            (Some(s), Some(a), Some(b)) => samples.push((a.max(b) - s) as f64 / 1e6),
+        let start = watching.events.first.lock().expect("lock").get(p).copied();
+        match (start, watching.objects_seen(p)) {
+            (Some(s), Some(seen)) => samples.push((seen - s) as f64 / 1e6),
             _ => missing += 1,
         }
     }
@@ -122,10 +113,7 @@ pub async fn phase_hol(scale: &Scale) -> HolResult {
         remove_composition(&docker, p, &["web"]).await;
     }
     delete_owned(&admin, &pod.namespace).await;
-    ev_task.abort();
-    watches.iter().for_each(|w| w.abort());
-    remove_all(&docker).await;
-    finish_pod(&pod);
+    watching.finish(&docker, &pod).await;
     HolResult {
         orphans: scale.hol_orphans,
         orphans_deleted_after_ms: deleted_ms,

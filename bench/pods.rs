@@ -2,9 +2,54 @@
 
 use std::path::PathBuf;
 
+use bollard::Docker;
 use testbed::{RunnerPod, bed};
+use tokio::task::JoinHandle;
 
 use crate::clock::now_ns;
+use crate::cluster::{Seen, watch_kind};
+use crate::docker::{StartEvents, remove_all, watch_start_events};
+
+/// What a latency phase watches while it measures: first sightings of its namespace's Services
+/// and Ingresses through an apiserver watch, and its pod's Docker `create`/`start` events.
+pub struct Watching {
+    pub seen: Seen,
+    pub events: StartEvents,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Watching {
+    pub fn start(admin: &kube::Client, pod: &RunnerPod, docker: &Docker) -> Watching {
+        let seen = Seen::default();
+        let mut tasks: Vec<JoinHandle<()>> = ["Service", "Ingress"]
+            .into_iter()
+            .map(|k| watch_kind(admin.clone(), pod.namespace.clone(), k, seen.clone()))
+            .collect();
+        let (events, ev_task) = watch_start_events(docker.clone());
+        tasks.push(ev_task);
+        Watching {
+            seen,
+            events,
+            tasks,
+        }
+    }
+
+    /// Both objects of `project` seen: the later sighting (local clock, ns).
+    pub fn objects_seen(&self, project: &str) -> Option<i128> {
+        Some(
+            self.seen
+                .get("Service", project)?
+                .max(self.seen.get("Ingress", project)?),
+        )
+    }
+
+    /// Stops watching, removes every container of the pod, and finishes the pod (logs kept).
+    pub async fn finish(self, docker: &Docker, pod: &RunnerPod) {
+        self.tasks.iter().for_each(|t| t.abort());
+        remove_all(docker).await;
+        finish_pod(pod);
+    }
+}
 
 /// A runner pod for a phase, with its sidecar kubeconfig (the ServiceAccount's token).
 pub async fn phase_pod(name: &str) -> (RunnerPod, PathBuf) {
