@@ -35,7 +35,7 @@ pub async fn phase_e2o(scale: &Scale) -> Vec<E2oResult> {
     ensure_networks(&docker, 1).await;
     let admin = bed().admin().await;
     let watching = Watching::start(&admin, &pod, &docker);
-    let (seen, events) = (&watching.seen, &watching.events);
+    let events = &watching.events;
     let mut results = Vec::new();
     for (tag, debounce) in [("d300", "300ms"), ("d0", "0s")] {
         say(format!(
@@ -60,11 +60,7 @@ pub async fn phase_e2o(scale: &Scale) -> Vec<E2oResult> {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         let deadline = Instant::now() + Duration::from_secs(120);
-        let done = || {
-            projects
-                .iter()
-                .all(|p| seen.get("Service", p).is_some() && seen.get("Ingress", p).is_some())
-        };
+        let done = || projects.iter().all(|p| watching.objects_seen(p).is_some());
         while !done() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -76,10 +72,10 @@ pub async fn phase_e2o(scale: &Scale) -> Vec<E2oResult> {
         for p in &projects {
             let start = events.first.lock().expect("lock").get(p).copied();
             let first = events.first_any.lock().expect("lock").get(p).copied();
-            match (start, first, seen.get("Service", p), seen.get("Ingress", p)) {
-                (Some(s), Some(f), Some(a), Some(b)) => {
-                    samples.push((a.max(b) - s) as f64 / 1e6);
-                    beyond.push((a.max(b) - f) as f64 / 1e6 - debounce_ms);
+            match (start, first, watching.objects_seen(p)) {
+                (Some(s), Some(f), Some(seen)) => {
+                    samples.push((seen - s) as f64 / 1e6);
+                    beyond.push((seen - f) as f64 / 1e6 - debounce_ms);
                     create_to_start.push((s - f) as f64 / 1e6);
                 }
                 _ => missing += 1,

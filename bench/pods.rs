@@ -13,7 +13,7 @@ use crate::docker::{StartEvents, remove_all, watch_start_events};
 /// What a latency phase watches while it measures: first sightings of its namespace's Services
 /// and Ingresses through an apiserver watch, and its pod's Docker `create`/`start` events.
 pub struct Watching {
-    pub seen: Seen,
+    seen: Seen,
     pub events: StartEvents,
     tasks: Vec<JoinHandle<()>>,
 }

@@ -33,7 +33,9 @@ const LIST_PAGE: u32 = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 ///
 /// The order is the order of writes (a route never points at a Service or Middleware that does
-/// not exist yet); deletes go in reverse (routes first, Leases last).
+/// not exist yet; a composition's slices and routes, which do not point at each other, are
+/// written together, see `wave_of` in src/reconcile/apply.rs); deletes go in reverse (routes
+/// first, Leases last).
 pub enum Kind {
     Lease,
     Service,

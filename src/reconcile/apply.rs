@@ -198,36 +198,7 @@ impl Reconciler {
                 };
                 todo.push((obj, known));
             }
-            let results = futures::future::join_all(todo.iter().map(|(obj, known)| {
-                let verb = if known.is_some() { "apply" } else { "create" };
-                measured(
-                    &self.status.metrics,
-                    verb,
-                    obj.kind,
-                    self.cluster.upsert(obj, known.as_ref()),
-                    ok_or_error,
-                )
-            }))
-            .await;
-            // What was written is recorded even when another write of the wave failed.
-            let mut failed = None;
-            for ((obj, _), result) in todo.into_iter().zip(results) {
-                match result {
-                    Ok(upserted) => {
-                        let mut record = owned_record(obj, key, upserted.uid().to_string(), None);
-                        record.needs_hand_over = matches!(upserted, Upserted::Created(_));
-                        self.owned
-                            .insert((obj.kind, obj.name().to_string()), record);
-                        wrote = true;
-                    }
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            wrote |= self.write_together(key, todo).await?;
         }
         // Objects of this composition that the plan no longer wants (a host dropped, a route of
         // the other API, a lease of a host given up): routes first, leases last.
@@ -250,6 +221,47 @@ impl Reconciler {
             wrote = true;
         }
         Ok(wrote)
+    }
+
+    /// Writes `todo` (each object with what we know of it live) concurrently and records what
+    /// was written, even when another write failed; returns whether anything was written, or
+    /// the first error.
+    async fn write_together(
+        &mut self,
+        key: &str,
+        todo: Vec<(&DesiredObject, Option<OwnedObject>)>,
+    ) -> Result<bool, ClusterError> {
+        let results = futures::future::join_all(todo.iter().map(|(obj, known)| {
+            let verb = if known.is_some() { "apply" } else { "create" };
+            measured(
+                &self.status.metrics,
+                verb,
+                obj.kind,
+                self.cluster.upsert(obj, known.as_ref()),
+                ok_or_error,
+            )
+        }))
+        .await;
+        let mut wrote = false;
+        let mut failed = None;
+        for ((obj, _), result) in todo.into_iter().zip(results) {
+            match result {
+                Ok(upserted) => {
+                    let mut record = owned_record(obj, key, upserted.uid().to_string(), None);
+                    record.needs_hand_over = matches!(upserted, Upserted::Created(_));
+                    self.owned
+                        .insert((obj.kind, obj.name().to_string()), record);
+                    wrote = true;
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(wrote),
+        }
     }
 
     /// Tells what a pass of an exposed composition did, after its writes: one log line and one
