@@ -20,6 +20,9 @@ pub mod model;
 pub mod naming;
 pub mod plan;
 pub mod policy;
+// Wired into the reconciler and main in the next commits (pod scope, issue #26).
+#[allow(dead_code, unused_imports)]
+pub(crate) mod proxy;
 pub mod reconcile;
 pub mod render;
 pub mod retry;
