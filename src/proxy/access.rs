@@ -30,9 +30,9 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let network: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{text:?} is not an address or range, e.g. 10.0.0.0/8 or 192.0.2.7"))?;
+        let network: IpAddr = addr.parse().map_err(|_| {
+            format!("{text:?} is not an address or range, e.g. 10.0.0.0/8 or 192.0.2.7")
+        })?;
         let network = network.to_canonical();
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
@@ -295,8 +295,15 @@ mod tests {
     fn ranges_contain_what_they_should() {
         let c = Cidr::parse("10.1.0.0/16").unwrap();
         assert!(c.contains(ip("10.1.2.3")) && !c.contains(ip("10.2.0.1")));
-        assert!(c.contains(ip("::ffff:10.1.0.9")), "a v4-mapped address is the v4 one");
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("203.0.113.5")));
+        assert!(
+            c.contains(ip("::ffff:10.1.0.9")),
+            "a v4-mapped address is the v4 one"
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("203.0.113.5"))
+        );
         let one = Cidr::parse("192.0.2.7").unwrap();
         assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
         let odd = Cidr::parse("198.18.0.0/15").unwrap();
@@ -343,8 +350,10 @@ mod tests {
 
     #[test]
     fn htpasswd_accepts_bcrypt_only_and_says_why_not() {
-        let ok = Htpasswd::parse("# users\nalice:$2y$05$abcdefghijklmnopqrstuu5Rz3Y0W8Wd1mXQ4v0b1rj7L6n9u\n\n")
-            .expect("bcrypt");
+        let ok = Htpasswd::parse(
+            "# users\nalice:$2y$05$abcdefghijklmnopqrstuu5Rz3Y0W8Wd1mXQ4v0b1rj7L6n9u\n\n",
+        )
+        .expect("bcrypt");
         assert_eq!(ok.users.len(), 1);
         for (text, says) in [
             ("bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "bcrypt"),
@@ -360,7 +369,8 @@ mod tests {
     }
 
     fn basic(user: &str, password: &str) -> HeaderValue {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         HeaderValue::from_str(&format!("Basic {encoded}")).unwrap()
     }
 

@@ -57,7 +57,11 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
         .map(str::to_string)
 }
 
-pub(crate) async fn handle(ctx: &Context, peer: &Peer, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn handle(
+    ctx: &Context,
+    peer: &Peer,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let Some(host) = host_of(&req) else {
         return answer::bad_request("the request names no host");
     };
@@ -122,7 +126,12 @@ async fn forward(
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let trusted = ctx.trusted.iter().any(|c| c.contains(peer.ip));
     headers::strip_hop_by_hop(req.headers_mut(), to.upstream == Upstream::H2c);
-    headers::set_forwarded(req.headers_mut(), peer.ip, trusted, &super::table::normalize_host(host));
+    headers::set_forwarded(
+        req.headers_mut(),
+        peer.ip,
+        trusted,
+        &super::table::normalize_host(host),
+    );
     if let Some(protocol) = &upgrade {
         let h = req.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -137,7 +146,11 @@ async fn forward(
     };
     if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = client_side else {
-            return answer::bad_gateway(&to.service, to.container_port, "it switched protocols unasked");
+            return answer::bad_gateway(
+                &to.service,
+                to.container_port,
+                "it switched protocols unasked",
+            );
         };
         let backend_side = hyper::upgrade::on(&mut answer);
         let activity = peer.activity.clone();
@@ -156,7 +169,12 @@ async fn forward(
             drop((permit, slot));
         });
         let (parts, _) = answer.into_parts();
-        return Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
+        return Response::from_parts(
+            parts,
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
     }
     headers::strip_hop_by_hop(answer.headers_mut(), false);
     let (parts, body) = answer.into_parts();

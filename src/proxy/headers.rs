@@ -143,7 +143,10 @@ mod tests {
 
     #[test]
     fn an_upgrade_is_asked_for_with_both_headers() {
-        let h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert_eq!(upgrade_of(&h).unwrap(), "websocket");
         assert!(upgrade_of(&map(&[("upgrade", "websocket")])).is_none());
         assert!(upgrade_of(&map(&[("connection", "upgrade")])).is_none());

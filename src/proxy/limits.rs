@@ -90,7 +90,12 @@ impl Guard {
     }
 
     /// Whether this guard serves the same limit and policy (then it is kept across a rebuild).
-    pub(crate) fn same_terms(&self, rps: Option<u32>, access: Option<&str>, max_open: usize) -> bool {
+    pub(crate) fn same_terms(
+        &self,
+        rps: Option<u32>,
+        access: Option<&str>,
+        max_open: usize,
+    ) -> bool {
         self.rps == rps && self.access_name.as_deref() == access && self.max_open == max_open
     }
 

@@ -25,3 +25,6 @@ pub(crate) use handler::Context;
 pub(crate) use registry::{ProxySettings, Registry, TableHandle};
 pub(crate) use server::{ProxyError, ServerLimits, bind, serve};
 pub(crate) use upstream::Upstreams;
+
+#[cfg(test)]
+mod tests;

@@ -285,7 +285,10 @@ mod tests {
     fn an_exposed_composition_is_dialled_at_its_published_port_on_the_pod() {
         let mut r = Registry::new(settings());
         r.listing_complete();
-        let d = composition("demo", vec![backend("web", "web.runner-0.example.com", 32768)]);
+        let d = composition(
+            "demo",
+            vec![backend("web", "web.runner-0.example.com", 32768)],
+        );
         assert!(r.expose("demo", &d));
         assert!(!r.expose("demo", &d), "the same plan again changes nothing");
         assert_eq!(
@@ -298,18 +301,27 @@ mod tests {
     fn a_new_host_port_keeps_the_guard_and_a_new_limit_replaces_it() {
         let mut r = Registry::new(settings());
         let host = "web.runner-0.example.com";
-        r.expose("demo", &composition("demo", vec![backend("web", host, 32768)]));
+        r.expose(
+            "demo",
+            &composition("demo", vec![backend("web", host, 32768)]),
+        );
         let guard = |r: &Registry| match r.handle().current().lookup(host, "/") {
             Lookup::Found(d) => d.guard.clone(),
             other => panic!("{other:?}"),
         };
         let first = guard(&r);
-        r.expose("demo", &composition("demo", vec![backend("web", host, 32999)]));
+        r.expose(
+            "demo",
+            &composition("demo", vec![backend("web", host, 32999)]),
+        );
         assert!(Arc::ptr_eq(&first, &guard(&r)), "same limit: same bucket");
         let mut d = composition("demo", vec![backend("web", host, 32999)]);
         d.rate_limit_rps = Some(1);
         r.expose("demo", &d);
-        assert!(!Arc::ptr_eq(&first, &guard(&r)), "a new limit is a new bucket");
+        assert!(
+            !Arc::ptr_eq(&first, &guard(&r)),
+            "a new limit is a new bucket"
+        );
     }
 
     #[test]
@@ -317,16 +329,24 @@ mod tests {
         let mut r = Registry::new(settings());
         r.listing_complete();
         let host = "web.runner-0.example.com";
-        r.expose("demo", &composition("demo", vec![backend("web", host, 32768)]));
+        r.expose(
+            "demo",
+            &composition("demo", vec![backend("web", host, 32768)]),
+        );
         assert!(r.withdraw("demo"));
         assert!(matches!(
             r.handle().current().lookup(host, "/"),
-            Lookup::Withdrawn { composition: "demo" }
+            Lookup::Withdrawn {
+                composition: "demo"
+            }
         ));
         assert_eq!(r.holder_of(host, "other"), Some("demo"));
         assert_eq!(r.host_count_without("other"), 1);
         assert!(r.remove("demo"));
-        assert!(matches!(r.handle().current().lookup(host, "/"), Lookup::Unknown));
+        assert!(matches!(
+            r.handle().current().lookup(host, "/"),
+            Lookup::Unknown
+        ));
         assert_eq!(r.holder_of(host, "other"), None);
         assert!(!r.withdraw("demo"), "nothing to withdraw");
     }

@@ -45,7 +45,9 @@ enum HostEntry {
 #[derive(Debug)]
 pub(crate) enum Lookup<'a> {
     Found(&'a Arc<Destination>),
-    Withdrawn { composition: &'a str },
+    Withdrawn {
+        composition: &'a str,
+    },
     /// No composition has this host (or none of its paths matches): 404, naming nothing.
     Unknown,
     /// The sidecar has not listed Docker completely yet: the host may be a composition it has
@@ -130,7 +132,8 @@ pub(crate) fn normalize_host(host: &str) -> String {
     let host = match host.rsplit_once(':') {
         // `[v6]:port` or `name:port`; a bare v6 literal has colons of its own.
         Some((h, port))
-            if (h.ends_with(']') || !h.contains(':')) && port.bytes().all(|b| b.is_ascii_digit()) =>
+            if (h.ends_with(']') || !h.contains(':'))
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
         {
             h
         }
@@ -146,7 +149,10 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         return true;
     }
     let prefix = prefix.trim_end_matches('/');
-    path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -185,7 +191,10 @@ mod tests {
         ] {
             assert_eq!(found(&t, host, "/x").as_deref(), Some("web"), "{host}");
         }
-        assert!(matches!(t.lookup("other.runner-0.example.com", "/"), Lookup::Unknown));
+        assert!(matches!(
+            t.lookup("other.runner-0.example.com", "/"),
+            Lookup::Unknown
+        ));
         assert!(matches!(t.lookup("", "/"), Lookup::Unknown));
     }
 
@@ -198,10 +207,22 @@ mod tests {
         let t = b.build();
         assert_eq!(found(&t, "h.example.com", "/").as_deref(), Some("front"));
         assert_eq!(found(&t, "h.example.com", "/api").as_deref(), Some("api"));
-        assert_eq!(found(&t, "h.example.com", "/api/v1").as_deref(), Some("api"));
-        assert_eq!(found(&t, "h.example.com", "/apis").as_deref(), Some("front"));
-        assert_eq!(found(&t, "h.example.com", "/api/admin").as_deref(), Some("admin"));
-        assert_eq!(found(&t, "h.example.com", "/api/admin/x").as_deref(), Some("admin"));
+        assert_eq!(
+            found(&t, "h.example.com", "/api/v1").as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            found(&t, "h.example.com", "/apis").as_deref(),
+            Some("front")
+        );
+        assert_eq!(
+            found(&t, "h.example.com", "/api/admin").as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            found(&t, "h.example.com", "/api/admin/x").as_deref(),
+            Some("admin")
+        );
     }
 
     #[test]
@@ -227,7 +248,9 @@ mod tests {
         let t = b.build();
         assert!(matches!(
             t.lookup("h.example.com", "/"),
-            Lookup::Withdrawn { composition: "demo" }
+            Lookup::Withdrawn {
+                composition: "demo"
+            }
         ));
         assert_eq!(t.hosts(), 1);
     }

@@ -82,8 +82,9 @@ impl Upstreams {
             Upstream::Http1 => {
                 *req.uri_mut() = uri(&to.address.to_string(), &path)?;
                 *req.version_mut() = Version::HTTP_11;
-                let host = HeaderValue::from_str(host)
-                    .map_err(|_| UpstreamError("the request's host is not a header value".into()))?;
+                let host = HeaderValue::from_str(host).map_err(|_| {
+                    UpstreamError("the request's host is not a header value".into())
+                })?;
                 req.headers_mut().insert(header::HOST, host);
                 self.http1
                     .request(req)
