@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::model::{AccessPolicies, GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi};
+use crate::model::{
+    AccessPolicies, DryRun, GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi,
+};
 use crate::naming;
 
 /// Expose docker-compose projects of this runner pod's Docker daemon through a Kubernetes Service
@@ -172,8 +174,8 @@ pub struct Args {
 
     /// Print the planned objects as YAML instead of writing them; =server also validates them
     /// with the apiserver (dryRun=All).
-    #[arg(long = "dry-run", env = "COMPOSE_INGRESS_DRY_RUN", value_enum, num_args = 0..=1, default_missing_value = "client", default_value_t = DryRun::None)]
-    pub dry_run: DryRun,
+    #[arg(long = "dry-run", env = "COMPOSE_INGRESS_DRY_RUN", value_enum, num_args = 0..=1, default_missing_value = "client", default_value_t = DryRunArg::None)]
+    pub dry_run: DryRunArg,
 
     /// Log format.
     #[arg(long = "log-format", env = "COMPOSE_INGRESS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
@@ -220,6 +222,10 @@ pub struct Args {
     pub heartbeat_stale: Option<Duration>,
 }
 
+/// The idle reconciler loop still turns this often (its heartbeat for `/healthz`; a busy pass
+/// beats after every composition, request and listing page, see `Status::heartbeat`).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// The default of `--heartbeat-stale` when `--api-timeout` is at most a minute: long enough for a
 /// Docker request (bounded at 60 s by the Docker client) and for a full resync to get going.
 pub const DEFAULT_HEARTBEAT_STALE: Duration = Duration::from_secs(180);
@@ -237,7 +243,7 @@ pub enum RouteApiArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DryRun {
+pub enum DryRunArg {
     None,
     Client,
     Server,
@@ -380,25 +386,9 @@ fn ipv4(ip: Option<std::net::IpAddr>) -> Option<std::net::Ipv4Addr> {
     }
 }
 
-/// `prefix/name`: a DNS subdomain prefix and a name of at most 63 of `[A-Za-z0-9-_.]`.
-pub(crate) fn is_annotation_key(key: &str) -> bool {
-    key.split_once('/').is_some_and(|(prefix, name)| {
-        is_dns_subdomain(prefix)
-            && !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    })
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(naming::is_dns_label)
-}
-
 fn validate_names(flag: &'static str, names: &[String]) -> Result<(), ConfigError> {
     for n in names {
-        if !is_dns_subdomain(n) {
+        if !naming::is_dns_subdomain(n) {
             return Err(bad(
                 flag,
                 n,
@@ -444,7 +434,7 @@ fn heartbeat_stale(set: Option<Duration>, api_timeout: Duration) -> Result<Durat
     let Some(stale) = set else {
         return Ok(DEFAULT_HEARTBEAT_STALE.max(api_timeout.saturating_mul(3)));
     };
-    let floor = crate::reconcile::HEARTBEAT.saturating_mul(2);
+    let floor = HEARTBEAT.saturating_mul(2);
     if stale < floor || stale <= api_timeout.saturating_mul(2) {
         return Err(bad(
             "--heartbeat-stale",
@@ -467,7 +457,7 @@ impl Args {
             .trim()
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        if !is_dns_subdomain(&domain) || !domain.contains('.') {
+        if !naming::is_dns_subdomain(&domain) || !domain.contains('.') {
             return Err(bad(
                 "--domain",
                 &self.domain,
@@ -481,7 +471,7 @@ impl Args {
                 "must be a Kubernetes namespace name (set POD_NAMESPACE from the downward API)",
             ));
         }
-        if !is_dns_subdomain(&self.pod_name) {
+        if !naming::is_dns_subdomain(&self.pod_name) {
             return Err(bad(
                 "--pod-name",
                 &self.pod_name,
@@ -539,7 +529,7 @@ impl Args {
             ));
         }
         let key = &self.rate_limit_annotation;
-        let key_ok = is_annotation_key(key);
+        let key_ok = naming::is_annotation_key(key);
         if !key_ok {
             return Err(bad(
                 "--rate-limit-annotation",
@@ -631,7 +621,11 @@ impl Args {
                 delete_grace: self.delete_grace,
                 shutdown_timeout: self.shutdown_timeout,
             },
-            dry_run: self.dry_run,
+            dry_run: match self.dry_run {
+                DryRunArg::None => DryRun::None,
+                DryRunArg::Client => DryRun::Client,
+                DryRunArg::Server => DryRun::Server,
+            },
             log_format: self.log_format,
             listen: self.listen,
             cleanup_on_exit: self.cleanup_on_exit,

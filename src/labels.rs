@@ -593,33 +593,9 @@ pub fn parse_service_labels(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::model::{AccessPolicies, RateLimitMode, RouteApi};
-
-    pub(crate) fn settings() -> PlanSettings {
-        PlanSettings {
-            domain: "composition.example.com".into(),
-            host_template: "{service}-{port}-{project}-{pod}".into(),
-            pod_name: "runner-3".into(),
-            namespace: "ci".into(),
-            route_api: RouteApi::Ingress,
-            ingress_class: Some("public".into()),
-            allowed_classes: vec!["public".into(), "heavy".into()],
-            tls_secret: Some("wildcard-tls".into()),
-            allowed_tls_secrets: vec!["wildcard-tls".into(), "other-tls".into()],
-            gateway: None,
-            default_rps: Some(100),
-            max_rps: Some(100),
-            rate_limit: RateLimitMode::Annotation("example.com/rps".into()),
-            access: AccessPolicies::public_only(),
-            expose_by_default: false,
-            expose_plain_containers: false,
-            pod_ip: Some(std::net::Ipv4Addr::new(10, 0, 0, 7)),
-            max_ports_per_composition: 20,
-            max_hosts_per_pod: 200,
-        }
-    }
+    use crate::test_support::settings;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<ServiceExposure, Vec<Refusal>> {
         let labels: BTreeMap<String, String> = pairs

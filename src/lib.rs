@@ -2,7 +2,10 @@
 //!
 //! Data flows one way: [`docker`] (events, listings) -> [`model`] (observed state) ->
 //! [`plan`] (pure) -> [`render`] (pure) -> [`cluster`] (server-side apply, delete), driven by
-//! the level-triggered [`reconcile`] loop.
+//! the level-triggered [`reconcile`] loop. The pure layers import no I/O module (checked by
+//! the test in src/layers.rs); docs/design.md maps the pipeline and where each rule lives.
+
+mod variants;
 
 pub mod cli;
 pub mod cluster;
@@ -13,17 +16,22 @@ pub mod events;
 pub mod http_get;
 pub mod kube_client;
 pub mod labels;
+#[cfg(test)]
+mod layers;
 pub mod lease_watch;
 pub mod logging;
 pub mod managed_fields;
 pub mod model;
 pub mod naming;
+mod objects;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
-pub mod render;
+mod render;
 pub mod retry;
 pub mod routable;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod test_support;

@@ -100,6 +100,15 @@ pub struct ObservedProject {
     pub containers: Vec<ObservedContainer>,
 }
 
+/// How writes reach the cluster (`--dry-run`): for real, printed only, or printed and validated by
+/// the apiserver (`dryRun=All`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    None,
+    Client,
+    Server,
+}
+
 /// Which route object the cluster gets per composition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RouteApi {
@@ -219,101 +228,72 @@ pub struct OwnerPod {
     pub uid: String,
 }
 
-/// Why something of a composition is not exposed. [`Reason::as_str`] gives the stable kebab-case
-/// code that logs (`reason=`), `/exposures` (`"reason"`), the `refused_labels_total{reason}` metric
-/// and docs/operability.md all use: the one place each code is spelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Reason {
-    /// `compose-ingress.enable` is neither `true` nor `false`.
-    InvalidEnable,
-    /// A `compose-ingress.*` key we do not know (most likely a typo).
-    UnknownLabel,
-    /// A label value over the size we look at.
-    ValueTooLong,
-    /// `compose-ingress.ports` is not a list of ports.
-    InvalidPort,
-    /// A chosen host that is not one DNS label.
-    InvalidHost,
-    /// A chosen host under another domain than the operator's.
-    HostOutsideDomain,
-    /// A path prefix outside the safe grammar.
-    InvalidPath,
-    /// `compose-ingress.rate-limit.rps` is not a whole number >= 1.
-    InvalidRateLimit,
-    /// A rate limit above the operator's maximum (labels may only lower it).
-    RateLimitAboveMax,
-    /// A class outside the operator's allow-list.
-    ClassNotAllowed,
-    /// Two services (or two labels) choose different classes for the one route object.
-    ClassConflict,
-    /// A TLS secret outside the operator's allow-list.
-    TlsSecretNotAllowed,
-    /// Two services choose different TLS secrets for the one route object.
-    TlsSecretConflict,
-    /// `compose-ingress.ports` names a port that is not published over TCP.
-    PortNotPublished,
-    /// A chosen host on a service that exposes several ports.
-    HostNeedsOnePort,
-    /// The operator's `--host-template` does not render to a DNS label for this service.
-    InvalidHostTemplate,
-    /// Another service of the same composition already routes this host and path.
-    HostTakenInComposition,
-    /// Another pod (or composition) holds the host's Lease.
-    HostTaken,
-    /// A chosen host the operator's `--host-template` could render for some composition or pod:
-    /// chosen hosts and template hosts are disjoint, so no label can take a template host.
-    HostLooksLikeTemplate,
-    /// The composition exposes more ports than `--max-ports-per-composition`: refused whole.
-    TooManyPorts,
-    /// Exposing the composition would take the pod over `--max-hosts-per-pod`: refused whole.
-    TooManyHosts,
-    /// `compose-ingress.access` names a policy the operator did not define.
-    UnknownAccessPolicy,
-    /// `compose-ingress.access=public` where the operator does not allow public compositions.
-    PublicNotAllowed,
-    /// Two services of one composition want different access policies (the route has one).
-    AccessConflict,
-    /// `compose-ingress.protocol` is not one of the known protocols.
-    UnknownProtocol,
-    /// `compose-ingress.health` is neither `gate` nor `ignore`.
-    InvalidHealth,
-    /// The compose project name is too long or has characters Compose never gives one: it
-    /// would reach object metadata, so the composition is refused whole.
-    InvalidProjectName,
+crate::variants::with_all! {
+    /// Why something of a composition is not exposed. [`Reason::as_str`] gives the stable kebab-case
+    /// code that logs (`reason=`), `/exposures` (`"reason"`), the `refused_labels_total{reason}` metric
+    /// and docs/operability.md all use: the one place each code is spelled.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Reason {
+        /// `compose-ingress.enable` is neither `true` nor `false`.
+        InvalidEnable,
+        /// A `compose-ingress.*` key we do not know (most likely a typo).
+        UnknownLabel,
+        /// A label value over the size we look at.
+        ValueTooLong,
+        /// `compose-ingress.ports` is not a list of ports.
+        InvalidPort,
+        /// A chosen host that is not one DNS label.
+        InvalidHost,
+        /// A chosen host under another domain than the operator's.
+        HostOutsideDomain,
+        /// A path prefix outside the safe grammar.
+        InvalidPath,
+        /// `compose-ingress.rate-limit.rps` is not a whole number >= 1.
+        InvalidRateLimit,
+        /// A rate limit above the operator's maximum (labels may only lower it).
+        RateLimitAboveMax,
+        /// A class outside the operator's allow-list.
+        ClassNotAllowed,
+        /// Two services (or two labels) choose different classes for the one route object.
+        ClassConflict,
+        /// A TLS secret outside the operator's allow-list.
+        TlsSecretNotAllowed,
+        /// Two services choose different TLS secrets for the one route object.
+        TlsSecretConflict,
+        /// `compose-ingress.ports` names a port that is not published over TCP.
+        PortNotPublished,
+        /// A chosen host on a service that exposes several ports.
+        HostNeedsOnePort,
+        /// The operator's `--host-template` does not render to a DNS label for this service.
+        InvalidHostTemplate,
+        /// Another service of the same composition already routes this host and path.
+        HostTakenInComposition,
+        /// Another pod (or composition) holds the host's Lease.
+        HostTaken,
+        /// A chosen host the operator's `--host-template` could render for some composition or pod:
+        /// chosen hosts and template hosts are disjoint, so no label can take a template host.
+        HostLooksLikeTemplate,
+        /// The composition exposes more ports than `--max-ports-per-composition`: refused whole.
+        TooManyPorts,
+        /// Exposing the composition would take the pod over `--max-hosts-per-pod`: refused whole.
+        TooManyHosts,
+        /// `compose-ingress.access` names a policy the operator did not define.
+        UnknownAccessPolicy,
+        /// `compose-ingress.access=public` where the operator does not allow public compositions.
+        PublicNotAllowed,
+        /// Two services of one composition want different access policies (the route has one).
+        AccessConflict,
+        /// `compose-ingress.protocol` is not one of the known protocols.
+        UnknownProtocol,
+        /// `compose-ingress.health` is neither `gate` nor `ignore`.
+        InvalidHealth,
+        /// The compose project name is too long or has characters Compose never gives one: it
+        /// would reach object metadata, so the composition is refused whole.
+        InvalidProjectName,
+    }
 }
 
 impl Reason {
-    /// Every reason, for tests and docs checks.
-    pub const ALL: [Reason; 27] = [
-        Reason::InvalidEnable,
-        Reason::UnknownLabel,
-        Reason::ValueTooLong,
-        Reason::InvalidPort,
-        Reason::InvalidHost,
-        Reason::HostOutsideDomain,
-        Reason::InvalidPath,
-        Reason::InvalidRateLimit,
-        Reason::RateLimitAboveMax,
-        Reason::ClassNotAllowed,
-        Reason::ClassConflict,
-        Reason::TlsSecretNotAllowed,
-        Reason::TlsSecretConflict,
-        Reason::PortNotPublished,
-        Reason::HostNeedsOnePort,
-        Reason::InvalidHostTemplate,
-        Reason::HostTakenInComposition,
-        Reason::HostTaken,
-        Reason::HostLooksLikeTemplate,
-        Reason::TooManyPorts,
-        Reason::TooManyHosts,
-        Reason::InvalidProjectName,
-        Reason::UnknownAccessPolicy,
-        Reason::PublicNotAllowed,
-        Reason::AccessConflict,
-        Reason::UnknownProtocol,
-        Reason::InvalidHealth,
-    ];
-
     /// The stable machine-readable code (a metric label value, a JSON and log field).
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -144,6 +144,23 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A DNS subdomain (RFC 1123): dot-separated DNS labels, at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// `prefix/name`: a DNS subdomain prefix and a name of at most 63 of `[A-Za-z0-9-_.]`.
+pub fn is_annotation_key(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, name)| {
+        is_dns_subdomain(prefix)
+            && !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    })
+}
+
 /// `<label>.<domain>`: the one way hosts are built, so that "a host is one label under the
 /// domain" holds by construction.
 pub fn full_host(label: &str, domain: &str) -> String {

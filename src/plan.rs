@@ -609,8 +609,8 @@ pub fn assign_service_ports(keys: &BTreeSet<(String, u16)>) -> BTreeMap<(String,
 mod tests {
     use super::*;
     use crate::labels::COMPOSE_PROJECT;
-    use crate::labels::tests::settings;
     use crate::model::PublishedPort;
+    use crate::test_support::settings;
 
     fn container(
         name: &str,

@@ -26,7 +26,8 @@ use serde::Deserialize;
 
 use crate::model::{AccessPolicies, AccessPolicy, PUBLIC_POLICY};
 use crate::naming;
-use crate::render::{PROJECT_NAME_ANNOTATION, TRAEFIK_MIDDLEWARES_ANNOTATION};
+use crate::objects::PROJECT_NAME_ANNOTATION;
+use crate::render::TRAEFIK_MIDDLEWARES_ANNOTATION;
 
 /// Most policies in one file, and most entries in one policy: the file is the operator's, but
 /// every entry ends up on routes.
@@ -152,7 +153,7 @@ fn policy(name: &str, p: Policy) -> Result<AccessPolicy, PolicyError> {
         }
     }
     for key in p.ingress_annotations.keys() {
-        if !crate::config::is_annotation_key(key)
+        if !naming::is_annotation_key(key)
             || key.starts_with("compose-ingress/")
             || key == PROJECT_NAME_ANNOTATION
         {

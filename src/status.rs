@@ -16,8 +16,8 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::cluster::Kind;
 use crate::model::{Backend, Reason, Refusal};
+use crate::objects::Kind;
 
 /// The state of one composition, as `/exposures` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
