@@ -154,6 +154,11 @@ impl AccessPolicies {
         }
     }
 
+    /// The policy named `name` (a composition's access policy), `None` when public.
+    pub fn named(&self, name: Option<&str>) -> Option<&AccessPolicy> {
+        self.policies.get(name?)
+    }
+
     /// The names a label may choose, for refusals.
     pub fn choosable(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.policies.keys().map(String::as_str).collect();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 
-use super::metadata;
+use super::metadata::metadata;
 use crate::model::{Backend, DesiredComposition, OwnerPod, PlanSettings};
 use crate::naming;
 use crate::objects::stamp;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 
-use super::metadata;
+use super::metadata::metadata;
 use crate::model::{OwnerPod, PlanSettings};
 use crate::naming;
 use crate::objects::{HOST_ANNOTATION, stamp};

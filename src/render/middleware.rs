@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kube::api::DynamicObject;
 use serde_json::json;
 
-use super::{access_policy, metadata};
+use super::metadata::metadata;
 use crate::model::{DesiredComposition, OwnerPod, PlanSettings, RateLimitMode};
 use crate::objects::{Kind, stamp};
 
@@ -19,7 +19,9 @@ pub(super) fn traefik_middlewares<'a>(
     rate_limit_middleware_name(d, settings)
         .into_iter()
         .chain(
-            access_policy(d, settings)
+            settings
+                .access
+                .named(d.access.as_deref())
                 .into_iter()
                 .flat_map(|p| p.traefik_middlewares.iter().map(String::as_str)),
         )

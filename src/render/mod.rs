@@ -14,6 +14,7 @@
 
 mod endpoints;
 mod lease;
+mod metadata;
 mod middleware;
 mod routes;
 mod service;
@@ -21,14 +22,10 @@ mod service;
 #[cfg(test)]
 mod fixtures;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-use crate::model::{AccessPolicy, DesiredComposition, OwnerPod, PlanSettings, RouteApi};
-use crate::objects::{
-    DesiredObject, EncodeError, Kind, owner_reference, ownership_annotations, ownership_labels,
-};
+use crate::model::{DesiredComposition, OwnerPod, PlanSettings, RouteApi};
+use crate::objects::{DesiredObject, EncodeError, Kind};
 
 use self::endpoints::endpoint_slices;
 pub(crate) use self::lease::host_lease;
@@ -110,34 +107,6 @@ fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<String> {
     urls.sort();
     urls.dedup();
     urls
-}
-
-fn metadata(
-    name: String,
-    project: &str,
-    settings: &PlanSettings,
-    owner: &OwnerPod,
-    mut annotations: BTreeMap<String, String>,
-) -> ObjectMeta {
-    annotations.extend(ownership_annotations(project));
-    ObjectMeta {
-        name: Some(name),
-        namespace: Some(settings.namespace.clone()),
-        labels: Some(ownership_labels(&settings.pod_name, project)),
-        annotations: Some(annotations),
-        owner_references: Some(vec![owner_reference(owner)]),
-        ..ObjectMeta::default()
-    }
-}
-
-/// The composition's access policy, `None` when public.
-fn access_policy<'a>(
-    d: &DesiredComposition,
-    settings: &'a PlanSettings,
-) -> Option<&'a AccessPolicy> {
-    d.access
-        .as_deref()
-        .and_then(|name| settings.access.policies.get(name))
 }
 
 #[cfg(test)]

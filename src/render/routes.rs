@@ -10,8 +10,8 @@ use k8s_openapi::api::networking::v1::{
 use kube::api::DynamicObject;
 use serde_json::json;
 
+use super::metadata::metadata;
 use super::middleware::traefik_middlewares;
-use super::{access_policy, metadata};
 use crate::model::{
     AppProtocol, Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode,
 };
@@ -80,7 +80,7 @@ pub(super) fn ingress(
     {
         annotations.insert(key.clone(), rps.to_string());
     }
-    let policy = access_policy(d, settings);
+    let policy = settings.access.named(d.access.as_deref());
     // Traefik names a Middleware of its CRD provider `<namespace>-<name>@kubernetescrd`; the
     // rate limit comes first, so that it also shields an authentication backend.
     let middlewares: Vec<String> = traefik_middlewares(d, settings)
@@ -200,7 +200,7 @@ fn gateway_routes(
             })
         })
         .collect();
-    if let Some(p) = access_policy(d, settings) {
+    if let Some(p) = settings.access.named(d.access.as_deref()) {
         filters.extend(p.http_route_filters.iter().cloned());
     }
     if grpc {

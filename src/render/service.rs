@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::metadata;
+use super::metadata::metadata;
 use crate::model::{AppProtocol, DesiredComposition, OwnerPod, PlanSettings};
 use crate::objects::stamp;
 
