@@ -19,7 +19,7 @@ use crate::objects::{
     SPEC_HASH_ANNOTATION,
 };
 
-pub const FIELD_MANAGER: &str = "compose-ingress";
+pub(crate) const FIELD_MANAGER: &str = "compose-ingress";
 
 /// Page size of the owned-object listings. A page is parsed whole (metadata with managedFields,
 /// a few KiB per object), and glibc keeps the heap of the largest page resident among the
@@ -29,30 +29,30 @@ pub(crate) const LIST_PAGE: u32 = 100;
 
 /// One of this pod's objects, as listed by its ownership labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnedObject {
-    pub kind: Kind,
-    pub name: String,
-    pub uid: String,
+pub(crate) struct OwnedObject {
+    pub(crate) kind: Kind,
+    pub(crate) name: String,
+    pub(crate) uid: String,
     /// The raw project name (annotation), falling back to the project label.
-    pub project: String,
-    pub spec_hash: Option<String>,
+    pub(crate) project: String,
+    pub(crate) spec_hash: Option<String>,
     /// For Leases: the host they claim.
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// Some of its fields are still recorded under the create's entry: they are handed to the
     /// apply entry before its next apply (src/managed_fields.rs).
-    pub needs_hand_over: bool,
+    pub(crate) needs_hand_over: bool,
     /// The create's entry owns fields the last apply did not send (an object an older sidecar
     /// created and changed): written once more even when its spec is unchanged.
-    pub leftovers: bool,
+    pub(crate) leftovers: bool,
     /// A Service with a selector, from a sidecar before health-gated routing. Removing the
     /// selector would leave the EndpointSlice controller's slices behind, unmanaged (they would
     /// keep routing, to ports that may change hands): such a Service is deleted and created
     /// again, and the garbage collector takes the controller's slices with it.
-    pub legacy_selector: bool,
+    pub(crate) legacy_selector: bool,
     /// Another manager owns fields of it (a hand edit): written at the next pass even when its
     /// spec is unchanged, after those fields are handed to our apply entry, so that the apply
     /// sets it back to what is desired (src/managed_fields.rs).
-    pub edited: bool,
+    pub(crate) edited: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,13 +120,13 @@ impl ClusterError {
 /// What an upsert did, with the object's uid: a create leaves its fields under the create's
 /// entry until the object's first apply (src/managed_fields.rs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upserted {
+pub(crate) enum Upserted {
     Created(String),
     Applied(String),
 }
 
 impl Upserted {
-    pub fn uid(&self) -> &str {
+    pub(crate) fn uid(&self) -> &str {
         match self {
             Upserted::Created(uid) | Upserted::Applied(uid) => uid,
         }
@@ -135,7 +135,7 @@ impl Upserted {
 
 /// Result of claiming a host with a Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// The Lease is ours (created now, or already this pod's).
     Ours { uid: String },
     /// Another pod (or another composition of this pod) holds it.
@@ -148,7 +148,7 @@ pub enum Claim {
 /// What a create found. A name that exists is an answer rather than a fault (the caller decides
 /// whether it is ours), so it is not a [`ClusterError`].
 #[derive(Debug)]
-pub enum Created {
+pub(crate) enum Created {
     /// Created now; its uid (empty in client-side dry-run).
     New { uid: String },
     /// An object of that name already existed; it was left as it is.
@@ -156,7 +156,7 @@ pub enum Created {
 }
 
 /// Called whenever an API request of a [`Cluster`] came back (see [`Cluster::with_progress`]).
-pub type Progress = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type Progress = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Cluster {
@@ -191,7 +191,7 @@ impl Cluster {
     /// failed (the reconciler's liveness heartbeat: one call of this type may be several
     /// requests, a create that finds the object then reads it, a listing of many pages, and a
     /// pass is alive as long as its requests come back).
-    pub fn with_progress(mut self, progress: Progress) -> Self {
+    pub(crate) fn with_progress(mut self, progress: Progress) -> Self {
         self.progress = Some(progress);
         self
     }
@@ -250,7 +250,7 @@ impl Cluster {
 
     /// Every object of this pod, of every kind (a missing HTTPRoute CRD is not an error, nor
     /// are Middlewares the configuration does not use).
-    pub async fn list_owned(&self) -> Result<Vec<OwnedObject>, ClusterError> {
+    pub(crate) async fn list_owned(&self) -> Result<Vec<OwnedObject>, ClusterError> {
         let mut out = Vec::new();
         for kind in Kind::ALL {
             // Metadata only (names, uids, labels, the spec-hash annotation is all we need), in
@@ -342,7 +342,7 @@ impl Cluster {
     }
 
     /// Creates `obj`; when an object of that name exists, it is returned (and never modified).
-    pub async fn create(&self, obj: &DesiredObject) -> Result<Created, ClusterError> {
+    pub(crate) async fn create(&self, obj: &DesiredObject) -> Result<Created, ClusterError> {
         if self.dry_run != DryRun::None {
             self.print("create", obj);
             if self.dry_run == DryRun::Client {
@@ -371,7 +371,7 @@ impl Cluster {
 
     /// Hands the fields a create recorded to the apply entry of our manager (see
     /// src/managed_fields.rs); `meta` is the object's as the apiserver last returned it.
-    pub async fn hand_over(
+    pub(crate) async fn hand_over(
         &self,
         kind: Kind,
         meta: &kube::api::ObjectMeta,
@@ -389,7 +389,7 @@ impl Cluster {
     }
 
     /// Reads the object and hands its create's fields over.
-    pub async fn hand_over_live(&self, kind: Kind, name: &str) -> Result<(), ClusterError> {
+    pub(crate) async fn hand_over_live(&self, kind: Kind, name: &str) -> Result<(), ClusterError> {
         let api = self.api(kind);
         let live = self
             .sent(api.get(name))
@@ -405,7 +405,7 @@ impl Cluster {
     /// With `uid` (the object as listed), the apply carries it as a precondition: an object that
     /// was deleted and recreated by someone else under the same name is refused (409), never
     /// taken over.
-    pub async fn apply(
+    pub(crate) async fn apply(
         &self,
         obj: &DesiredObject,
         uid: Option<&str>,
@@ -431,7 +431,7 @@ impl Cluster {
     /// Creates or updates `obj` without ever touching an object that is not ours:
     /// `known_ours` (from a listing by our labels) applies directly; otherwise the object is
     /// created, and an existing one is only applied when its labels say it is this pod's.
-    pub async fn upsert(
+    pub(crate) async fn upsert(
         &self,
         obj: &DesiredObject,
         known: Option<&OwnedObject>,
@@ -460,7 +460,7 @@ impl Cluster {
     }
 
     /// Claims a host by creating its Lease (atomic: of two racing pods exactly one create wins).
-    pub async fn claim(&self, lease: &DesiredObject) -> Result<Claim, ClusterError> {
+    pub(crate) async fn claim(&self, lease: &DesiredObject) -> Result<Claim, ClusterError> {
         match self.create(lease).await? {
             Created::New { uid } => Ok(Claim::Ours { uid }),
             Created::Exists(live) => {
@@ -495,7 +495,12 @@ impl Cluster {
     }
 
     /// Deletes one of our objects, only if it is still the one we listed (uid precondition).
-    pub async fn delete(&self, kind: Kind, name: &str, uid: &str) -> Result<(), ClusterError> {
+    pub(crate) async fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ClusterError> {
         if self.dry_run == DryRun::Client {
             println!("---\n# dry-run: delete {kind} {}/{name}", self.namespace);
             return Ok(());

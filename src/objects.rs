@@ -45,7 +45,7 @@ crate::variants::with_all! {
     /// are written together, see `wave_of` in src/reconcile/apply.rs); deletes go in reverse
     /// (routes first, Leases last).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-    pub(crate) enum Kind {
+    pub enum Kind {
         Lease,
         Service,
         EndpointSlice,
@@ -112,7 +112,7 @@ impl std::fmt::Display for Kind {
 /// plan has already refused what would not fit in an object).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode {kind}: {source}")]
-pub(crate) struct EncodeError {
+pub struct EncodeError {
     kind: Kind,
     source: serde_json::Error,
 }

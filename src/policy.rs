@@ -35,7 +35,7 @@ const MAX_POLICIES: usize = 100;
 const MAX_ENTRIES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
+pub(crate) enum PolicyError {
     #[error(
         "access policies: {0}; see the schema in README.md (\"Rate limits, access policies and protocols\") or src/policy.rs"
     )]
@@ -76,7 +76,7 @@ fn invalid(msg: impl Into<String>) -> PolicyError {
 }
 
 /// Reads and validates the policy file at `path`.
-pub fn load(path: &str) -> Result<AccessPolicies, PolicyError> {
+pub(crate) fn load(path: &str) -> Result<AccessPolicies, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
         path: path.to_string(),
         source,
@@ -85,7 +85,7 @@ pub fn load(path: &str) -> Result<AccessPolicies, PolicyError> {
 }
 
 /// Parses and validates a policy file's text.
-pub fn parse(text: &str) -> Result<AccessPolicies, PolicyError> {
+pub(crate) fn parse(text: &str) -> Result<AccessPolicies, PolicyError> {
     let file: File = serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
     if file.policies.len() > MAX_POLICIES {
         return Err(invalid(format!(

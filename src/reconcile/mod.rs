@@ -41,7 +41,7 @@ const LOG_TARGET: &str = module_path!();
 
 /// What happened to one composition in one pass (for tests of the queue logic and for metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Objects written (or the composition's URLs changed).
     Exposed,
     /// Exposed already, exactly as planned: zero writes.
@@ -62,7 +62,7 @@ impl Outcome {
     /// when the pass changed the cluster or what users see, `unchanged` when it wrote nothing
     /// (holding a delete grace or having nothing to do writes nothing either), `waiting` while
     /// services are still starting. A failed pass is `error`, counted by the caller.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Outcome::Exposed | Outcome::Deleted => "changed",
             Outcome::Unchanged | Outcome::GracePending | Outcome::Nothing => "unchanged",
