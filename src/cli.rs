@@ -15,23 +15,23 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::http_get;
 use crate::routable::MAX_WAIT;
 
-pub const EXIT_ERROR: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_REFUSED: u8 = 3;
-pub const EXIT_TIMEOUT: u8 = 4;
+pub(crate) const EXIT_ERROR: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_REFUSED: u8 = 3;
+pub(crate) const EXIT_TIMEOUT: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "compose-ingress",
     about = "A CI job's view of its composition's URLs"
 )]
-pub struct JobArgs {
+pub(crate) struct JobArgs {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Wait until every URL of the composition (or of --service) is routable, then print them.
     Wait {
         #[command(flatten)]
@@ -48,25 +48,25 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct Common {
+pub(crate) struct Common {
     /// The compose project name (`docker compose -p`, or the directory name).
-    pub project: String,
+    pub(crate) project: String,
     /// Only this compose service.
     #[arg(long)]
-    pub service: Option<String>,
+    pub(crate) service: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    pub(crate) format: Format,
     /// Where the sidecar listens (from a job in the runner pod: localhost).
     #[arg(
         long,
         env = "COMPOSE_INGRESS_SIDECAR",
         default_value = "http://127.0.0.1:9102"
     )]
-    pub sidecar: String,
+    pub(crate) sidecar: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// `service port url`, one per line.
     Text,
     /// The sidecar's document.
@@ -193,16 +193,16 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
 
 /// The sidecar's document as the job reads it.
 #[derive(Debug, Clone, Default)]
-pub struct Seen {
-    pub name: String,
-    pub state: String,
-    pub checked: String,
+pub(crate) struct Seen {
+    pub(crate) name: String,
+    pub(crate) state: String,
+    pub(crate) checked: String,
     /// (service, port, url)
-    pub urls: Vec<(String, u16, String)>,
+    pub(crate) urls: Vec<(String, u16, String)>,
     /// (service, reason, message)
-    pub refused: Vec<(String, String, String)>,
-    pub missing: Vec<String>,
-    pub raw: serde_json::Value,
+    pub(crate) refused: Vec<(String, String, String)>,
+    pub(crate) missing: Vec<String>,
+    pub(crate) raw: serde_json::Value,
 }
 
 fn seen_of(v: serde_json::Value) -> Option<Seen> {
@@ -231,7 +231,7 @@ fn seen_of(v: serde_json::Value) -> Option<Seen> {
 /// `WEB_5000_URL`-style names: the service and port, letters and digits kept, anything else
 /// `_`, upper case, a second URL of the same service and port suffixed `_2`, `_3`, ... in the
 /// sidecar's order (sorted by host and path).
-pub fn variable_names(doc: &Seen) -> Vec<(String, &str)> {
+pub(crate) fn variable_names(doc: &Seen) -> Vec<(String, &str)> {
     let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
     doc.urls
         .iter()

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::model::{AccessPolicies, GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi};
+use crate::model::{
+    AccessPolicies, DryRun, GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi,
+};
 use crate::naming;
 
 /// Expose docker-compose projects of this runner pod's Docker daemon through a Kubernetes Service
@@ -19,30 +21,30 @@ use crate::naming;
 pub struct Args {
     /// Domain every host lives under, e.g. composition.example.com (wildcard DNS points here).
     #[arg(long, env = "COMPOSE_INGRESS_DOMAIN")]
-    pub domain: String,
+    pub(crate) domain: String,
 
     /// Namespace of this runner pod; all objects are created there (downward API).
     #[arg(long, env = "POD_NAMESPACE")]
-    pub namespace: String,
+    pub(crate) namespace: String,
 
     /// Name of this runner pod (downward API).
     #[arg(long = "pod-name", env = "POD_NAME")]
-    pub pod_name: String,
+    pub(crate) pod_name: String,
 
     /// UID of this runner pod, for ownerReferences (downward API); read from the API when unset.
     #[arg(long = "pod-uid", env = "POD_UID")]
-    pub pod_uid: Option<String>,
+    pub(crate) pod_uid: Option<String>,
 
     /// Address of this runner pod (downward API status.podIP): a port published on exactly this
     /// IPv4 address counts like one published on all of them; read from the API when unset (an
     /// IPv6 address is accepted and not used: the pods are IPv4).
     #[arg(long = "pod-ip", env = "POD_IP")]
-    pub pod_ip: Option<std::net::IpAddr>,
+    pub(crate) pod_ip: Option<std::net::IpAddr>,
 
     /// Address of the node (downward API status.hostIP): the kubelet's probes come from it, and
     /// it keeps HTTP connection slots that no CI job can take.
     #[arg(long = "host-ip", env = "HOST_IP")]
-    pub host_ip: Option<std::net::IpAddr>,
+    pub(crate) host_ip: Option<std::net::IpAddr>,
 
     /// Docker daemon to watch: unix:///path or tcp://host:port (port 2375 when left out, as
     /// Docker's own CLI does).
@@ -51,15 +53,15 @@ pub struct Args {
         env = "DOCKER_HOST",
         default_value = "unix:///var/run/docker.sock"
     )]
-    pub docker_host: String,
+    pub(crate) docker_host: String,
 
     /// Route object per composition: an Ingress (networking.k8s.io/v1) or an HTTPRoute (Gateway API).
     #[arg(long = "route-api", env = "COMPOSE_INGRESS_ROUTE_API", value_enum, default_value_t = RouteApiArg::Ingress)]
-    pub route_api: RouteApiArg,
+    pub(crate) route_api: RouteApiArg,
 
     /// ingressClassName of the Ingresses (Ingress mode); unset leaves the cluster default.
     #[arg(long = "ingress-class", env = "COMPOSE_INGRESS_INGRESS_CLASS")]
-    pub ingress_class: Option<String>,
+    pub(crate) ingress_class: Option<String>,
 
     /// Further classes a composition may choose with the compose-ingress.class label (comma list).
     #[arg(
@@ -67,11 +69,11 @@ pub struct Args {
         env = "COMPOSE_INGRESS_ALLOWED_CLASSES",
         value_delimiter = ','
     )]
-    pub allowed_classes: Vec<String>,
+    pub(crate) allowed_classes: Vec<String>,
 
     /// Secret with the wildcard certificate, put in every Ingress's TLS block.
     #[arg(long = "tls-secret", env = "COMPOSE_INGRESS_TLS_SECRET")]
-    pub tls_secret: Option<String>,
+    pub(crate) tls_secret: Option<String>,
 
     /// Further TLS secrets a composition may choose with kompose.service.expose.tls-secret (comma list).
     #[arg(
@@ -79,11 +81,11 @@ pub struct Args {
         env = "COMPOSE_INGRESS_ALLOWED_TLS_SECRETS",
         value_delimiter = ','
     )]
-    pub allowed_tls_secrets: Vec<String>,
+    pub(crate) allowed_tls_secrets: Vec<String>,
 
     /// Gateway the HTTPRoutes attach to: [namespace/]name[:sectionName] (required with --route-api=gateway).
     #[arg(long, env = "COMPOSE_INGRESS_GATEWAY")]
-    pub gateway: Option<String>,
+    pub(crate) gateway: Option<String>,
 
     /// Template of the first DNS label of each host; placeholders {service} {port} {project} {pod}.
     #[arg(
@@ -91,15 +93,15 @@ pub struct Args {
         env = "COMPOSE_INGRESS_HOST_TEMPLATE",
         default_value = "{service}-{port}-{project}-{pod}"
     )]
-    pub host_template: String,
+    pub(crate) host_template: String,
 
     /// Per-composition rate limit (requests/s) set on every Ingress; labels may only lower it.
     #[arg(long = "default-rps", env = "COMPOSE_INGRESS_DEFAULT_RPS")]
-    pub default_rps: Option<u32>,
+    pub(crate) default_rps: Option<u32>,
 
     /// Highest rate limit a label may ask for (default: --default-rps).
     #[arg(long = "max-rps", env = "COMPOSE_INGRESS_MAX_RPS")]
-    pub max_rps: Option<u32>,
+    pub(crate) max_rps: Option<u32>,
 
     /// Most ports one composition may expose (each is a Service port, an Ingress rule and
     /// usually a host and a Lease); a composition over it is refused whole.
@@ -108,7 +110,7 @@ pub struct Args {
         env = "COMPOSE_INGRESS_MAX_PORTS_PER_COMPOSITION",
         default_value_t = 20
     )]
-    pub max_ports_per_composition: usize,
+    pub(crate) max_ports_per_composition: usize,
 
     /// Most hosts one runner pod may expose over all its compositions; a composition that would
     /// take the pod over it is refused whole.
@@ -117,20 +119,20 @@ pub struct Args {
         env = "COMPOSE_INGRESS_MAX_HOSTS_PER_POD",
         default_value_t = 200
     )]
-    pub max_hosts_per_pod: usize,
+    pub(crate) max_hosts_per_pod: usize,
 
     /// How the rate limit reaches your ingress controller: `annotation` (one Ingress annotation,
     /// --rate-limit-annotation) or `traefik-middleware` (a Traefik rateLimit Middleware per
     /// composition, referenced from the Ingress or HTTPRoute; needs Traefik's CRDs and the RBAC
     /// of deploy/components/traefik).
     #[arg(long = "rate-limit-mode", env = "COMPOSE_INGRESS_RATE_LIMIT_MODE", value_enum, default_value_t = RateLimitModeArg::Annotation)]
-    pub rate_limit_mode: RateLimitModeArg,
+    pub(crate) rate_limit_mode: RateLimitModeArg,
 
     /// The operator's access policies (YAML, see README "Rate limits, access policies and
     /// protocols"); labels pick one by
     /// name with compose-ingress.access. Without it every composition is public.
     #[arg(long = "access-policies", env = "COMPOSE_INGRESS_ACCESS_POLICIES")]
-    pub access_policies: Option<String>,
+    pub(crate) access_policies: Option<String>,
 
     /// The one annotation that carries the rate limit in `annotation` mode (depends on your
     /// ingress controller).
@@ -139,56 +141,56 @@ pub struct Args {
         env = "COMPOSE_INGRESS_RATE_LIMIT_ANNOTATION",
         default_value = "nginx.ingress.kubernetes.io/limit-rps"
     )]
-    pub rate_limit_annotation: String,
+    pub(crate) rate_limit_annotation: String,
 
     /// Expose services that publish ports even without compose-ingress.enable=true.
     #[arg(long = "expose-by-default", env = "COMPOSE_INGRESS_EXPOSE_BY_DEFAULT")]
-    pub expose_by_default: bool,
+    pub(crate) expose_by_default: bool,
 
     /// Treat a container without compose labels as a project of its own.
     #[arg(
         long = "expose-plain-containers",
         env = "COMPOSE_INGRESS_EXPOSE_PLAIN_CONTAINERS"
     )]
-    pub expose_plain_containers: bool,
+    pub(crate) expose_plain_containers: bool,
 
     /// Full resync (Docker listing, owned objects, orphan GC) interval, e.g. 5m.
     #[arg(long = "resync-interval", env = "COMPOSE_INGRESS_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
-    pub resync_interval: Duration,
+    pub(crate) resync_interval: Duration,
 
     /// Quiet time after a Docker event before the project is reconciled (coalesces compose up).
     #[arg(long, env = "COMPOSE_INGRESS_DEBOUNCE", default_value = "300ms", value_parser = parse_duration)]
-    pub debounce: Duration,
+    pub(crate) debounce: Duration,
 
     /// Longest wait for opted-in services that are created but not started yet (compose creates
     /// every container of `up` before starting them) before the rest is exposed without them;
     /// 0 exposes each service as soon as it runs.
     #[arg(long = "settle-time", env = "COMPOSE_INGRESS_SETTLE_TIME", default_value = "10s", value_parser = parse_duration)]
-    pub settle_time: Duration,
+    pub(crate) settle_time: Duration,
 
     /// Wait this long after a composition stops exposing before deleting its objects.
     #[arg(long = "delete-grace", env = "COMPOSE_INGRESS_DELETE_GRACE", default_value = "10s", value_parser = parse_duration)]
-    pub delete_grace: Duration,
+    pub(crate) delete_grace: Duration,
 
     /// Print the planned objects as YAML instead of writing them; =server also validates them
     /// with the apiserver (dryRun=All).
-    #[arg(long = "dry-run", env = "COMPOSE_INGRESS_DRY_RUN", value_enum, num_args = 0..=1, default_missing_value = "client", default_value_t = DryRun::None)]
-    pub dry_run: DryRun,
+    #[arg(long = "dry-run", env = "COMPOSE_INGRESS_DRY_RUN", value_enum, num_args = 0..=1, default_missing_value = "client", default_value_t = DryRunArg::None)]
+    pub(crate) dry_run: DryRunArg,
 
     /// Log format.
     #[arg(long = "log-format", env = "COMPOSE_INGRESS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// Address of the HTTP server for /metrics, /healthz, /readyz, /exposures and
     /// /v1/compositions/{project}.
     #[arg(long, env = "COMPOSE_INGRESS_LISTEN", default_value = "0.0.0.0:9102")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 
     /// The ingress controller's plain-HTTP address inside the cluster (e.g.
     /// http://traefik.kube-system.svc:80): `wait=routable` then checks each URL with a request
     /// through it. Unset: it checks that the objects are applied.
     #[arg(long = "probe-url", env = "COMPOSE_INGRESS_PROBE_URL")]
-    pub probe_url: Option<String>,
+    pub(crate) probe_url: Option<String>,
 
     /// No longer used: Services have no selector, the sidecar writes their EndpointSlices
     /// (health-gated routing). Accepted so that an old setting is reported, not fatal.
@@ -197,47 +199,51 @@ pub struct Args {
         env = "COMPOSE_INGRESS_POD_SELECTOR",
         hide = true
     )]
-    pub pod_selector: Option<String>,
+    pub(crate) pod_selector: Option<String>,
 
     /// On SIGTERM: delete this pod's objects when the pod is terminating (auto), always, or never.
     #[arg(long = "cleanup-on-exit", env = "COMPOSE_INGRESS_CLEANUP_ON_EXIT", value_enum, default_value_t = CleanupOnExit::Auto)]
-    pub cleanup_on_exit: CleanupOnExit,
+    pub(crate) cleanup_on_exit: CleanupOnExit,
 
     /// Upper bound for the whole shutdown, from SIGTERM to exit (the clean-up at exit
     /// included): what is still running then is left to the pod's garbage collection.
     #[arg(long = "shutdown-timeout", env = "COMPOSE_INGRESS_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
 
     /// Longest wait for one Kubernetes API request (connect, send, answer); a request that takes
     /// longer fails and is retried with backoff like any other error.
     #[arg(long = "api-timeout", env = "COMPOSE_INGRESS_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub api_timeout: Duration,
+    pub(crate) api_timeout: Duration,
 
     /// `/healthz` fails when the reconciler made no progress (no composition, page or request
     /// done, no idle turn) for this long. Unset: max(180s, 3 x --api-timeout). For tests; must
     /// be at least 10s and more than twice --api-timeout.
     #[arg(long = "heartbeat-stale", env = "COMPOSE_INGRESS_HEARTBEAT_STALE", value_parser = parse_duration, hide = true)]
-    pub heartbeat_stale: Option<Duration>,
+    pub(crate) heartbeat_stale: Option<Duration>,
 }
+
+/// The idle reconciler loop still turns this often (its heartbeat for `/healthz`; a busy pass
+/// beats after every composition, request and listing page, see `Status::heartbeat`).
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// The default of `--heartbeat-stale` when `--api-timeout` is at most a minute: long enough for a
 /// Docker request (bounded at 60 s by the Docker client) and for a full resync to get going.
-pub const DEFAULT_HEARTBEAT_STALE: Duration = Duration::from_secs(180);
+pub(crate) const DEFAULT_HEARTBEAT_STALE: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RateLimitModeArg {
+pub(crate) enum RateLimitModeArg {
     Annotation,
     TraefikMiddleware,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RouteApiArg {
+pub(crate) enum RouteApiArg {
     Ingress,
     Gateway,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DryRun {
+pub(crate) enum DryRunArg {
     None,
     Client,
     Server,
@@ -259,10 +265,10 @@ pub enum CleanupOnExit {
 /// Timings of the reconciler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timings {
-    pub resync_interval: Duration,
-    pub debounce: Duration,
-    pub settle_time: Duration,
-    pub delete_grace: Duration,
+    pub(crate) resync_interval: Duration,
+    pub(crate) debounce: Duration,
+    pub(crate) settle_time: Duration,
+    pub(crate) delete_grace: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -303,9 +309,9 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 #[error("{flag} {value:?}: {problem}")]
 pub struct ConfigError {
-    pub flag: &'static str,
-    pub value: String,
-    pub problem: String,
+    pub(crate) flag: &'static str,
+    pub(crate) value: String,
+    pub(crate) problem: String,
 }
 
 fn bad(flag: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
@@ -352,7 +358,7 @@ fn docker_host(text: &str) -> Result<String, String> {
 }
 
 /// Parses `500ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -380,25 +386,9 @@ fn ipv4(ip: Option<std::net::IpAddr>) -> Option<std::net::Ipv4Addr> {
     }
 }
 
-/// `prefix/name`: a DNS subdomain prefix and a name of at most 63 of `[A-Za-z0-9-_.]`.
-pub(crate) fn is_annotation_key(key: &str) -> bool {
-    key.split_once('/').is_some_and(|(prefix, name)| {
-        is_dns_subdomain(prefix)
-            && !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    })
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(naming::is_dns_label)
-}
-
 fn validate_names(flag: &'static str, names: &[String]) -> Result<(), ConfigError> {
     for n in names {
-        if !is_dns_subdomain(n) {
+        if !naming::is_dns_subdomain(n) {
             return Err(bad(
                 flag,
                 n,
@@ -444,7 +434,7 @@ fn heartbeat_stale(set: Option<Duration>, api_timeout: Duration) -> Result<Durat
     let Some(stale) = set else {
         return Ok(DEFAULT_HEARTBEAT_STALE.max(api_timeout.saturating_mul(3)));
     };
-    let floor = crate::reconcile::HEARTBEAT.saturating_mul(2);
+    let floor = HEARTBEAT.saturating_mul(2);
     if stale < floor || stale <= api_timeout.saturating_mul(2) {
         return Err(bad(
             "--heartbeat-stale",
@@ -467,7 +457,7 @@ impl Args {
             .trim()
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        if !is_dns_subdomain(&domain) || !domain.contains('.') {
+        if !naming::is_dns_subdomain(&domain) || !domain.contains('.') {
             return Err(bad(
                 "--domain",
                 &self.domain,
@@ -481,7 +471,7 @@ impl Args {
                 "must be a Kubernetes namespace name (set POD_NAMESPACE from the downward API)",
             ));
         }
-        if !is_dns_subdomain(&self.pod_name) {
+        if !naming::is_dns_subdomain(&self.pod_name) {
             return Err(bad(
                 "--pod-name",
                 &self.pod_name,
@@ -539,7 +529,7 @@ impl Args {
             ));
         }
         let key = &self.rate_limit_annotation;
-        let key_ok = is_annotation_key(key);
+        let key_ok = naming::is_annotation_key(key);
         if !key_ok {
             return Err(bad(
                 "--rate-limit-annotation",
@@ -631,7 +621,11 @@ impl Args {
                 delete_grace: self.delete_grace,
                 shutdown_timeout: self.shutdown_timeout,
             },
-            dry_run: self.dry_run,
+            dry_run: match self.dry_run {
+                DryRunArg::None => DryRun::None,
+                DryRunArg::Client => DryRun::Client,
+                DryRunArg::Server => DryRun::Server,
+            },
             log_format: self.log_format,
             listen: self.listen,
             cleanup_on_exit: self.cleanup_on_exit,

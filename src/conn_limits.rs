@@ -15,17 +15,17 @@ pub const PER_PEER: usize = 8;
 /// Connections all peers but the node may hold together.
 pub const TOTAL: usize = 64;
 /// Connections the node's address may hold (probes, node-local scrapers), apart from the others.
-pub const NODE: usize = 16;
+pub(crate) const NODE: usize = 16;
 
 #[derive(Debug)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     node: Option<IpAddr>,
     open: HashMap<IpAddr, usize>,
     others: usize,
 }
 
 impl ConnLimits {
-    pub fn new(node: Option<IpAddr>) -> Self {
+    pub(crate) fn new(node: Option<IpAddr>) -> Self {
         Self {
             node,
             open: HashMap::new(),
@@ -34,7 +34,7 @@ impl ConnLimits {
     }
 
     /// Takes a connection slot for `peer`, or says no (the connection is then closed).
-    pub fn admit(&mut self, peer: IpAddr) -> bool {
+    pub(crate) fn admit(&mut self, peer: IpAddr) -> bool {
         let held = self.open.get(&peer).copied().unwrap_or(0);
         let ok = if Some(peer) == self.node {
             held < NODE
@@ -51,7 +51,7 @@ impl ConnLimits {
     }
 
     /// Gives back a slot `admit` gave `peer`.
-    pub fn release(&mut self, peer: IpAddr) {
+    pub(crate) fn release(&mut self, peer: IpAddr) {
         if let Some(n) = self.open.get_mut(&peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {

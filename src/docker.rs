@@ -30,7 +30,7 @@ use crate::retry::Retry;
 
 /// A composition key: the compose project name, or `/<container name>` for a plain container
 /// (compose project names cannot contain '/').
-pub type CompositionKey = String;
+pub(crate) type CompositionKey = String;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -181,7 +181,7 @@ impl DockerClient {
     }
 
     /// The API version every request carries now (bollard puts it in the path).
-    pub fn api_version(&self) -> String {
+    pub(crate) fn api_version(&self) -> String {
         self.client().client_version().to_string()
     }
 
@@ -201,7 +201,7 @@ impl DockerClient {
     /// prefix is lost in a URL join), so an engine would answer every request with its own
     /// newest API, whatever was negotiated: the negotiated client puts the version into each
     /// path itself, and the engine answers in the schema this client was built for.
-    pub async fn negotiate(&self) -> Result<(), DockerError> {
+    pub(crate) async fn negotiate(&self) -> Result<(), DockerError> {
         let negotiated = connect(&self.host)?
             .negotiate_version()
             .await
@@ -227,7 +227,7 @@ impl DockerClient {
     }
 
     /// Every container of one composition, fresh from the daemon.
-    pub async fn project(&self, key: &str) -> Result<ObservedProject, DockerError> {
+    pub(crate) async fn project(&self, key: &str) -> Result<ObservedProject, DockerError> {
         let mut filters = BTreeMap::new();
         if let Some(name) = key.strip_prefix('/') {
             filters.insert("name", vec![format!("^/{name}$")]);
@@ -249,7 +249,9 @@ impl DockerClient {
 
     /// A complete listing of the daemon, grouped by composition key. Only a successful snapshot
     /// may drive orphan GC (an empty answer from a daemon that is still starting is an error).
-    pub async fn snapshot(&self) -> Result<BTreeMap<CompositionKey, ObservedProject>, DockerError> {
+    pub(crate) async fn snapshot(
+        &self,
+    ) -> Result<BTreeMap<CompositionKey, ObservedProject>, DockerError> {
         let mut compositions: BTreeMap<CompositionKey, ObservedProject> = BTreeMap::new();
         for c in self.list(&BTreeMap::new()).await? {
             if let Some(key) = composition_key(&c, self.expose_plain) {

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use crate::status::{PodEvent, Status};
 
 /// The `reportingController` of every Event.
-pub const REPORTING_CONTROLLER: &str = "compose-ingress";
+pub(crate) const REPORTING_CONTROLLER: &str = "compose-ingress";
 /// The apiserver refuses notes longer than this (bytes).
 const MAX_NOTE: usize = 1024;
 /// An Event post that takes longer than this is given up (the next ones must not queue up).
@@ -29,13 +29,13 @@ const POST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Events of one (reason, composition) allowed in a burst.
-    pub burst: f64,
+    pub(crate) burst: f64,
     /// Then one more every this long.
-    pub refill: Duration,
+    pub(crate) refill: Duration,
     /// All Events of this pod: burst...
-    pub global_burst: f64,
+    pub(crate) global_burst: f64,
     /// ...then one more every this long.
-    pub global_refill: Duration,
+    pub(crate) global_refill: Duration,
 }
 
 impl Default for Limits {
@@ -76,7 +76,7 @@ impl Bucket {
 
 /// What the limiter decided for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Post,
     /// Dropped; `first` is true for the first drop of a run (after an event went through), so
     /// that one log line covers the run.
@@ -88,7 +88,7 @@ pub enum Verdict {
 
 /// Which bucket dropped an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
+pub(crate) enum Limit {
     /// This (reason, composition) produced Events too fast.
     Composition,
     /// The pod as a whole did (many compositions at once).
@@ -97,7 +97,7 @@ pub enum Limit {
 
 /// Token buckets per (reason, composition) and for the whole pod. Pure (time is passed in).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limits: Limits,
     keys: HashMap<(&'static str, String), Bucket>,
     global: Option<Bucket>,
@@ -107,7 +107,7 @@ pub struct RateLimiter {
 const MAX_KEYS: usize = 1024;
 
 impl RateLimiter {
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         RateLimiter {
             limits,
             keys: HashMap::new(),
@@ -115,7 +115,12 @@ impl RateLimiter {
         }
     }
 
-    pub fn check(&mut self, reason: &'static str, composition: &str, now: Instant) -> Verdict {
+    pub(crate) fn check(
+        &mut self,
+        reason: &'static str,
+        composition: &str,
+        now: Instant,
+    ) -> Verdict {
         let l = self.limits;
         if self.keys.len() >= MAX_KEYS {
             for b in self.keys.values_mut() {
@@ -160,7 +165,7 @@ impl RateLimiter {
 }
 
 /// The `action` of an Event, from its reason.
-pub fn action_of(reason: &str) -> &'static str {
+pub(crate) fn action_of(reason: &str) -> &'static str {
     match reason {
         "Exposed" => "Expose",
         "LabelRefused" | "HostRefused" => "Refuse",
@@ -178,7 +183,7 @@ pub struct RegardingPod {
 }
 
 /// Builds the `events.k8s.io/v1` Event for `e` (name unique per pod and instant, like client-go).
-pub fn build_event(pod: &RegardingPod, e: &PodEvent, seq: u64) -> Event {
+pub(crate) fn build_event(pod: &RegardingPod, e: &PodEvent, seq: u64) -> Event {
     let now = k8s_openapi::jiff::Timestamp::now();
     Event {
         metadata: ObjectMeta {

@@ -9,10 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The most of an answer that is read (the probe only needs the status and the start of the
 /// body; the sidecar's own documents are far smaller).
-pub const MAX_ANSWER: u64 = 1024 * 1024;
+pub(crate) const MAX_ANSWER: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum GetError {
+pub(crate) enum GetError {
     #[error("{url}: only http://host:port/path URLs are supported")]
     Url { url: String },
     #[error("GET {url}: {source}")]
@@ -25,13 +25,13 @@ pub enum GetError {
 
 /// An answer: status and body (cut at [`MAX_ANSWER`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: String,
 }
 
 /// `http://host:port[/base]` split into the address to connect to and a path prefix.
-pub fn split_url(url: &str) -> Result<(String, String), GetError> {
+pub(crate) fn split_url(url: &str) -> Result<(String, String), GetError> {
     let bad = || GetError::Url {
         url: url.to_string(),
     };
@@ -52,7 +52,7 @@ pub fn split_url(url: &str) -> Result<(String, String), GetError> {
 }
 
 /// GET `path` from `addr` with `Host: host`, within `timeout`.
-pub async fn get(
+pub(crate) async fn get(
     addr: &str,
     host: &str,
     path: &str,

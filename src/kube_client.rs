@@ -30,8 +30,8 @@ use tower::BoxError;
     "no answer from the Kubernetes API server within {limit:?} (--api-timeout): it is overloaded \
      or unreachable; retried with backoff (raise --api-timeout if the apiserver is only slow)"
 )]
-pub struct ApiTimedOut {
-    pub limit: Duration,
+pub(crate) struct ApiTimedOut {
+    pub(crate) limit: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub async fn client(api_timeout: Duration) -> Result<kube::Client, ClientError> 
 
 /// Fails a request that has no answer after the limit with [`ApiTimedOut`].
 #[derive(Debug, Clone, Copy)]
-pub struct ApiTimeoutLayer(pub Duration);
+pub(crate) struct ApiTimeoutLayer(pub Duration);
 
 impl<S> tower::Layer<S> for ApiTimeoutLayer {
     type Service = ApiTimeout<S>;
@@ -74,7 +74,7 @@ impl<S> tower::Layer<S> for ApiTimeoutLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct ApiTimeout<S> {
+pub(crate) struct ApiTimeout<S> {
     inner: S,
     limit: Duration,
 }

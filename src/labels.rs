@@ -17,11 +17,11 @@ pub const HOST: &str = "compose-ingress.host";
 pub const PATH: &str = "compose-ingress.path";
 pub const RATE_LIMIT_RPS: &str = "compose-ingress.rate-limit.rps";
 pub const CLASS: &str = "compose-ingress.class";
-pub const ACCESS: &str = "compose-ingress.access";
-pub const PROTOCOL: &str = "compose-ingress.protocol";
-pub const HEALTH: &str = "compose-ingress.health";
+pub(crate) const ACCESS: &str = "compose-ingress.access";
+pub(crate) const PROTOCOL: &str = "compose-ingress.protocol";
+pub(crate) const HEALTH: &str = "compose-ingress.health";
 /// Prefix of every label of ours: an unknown key under it is most likely a typo.
-pub const PREFIX: &str = "compose-ingress.";
+pub(crate) const PREFIX: &str = "compose-ingress.";
 pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
 pub const KOMPOSE_CLASS: &str = "kompose.service.expose.ingress-class-name";
 pub const KOMPOSE_TLS_SECRET: &str = "kompose.service.expose.tls-secret";
@@ -29,15 +29,15 @@ pub const KOMPOSE_TLS_SECRET: &str = "kompose.service.expose.tls-secret";
 // Compose's own labels on every container it creates: which composition, which service, which
 // replica, and whether it is a `compose run` one-off. Read, never written; part of the contract
 // because the planner and the Docker reader key on them (never on container names).
-pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
-pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
-pub const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
-pub const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
+pub(crate) const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub(crate) const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub(crate) const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
+pub(crate) const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
 
 /// Longest label value we look at; longer ones are refused before any parsing.
-pub const MAX_VALUE_BYTES: usize = 1024;
+pub(crate) const MAX_VALUE_BYTES: usize = 1024;
 /// Longest path prefix accepted.
-pub const MAX_PATH_LEN: usize = 256;
+pub(crate) const MAX_PATH_LEN: usize = 256;
 /// Longest value shown in a refusal (after escaping), so that log lines stay readable.
 pub const MAX_SHOWN_CHARS: usize = 80;
 
@@ -61,15 +61,15 @@ pub struct ChosenHost {
     pub label: String,
     pub path: String,
     /// The label that chose it, for refusals raised later by the planner.
-    pub source: &'static str,
+    pub(crate) source: &'static str,
 }
 
 /// What one compose service asks for, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceExposure {
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// `None`: every published TCP port.
-    pub ports: Option<Vec<u16>>,
+    pub(crate) ports: Option<Vec<u16>>,
     /// Empty: hosts come from the template. kompose allows several hosts, hence a list; the
     /// planner only accepts chosen hosts for a service with exactly one exposed port.
     pub hosts: Vec<ChosenHost>,
@@ -79,21 +79,21 @@ pub struct ServiceExposure {
     pub class: Option<String>,
     pub tls_secret: Option<String>,
     /// The access policy a label chose (a policy name or `public`); `None`: the default.
-    pub access: Option<String>,
+    pub(crate) access: Option<String>,
     /// The protocol of every exposed port of the service; `None`: undeclared (HTTP/1.1).
-    pub protocol: Option<AppProtocol>,
+    pub(crate) protocol: Option<AppProtocol>,
     /// Whether traffic waits for the container's healthcheck (`compose-ingress.health`,
     /// default `gate`; `ignore` routes it as soon as it runs).
-    pub health_gate: bool,
+    pub(crate) health_gate: bool,
 }
 
 /// `compose-ingress.health` values.
-pub const HEALTH_GATE: &str = "gate";
-pub const HEALTH_IGNORE: &str = "ignore";
+pub(crate) const HEALTH_GATE: &str = "gate";
+pub(crate) const HEALTH_IGNORE: &str = "ignore";
 
 impl ServiceExposure {
     /// A service that is not exposed (opted out, or not opted in).
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self {
             enabled: false,
             ports: None,
@@ -111,7 +111,7 @@ impl ServiceExposure {
 
 /// `value` cut to [`MAX_SHOWN_CHARS`] and escaped, so control characters, newlines and megabytes
 /// of junk cannot forge or flood log lines.
-pub fn shown_value(value: &str) -> String {
+pub(crate) fn shown_value(value: &str) -> String {
     const ELLIPSIS: &str = "...";
     let mut out = String::new();
     let mut count = 0;
@@ -137,7 +137,7 @@ pub fn shown_value(value: &str) -> String {
 /// Builds a refusal with the shown (shortened, escaped) value and a message that names the
 /// container, service, label, value, rule and the fix. Used by the planner too, so that every
 /// refusal reads the same.
-pub fn refusal(
+pub(crate) fn refusal(
     container: &str,
     service: &str,
     label: &str,
@@ -593,33 +593,9 @@ pub fn parse_service_labels(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::model::{AccessPolicies, RateLimitMode, RouteApi};
-
-    pub(crate) fn settings() -> PlanSettings {
-        PlanSettings {
-            domain: "composition.example.com".into(),
-            host_template: "{service}-{port}-{project}-{pod}".into(),
-            pod_name: "runner-3".into(),
-            namespace: "ci".into(),
-            route_api: RouteApi::Ingress,
-            ingress_class: Some("public".into()),
-            allowed_classes: vec!["public".into(), "heavy".into()],
-            tls_secret: Some("wildcard-tls".into()),
-            allowed_tls_secrets: vec!["wildcard-tls".into(), "other-tls".into()],
-            gateway: None,
-            default_rps: Some(100),
-            max_rps: Some(100),
-            rate_limit: RateLimitMode::Annotation("example.com/rps".into()),
-            access: AccessPolicies::public_only(),
-            expose_by_default: false,
-            expose_plain_containers: false,
-            pod_ip: Some(std::net::Ipv4Addr::new(10, 0, 0, 7)),
-            max_ports_per_composition: 20,
-            max_hosts_per_pod: 200,
-        }
-    }
+    use crate::test_support::settings;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<ServiceExposure, Vec<Refusal>> {
         let labels: BTreeMap<String, String> = pairs

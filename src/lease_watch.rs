@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::docker::Hint;
-use crate::render::{HOST_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::objects::{HOST_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::retry::Retry;
 
 /// How long one watch request lasts at most: `api_timeout` less a margin, within what the

@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use compose_ingress::cluster::Cluster;
-use compose_ingress::config::{Args, CleanupOnExit, Config, DryRun};
+use compose_ingress::config::{Args, CleanupOnExit, Config};
 use compose_ingress::docker::DockerClient;
 use compose_ingress::events;
-use compose_ingress::model::RateLimitMode;
+use compose_ingress::model::{DryRun, RateLimitMode};
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
 use compose_ingress::{kube_client, lease_watch, logging, retry, routable, shutdown, telemetry};

@@ -30,7 +30,7 @@ fn is_update_of(entry: &ManagedFieldsEntry, manager: &str) -> bool {
 }
 
 /// Whether some field of the object is still owned by `manager`'s `Update` entry.
-pub fn needs_hand_over(meta: &ObjectMeta, manager: &str) -> bool {
+pub(crate) fn needs_hand_over(meta: &ObjectMeta, manager: &str) -> bool {
     meta.managed_fields
         .iter()
         .flatten()
@@ -41,7 +41,7 @@ pub fn needs_hand_over(meta: &ObjectMeta, manager: &str) -> bool {
 /// entry exists: a field a create set and a later apply dropped, still on the object. Only an
 /// apply can remove it, so such an object is written even when its spec is unchanged. Without an
 /// `Apply` entry the object is as its create wrote it: nothing left over.
-pub fn has_leftovers(meta: &ObjectMeta, manager: &str) -> bool {
+pub(crate) fn has_leftovers(meta: &ObjectMeta, manager: &str) -> bool {
     let entries = meta.managed_fields.iter().flatten();
     let Some(apply) = entries.clone().find(|e| is_entry_of(e, manager, "Apply")) else {
         return false;
@@ -79,7 +79,7 @@ fn only_marks(v: &Value) -> bool {
 }
 
 /// Whether one of `manager`'s entries owns the field at `path` (`["f:spec", "f:selector"]`).
-pub fn owns(meta: &ObjectMeta, manager: &str, path: &[&str]) -> bool {
+pub(crate) fn owns(meta: &ObjectMeta, manager: &str, path: &[&str]) -> bool {
     meta.managed_fields
         .iter()
         .flatten()
@@ -180,7 +180,7 @@ fn fields_of(e: &ManagedFieldsEntry) -> Value {
 /// entry ([`hand_over_patch`]), so that the apply sets back the ones we send and removes the
 /// ones we do not (an added annotation, rule or port). An object nobody touched has no such
 /// entry, so the check costs no write.
-pub fn edited_by_others(meta: &ObjectMeta, manager: &str) -> bool {
+pub(crate) fn edited_by_others(meta: &ObjectMeta, manager: &str) -> bool {
     meta.managed_fields
         .iter()
         .flatten()
@@ -193,7 +193,7 @@ pub fn edited_by_others(meta: &ObjectMeta, manager: &str) -> bool {
 /// entry (made when there is none): the whole `managedFields` list (a merge patch replaces a
 /// list), and the object's resourceVersion, so that a concurrent write makes it fail (409)
 /// instead of losing that write's record. `None`: nothing to hand over.
-pub fn hand_over_patch(meta: &ObjectMeta, manager: &str) -> Option<Value> {
+pub(crate) fn hand_over_patch(meta: &ObjectMeta, manager: &str) -> Option<Value> {
     let entries = meta.managed_fields.clone().unwrap_or_default();
     let mut taken = json!({});
     let mut template: Option<&ManagedFieldsEntry> = None;

@@ -35,7 +35,7 @@ impl PublishedPort {
     /// Whether a connection to the pod's IPv4 address `pod_ip` reaches this binding: a binding on
     /// every IPv4 address, or on exactly the pod's. Never an IPv6 binding: before Docker 27 its
     /// host port can differ from the IPv4 one, and be another container's IPv4 port.
-    pub fn reachable_on(&self, pod_ip: Option<std::net::Ipv4Addr>) -> bool {
+    pub(crate) fn reachable_on(&self, pod_ip: Option<std::net::Ipv4Addr>) -> bool {
         match self.host_ip.as_str() {
             "" | "0.0.0.0" => true,
             ip => pod_ip.is_some_and(|p| ip.parse() == Ok(p)),
@@ -71,7 +71,7 @@ pub enum Health {
 
 impl Health {
     /// Docker's word for the state (`docker ps`, the `health_status` event).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Health::None => "none",
             Health::Starting => "starting",
@@ -100,6 +100,15 @@ pub struct ObservedProject {
     pub containers: Vec<ObservedContainer>,
 }
 
+/// How writes reach the cluster (`--dry-run`): for real, printed only, or printed and validated by
+/// the apiserver (`dryRun=All`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    None,
+    Client,
+    Server,
+}
+
 /// Which route object the cluster gets per composition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RouteApi {
@@ -123,16 +132,16 @@ pub enum RateLimitMode {
 }
 
 /// The label value (and policy name) that means "no access policy".
-pub const PUBLIC_POLICY: &str = "public";
+pub(crate) const PUBLIC_POLICY: &str = "public";
 
 /// The operator's access policies (`--access-policies`, see src/policy.rs for the file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessPolicies {
     /// The policy of a composition whose services name none; `None`: public.
-    pub default: Option<String>,
+    pub(crate) default: Option<String>,
     /// Whether `public` (no policy) may be chosen by a label.
-    pub allow_public: bool,
-    pub policies: BTreeMap<String, AccessPolicy>,
+    pub(crate) allow_public: bool,
+    pub(crate) policies: BTreeMap<String, AccessPolicy>,
 }
 
 impl AccessPolicies {
@@ -145,8 +154,13 @@ impl AccessPolicies {
         }
     }
 
+    /// The policy named `name` (a composition's access policy), `None` when public.
+    pub(crate) fn named(&self, name: Option<&str>) -> Option<&AccessPolicy> {
+        self.policies.get(name?)
+    }
+
     /// The names a label may choose, for refusals.
-    pub fn choosable(&self) -> Vec<&str> {
+    pub(crate) fn choosable(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.policies.keys().map(String::as_str).collect();
         if self.allow_public {
             names.push(PUBLIC_POLICY);
@@ -157,22 +171,22 @@ impl AccessPolicies {
 
 /// What one access policy adds to a composition's route; operator text, never a label's.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AccessPolicy {
+pub(crate) struct AccessPolicy {
     /// Traefik Middlewares of the runner pods' namespace, referenced from the Ingress (after the
     /// rate limit's) and as `ExtensionRef` filters of every HTTPRoute rule.
-    pub traefik_middlewares: Vec<String>,
+    pub(crate) traefik_middlewares: Vec<String>,
     /// Annotations set on the Ingress as written (controllers that read annotations).
-    pub ingress_annotations: BTreeMap<String, String>,
+    pub(crate) ingress_annotations: BTreeMap<String, String>,
     /// Gateway API `HTTPRouteFilter`s added to every HTTPRoute rule as written.
-    pub http_route_filters: Vec<serde_json::Value>,
+    pub(crate) http_route_filters: Vec<serde_json::Value>,
 }
 
 /// A Gateway the HTTPRoutes attach to (`--gateway namespace/name` or `name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRef {
-    pub namespace: Option<String>,
-    pub name: String,
-    pub section_name: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: String,
+    pub(crate) section_name: Option<String>,
 }
 
 /// Operator settings the planner needs; built once from the validated config.
@@ -215,107 +229,78 @@ pub struct PlanSettings {
 /// The runner pod every object is owned by (ownerReference) and labelled with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerPod {
-    pub name: String,
-    pub uid: String,
+    pub(crate) name: String,
+    pub(crate) uid: String,
 }
 
-/// Why something of a composition is not exposed. [`Reason::as_str`] gives the stable kebab-case
-/// code that logs (`reason=`), `/exposures` (`"reason"`), the `refused_labels_total{reason}` metric
-/// and docs/operability.md all use: the one place each code is spelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Reason {
-    /// `compose-ingress.enable` is neither `true` nor `false`.
-    InvalidEnable,
-    /// A `compose-ingress.*` key we do not know (most likely a typo).
-    UnknownLabel,
-    /// A label value over the size we look at.
-    ValueTooLong,
-    /// `compose-ingress.ports` is not a list of ports.
-    InvalidPort,
-    /// A chosen host that is not one DNS label.
-    InvalidHost,
-    /// A chosen host under another domain than the operator's.
-    HostOutsideDomain,
-    /// A path prefix outside the safe grammar.
-    InvalidPath,
-    /// `compose-ingress.rate-limit.rps` is not a whole number >= 1.
-    InvalidRateLimit,
-    /// A rate limit above the operator's maximum (labels may only lower it).
-    RateLimitAboveMax,
-    /// A class outside the operator's allow-list.
-    ClassNotAllowed,
-    /// Two services (or two labels) choose different classes for the one route object.
-    ClassConflict,
-    /// A TLS secret outside the operator's allow-list.
-    TlsSecretNotAllowed,
-    /// Two services choose different TLS secrets for the one route object.
-    TlsSecretConflict,
-    /// `compose-ingress.ports` names a port that is not published over TCP.
-    PortNotPublished,
-    /// A chosen host on a service that exposes several ports.
-    HostNeedsOnePort,
-    /// The operator's `--host-template` does not render to a DNS label for this service.
-    InvalidHostTemplate,
-    /// Another service of the same composition already routes this host and path.
-    HostTakenInComposition,
-    /// Another pod (or composition) holds the host's Lease.
-    HostTaken,
-    /// A chosen host the operator's `--host-template` could render for some composition or pod:
-    /// chosen hosts and template hosts are disjoint, so no label can take a template host.
-    HostLooksLikeTemplate,
-    /// The composition exposes more ports than `--max-ports-per-composition`: refused whole.
-    TooManyPorts,
-    /// Exposing the composition would take the pod over `--max-hosts-per-pod`: refused whole.
-    TooManyHosts,
-    /// `compose-ingress.access` names a policy the operator did not define.
-    UnknownAccessPolicy,
-    /// `compose-ingress.access=public` where the operator does not allow public compositions.
-    PublicNotAllowed,
-    /// Two services of one composition want different access policies (the route has one).
-    AccessConflict,
-    /// `compose-ingress.protocol` is not one of the known protocols.
-    UnknownProtocol,
-    /// `compose-ingress.health` is neither `gate` nor `ignore`.
-    InvalidHealth,
-    /// The compose project name is too long or has characters Compose never gives one: it
-    /// would reach object metadata, so the composition is refused whole.
-    InvalidProjectName,
+crate::variants::with_all! {
+    /// Why something of a composition is not exposed. [`Reason::as_str`] gives the stable kebab-case
+    /// code that logs (`reason=`), `/exposures` (`"reason"`), the `refused_labels_total{reason}` metric
+    /// and docs/operability.md all use: the one place each code is spelled.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Reason {
+        /// `compose-ingress.enable` is neither `true` nor `false`.
+        InvalidEnable,
+        /// A `compose-ingress.*` key we do not know (most likely a typo).
+        UnknownLabel,
+        /// A label value over the size we look at.
+        ValueTooLong,
+        /// `compose-ingress.ports` is not a list of ports.
+        InvalidPort,
+        /// A chosen host that is not one DNS label.
+        InvalidHost,
+        /// A chosen host under another domain than the operator's.
+        HostOutsideDomain,
+        /// A path prefix outside the safe grammar.
+        InvalidPath,
+        /// `compose-ingress.rate-limit.rps` is not a whole number >= 1.
+        InvalidRateLimit,
+        /// A rate limit above the operator's maximum (labels may only lower it).
+        RateLimitAboveMax,
+        /// A class outside the operator's allow-list.
+        ClassNotAllowed,
+        /// Two services (or two labels) choose different classes for the one route object.
+        ClassConflict,
+        /// A TLS secret outside the operator's allow-list.
+        TlsSecretNotAllowed,
+        /// Two services choose different TLS secrets for the one route object.
+        TlsSecretConflict,
+        /// `compose-ingress.ports` names a port that is not published over TCP.
+        PortNotPublished,
+        /// A chosen host on a service that exposes several ports.
+        HostNeedsOnePort,
+        /// The operator's `--host-template` does not render to a DNS label for this service.
+        InvalidHostTemplate,
+        /// Another service of the same composition already routes this host and path.
+        HostTakenInComposition,
+        /// Another pod (or composition) holds the host's Lease.
+        HostTaken,
+        /// A chosen host the operator's `--host-template` could render for some composition or pod:
+        /// chosen hosts and template hosts are disjoint, so no label can take a template host.
+        HostLooksLikeTemplate,
+        /// The composition exposes more ports than `--max-ports-per-composition`: refused whole.
+        TooManyPorts,
+        /// Exposing the composition would take the pod over `--max-hosts-per-pod`: refused whole.
+        TooManyHosts,
+        /// `compose-ingress.access` names a policy the operator did not define.
+        UnknownAccessPolicy,
+        /// `compose-ingress.access=public` where the operator does not allow public compositions.
+        PublicNotAllowed,
+        /// Two services of one composition want different access policies (the route has one).
+        AccessConflict,
+        /// `compose-ingress.protocol` is not one of the known protocols.
+        UnknownProtocol,
+        /// `compose-ingress.health` is neither `gate` nor `ignore`.
+        InvalidHealth,
+        /// The compose project name is too long or has characters Compose never gives one: it
+        /// would reach object metadata, so the composition is refused whole.
+        InvalidProjectName,
+    }
 }
 
 impl Reason {
-    /// Every reason, for tests and docs checks.
-    pub const ALL: [Reason; 27] = [
-        Reason::InvalidEnable,
-        Reason::UnknownLabel,
-        Reason::ValueTooLong,
-        Reason::InvalidPort,
-        Reason::InvalidHost,
-        Reason::HostOutsideDomain,
-        Reason::InvalidPath,
-        Reason::InvalidRateLimit,
-        Reason::RateLimitAboveMax,
-        Reason::ClassNotAllowed,
-        Reason::ClassConflict,
-        Reason::TlsSecretNotAllowed,
-        Reason::TlsSecretConflict,
-        Reason::PortNotPublished,
-        Reason::HostNeedsOnePort,
-        Reason::InvalidHostTemplate,
-        Reason::HostTakenInComposition,
-        Reason::HostTaken,
-        Reason::HostLooksLikeTemplate,
-        Reason::TooManyPorts,
-        Reason::TooManyHosts,
-        Reason::InvalidProjectName,
-        Reason::UnknownAccessPolicy,
-        Reason::PublicNotAllowed,
-        Reason::AccessConflict,
-        Reason::UnknownProtocol,
-        Reason::InvalidHealth,
-    ];
-
     /// The stable machine-readable code (a metric label value, a JSON and log field).
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidEnable => "invalid-enable",
             Reason::UnknownLabel => "unknown-label",
@@ -359,13 +344,13 @@ impl std::fmt::Display for Reason {
 /// (`host` says which; the label fields are then empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub container: String,
-    pub service: String,
+    pub(crate) container: String,
+    pub(crate) service: String,
     pub label: String,
     /// The offending value, shortened and escaped so that a log line stays readable.
     pub value: String,
     /// The host a refusal of the host itself ([`Reason::HostTaken`]) is about.
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     pub reason: Reason,
     /// Human sentence: what was wrong and what to do.
     pub message: String,
@@ -374,7 +359,7 @@ pub struct Refusal {
 impl Refusal {
     /// The whole composition is refused (a cap, its name): no container, service or label is
     /// to blame alone.
-    pub fn composition(reason: Reason, message: String) -> Self {
+    pub(crate) fn composition(reason: Reason, message: String) -> Self {
         Refusal {
             container: String::new(),
             service: String::new(),
@@ -387,7 +372,7 @@ impl Refusal {
     }
 
     /// A host that another pod (or another composition) holds the Lease of.
-    pub fn host_taken(host: &str, holder_pod: &str, holder_composition: &str) -> Self {
+    pub(crate) fn host_taken(host: &str, holder_pod: &str, holder_composition: &str) -> Self {
         Refusal {
             container: String::new(),
             service: String::new(),
@@ -405,7 +390,7 @@ impl Refusal {
 /// The application protocol of an exposed port (`compose-ingress.protocol`), for controllers
 /// that must know how to speak to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AppProtocol {
+pub(crate) enum AppProtocol {
     Http,
     /// HTTP/2 over cleartext (prior knowledge).
     H2c,
@@ -418,7 +403,7 @@ pub enum AppProtocol {
 }
 
 impl AppProtocol {
-    pub const ALL: [AppProtocol; 5] = [
+    pub(crate) const ALL: [AppProtocol; 5] = [
         AppProtocol::Http,
         AppProtocol::H2c,
         AppProtocol::Grpc,
@@ -427,7 +412,7 @@ impl AppProtocol {
     ];
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AppProtocol::Http => "http",
             AppProtocol::H2c => "h2c",
@@ -439,7 +424,7 @@ impl AppProtocol {
 
     /// The Service port's `appProtocol` (Kubernetes' standard names, which Gateway API
     /// implementations read).
-    pub fn app_protocol(self) -> &'static str {
+    pub(crate) fn app_protocol(self) -> &'static str {
         match self {
             AppProtocol::Http => "http",
             AppProtocol::H2c | AppProtocol::Grpc => "kubernetes.io/h2c",
@@ -454,7 +439,7 @@ impl AppProtocol {
 pub struct Backend {
     pub service: String,
     pub container_port: u16,
-    pub host_port: u16,
+    pub(crate) host_port: u16,
     /// Stable Service port name (IANA_SVC_NAME) for this (service, container port).
     pub port_name: String,
     /// Stable Service port number for this (service, container port), unique in the Service.
@@ -464,14 +449,14 @@ pub struct Backend {
     /// Path prefix, starts with '/'.
     pub path: String,
     /// True when the host came from a label (it must be claimed with a Lease before use).
-    pub chosen_host: bool,
+    pub(crate) chosen_host: bool,
     /// The protocol a label declared for the service's ports; `None`: HTTP/1.1, undeclared.
-    pub protocol: Option<AppProtocol>,
+    pub(crate) protocol: Option<AppProtocol>,
     /// Whether the controller may send traffic to it (the endpoint's `ready` condition): the
     /// container is healthy, has no healthcheck, or its service opted out of health gating.
-    pub ready: bool,
+    pub(crate) ready: bool,
     /// The container's health as Docker reports it (for `/exposures` and `wait`).
-    pub health: Health,
+    pub(crate) health: Health,
 }
 
 /// Everything one composition needs in the cluster, or nothing when `backends` is empty.
@@ -484,11 +469,11 @@ pub struct DesiredComposition {
     /// Sorted by (service, container_port, ...); (host, path) pairs unique. One host may carry
     /// several paths, and one (service, container port) several hosts (kompose host lists).
     pub backends: Vec<Backend>,
-    pub class: Option<String>,
-    pub rate_limit_rps: Option<u32>,
-    pub tls_secret: Option<String>,
+    pub(crate) class: Option<String>,
+    pub(crate) rate_limit_rps: Option<u32>,
+    pub(crate) tls_secret: Option<String>,
     /// The access policy of the composition (a name of `PlanSettings::access`); `None`: public.
-    pub access: Option<String>,
+    pub(crate) access: Option<String>,
 }
 
 /// The planner's output for one composition.
@@ -496,10 +481,10 @@ pub struct DesiredComposition {
 pub struct Plan {
     /// `None` when nothing of the composition is to be exposed (objects go after the grace).
     pub desired: Option<DesiredComposition>,
-    pub refusals: Vec<Refusal>,
+    pub(crate) refusals: Vec<Refusal>,
     /// Opted-in services with no running container but one that is created and not yet started
     /// (sorted): the composition is still coming up, so the reconciler may wait for them.
-    pub awaiting_start: Vec<String>,
+    pub(crate) awaiting_start: Vec<String>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// Longest DNS label (RFC 1123 / RFC 1035) and longest Kubernetes label value.
-pub const MAX_LABEL_LEN: usize = 63;
+pub(crate) const MAX_LABEL_LEN: usize = 63;
 
 /// Length of `-` + [`short_hash`]: what a shortened name reserves for its disambiguating suffix.
 const HASH_SUFFIX_LEN: usize = 9;
@@ -56,12 +56,12 @@ pub fn short_hash(input: &str) -> String {
 }
 
 /// First `n` (≤ 64) hex chars of sha256, for callers that need more than [`short_hash`].
-pub fn hash_hex(input: &str, n: usize) -> String {
+pub(crate) fn hash_hex(input: &str, n: usize) -> String {
     sha256_hex(input, n.min(64))
 }
 
 /// First 8 bytes of sha256 as a number, for stable pseudo-random choices (service ports).
-pub fn hash_u64(input: &str) -> u64 {
+pub(crate) fn hash_u64(input: &str) -> u64 {
     let digest = Sha256::digest(input.as_bytes());
     let mut bytes = [0u8; 8];
     for (dst, src) in bytes.iter_mut().zip(digest.iter()) {
@@ -142,6 +142,23 @@ pub fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// A DNS subdomain (RFC 1123): dot-separated DNS labels, at most 253 characters.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// `prefix/name`: a DNS subdomain prefix and a name of at most 63 of `[A-Za-z0-9-_.]`.
+pub(crate) fn is_annotation_key(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(prefix, name)| {
+        is_dns_subdomain(prefix)
+            && !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    })
 }
 
 /// `<label>.<domain>`: the one way hosts are built, so that "a host is one label under the

@@ -17,11 +17,11 @@ use crate::naming;
 
 /// Service ports are drawn from `SERVICE_PORT_BASE .. SERVICE_PORT_BASE + SERVICE_PORT_SPAN`,
 /// clear of the privileged range (some controllers and policies treat those specially).
-pub const SERVICE_PORT_BASE: u16 = 1024;
-pub const SERVICE_PORT_SPAN: u16 = 60000;
+pub(crate) const SERVICE_PORT_BASE: u16 = 1024;
+pub(crate) const SERVICE_PORT_SPAN: u16 = 60000;
 
 /// Pseudo-label named in refusals about template hosts, which come from the operator's flag.
-pub const TEMPLATE_SOURCE: &str = "--host-template";
+pub(crate) const TEMPLATE_SOURCE: &str = "--host-template";
 
 /// Plans one composition.
 ///
@@ -214,7 +214,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
 
 /// The longest compose project name the sidecar handles (it is written into an annotation of
 /// every object). Compose's own names are far shorter.
-pub const MAX_PROJECT_NAME: usize = 128;
+pub(crate) const MAX_PROJECT_NAME: usize = 128;
 
 /// Why the project name cannot be used, if it cannot. Compose gives names of `[a-z0-9_-]`
 /// (v1 also keeps `.` and capitals); a plain container's key is its `/name`. Anything else came
@@ -588,7 +588,7 @@ fn claim_hosts(
 /// sorts earlier appears, and then only the Service changes: routes reference ports by name.
 /// Keys beyond the range's capacity get no number (and their backends are dropped); no real
 /// composition comes near 60000 ports.
-pub fn assign_service_ports(keys: &BTreeSet<(String, u16)>) -> BTreeMap<(String, u16), u16> {
+pub(crate) fn assign_service_ports(keys: &BTreeSet<(String, u16)>) -> BTreeMap<(String, u16), u16> {
     let mut used: BTreeSet<u16> = BTreeSet::new();
     let mut out = BTreeMap::new();
     for (service, port) in keys {
@@ -609,8 +609,8 @@ pub fn assign_service_ports(keys: &BTreeSet<(String, u16)>) -> BTreeMap<(String,
 mod tests {
     use super::*;
     use crate::labels::COMPOSE_PROJECT;
-    use crate::labels::tests::settings;
     use crate::model::PublishedPort;
+    use crate::test_support::settings;
 
     fn container(
         name: &str,

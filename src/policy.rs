@@ -26,7 +26,8 @@ use serde::Deserialize;
 
 use crate::model::{AccessPolicies, AccessPolicy, PUBLIC_POLICY};
 use crate::naming;
-use crate::render::{PROJECT_NAME_ANNOTATION, TRAEFIK_MIDDLEWARES_ANNOTATION};
+use crate::objects::PROJECT_NAME_ANNOTATION;
+use crate::render::TRAEFIK_MIDDLEWARES_ANNOTATION;
 
 /// Most policies in one file, and most entries in one policy: the file is the operator's, but
 /// every entry ends up on routes.
@@ -34,7 +35,7 @@ const MAX_POLICIES: usize = 100;
 const MAX_ENTRIES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
+pub(crate) enum PolicyError {
     #[error(
         "access policies: {0}; see the schema in README.md (\"Rate limits, access policies and protocols\") or src/policy.rs"
     )]
@@ -75,7 +76,7 @@ fn invalid(msg: impl Into<String>) -> PolicyError {
 }
 
 /// Reads and validates the policy file at `path`.
-pub fn load(path: &str) -> Result<AccessPolicies, PolicyError> {
+pub(crate) fn load(path: &str) -> Result<AccessPolicies, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
         path: path.to_string(),
         source,
@@ -84,7 +85,7 @@ pub fn load(path: &str) -> Result<AccessPolicies, PolicyError> {
 }
 
 /// Parses and validates a policy file's text.
-pub fn parse(text: &str) -> Result<AccessPolicies, PolicyError> {
+pub(crate) fn parse(text: &str) -> Result<AccessPolicies, PolicyError> {
     let file: File = serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
     if file.policies.len() > MAX_POLICIES {
         return Err(invalid(format!(
@@ -152,7 +153,7 @@ fn policy(name: &str, p: Policy) -> Result<AccessPolicy, PolicyError> {
         }
     }
     for key in p.ingress_annotations.keys() {
-        if !crate::config::is_annotation_key(key)
+        if !naming::is_annotation_key(key)
             || key.starts_with("compose-ingress/")
             || key == PROJECT_NAME_ANNOTATION
         {

@@ -19,7 +19,7 @@ pub fn backoff(min: Duration, max: Duration) -> ExponentialBackoff {
 /// grow while the failures go on and start from `min` again after a success, so that one old
 /// failure does not slow down the retry of the next one.
 #[derive(Debug)]
-pub struct Retry {
+pub(crate) struct Retry {
     min: Duration,
     max: Duration,
     /// `None` until the first failure since the last success.
@@ -27,7 +27,7 @@ pub struct Retry {
 }
 
 impl Retry {
-    pub const fn new(min: Duration, max: Duration) -> Self {
+    pub(crate) const fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
             max,
@@ -36,7 +36,7 @@ impl Retry {
     }
 
     /// The delay before the next attempt, after one more failure.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let (min, max) = (self.min, self.max);
         self.current
             .get_or_insert_with(|| backoff(min, max))
@@ -46,7 +46,7 @@ impl Retry {
     }
 
     /// A success: the next failure starts from `min` again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = None;
     }
 }

@@ -19,7 +19,7 @@ use crate::status::{CompositionState, Status};
 
 /// The longest a request may wait: below the HTTP server's connection lifetime (120 s). The
 /// `wait` command asks again until its own timeout.
-pub const MAX_WAIT: Duration = Duration::from_secs(100);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(100);
 /// How often a waiting request looks again.
 const POLL: Duration = Duration::from_millis(200);
 /// One probe request's limit.
@@ -36,34 +36,34 @@ pub struct Probe {
 
 /// The answer document.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Doc {
-    pub name: String,
+pub(crate) struct Doc {
+    pub(crate) name: String,
     /// `routable`, `pending` (not yet, or not exposed yet), or `refused`.
-    pub state: &'static str,
+    pub(crate) state: &'static str,
     /// What "routable" was checked against: `controller` (a request through the ingress
     /// controller reached the container) or `objects` (the Service, its EndpointSlices, ready,
     /// and the route are applied).
-    pub checked: &'static str,
-    pub urls: Vec<UrlView>,
+    pub(crate) checked: &'static str,
+    pub(crate) urls: Vec<UrlView>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<RefusedView>,
+    pub(crate) refused: Vec<RefusedView>,
     /// Services (or URLs) not routable yet.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub missing: Vec<String>,
+    pub(crate) missing: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct UrlView {
-    pub service: String,
-    pub port: u16,
-    pub url: String,
+pub(crate) struct UrlView {
+    pub(crate) service: String,
+    pub(crate) port: u16,
+    pub(crate) url: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RefusedView {
-    pub service: String,
-    pub reason: &'static str,
-    pub message: String,
+pub(crate) struct RefusedView {
+    pub(crate) service: String,
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
 }
 
 fn refused_view(r: &Refusal) -> RefusedView {
@@ -85,7 +85,7 @@ fn url_of(b: &Backend, urls: &[String]) -> String {
 
 /// What a composition looks like to a job right now, given which of its backends were seen
 /// answering (`answered`, only asked when there is a probe). Pure.
-pub fn assess(
+pub(crate) fn assess(
     name: &str,
     state: Option<&CompositionState>,
     service: Option<&str>,
@@ -157,13 +157,13 @@ pub fn assess(
 
 /// Whether an answer through the controller came from the container: not a gateway error and
 /// not the controller's own answer for an unknown host.
-pub fn from_container(answer: &Answer, not_found: Option<&Answer>) -> bool {
+pub(crate) fn from_container(answer: &Answer, not_found: Option<&Answer>) -> bool {
     !matches!(answer.status, 502..=504) && Some(answer) != not_found
 }
 
 /// Looks once: the composition's state, and with a probe, a request per URL through the
 /// controller.
-pub async fn check(
+pub(crate) async fn check(
     status: &Status,
     probe: Option<&Probe>,
     name: &str,
@@ -208,7 +208,7 @@ pub async fn check(
 
 /// Waits until the composition is routable or refused, or `timeout` passes (then the last look
 /// is returned, `pending`).
-pub async fn wait(
+pub(crate) async fn wait(
     status: &Status,
     probe: Option<&Probe>,
     name: &str,

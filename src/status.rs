@@ -16,13 +16,13 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::cluster::Kind;
 use crate::model::{Backend, Reason, Refusal};
+use crate::objects::Kind;
 
 /// The state of one composition, as `/exposures` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
-pub enum CompositionState {
+pub(crate) enum CompositionState {
     Exposed {
         urls: Vec<String>,
         #[serde(serialize_with = "serialize_backends")]
@@ -97,11 +97,11 @@ fn serialize_backends<S: serde::Serializer>(backends: &[Backend], s: S) -> Resul
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodEvent {
     /// `Normal` or `Warning`.
-    pub type_: &'static str,
+    pub(crate) type_: &'static str,
     /// CamelCase reason, e.g. `Exposed`, `LabelRefused`, `Unexposed`.
-    pub reason: &'static str,
-    pub composition: String,
-    pub note: String,
+    pub(crate) reason: &'static str,
+    pub(crate) composition: String,
+    pub(crate) note: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,7 +130,7 @@ struct RequestLabels {
 
 /// Prometheus metrics; every method is cheap and never blocks.
 pub struct Metrics {
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     docker_events: Family<ActionLabels, Counter>,
     reconciles: Family<OutcomeLabels, Counter>,
     api_requests: Family<RequestLabels, Counter>,
@@ -237,17 +237,17 @@ impl Metrics {
             })
             .inc();
     }
-    pub fn docker_reconnect(&self) {
+    pub(crate) fn docker_reconnect(&self) {
         self.docker_reconnects.inc();
     }
-    pub fn reconcile(&self, outcome: &str) {
+    pub(crate) fn reconcile(&self, outcome: &str) {
         self.reconciles
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
             })
             .inc();
     }
-    pub fn refused(&self, reason: Reason) {
+    pub(crate) fn refused(&self, reason: Reason) {
         self.refused_labels
             .get_or_create(&ReasonLabels {
                 reason: reason.as_str().to_string(),
@@ -255,7 +255,7 @@ impl Metrics {
             .inc();
     }
     /// A Kubernetes Event was posted, dropped by the rate limiter, or failed.
-    pub fn kube_event(&self, reason: &str, result: &str) {
+    pub(crate) fn kube_event(&self, reason: &str, result: &str) {
         self.kube_events
             .get_or_create(&EventLabels {
                 reason: reason.to_string(),
@@ -265,7 +265,7 @@ impl Metrics {
     }
     /// One Kubernetes API write; `result` is `ok`, `error`, or `conflict` (a host claim that
     /// found the Lease held by someone else: the apiserver's 409, an answer rather than a fault).
-    pub fn api_request(&self, verb: &str, kind: Kind, result: &str, took: Duration) {
+    pub(crate) fn api_request(&self, verb: &str, kind: Kind, result: &str, took: Duration) {
         self.api_requests
             .get_or_create(&RequestLabels {
                 verb: verb.to_string(),
@@ -316,11 +316,12 @@ impl Status {
     /// compositions against a slow apiserver keeps `/healthz` passing as long as it moves, and
     /// only a pass stuck on one step for `--heartbeat-stale` fails it (every API request is
     /// bounded by `--api-timeout`, every Docker request by 60 s).
-    pub fn heartbeat(&self) {
+    pub(crate) fn heartbeat(&self) {
         self.heartbeat_ms.store(unix_millis(), Ordering::Relaxed);
     }
     /// Unix milliseconds of the last [`Status::heartbeat`] (0: none yet).
-    pub fn last_heartbeat_ms(&self) -> i64 {
+    #[cfg(test)]
+    pub(crate) fn last_heartbeat_ms(&self) -> i64 {
         self.heartbeat_ms.load(Ordering::Relaxed)
     }
     /// A long-running task (`reconciler`, `docker-watcher`, ...) ended while the process runs on.
@@ -330,7 +331,7 @@ impl Status {
         }
     }
     /// Liveness: `Err(reason)` when a loop ended or the reconciler made no progress for `stale`.
-    pub fn alive(&self, stale: Duration) -> Result<(), String> {
+    pub(crate) fn alive(&self, stale: Duration) -> Result<(), String> {
         if let Ok(guard) = self.stopped_loop.lock()
             && let Some(name) = *guard
         {
@@ -355,7 +356,7 @@ impl Status {
     /// outage to make the sidecar unready, every composition URL of the pod would go offline
     /// with it, while the routes it keeps are still right (level-triggered: it resyncs when
     /// Docker is back). The outage is reported by [`Status::docker_trouble`] instead.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         if self.initial_sync_done.load(Ordering::Relaxed) {
             Ok(())
         } else {
@@ -364,7 +365,7 @@ impl Status {
     }
 
     /// What keeps the sidecar from following Docker right now, if anything.
-    pub fn docker_trouble(&self) -> Option<&'static str> {
+    pub(crate) fn docker_trouble(&self) -> Option<&'static str> {
         if !self.docker_connected() {
             Some("Docker is not connected")
         } else if !self.synced_since_connect.load(Ordering::Relaxed) {
@@ -374,10 +375,10 @@ impl Status {
         }
     }
 
-    pub fn docker_connected(&self) -> bool {
+    pub(crate) fn docker_connected(&self) -> bool {
         self.docker_connected.load(Ordering::Relaxed)
     }
-    pub fn set_docker_connected(&self, up: bool) {
+    pub(crate) fn set_docker_connected(&self, up: bool) {
         self.docker_connected.store(up, Ordering::Relaxed);
         if !up {
             self.synced_since_connect.store(false, Ordering::Relaxed);
@@ -391,17 +392,17 @@ impl Status {
             .set(i64::from(self.docker_trouble().is_none()));
     }
     /// See [`Status::readiness`].
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.readiness().is_ok()
     }
-    pub fn resync_done(&self) {
+    pub(crate) fn resync_done(&self) {
         self.initial_sync_done.store(true, Ordering::Relaxed);
         self.synced_since_connect.store(true, Ordering::Relaxed);
         self.metrics.last_resync.set(unix_millis() / 1000);
         self.publish_readiness();
     }
 
-    pub fn compositions(&self) -> BTreeMap<String, CompositionState> {
+    pub(crate) fn compositions(&self) -> BTreeMap<String, CompositionState> {
         self.compositions
             .read()
             .map(|c| c.clone())
@@ -409,7 +410,7 @@ impl Status {
     }
 
     /// One composition's state (what a waiting job polls: no copy of the others).
-    pub fn composition(&self, key: &str) -> Option<CompositionState> {
+    pub(crate) fn composition(&self, key: &str) -> Option<CompositionState> {
         self.compositions.read().ok()?.get(key).cloned()
     }
 
@@ -429,20 +430,20 @@ impl Status {
         self.metrics.exposed_hosts.set(hosts as i64);
     }
 
-    pub fn set_composition(&self, key: &str, state: CompositionState) {
+    pub(crate) fn set_composition(&self, key: &str, state: CompositionState) {
         if let Ok(mut map) = self.compositions.write() {
             map.insert(key.to_string(), state);
             self.update_gauges(&map);
         }
     }
-    pub fn remove_composition(&self, key: &str) {
+    pub(crate) fn remove_composition(&self, key: &str) {
         if let Ok(mut map) = self.compositions.write() {
             map.remove(key);
             self.update_gauges(&map);
         }
     }
 
-    pub fn event_exposed(&self, composition: &str, urls: &[String]) {
+    pub(crate) fn event_exposed(&self, composition: &str, urls: &[String]) {
         self.post(PodEvent {
             type_: "Normal",
             reason: "Exposed",
@@ -450,7 +451,7 @@ impl Status {
             note: format!("composition {composition} exposed at {}", urls.join(", ")),
         });
     }
-    pub fn event_refused(&self, composition: &str, r: &Refusal) {
+    pub(crate) fn event_refused(&self, composition: &str, r: &Refusal) {
         self.post(PodEvent {
             type_: "Warning",
             reason: "LabelRefused",
@@ -461,7 +462,7 @@ impl Status {
             ),
         });
     }
-    pub fn event_host_taken(&self, composition: &str, host: &str, holder_pod: &str) {
+    pub(crate) fn event_host_taken(&self, composition: &str, host: &str, holder_pod: &str) {
         self.post(PodEvent {
             type_: "Warning",
             reason: "HostRefused",
@@ -471,7 +472,7 @@ impl Status {
             ),
         });
     }
-    pub fn event_deleted(&self, composition: &str, objects: usize) {
+    pub(crate) fn event_deleted(&self, composition: &str, objects: usize) {
         self.post(PodEvent {
             type_: "Normal",
             reason: "Unexposed",

@@ -23,9 +23,9 @@ use crate::routable::{self, Probe};
 use crate::status::{CompositionState, Status};
 
 /// Request line + headers larger than this get `431 Request Header Fields Too Large`.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// More headers than this get `431` too.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// No connection lives longer than this (scrapes and probes take milliseconds).
@@ -234,7 +234,11 @@ async fn compositions<B>(
 }
 
 /// The response to one request (pure apart from reading `status`).
-pub fn respond<B>(req: &Request<B>, status: &Status, info: &ServerInfo) -> Response<Full<Bytes>> {
+pub(crate) fn respond<B>(
+    req: &Request<B>,
+    status: &Status,
+    info: &ServerInfo,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !ENDPOINTS[..4].contains(&path) {
         return text(
@@ -306,22 +310,22 @@ fn metrics(status: &Status) -> Response<Full<Bytes>> {
 
 /// The `/exposures` document.
 #[derive(Debug, Serialize)]
-pub struct Exposures<'a> {
-    pub namespace: &'a str,
-    pub pod: &'a str,
-    pub ready: bool,
-    pub compositions: Vec<CompositionView>,
+pub(crate) struct Exposures<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) pod: &'a str,
+    pub(crate) ready: bool,
+    pub(crate) compositions: Vec<CompositionView>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct CompositionView {
-    pub name: String,
+pub(crate) struct CompositionView {
+    pub(crate) name: String,
     #[serde(flatten)]
-    pub state: CompositionState,
+    pub(crate) state: CompositionState,
 }
 
 /// Builds the `/exposures` document (compositions sorted by name).
-pub fn exposures_doc<'a>(status: &Status, info: &'a ServerInfo) -> Exposures<'a> {
+pub(crate) fn exposures_doc<'a>(status: &Status, info: &'a ServerInfo) -> Exposures<'a> {
     Exposures {
         namespace: &info.namespace,
         pod: &info.pod,

@@ -5,35 +5,26 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use compose_ingress::labels::{self, MAX_SHOWN_CHARS};
 use compose_ingress::model::{
-    AccessPolicies, ContainerState, ObservedContainer, ObservedProject, PlanSettings, Protocol,
-    PublishedPort, RateLimitMode, Reason, RouteApi,
+    ContainerState, ObservedContainer, ObservedProject, PlanSettings, Protocol, PublishedPort,
+    Reason,
 };
 use compose_ingress::{naming, plan};
 use proptest::prelude::*;
 
 const DOMAIN: &str = "composition.example.com";
 
+/// The unit tests' settings, made lenient enough that a good share of generated label sets is
+/// accepted: every service exposed by default, plain containers too, a higher rate-limit cap, one
+/// TLS secret, no pod IP.
 fn settings(template: &str) -> PlanSettings {
     PlanSettings {
-        domain: DOMAIN.into(),
         host_template: template.into(),
-        pod_name: "runner-3".into(),
-        namespace: "ci".into(),
-        route_api: RouteApi::Ingress,
-        ingress_class: Some("public".into()),
-        allowed_classes: vec!["public".into(), "heavy".into()],
-        tls_secret: Some("wildcard-tls".into()),
         allowed_tls_secrets: vec!["wildcard-tls".into()],
-        gateway: None,
-        default_rps: Some(100),
         max_rps: Some(200),
-        rate_limit: RateLimitMode::Annotation("example.com/rps".into()),
-        access: AccessPolicies::public_only(),
         expose_by_default: true,
         expose_plain_containers: true,
         pod_ip: None,
-        max_ports_per_composition: 20,
-        max_hosts_per_pod: 200,
+        ..compose_ingress::test_support::settings()
     }
 }
 

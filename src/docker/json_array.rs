@@ -19,7 +19,7 @@ pub enum ArrayError {
 /// The splitter's state between chunks. Structural characters are ASCII, so walking the bytes
 /// of UTF-8 text is exact (bytes of multi-byte characters are all >= 0x80).
 #[derive(Debug, Default)]
-pub struct ArrayElements {
+pub(crate) struct ArrayElements {
     /// The current element so far.
     element: Vec<u8>,
     /// Nesting inside the current element (0: between elements).
@@ -32,7 +32,7 @@ pub struct ArrayElements {
 
 impl ArrayElements {
     /// Feeds the next chunk; `each` gets every element completed in it, as JSON text.
-    pub fn feed<E>(
+    pub(crate) fn feed<E>(
         &mut self,
         chunk: &[u8],
         each: &mut impl FnMut(&[u8]) -> Result<(), E>,
@@ -91,7 +91,7 @@ impl ArrayElements {
     }
 
     /// The body is over: the array must be complete.
-    pub fn finish(&self) -> Result<(), ArrayError> {
+    pub(crate) fn finish(&self) -> Result<(), ArrayError> {
         if self.closed {
             Ok(())
         } else {

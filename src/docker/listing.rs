@@ -32,22 +32,22 @@ const WHAT: &str = "list containers";
 #[serde(rename_all = "PascalCase")]
 pub(super) struct Listed {
     #[serde(default, deserialize_with = "null_as_default")]
-    pub id: String,
+    pub(crate) id: String,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// "running", "created", "exited", ...
     #[serde(default, deserialize_with = "null_as_default")]
-    pub state: String,
+    pub(crate) state: String,
     /// "Up 3 seconds (healthy)", ...
     #[serde(default, deserialize_with = "null_as_default")]
-    pub status: String,
+    pub(crate) status: String,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub ports: Vec<ListedPort>,
+    pub(crate) ports: Vec<ListedPort>,
     /// API 1.52+ only.
     #[serde(default)]
-    pub health: Option<ListedHealth>,
+    pub(crate) health: Option<ListedHealth>,
 }
 
 /// One port of a container: a published binding when it has a `PublicPort`.
@@ -55,21 +55,21 @@ pub(super) struct Listed {
 pub(super) struct ListedPort {
     /// The binding's address ("0.0.0.0", "::", "127.0.0.1", ...).
     #[serde(rename = "IP", default)]
-    pub ip: Option<String>,
+    pub(crate) ip: Option<String>,
     #[serde(rename = "PrivatePort", default)]
-    pub private_port: Option<u16>,
+    pub(crate) private_port: Option<u16>,
     #[serde(rename = "PublicPort", default)]
-    pub public_port: Option<u16>,
+    pub(crate) public_port: Option<u16>,
     /// "tcp", "udp" or "sctp".
     #[serde(rename = "Type", default, deserialize_with = "null_as_default")]
-    pub typ: String,
+    pub(crate) typ: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ListedHealth {
     /// "healthy", "unhealthy", "starting" or "none".
     #[serde(rename = "Status", default, deserialize_with = "null_as_default")]
-    pub status: String,
+    pub(crate) status: String,
 }
 
 /// A JSON `null` as the type's default (Docker sends `"Labels": null`, `"Ports": null`, ...).

@@ -1,5 +1,5 @@
 //! The apply step of a pass: host claims (Leases), server-side applies and deletes of the
-//! composition's rendered objects (src/reconcile/rendered.rs), and then the report of what they
+//! composition's rendered objects (src/render/), and then the report of what they
 //! did (log lines, Events, the composition's status); every request is counted in the metrics.
 
 use std::collections::BTreeSet;
@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 use tracing::info;
 use tracing::warn;
 
-use super::rendered::Rendered;
 use super::{CompositionRecord, LOG_TARGET, Outcome, Problem, Reconciler};
-use crate::cluster::{Claim, ClusterError, DesiredObject, Kind, OwnedObject, Upserted};
+use crate::cluster::{Claim, ClusterError, OwnedObject, Upserted};
 use crate::model::{Backend, DesiredComposition, Reason, Refusal};
-use crate::render;
+use crate::objects::{DesiredObject, Kind};
+use crate::render::{self, Rendered};
 use crate::status::{CompositionState, Metrics};
 
 impl Reconciler {

@@ -12,29 +12,29 @@ use crate::config::Timings;
 
 /// The timing state of one composition, kept between passes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     /// Until when the objects of a composition that no longer exposes anything are kept.
-    pub grace_until: Option<Instant>,
+    pub(crate) grace_until: Option<Instant>,
     /// Since when the composition has had something to expose while opted-in services were
     /// still created and not started (the settle clock).
-    pub starting_since: Option<Instant>,
+    pub(crate) starting_since: Option<Instant>,
     /// The last pass found opted-in services created and not started, within the settle time:
     /// their `start` is expected, so its hint needs no debounce (see `hint_due`).
-    pub expecting_start: bool,
+    pub(crate) expecting_start: bool,
 }
 
 /// What a pass's plan holds, as far as timing goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlanShape {
+pub(crate) struct PlanShape {
     /// The plan has something to expose.
-    pub exposable: bool,
+    pub(crate) exposable: bool,
     /// Opted-in services are created and not started yet.
-    pub awaiting_start: bool,
+    pub(crate) awaiting_start: bool,
 }
 
 /// Whether a pass goes on with its plan or waits for the services still to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub(crate) enum Settle {
     Go,
     /// Write nothing; pass again at `until` at the latest (a start hint comes sooner).
     Wait {
@@ -44,7 +44,7 @@ pub enum Settle {
 
 /// What to do with a composition's objects after its hosts are claimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exposure<T> {
+pub(crate) enum Exposure<T> {
     /// Write the desired objects.
     Expose(T),
     /// Nothing to expose and no objects: nothing to do.
@@ -59,11 +59,11 @@ pub enum Exposure<T> {
 
 /// What a hint is about, for [`hint_due`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HintContext {
+pub(crate) struct HintContext {
     /// The last pass saw services created and not started yet.
-    pub expecting_start: bool,
+    pub(crate) expecting_start: bool,
     /// A container's health changed (`health_status`) and the composition is exposed.
-    pub health_of_exposed: bool,
+    pub(crate) health_of_exposed: bool,
 }
 
 /// When a hint is due. The debounce guesses when a composition has finished coming up; when the
@@ -71,7 +71,7 @@ pub struct HintContext {
 /// coalesces their starts, so go at once (`--settle-time 0` turns that off, the skip included).
 /// A health change of an exposed composition is due at once too: its containers are up, only an
 /// endpoint's readiness changes, and health-gated routing should follow Docker without a delay.
-pub fn hint_due(timings: &Timings, hint: HintContext, now: Instant) -> Instant {
+pub(crate) fn hint_due(timings: &Timings, hint: HintContext, now: Instant) -> Instant {
     if hint.health_of_exposed {
         return now;
     }
@@ -93,7 +93,12 @@ impl Lifecycle {
     /// (a composition created long ago and started now gets the whole settle time); later
     /// passes do not restart it. `Go`: nothing awaited, nothing to expose yet, or the settle
     /// time is over.
-    pub fn settle(&mut self, plan: PlanShape, settle_time: Duration, now: Instant) -> Settle {
+    pub(crate) fn settle(
+        &mut self,
+        plan: PlanShape,
+        settle_time: Duration,
+        now: Instant,
+    ) -> Settle {
         if !plan.awaiting_start || !plan.exposable {
             self.starting_since = None;
             self.expecting_start = plan.awaiting_start && !settle_time.is_zero();
@@ -114,7 +119,7 @@ impl Lifecycle {
     /// whether the composition has objects. A composition that comes back within the grace keeps its
     /// objects (the grace is cleared); one that stopped is deleted only after the grace, so
     /// that a restart or a recreate does not flap the route.
-    pub fn exposure<T>(
+    pub(crate) fn exposure<T>(
         &mut self,
         desired: Option<T>,
         has_objects: bool,
@@ -142,14 +147,14 @@ impl Lifecycle {
     }
 
     /// The objects are deleted: the grace is done.
-    pub fn deleted(&mut self) {
+    pub(crate) fn deleted(&mut self) {
         self.grace_until = None;
     }
 
     /// Whether the composition's state can be forgotten after a pass with `outcome`: nothing of it
     /// is left in the cluster, and nothing is pending (a grace, a start, problems to log only
     /// once).
-    pub fn forgettable(&self, outcome: &Outcome, has_problems: bool) -> bool {
+    pub(crate) fn forgettable(&self, outcome: &Outcome, has_problems: bool) -> bool {
         matches!(outcome, Outcome::Deleted | Outcome::Nothing)
             && self.grace_until.is_none()
             && !has_problems

@@ -6,13 +6,12 @@
 //!
 //! When a composition is due is the [`queue`]'s business, the timing rules (debounce, settle time,
 //! delete grace, forgetting) are [`lifecycle`]'s; an exposed composition is rendered once
-//! ([`rendered`]: objects, URLs), then written and reported ([`apply`]: claims, applies,
+//! (src/render/: objects, URLs), then written and reported ([`apply`]: claims, applies,
 //! deletes, log lines, Events, status, metrics).
 
 mod apply;
 mod lifecycle;
 mod queue;
-mod rendered;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -23,11 +22,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::cluster::{Cluster, ClusterError, Kind, OwnedObject};
-use crate::config::Timings;
+use crate::cluster::{Cluster, ClusterError, OwnedObject};
+use crate::config::{HEARTBEAT, Timings};
 use crate::docker::{CompositionKey, DockerClient, Hint};
 use crate::model::{ObservedProject, OwnerPod, PlanSettings, Reason};
+use crate::objects::Kind;
 use crate::plan::plan;
+use crate::render;
 use crate::retry::Retry;
 use crate::status::{CompositionState, Status};
 
@@ -40,7 +41,7 @@ const LOG_TARGET: &str = module_path!();
 
 /// What happened to one composition in one pass (for tests of the queue logic and for metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Objects written (or the composition's URLs changed).
     Exposed,
     /// Exposed already, exactly as planned: zero writes.
@@ -61,7 +62,7 @@ impl Outcome {
     /// when the pass changed the cluster or what users see, `unchanged` when it wrote nothing
     /// (holding a delete grace or having nothing to do writes nothing either), `waiting` while
     /// services are still starting. A failed pass is `error`, counted by the caller.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Outcome::Exposed | Outcome::Deleted => "changed",
             Outcome::Unchanged | Outcome::GracePending | Outcome::Nothing => "unchanged",
@@ -135,10 +136,6 @@ pub struct Reconciler {
     resync_due: Option<Instant>,
     resync_retry: Retry,
 }
-
-/// The idle reconciler loop still turns this often (its heartbeat for `/healthz`; a busy pass
-/// beats after every composition, request and listing page, see [`Status::heartbeat`]).
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 impl Reconciler {
     pub fn new(
@@ -447,7 +444,7 @@ impl Reconciler {
             Exposure::Expose(d) => {
                 // Rendered once; written; then reported.
                 let refused = apply::refused_reasons(&plan.refusals, self.compositions.get(key));
-                let rendered = rendered::render(&d, &self.settings, &self.owner)?;
+                let rendered = render::composition(&d, &self.settings, &self.owner)?;
                 let wrote = self.write(key, &rendered).await?;
                 return Ok(self.report(key, rendered, d.backends, refused, wrote));
             }
@@ -500,23 +497,4 @@ pub async fn delete_all_owned(cluster: &Cluster) -> Result<usize, ClusterError> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::Outcome;
-
-    /// Only a pass that wrote (or deleted) counts as `changed`; holding a grace or having
-    /// nothing to do is `unchanged`, as docs/operability.md defines the values.
-    #[test]
-    fn every_outcome_has_an_honest_metric_label() {
-        let cases = [
-            (Outcome::Exposed, "changed"),
-            (Outcome::Deleted, "changed"),
-            (Outcome::Unchanged, "unchanged"),
-            (Outcome::GracePending, "unchanged"),
-            (Outcome::Nothing, "unchanged"),
-            (Outcome::Waiting, "waiting"),
-        ];
-        for (outcome, label) in cases {
-            assert_eq!(outcome.metric_label(), label, "{outcome:?}");
-        }
-    }
-}
+mod tests;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use tokio::time::Instant;
 
 #[derive(Debug)]
-pub struct DelayQueue<K> {
+pub(crate) struct DelayQueue<K> {
     due: BTreeMap<K, Due>,
 }
 
@@ -34,13 +34,13 @@ impl<K: Ord> Default for DelayQueue<K> {
 
 impl<K: Ord + Clone> DelayQueue<K> {
     /// Makes `key` due at `at`, or keeps its deadline if that is earlier.
-    pub fn schedule(&mut self, key: K, at: Instant) {
+    pub(crate) fn schedule(&mut self, key: K, at: Instant) {
         self.insert(key, at, false);
     }
 
     /// [`DelayQueue::schedule`] for work nobody waits for: behind every foreground key that is
     /// due. A key scheduled both ways is foreground.
-    pub fn schedule_background(&mut self, key: K, at: Instant) {
+    pub(crate) fn schedule_background(&mut self, key: K, at: Instant) {
         self.insert(key, at, true);
     }
 
@@ -55,7 +55,7 @@ impl<K: Ord + Clone> DelayQueue<K> {
     }
 
     /// Forgets `key`'s deadline (it is being handled another way, e.g. by a full resync).
-    pub fn remove<Q>(&mut self, key: &Q) -> Option<Instant>
+    pub(crate) fn remove<Q>(&mut self, key: &Q) -> Option<Instant>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
@@ -64,13 +64,13 @@ impl<K: Ord + Clone> DelayQueue<K> {
     }
 
     /// The earliest deadline, if any key is queued.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.due.values().map(|d| d.at).min()
     }
 
     /// Takes out the key to handle next at `now`: of the keys due (deadline reached), the
     /// foreground ones first, then the earliest deadline, then key order.
-    pub fn pop_next_due(&mut self, now: Instant) -> Option<K> {
+    pub(crate) fn pop_next_due(&mut self, now: Instant) -> Option<K> {
         let key = self
             .due
             .iter()
@@ -83,13 +83,13 @@ impl<K: Ord + Clone> DelayQueue<K> {
 
     /// Every key due at `now`, in the order [`DelayQueue::pop_next_due`] takes them.
     #[cfg(test)]
-    pub fn pop_due(&mut self, now: Instant) -> Vec<K> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Vec<K> {
         std::iter::from_fn(|| self.pop_next_due(now)).collect()
     }
 
     /// `key`'s deadline, if it is queued (the reconciler only needs the earliest of all).
     #[cfg(test)]
-    pub fn deadline<Q>(&self, key: &Q) -> Option<Instant>
+    pub(crate) fn deadline<Q>(&self, key: &Q) -> Option<Instant>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,

@@ -8,8 +8,6 @@ use std::sync::OnceLock;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::pod::RunnerPod;
-
 /// The repository's root: this crate lives in its `testbed/` folder (the bed's scripts stay in
 /// tests/testbed/, its state in .testbed/).
 pub fn repo_root() -> PathBuf {
@@ -128,38 +126,6 @@ impl Bed {
             .args(args)
             .output()
             .expect("run kubectl")
-    }
-
-    /// Creates a runner pod (netns + dockerd + Pod object) in `namespace` on the test's Docker
-    /// Engine (see [`engine`]); see pod.sh.
-    pub fn runner_pod(&self, namespace: &str, pod: &str) -> RunnerPod {
-        self.runner_pod_on(namespace, pod, &engine())
-    }
-
-    /// A runner pod whose dockerd is Docker Engine `engine` ("29" or "20.10").
-    pub fn runner_pod_on(&self, namespace: &str, pod: &str, engine: &str) -> RunnerPod {
-        let out = Command::new(repo_root().join("tests/testbed/pod.sh"))
-            .args(["create", namespace, pod, "--engine", engine])
-            .env("TESTBED_DIR", &self.dir)
-            .output()
-            .expect("run tests/testbed/pod.sh");
-        if !out.status.success() {
-            panic!(
-                "runner pod {namespace}/{pod} did not start:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let env = parse_env(&String::from_utf8_lossy(&out.stdout));
-        RunnerPod {
-            namespace: env["POD_NAMESPACE"].clone(),
-            name: env["POD_NAME"].clone(),
-            uid: env["POD_UID"].clone(),
-            ip: env["POD_IP"].clone(),
-            docker_host: env["DOCKER_HOST"].clone(),
-            dir: PathBuf::from(&env["POD_DIR"]),
-            engine: env["ENGINE"].clone(),
-            engine_version: env["ENGINE_VERSION"].clone(),
-        }
     }
 }
 

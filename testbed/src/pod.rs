@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, PostParams};
 
-use crate::bed::{bed, repo_root};
+use crate::bed::{Bed, bed, engine, parse_env, repo_root};
 
 /// Which Docker Compose drives a project. Users run both: v1 is Debian's Python
 /// `docker-compose` 1.29 (containers `project_service_1`), v2 the Go rewrite the bed builds from
@@ -269,4 +269,39 @@ pub fn unique_namespace(test: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("t-{test}-{:05x}", (nanos ^ std::process::id()) & 0xfffff)
+}
+
+/// Runner pods are made through the bed they run on.
+impl Bed {
+    /// Creates a runner pod (netns + dockerd + Pod object) in `namespace` on the test's Docker
+    /// Engine (see [`engine`]); see pod.sh.
+    pub fn runner_pod(&self, namespace: &str, pod: &str) -> RunnerPod {
+        self.runner_pod_on(namespace, pod, &engine())
+    }
+
+    /// A runner pod whose dockerd is Docker Engine `engine` ("29" or "20.10").
+    pub fn runner_pod_on(&self, namespace: &str, pod: &str, engine: &str) -> RunnerPod {
+        let out = Command::new(repo_root().join("tests/testbed/pod.sh"))
+            .args(["create", namespace, pod, "--engine", engine])
+            .env("TESTBED_DIR", &self.dir)
+            .output()
+            .expect("run tests/testbed/pod.sh");
+        if !out.status.success() {
+            panic!(
+                "runner pod {namespace}/{pod} did not start:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let env = parse_env(&String::from_utf8_lossy(&out.stdout));
+        RunnerPod {
+            namespace: env["POD_NAMESPACE"].clone(),
+            name: env["POD_NAME"].clone(),
+            uid: env["POD_UID"].clone(),
+            ip: env["POD_IP"].clone(),
+            docker_host: env["DOCKER_HOST"].clone(),
+            dir: PathBuf::from(&env["POD_DIR"]),
+            engine: env["ENGINE"].clone(),
+            engine_version: env["ENGINE_VERSION"].clone(),
+        }
+    }
 }

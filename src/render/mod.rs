@@ -1,56 +1,79 @@
-//! Everything one pass writes and reports for an exposed composition, rendered once from its
-//! desired state: the objects in apply order (each with its spec hash), the URLs users get and
-//! the services not routed. Pure: the apply step writes `objects`, the report step reads the rest.
+//! Desired composition -> Kubernetes objects (pure): everything one pass writes and reports for
+//! an exposed composition, rendered once from its desired state ([`composition`]): the objects
+//! in write order (each with its spec hash), the URLs users get and the services not routed.
+//! The apply step (src/reconcile/apply.rs) writes `objects`, the report step reads the rest.
 //!
-//! The host Leases are not here: they are claimed before rendering, because a host another pod
-//! holds drops its backends, which changes every other object.
+//! Every object is labelled and owned (src/objects.rs) so that the sidecar can find (and only
+//! ever touch) its own objects, and Kubernetes' garbage collector removes them with the pod.
+//! Nothing from container labels is copied into annotations: only allow-listed keys with values
+//! the planner validated. One file per object: [`service`], [`endpoints`], [`routes`] (Ingress,
+//! HTTPRoute, GRPCRoute), [`middleware`] (Traefik), [`lease`].
+//!
+//! The host Leases are not in [`Rendered`]: they are claimed before rendering, because a host
+//! another pod holds drops its backends, which changes every other object.
+
+mod endpoints;
+mod lease;
+mod metadata;
+mod middleware;
+mod routes;
+mod service;
+
+#[cfg(test)]
+mod fixtures;
 
 use std::collections::BTreeSet;
 
-use crate::cluster::{ClusterError, DesiredObject, Kind};
 use crate::model::{DesiredComposition, OwnerPod, PlanSettings, RouteApi};
-use crate::render;
+use crate::objects::{DesiredObject, EncodeError, Kind};
+
+use self::endpoints::endpoint_slices;
+pub(crate) use self::lease::host_lease;
+use self::middleware::rate_limit_middleware;
+pub(crate) use self::routes::TRAEFIK_MIDDLEWARES_ANNOTATION;
+use self::routes::{grpc_routes, http_routes, ingress};
+use self::service::service;
 
 #[derive(Debug)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     /// In `Kind` order, the order they are written in: a route never points at a Service or
     /// Middleware that does not exist yet.
-    pub objects: Vec<DesiredObject>,
+    pub(crate) objects: Vec<DesiredObject>,
     /// The hosts the objects serve (their Leases are the ones the composition keeps).
-    pub hosts: BTreeSet<String>,
+    pub(crate) hosts: BTreeSet<String>,
     /// The URLs users get, sorted: https when the operator configured a TLS secret.
-    pub urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
     /// Exposed services whose container's healthcheck does not pass (not routed), with its health.
-    pub not_routed: BTreeSet<(String, &'static str)>,
+    pub(crate) not_routed: BTreeSet<(String, &'static str)>,
 }
 
 /// Renders `d` once. An error is an object that cannot be encoded (a bug, not user input: the
 /// plan has already refused what would not fit in an object).
-pub fn render(
+pub(crate) fn composition(
     d: &DesiredComposition,
     settings: &PlanSettings,
     owner: &OwnerPod,
-) -> Result<Rendered, ClusterError> {
+) -> Result<Rendered, EncodeError> {
     let mut objects = vec![DesiredObject::new(
         Kind::Service,
-        &render::service(d, settings, owner),
+        &service(d, settings, owner),
     )?];
-    for slice in render::endpoint_slices(d, settings, owner) {
+    for slice in endpoint_slices(d, settings, owner) {
         objects.push(DesiredObject::new(Kind::EndpointSlice, &slice)?);
     }
-    if let Some(m) = render::rate_limit_middleware(d, settings, owner) {
+    if let Some(m) = rate_limit_middleware(d, settings, owner) {
         objects.push(DesiredObject::new(Kind::Middleware, &m)?);
     }
     match settings.route_api {
         RouteApi::Ingress => objects.push(DesiredObject::new(
             Kind::Ingress,
-            &render::ingress(d, settings, owner),
+            &ingress(d, settings, owner),
         )?),
         RouteApi::Gateway => {
-            for r in render::http_routes(d, settings, owner) {
+            for r in http_routes(d, settings, owner) {
                 objects.push(DesiredObject::new(Kind::HttpRoute, &r)?);
             }
-            for r in render::grpc_routes(d, settings, owner) {
+            for r in grpc_routes(d, settings, owner) {
                 objects.push(DesiredObject::new(Kind::GrpcRoute, &r)?);
             }
         }
@@ -89,9 +112,10 @@ fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::tests::settings;
     use crate::model::{Backend, Health};
     use crate::naming;
+    use crate::objects::{Kind, SPEC_HASH_ANNOTATION, spec_hash, spec_hash_of, stamp};
+    use crate::test_support::settings;
 
     fn owner() -> OwnerPod {
         OwnerPod {
@@ -148,7 +172,7 @@ mod tests {
     fn objects_come_in_write_order_each_with_its_spec_hash() {
         let mut s = settings();
         s.rate_limit = crate::model::RateLimitMode::TraefikMiddleware;
-        let r = render(&desired(false), &s, &owner()).expect("render");
+        let r = composition(&desired(false), &s, &owner()).expect("render");
         let kinds: Vec<Kind> = r.objects.iter().map(|o| o.kind).collect();
         assert!(kinds.is_sorted(), "{kinds:?}");
         let mut each = kinds.clone();
@@ -178,7 +202,7 @@ mod tests {
     #[test]
     fn urls_are_https_only_with_tls_on_an_ingress_and_not_routed_names_the_unhealthy() {
         let s = settings();
-        let plain = render(&desired(false), &s, &owner()).expect("render");
+        let plain = composition(&desired(false), &s, &owner()).expect("render");
         assert_eq!(
             plain.urls,
             [
@@ -187,7 +211,7 @@ mod tests {
                 "http://b.composition.example.com/",
             ]
         );
-        let tls = render(&desired(true), &s, &owner()).expect("render");
+        let tls = composition(&desired(true), &s, &owner()).expect("render");
         assert!(
             tls.urls.iter().all(|u| u.starts_with("https://")),
             "{:?}",
@@ -195,7 +219,7 @@ mod tests {
         );
         let mut gateway = settings();
         gateway.route_api = RouteApi::Gateway;
-        let gw = render(&desired(true), &gateway, &owner()).expect("render");
+        let gw = composition(&desired(true), &gateway, &owner()).expect("render");
         assert!(
             gw.urls.iter().all(|u| u.starts_with("http://")),
             "{:?}",
@@ -205,5 +229,37 @@ mod tests {
             plain.not_routed.into_iter().collect::<Vec<_>>(),
             [("api".to_string(), "starting")]
         );
+    }
+
+    #[test]
+    fn spec_hash_is_stable_and_tracks_changes() {
+        let a = ingress(&fixtures::desired(), &settings(), &fixtures::owner());
+        let b = ingress(&fixtures::desired(), &settings(), &fixtures::owner());
+        assert_eq!(spec_hash_of(&a), spec_hash_of(&b));
+        let mut d = fixtures::desired();
+        d.backends[0].host_port = 40000;
+        // a new host port changes the Service but not the Ingress
+        assert_eq!(
+            spec_hash_of(&ingress(&d, &settings(), &fixtures::owner())),
+            spec_hash_of(&a)
+        );
+        assert_ne!(
+            spec_hash_of(&service(&d, &settings(), &fixtures::owner())),
+            spec_hash_of(&service(
+                &fixtures::desired(),
+                &settings(),
+                &fixtures::owner()
+            ))
+        );
+        // the hash is over the object without the hash annotation
+        let mut stripped = a.clone();
+        stripped
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(SPEC_HASH_ANNOTATION);
+        assert_eq!(spec_hash_of(&a), Some(spec_hash(&stripped).as_str()));
+        assert_eq!(spec_hash_of(&stamp(a.clone())), spec_hash_of(&a));
     }
 }
