@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::model::{
-    AccessPolicies, DryRun, GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi,
+    AccessPolicies, Cidr, DryRun, GatewayRef, OwnerPod, PlanSettings, RateLimitMode, RouteApi,
+    RouteScope,
 };
 use crate::naming;
 
@@ -87,13 +88,75 @@ pub struct Args {
     #[arg(long, env = "COMPOSE_INGRESS_GATEWAY")]
     pub(crate) gateway: Option<String>,
 
-    /// Template of the first DNS label of each host; placeholders {service} {port} {project} {pod}.
+    /// Template of the first DNS label of each host; placeholders {service} {port} {project}
+    /// {pod}. Default: {service}-{port}-{project}-{pod} in composition scope,
+    /// {service}-{port}-{project} in pod scope (where the pod's own label always follows).
+    #[arg(long = "host-template", env = "COMPOSE_INGRESS_HOST_TEMPLATE")]
+    pub(crate) host_template: Option<String>,
+
+    /// Where URLs are routed: `composition` (a Service, EndpointSlices and a route per
+    /// composition) or `pod` (one wildcard route per runner pod to the sidecar's proxy, which
+    /// routes each composition inside the pod: no Kubernetes write when one starts; see
+    /// docs/pod-scope.md).
+    #[arg(long = "route-scope", env = "COMPOSE_INGRESS_ROUTE_SCOPE", value_enum, default_value_t = RouteScopeArg::Composition)]
+    pub(crate) route_scope: RouteScopeArg,
+
+    /// Pod scope: the proxy's address; the pod's route points at its port.
     #[arg(
-        long = "host-template",
-        env = "COMPOSE_INGRESS_HOST_TEMPLATE",
-        default_value = "{service}-{port}-{project}-{pod}"
+        long = "proxy-listen",
+        env = "COMPOSE_INGRESS_PROXY_LISTEN",
+        default_value = "0.0.0.0:9180"
     )]
-    pub(crate) host_template: String,
+    pub(crate) proxy_listen: SocketAddr,
+
+    /// Pod scope, Ingress mode: what the controller speaks to the proxy. `http` (HTTP/1.1,
+    /// WebSockets; a port labelled grpc or h2c is refused) or `h2c` (HTTP/2: gRPC too, and
+    /// WebSockets only on controllers that send upgrades over HTTP/1.1). Gateway mode carries
+    /// both whatever this says.
+    #[arg(long = "pod-route-protocol", env = "COMPOSE_INGRESS_POD_ROUTE_PROTOCOL", value_enum, default_value_t = PodRouteProtocol::Http)]
+    pub(crate) pod_route_protocol: PodRouteProtocol,
+
+    /// Pod scope: the proxies in front of the sidecar, your ingress controller's pod addresses
+    /// (comma list of addresses or CIDRs): their X-Forwarded-For/-Proto/-Host are believed; an
+    /// ipAllowList policy judges the client address they report.
+    #[arg(
+        long = "trusted-proxies",
+        env = "COMPOSE_INGRESS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub(crate) trusted_proxies: Vec<String>,
+
+    /// Pod scope: most connections the proxy holds open; more are closed at once.
+    #[arg(
+        long = "proxy-max-connections",
+        env = "COMPOSE_INGRESS_PROXY_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub(crate) proxy_max_connections: usize,
+
+    /// Pod scope: most backend connections (requests in flight, WebSockets) one composition may
+    /// hold; more are answered 503.
+    #[arg(
+        long = "proxy-max-connections-per-composition",
+        env = "COMPOSE_INGRESS_PROXY_MAX_CONNECTIONS_PER_COMPOSITION",
+        default_value_t = 128
+    )]
+    pub(crate) proxy_max_connections_per_composition: usize,
+
+    /// Pod scope: a client must send a request's head within this; on HTTP/1.1 also the longest
+    /// wait for the next request on a kept-alive connection.
+    #[arg(long = "proxy-header-timeout", env = "COMPOSE_INGRESS_PROXY_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) proxy_header_timeout: Duration,
+
+    /// Pod scope: a connection or WebSocket with no byte either way and no request in flight for
+    /// this long is closed.
+    #[arg(long = "proxy-idle-timeout", env = "COMPOSE_INGRESS_PROXY_IDLE_TIMEOUT", default_value = "180s", value_parser = parse_duration)]
+    pub(crate) proxy_idle_timeout: Duration,
+
+    /// Pod scope: never use the Kubernetes API (no token needed); the operator provides this
+    /// pod's Service and route (docs/pod-scope.md). /exposures, wait and urls work as before.
+    #[arg(long = "no-kubernetes", env = "COMPOSE_INGRESS_NO_KUBERNETES")]
+    pub(crate) no_kubernetes: bool,
 
     /// Per-composition rate limit (requests/s) set on every Ingress; labels may only lower it.
     #[arg(long = "default-rps", env = "COMPOSE_INGRESS_DEFAULT_RPS")]
@@ -256,6 +319,18 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RouteScopeArg {
+    Composition,
+    Pod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PodRouteProtocol {
+    Http,
+    H2c,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CleanupOnExit {
     Auto,
     Always,
@@ -294,6 +369,21 @@ pub struct Config {
     pub heartbeat_stale: Duration,
     /// Settings that are accepted but do nothing any more, with the fix: logged at start-up.
     pub obsolete: Vec<String>,
+    /// Pod scope: the proxy's settings.
+    pub proxy: Option<ProxyConfig>,
+    /// Whether the sidecar uses the Kubernetes API (not with `--no-kubernetes`).
+    pub kubernetes: bool,
+}
+
+/// The pod scope's proxy, validated.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub trusted_proxies: Vec<Cidr>,
+    pub max_connections: usize,
+    pub max_connections_per_composition: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl Config {
@@ -449,7 +539,98 @@ fn heartbeat_stale(set: Option<Duration>, api_timeout: Duration) -> Result<Durat
     Ok(stale)
 }
 
+/// Whether every policy of the file holds in the scope: the controller's entries in composition
+/// scope, the proxy's in pod scope; never silently ignored.
+fn enforceable(
+    access: &AccessPolicies,
+    pod_scope: bool,
+    proxy: Option<&ProxyConfig>,
+) -> Result<(), String> {
+    for (name, p) in &access.policies {
+        if pod_scope && p.for_controller() {
+            return Err(format!(
+                "policy `{name}` has traefikMiddlewares, ingressAnnotations or httpRouteFilters, \
+                 which only a route of its own per composition carries; in pod scope give it \
+                 basicAuth or ipAllowList (the sidecar's proxy enforces them)"
+            ));
+        }
+        if !pod_scope && p.for_proxy() {
+            return Err(format!(
+                "policy `{name}` has basicAuth or ipAllowList, which only the pod scope's proxy \
+                 enforces; in composition scope use your controller's (traefikMiddlewares, \
+                 ingressAnnotations, httpRouteFilters), or set --route-scope pod"
+            ));
+        }
+        if !p.ip_allow_list.is_empty() && proxy.is_some_and(|p| p.trusted_proxies.is_empty()) {
+            return Err(format!(
+                "policy `{name}` has an ipAllowList, but --trusted-proxies is empty: every request \
+                 comes from the ingress controller, so set --trusted-proxies to its pod addresses \
+                 (the client address is the one it reports)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Args {
+    /// The pod scope's proxy settings (`None` in composition scope, where the flags are unused;
+    /// `--no-kubernetes` there is refused: the composition scope's objects are its output).
+    fn proxy_config(&self, pod_scope: bool) -> Result<Option<ProxyConfig>, ConfigError> {
+        if !pod_scope {
+            if self.no_kubernetes {
+                return Err(bad(
+                    "--no-kubernetes",
+                    "true",
+                    "only works with --route-scope pod: in composition scope the Kubernetes \
+                     objects are what the sidecar makes",
+                ));
+            }
+            return Ok(None);
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| bad("--trusted-proxies", c, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (flag, n) in [
+            ("--proxy-max-connections", self.proxy_max_connections),
+            (
+                "--proxy-max-connections-per-composition",
+                self.proxy_max_connections_per_composition,
+            ),
+        ] {
+            if n == 0 {
+                return Err(bad(flag, "0", "must be at least 1"));
+            }
+        }
+        for (flag, d) in [
+            ("--proxy-header-timeout", self.proxy_header_timeout),
+            ("--proxy-idle-timeout", self.proxy_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(flag, "0", "must be more than zero"));
+            }
+        }
+        if self.listen.port() == self.proxy_listen.port() {
+            return Err(bad(
+                "--proxy-listen",
+                &self.proxy_listen.to_string(),
+                format!(
+                    "uses the port of --listen ({}): give each its own",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(Some(ProxyConfig {
+            listen: self.proxy_listen,
+            trusted_proxies,
+            max_connections: self.proxy_max_connections,
+            max_connections_per_composition: self.proxy_max_connections_per_composition,
+            header_timeout: self.proxy_header_timeout,
+            idle_timeout: self.proxy_idle_timeout,
+        }))
+    }
+
     /// Validates every flag; the first problem found is returned.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let domain = self
@@ -489,13 +670,42 @@ impl Args {
         }
         let docker_host = docker_host(&self.docker_host)
             .map_err(|problem| bad("--docker-host", &self.docker_host, problem))?;
-        naming::validate_host_template(&self.host_template)
-            .map_err(|e| bad("--host-template", &self.host_template, e.to_string()))?;
+        let pod_scope = self.route_scope == RouteScopeArg::Pod;
+        let host_template = self.host_template.clone().unwrap_or_else(|| {
+            if pod_scope {
+                "{service}-{port}-{project}"
+            } else {
+                "{service}-{port}-{project}-{pod}"
+            }
+            .to_string()
+        });
+        naming::validate_host_template(&host_template)
+            .map_err(|e| bad("--host-template", &host_template, e.to_string()))?;
+        // Pod scope: every host ends in the pod's own label, so no composition can name a host
+        // of another pod.
+        let domain = if pod_scope {
+            if !naming::is_dns_label(&self.pod_name) {
+                return Err(bad(
+                    "--pod-name",
+                    &self.pod_name,
+                    "in pod scope the pod's name is a DNS label of every host: it must be one \
+                     DNS label (a StatefulSet's pods are)",
+                ));
+            }
+            format!("{}.{domain}", self.pod_name)
+        } else {
+            domain
+        };
+        let tls_secret = match (&self.tls_secret, pod_scope) {
+            (Some(s), true) => Some(s.replace("{pod}", &self.pod_name)),
+            (secret, _) => secret.clone(),
+        };
+        let proxy = self.proxy_config(pod_scope)?;
         if let Some(c) = &self.ingress_class {
             validate_names("--ingress-class", std::slice::from_ref(c))?;
         }
         validate_names("--allowed-classes", &self.allowed_classes)?;
-        if let Some(s) = &self.tls_secret {
+        if let Some(s) = &tls_secret {
             validate_names("--tls-secret", std::slice::from_ref(s))?;
         }
         validate_names("--allowed-tls-secrets", &self.allowed_tls_secrets)?;
@@ -573,26 +783,38 @@ impl Args {
                 .map_err(|e| bad("--access-policies", path, e.to_string()))?,
             None => AccessPolicies::public_only(),
         };
+        if let Some(path) = &self.access_policies {
+            enforceable(&access, pod_scope, proxy.as_ref())
+                .map_err(|problem| bad("--access-policies", path, problem))?;
+        }
+        if pod_scope && self.rate_limit_mode == RateLimitModeArg::TraefikMiddleware {
+            return Err(bad(
+                "--rate-limit-mode",
+                "traefik-middleware",
+                "in pod scope the sidecar's proxy enforces the rate limit itself: drop \
+                 --rate-limit-mode (and deploy/components/traefik)",
+            ));
+        }
 
         let mut allowed_classes = self.allowed_classes.clone();
         allowed_classes.extend(self.ingress_class.clone());
         allowed_classes.sort();
         allowed_classes.dedup();
         let mut allowed_tls_secrets = self.allowed_tls_secrets.clone();
-        allowed_tls_secrets.extend(self.tls_secret.clone());
+        allowed_tls_secrets.extend(tls_secret.clone());
         allowed_tls_secrets.sort();
         allowed_tls_secrets.dedup();
 
         Ok(Config {
             settings: PlanSettings {
                 domain,
-                host_template: self.host_template,
+                host_template,
                 pod_name: self.pod_name,
                 namespace: self.namespace,
                 route_api,
                 ingress_class: self.ingress_class,
                 allowed_classes,
-                tls_secret: self.tls_secret,
+                tls_secret,
                 allowed_tls_secrets,
                 gateway,
                 default_rps: self.default_rps,
@@ -609,7 +831,16 @@ impl Args {
                 pod_ip: ipv4(self.pod_ip),
                 max_ports_per_composition: self.max_ports_per_composition,
                 max_hosts_per_pod: self.max_hosts_per_pod,
+                scope: if pod_scope {
+                    RouteScope::Pod {
+                        ingress_h2c: self.pod_route_protocol == PodRouteProtocol::H2c,
+                    }
+                } else {
+                    RouteScope::Composition
+                },
             },
+            proxy,
+            kubernetes: !self.no_kubernetes,
             pod_uid: self.pod_uid,
             pod_ip: ipv4(self.pod_ip),
             host_ip: self.host_ip,

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{AppProtocol, PUBLIC_POLICY, PlanSettings, Reason, Refusal};
+use crate::model::{
+    AppProtocol, PUBLIC_POLICY, PlanSettings, Reason, Refusal, RouteApi, RouteScope,
+};
 use crate::naming;
 
 pub const ENABLE: &str = "compose-ingress.enable";
@@ -382,6 +384,57 @@ fn parse_access(ctx: &mut Ctx<'_>, value: &str, settings: &PlanSettings) -> Opti
     None
 }
 
+/// Pod scope: the pod has one route, of the operator's class and certificate, that speaks
+/// plain HTTP or h2c to the proxy, so a label that asks for a route of its own is refused with
+/// what to do instead (never silently ignored).
+fn refuse_what_the_pod_route_cannot_carry<'l>(
+    ctx: &mut Ctx<'_>,
+    value: impl Fn(&str) -> Option<&'l str>,
+    protocol: Option<AppProtocol>,
+    ingress_h2c: bool,
+    settings: &PlanSettings,
+) {
+    for key in [CLASS, KOMPOSE_CLASS] {
+        if let Some(v) = value(key) {
+            ctx.refuse(
+                key,
+                v,
+                Reason::NotInPodScope,
+                "in pod scope the runner pod has one route, of the operator's class: remove the \
+                 label (a class of its own needs --route-scope composition)",
+            );
+        }
+    }
+    if let Some(v) = value(KOMPOSE_TLS_SECRET) {
+        ctx.refuse(
+            KOMPOSE_TLS_SECRET,
+            v,
+            Reason::NotInPodScope,
+            "in pod scope the runner pod's route has the operator's one certificate: remove the \
+             label",
+        );
+    }
+    let refusal = match protocol {
+        Some(AppProtocol::Https) => Some(
+            "the sidecar's proxy speaks plain HTTP or h2c to the service, not TLS: serve plain \
+             HTTP in the container (TLS ends at the ingress controller)",
+        ),
+        Some(AppProtocol::H2c | AppProtocol::Grpc)
+            if settings.route_api == RouteApi::Ingress && !ingress_h2c =>
+        {
+            Some(
+                "the pod's Ingress speaks HTTP/1.1 to the proxy (--pod-route-protocol http), \
+                 which cannot carry HTTP/2; the operator can set --pod-route-protocol h2c or \
+                 --route-api gateway",
+            )
+        }
+        _ => None,
+    };
+    if let (Some(rule), Some(v)) = (refusal, value(PROTOCOL)) {
+        ctx.refuse(PROTOCOL, v, Reason::NotInPodScope, rule);
+    }
+}
+
 /// Parses the labels of one container of compose service `service`.
 ///
 /// Enabling: `compose-ingress.enable` decides when present; otherwise a `kompose.service.expose`
@@ -557,6 +610,9 @@ pub fn parse_service_labels(
         }
         found
     });
+    if let RouteScope::Pod { ingress_h2c } = settings.scope {
+        refuse_what_the_pod_route_cannot_carry(&mut ctx, &value, protocol, ingress_h2c, settings);
+    }
     let health_gate = match value(HEALTH).map(|v| v.trim().to_ascii_lowercase()) {
         None => true,
         Some(v) if v == HEALTH_GATE => true,

@@ -117,6 +117,19 @@ pub enum RouteApi {
     Gateway,
 }
 
+/// Where a composition's URL is routed (`--route-scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteScope {
+    /// Kubernetes objects per composition: a Service, its EndpointSlices, a route, Leases.
+    #[default]
+    Composition,
+    /// One wildcard route per runner pod to the sidecar's proxy (src/proxy/), which routes
+    /// each composition inside the pod; hosts are one label under `<pod>.<domain>`.
+    /// `ingress_h2c`: the pod's Ingress sends everything to the proxy over HTTP/2 (gRPC can be
+    /// carried; `--pod-route-protocol h2c`).
+    Pod { ingress_h2c: bool },
+}
+
 /// The form of the per-composition rate limit (`--rate-limit-mode`): what the operator's
 /// ingress controller reads and enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +192,139 @@ pub(crate) struct AccessPolicy {
     pub(crate) ingress_annotations: BTreeMap<String, String>,
     /// Gateway API `HTTPRouteFilter`s added to every HTTPRoute rule as written.
     pub(crate) http_route_filters: Vec<serde_json::Value>,
+    /// Pod scope: HTTP basic auth the proxy checks itself.
+    pub(crate) basic_auth: Option<BasicAuthPolicy>,
+    /// Pod scope: the client addresses the proxy lets in (empty: any).
+    pub(crate) ip_allow_list: Vec<Cidr>,
+}
+
+impl AccessPolicy {
+    /// Whether an ingress controller carries it (composition scope).
+    pub(crate) fn for_controller(&self) -> bool {
+        !self.traefik_middlewares.is_empty()
+            || !self.ingress_annotations.is_empty()
+            || !self.http_route_filters.is_empty()
+    }
+
+    /// Whether the sidecar's proxy enforces it (pod scope).
+    pub(crate) fn for_proxy(&self) -> bool {
+        self.basic_auth.is_some() || !self.ip_allow_list.is_empty()
+    }
+}
+
+/// The users of a policy's basic auth, from an htpasswd file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BasicAuthPolicy {
+    /// What the browser's login prompt names (a policy file's text, validated).
+    pub(crate) realm: String,
+    pub(crate) users: Htpasswd,
+}
+
+/// An address range, `10.0.0.0/8`, `fd00::/8`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr = addr.parse().map_err(|_| {
+            format!("{text:?} is not an address or range, e.g. 10.0.0.0/8 or 192.0.2.7")
+        })?;
+        let network = network.to_canonical();
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+
+    pub(crate) fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+            let bits = usize::from(bits);
+            let (full, rest) = (bits / 8, bits % 8);
+            a[..full] == b[..full] && {
+                let mask = 0xffu8.checked_shl(8 - rest as u32).unwrap_or(0);
+                rest == 0 || a[full] & mask == b[full] & mask
+            }
+        }
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// The users of an htpasswd file (`user:hash` lines, bcrypt hashes as `htpasswd -B` writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Htpasswd {
+    users: BTreeMap<String, String>,
+}
+
+impl Htpasswd {
+    /// Most users one file may list, and the longest line read.
+    const MAX_USERS: usize = 1000;
+    const MAX_LINE: usize = 512;
+
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let mut users = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = n + 1;
+            if line.len() > Self::MAX_LINE {
+                return Err(format!("line {at} is longer than {} bytes", Self::MAX_LINE));
+            }
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err(format!("line {at} is not user:hash"));
+            };
+            if user.is_empty() {
+                return Err(format!("line {at} has no user name"));
+            }
+            if !["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
+                return Err(format!(
+                    "line {at} (user {user:?}) is not a bcrypt hash: only bcrypt is accepted \
+                     (MD5, SHA-1 and crypt hashes are too weak); write it with `htpasswd -B`"
+                ));
+            }
+            if users.insert(user.to_string(), hash.to_string()).is_some() {
+                return Err(format!("line {at}: user {user:?} is listed twice"));
+            }
+            if users.len() > Self::MAX_USERS {
+                return Err(format!("more than {} users", Self::MAX_USERS));
+            }
+        }
+        if users.is_empty() {
+            return Err("it lists no user (user:hash lines, from `htpasswd -B`)".into());
+        }
+        Ok(Self { users })
+    }
+
+    /// The bcrypt hash of `user`, if the file lists them.
+    pub(crate) fn hash_of(&self, user: &str) -> Option<&str> {
+        self.users.get(user).map(String::as_str)
+    }
 }
 
 /// A Gateway the HTTPRoutes attach to (`--gateway namespace/name` or `name`).
@@ -224,6 +370,9 @@ pub struct PlanSettings {
     /// Most hosts the pod exposes over all its compositions. The reconciler checks it (it knows
     /// every composition's hosts); a composition that would go over it is refused whole.
     pub max_hosts_per_pod: usize,
+    /// Where the URLs are routed: per composition, or through the pod's proxy. In pod scope
+    /// `domain` is already the pod's own (`<pod>.<operator's domain>`).
+    pub scope: RouteScope,
 }
 
 /// The runner pod every object is owned by (ownerReference) and labelled with.
@@ -295,6 +444,9 @@ crate::variants::with_all! {
         /// The compose project name is too long or has characters Compose never gives one: it
         /// would reach object metadata, so the composition is refused whole.
         InvalidProjectName,
+        /// A label only a route of its own can carry (a class, a TLS secret, a protocol the pod's
+        /// route does not speak), in pod scope.
+        NotInPodScope,
     }
 }
 
@@ -329,6 +481,7 @@ impl Reason {
             Reason::UnknownProtocol => "unknown-protocol",
             Reason::InvalidHealth => "invalid-health",
             Reason::InvalidProjectName => "invalid-project-name",
+            Reason::NotInPodScope => "not-in-pod-scope",
         }
     }
 }
@@ -522,6 +675,55 @@ mod tests {
                 Reason::ALL.iter().any(|r| r.as_str() == code),
                 "docs name `{code}`, which is no Reason"
             );
+        }
+    }
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ranges_contain_what_they_should() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains(ip("10.1.2.3")) && !c.contains(ip("10.2.0.1")));
+        assert!(
+            c.contains(ip("::ffff:10.1.0.9")),
+            "a v4-mapped address is the v4 one"
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("203.0.113.5"))
+        );
+        let one = Cidr::parse("192.0.2.7").unwrap();
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        let odd = Cidr::parse("198.18.0.0/15").unwrap();
+        assert!(odd.contains(ip("198.19.255.1")) && !odd.contains(ip("198.20.0.1")));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        assert!(!v6.contains(ip("10.0.0.1")));
+        for bad in ["10.0.0.0/33", "::/129", "ten", "10.0.0.0/x", ""] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn htpasswd_accepts_bcrypt_only_and_says_why_not() {
+        let ok = Htpasswd::parse(
+            "# users\nalice:$2y$05$abcdefghijklmnopqrstuu5Rz3Y0W8Wd1mXQ4v0b1rj7L6n9u\n\n",
+        )
+        .expect("bcrypt");
+        assert!(ok.hash_of("alice").is_some() && ok.hash_of("bob").is_none());
+        for (text, says) in [
+            ("bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "bcrypt"),
+            ("carol:$apr1$xyz$abc", "htpasswd -B"),
+            ("nocolon", "user:hash"),
+            (":$2y$05$x", "no user"),
+            ("", "no user"),
+            ("a:$2y$x\na:$2y$y", "twice"),
+        ] {
+            let e = Htpasswd::parse(text).expect_err(text);
+            assert!(e.contains(says), "{text:?}: {e}");
         }
     }
 }

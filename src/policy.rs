@@ -18,13 +18,20 @@
 //!     httpRouteFilters:                          # Gateway API filters, on every route rule
 //!     - type: RequestHeaderModifier
 //!       requestHeaderModifier: {set: [{name: X-Policy, value: nginx-basic}]}
+//!   login:                                       # pod scope: the sidecar's proxy enforces these
+//!     basicAuth: {htpasswdFile: /etc/compose-ingress/htpasswd, realm: previews}
+//!     ipAllowList: [192.0.2.0/24]
 //! ```
+//!
+//! Which entries a scope can carry is checked at start-up (src/config.rs): the controller's
+//! (middlewares, annotations, filters) in composition scope, the proxy's (basic auth, allow-list)
+//! in pod scope.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::model::{AccessPolicies, AccessPolicy, PUBLIC_POLICY};
+use crate::model::{AccessPolicies, AccessPolicy, BasicAuthPolicy, Cidr, Htpasswd, PUBLIC_POLICY};
 use crate::naming;
 use crate::objects::PROJECT_NAME_ANNOTATION;
 use crate::render::TRAEFIK_MIDDLEWARES_ANNOTATION;
@@ -69,7 +76,24 @@ struct Policy {
     ingress_annotations: BTreeMap<String, String>,
     #[serde(default)]
     http_route_filters: Vec<serde_json::Value>,
+    #[serde(default)]
+    basic_auth: Option<BasicAuthEntry>,
+    #[serde(default)]
+    ip_allow_list: Vec<String>,
 }
+
+/// `basicAuth:` of a policy (pod scope: the proxy checks it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BasicAuthEntry {
+    htpasswd_file: String,
+    #[serde(default)]
+    realm: Option<String>,
+}
+
+/// Reads a file the policy file names (an htpasswd file): the I/O edge of [`parse`], so that
+/// tests hand in the text.
+type ReadFile<'a> = &'a dyn Fn(&str) -> std::io::Result<String>;
 
 fn invalid(msg: impl Into<String>) -> PolicyError {
     PolicyError::Invalid(msg.into())
@@ -81,11 +105,22 @@ pub(crate) fn load(path: &str) -> Result<AccessPolicies, PolicyError> {
         path: path.to_string(),
         source,
     })?;
-    parse(&text)
+    parse_with(&text, &|p| std::fs::read_to_string(p))
 }
 
-/// Parses and validates a policy file's text.
+/// Parses and validates a policy file's text (one that names no other file).
+#[cfg(test)]
 pub(crate) fn parse(text: &str) -> Result<AccessPolicies, PolicyError> {
+    parse_with(text, &|p| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{p}: no files in this test"),
+        ))
+    })
+}
+
+/// Parses and validates a policy file's text; `read` reads the htpasswd files it names.
+pub(crate) fn parse_with(text: &str, read: ReadFile<'_>) -> Result<AccessPolicies, PolicyError> {
     let file: File = serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
     if file.policies.len() > MAX_POLICIES {
         return Err(invalid(format!(
@@ -100,7 +135,7 @@ pub(crate) fn parse(text: &str) -> Result<AccessPolicies, PolicyError> {
                 "policy name {name:?}: a policy name is a DNS label (a-z, 0-9, '-') other than `{PUBLIC_POLICY}`, which means no policy"
             )));
         }
-        policies.insert(name.clone(), policy(&name, p)?);
+        policies.insert(name.clone(), policy(&name, p, read)?);
     }
     let known = || {
         let mut names: Vec<&str> = policies.keys().map(String::as_str).collect();
@@ -132,12 +167,15 @@ pub(crate) fn parse(text: &str) -> Result<AccessPolicies, PolicyError> {
     })
 }
 
-fn policy(name: &str, p: Policy) -> Result<AccessPolicy, PolicyError> {
-    let entries =
-        p.traefik_middlewares.len() + p.ingress_annotations.len() + p.http_route_filters.len();
+fn policy(name: &str, p: Policy, read: ReadFile<'_>) -> Result<AccessPolicy, PolicyError> {
+    let entries = p.traefik_middlewares.len()
+        + p.ingress_annotations.len()
+        + p.http_route_filters.len()
+        + p.ip_allow_list.len()
+        + usize::from(p.basic_auth.is_some());
     if entries == 0 {
         return Err(invalid(format!(
-            "policy `{name}` adds nothing to a route; give it traefikMiddlewares, ingressAnnotations or httpRouteFilters (or use `{PUBLIC_POLICY}` with allowPublic: true)"
+            "policy `{name}` adds nothing to a route; give it traefikMiddlewares, ingressAnnotations or httpRouteFilters (composition scope), basicAuth or ipAllowList (pod scope), or use `{PUBLIC_POLICY}` with allowPublic: true"
         )));
     }
     if entries > MAX_ENTRIES {
@@ -174,11 +212,55 @@ fn policy(name: &str, p: Policy) -> Result<AccessPolicy, PolicyError> {
             )));
         }
     }
+    let ip_allow_list = p
+        .ip_allow_list
+        .iter()
+        .map(|c| Cidr::parse(c).map_err(|e| invalid(format!("policy `{name}`: ipAllowList: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let basic_auth = p
+        .basic_auth
+        .map(|b| basic_auth(name, b, read))
+        .transpose()?;
     Ok(AccessPolicy {
         traefik_middlewares: p.traefik_middlewares,
         ingress_annotations: p.ingress_annotations,
         http_route_filters: p.http_route_filters,
+        basic_auth,
+        ip_allow_list,
     })
+}
+
+/// A policy's basic auth: its htpasswd file read and checked now, at start-up.
+fn basic_auth(
+    name: &str,
+    b: BasicAuthEntry,
+    read: ReadFile<'_>,
+) -> Result<BasicAuthPolicy, PolicyError> {
+    let realm = b.realm.unwrap_or_else(|| name.to_string());
+    // It is quoted in WWW-Authenticate: nothing that could end the quotes or the header.
+    let realm_ok = !realm.is_empty()
+        && realm.len() <= 64
+        && realm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " .-_".contains(c));
+    if !realm_ok {
+        return Err(invalid(format!(
+            "policy `{name}`: basicAuth realm {realm:?} must be 1 to 64 letters, digits, spaces, '.', '-' or '_'"
+        )));
+    }
+    let text = read(&b.htpasswd_file).map_err(|e| {
+        invalid(format!(
+            "policy `{name}`: cannot read basicAuth htpasswdFile {:?}: {e}; mount the Secret there",
+            b.htpasswd_file
+        ))
+    })?;
+    let users = Htpasswd::parse(&text).map_err(|e| {
+        invalid(format!(
+            "policy `{name}`: basicAuth htpasswdFile {:?}: {e}",
+            b.htpasswd_file
+        ))
+    })?;
+    Ok(BasicAuthPolicy { realm, users })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod endpoints;
 mod lease;
 mod metadata;
 mod middleware;
+mod pod_route;
 mod routes;
 mod service;
 
@@ -30,6 +31,7 @@ use crate::objects::{DesiredObject, EncodeError, Kind};
 use self::endpoints::endpoint_slices;
 pub(crate) use self::lease::host_lease;
 use self::middleware::rate_limit_middleware;
+pub(crate) use self::pod_route::{POD_ROUTE, pod_route};
 pub(crate) use self::routes::TRAEFIK_MIDDLEWARES_ANNOTATION;
 use self::routes::{grpc_routes, http_routes, ingress};
 use self::service::service;
@@ -93,7 +95,7 @@ pub(crate) fn composition(
 
 /// The URLs users get: https when the operator configured a TLS secret (Ingress only: a
 /// Gateway's listener decides its own scheme).
-fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<String> {
+pub(crate) fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<String> {
     let scheme = if d.tls_secret.is_some() && settings.route_api == RouteApi::Ingress {
         "https"
     } else {

@@ -163,18 +163,9 @@ const GRPC_FILTER_TYPES: [&str; 4] = [
     "ExtensionRef",
 ];
 
-fn gateway_routes(
-    d: &DesiredComposition,
-    settings: &PlanSettings,
-    owner: &OwnerPod,
-    grpc: bool,
-) -> Vec<DynamicObject> {
-    let resource = if grpc {
-        Kind::GrpcRoute.resource()
-    } else {
-        Kind::HttpRoute.resource()
-    };
-    let parent_refs: Vec<serde_json::Value> = settings
+/// The Gateway the routes attach to (`--gateway`), as `parentRefs`.
+pub(super) fn parent_refs(settings: &PlanSettings) -> Vec<serde_json::Value> {
+    settings
         .gateway
         .iter()
         .map(|g| {
@@ -190,7 +181,21 @@ fn gateway_routes(
             }
             serde_json::Value::Object(r)
         })
-        .collect();
+        .collect()
+}
+
+fn gateway_routes(
+    d: &DesiredComposition,
+    settings: &PlanSettings,
+    owner: &OwnerPod,
+    grpc: bool,
+) -> Vec<DynamicObject> {
+    let resource = if grpc {
+        Kind::GrpcRoute.resource()
+    } else {
+        Kind::HttpRoute.resource()
+    };
+    let parent_refs = parent_refs(settings);
     let mut filters: Vec<serde_json::Value> = traefik_middlewares(d, settings)
         .into_iter()
         .map(|name| {

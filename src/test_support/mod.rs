@@ -2,7 +2,7 @@
 //! mock Kubernetes API. `settings` is public (hidden from the docs) because the property tests
 //! (tests/prop_naming_labels.rs) are an integration target and see only the public API.
 
-use crate::model::{AccessPolicies, PlanSettings, RateLimitMode, RouteApi};
+use crate::model::{AccessPolicies, PlanSettings, RateLimitMode, RouteApi, RouteScope};
 
 #[cfg(test)]
 pub(crate) mod mock_api;
@@ -31,5 +31,6 @@ pub fn settings() -> PlanSettings {
         pod_ip: Some(std::net::Ipv4Addr::new(10, 0, 0, 7)),
         max_ports_per_composition: 20,
         max_hosts_per_pod: 200,
+        scope: RouteScope::Composition,
     }
 }
