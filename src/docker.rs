@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::labels::COMPOSE_PROJECT;
 use crate::model::{
-    ContainerState, Health, ObservedContainer, ObservedProject, Protocol, PublishedPort,
+    ContainerState, Health, ObservedComposition, ObservedContainer, Protocol, PublishedPort,
 };
 use crate::retry::Retry;
 
@@ -227,7 +227,7 @@ impl DockerClient {
     }
 
     /// Every container of one composition, fresh from the daemon.
-    pub(crate) async fn project(&self, key: &str) -> Result<ObservedProject, DockerError> {
+    pub(crate) async fn composition(&self, key: &str) -> Result<ObservedComposition, DockerError> {
         let mut filters = BTreeMap::new();
         if let Some(name) = key.strip_prefix('/') {
             filters.insert("name", vec![format!("^/{name}$")]);
@@ -241,7 +241,7 @@ impl DockerClient {
             .filter(|c| composition_key(c, self.expose_plain).as_deref() == Some(key))
             .map(observe)
             .collect();
-        Ok(ObservedProject {
+        Ok(ObservedComposition {
             name: key.to_string(),
             containers,
         })
@@ -251,16 +251,17 @@ impl DockerClient {
     /// may drive orphan GC (an empty answer from a daemon that is still starting is an error).
     pub(crate) async fn snapshot(
         &self,
-    ) -> Result<BTreeMap<CompositionKey, ObservedProject>, DockerError> {
-        let mut compositions: BTreeMap<CompositionKey, ObservedProject> = BTreeMap::new();
+    ) -> Result<BTreeMap<CompositionKey, ObservedComposition>, DockerError> {
+        let mut compositions: BTreeMap<CompositionKey, ObservedComposition> = BTreeMap::new();
         for c in self.list(&BTreeMap::new()).await? {
             if let Some(key) = composition_key(&c, self.expose_plain) {
-                let entry = compositions
-                    .entry(key.clone())
-                    .or_insert_with(|| ObservedProject {
-                        name: key.clone(),
-                        containers: Vec::new(),
-                    });
+                let entry =
+                    compositions
+                        .entry(key.clone())
+                        .or_insert_with(|| ObservedComposition {
+                            name: key.clone(),
+                            containers: Vec::new(),
+                        });
                 entry.containers.push(observe(c));
             }
         }
@@ -723,7 +724,7 @@ mod tests {
         let (host, seen) = fake_daemon(|_| (200, DOCKER_29_LISTING.to_string())).await;
         let docker = DockerClient::new(&host, true).expect("client");
         docker.negotiate().await.expect("negotiate");
-        let project = docker.project("demochat").await.expect("listing");
+        let project = docker.composition("demochat").await.expect("listing");
         let heads = seen.lock().expect("seen").clone();
         let head = heads.last().expect("a listing request");
         // {"label":["com.docker.compose.project=demochat"]}, percent-encoded.
@@ -808,7 +809,7 @@ mod tests {
         let (host, _) = fake_daemon(|_| (403, "forbidden by the socket proxy\n".to_string())).await;
         let docker = DockerClient::new(&host, false).expect("client");
         let error = docker
-            .project("demochat")
+            .composition("demochat")
             .await
             .expect_err("a 403")
             .to_string();
