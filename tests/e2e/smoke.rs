@@ -32,19 +32,26 @@ fn service_json(name: &str, pod: &str, target_port: u16, owner: Option<(&str, &s
     serde_json::from_value(v).expect("service json")
 }
 
+/// Brings `WEB_COMPOSE` up as `project` with Compose `version` in `pod`, and returns the page its
+/// container serves on the pod IP (once it answers).
+async fn page_on_the_pod_ip(pod: &RunnerPod, version: ComposeVersion, project: &str) -> String {
+    pod.compose_as(version, project, WEB_COMPOSE, &["up", "-d"]);
+    let port = pod.published_port_as(version, project, "web", 80);
+    let url = format!("http://{}:{port}/", pod.ip);
+    let what = format!("{version} container page on the pod IP");
+    eventually(&what, CONVERGE, || async {
+        let (code, body) = http_get(&url, None);
+        (code == 200).then_some(body)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn compose_project_answers_on_the_pod_ip() {
     let bed = bed();
     let ns = unique_namespace("smoke-compose");
     let pod = bed.runner_pod(&ns, "runner-0");
-    pod.compose("smokeweb", WEB_COMPOSE, &["up", "-d"]);
-    let port = pod.published_port("smokeweb", "web", 80);
-    let url = format!("http://{}:{port}/", pod.ip);
-    let body = eventually("container page on the pod IP", CONVERGE, || async {
-        let (code, body) = http_get(&url, None);
-        (code == 200).then_some(body)
-    })
-    .await;
+    let body = page_on_the_pod_ip(&pod, ComposeVersion::V1, "smokeweb").await;
     assert!(body.starts_with("hello from "), "unexpected page {body:?}");
     // compose labels are what the sidecar keys on: check they are there, as docker reports them.
     let out = pod.docker_cli(&[
@@ -65,14 +72,7 @@ async fn compose_v2_project_answers_on_the_pod_ip() {
     let pod = bed.runner_pod(&ns, "runner-0");
     // The same compose file as v1's smoke test: v2 accepts it (it only warns that `version` is
     // obsolete).
-    pod.compose_as(v2, "smokev2", WEB_COMPOSE, &["up", "-d"]);
-    let port = pod.published_port_as(v2, "smokev2", "web", 80);
-    let url = format!("http://{}:{port}/", pod.ip);
-    let body = eventually("v2 container page on the pod IP", CONVERGE, || async {
-        let (code, body) = http_get(&url, None);
-        (code == 200).then_some(body)
-    })
-    .await;
+    let body = page_on_the_pod_ip(&pod, v2, "smokev2").await;
     assert!(body.starts_with("hello from "), "unexpected page {body:?}");
 
     // v2 names containers project-service-N (v1: project_service_N).
