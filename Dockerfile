@@ -29,6 +29,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY http-get ./http-get
 # --target is required with crt-static: it keeps build scripts and proc-macros dynamically linked.
 RUN RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --locked --release --target x86_64-unknown-linux-gnu --bin compose-ingress \

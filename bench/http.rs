@@ -4,29 +4,16 @@ use std::time::{Duration, Instant};
 
 use testbed::Sidecar;
 
-/// A minimal HTTP/1.0 GET (status code and body); None on connect/read failure or timeout.
+/// One GET with the shared client (http-get/): status code and body; None on any failure or
+/// timeout.
 pub async fn http_get(
     addr: &str,
     host: &str,
     path: &str,
     timeout: Duration,
 ) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Some((code, body))
-    };
-    tokio::time::timeout(timeout, fut).await.ok().flatten()
+    let answer = ::http_get::get(addr, host, path, timeout).await.ok()?;
+    Some((answer.status, answer.body))
 }
 
 pub async fn metric(listen: &str, name_and_labels: &str) -> f64 {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::http_get;
 use crate::routable::MAX_WAIT;
 
 pub(crate) const EXIT_ERROR: u8 = 1;

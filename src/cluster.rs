@@ -33,8 +33,9 @@ pub(crate) struct OwnedObject {
     pub(crate) kind: Kind,
     pub(crate) name: String,
     pub(crate) uid: String,
-    /// The raw project name (annotation), falling back to the project label.
-    pub(crate) project: String,
+    /// The composition it belongs to: the raw project name (annotation), falling back to the
+    /// project label.
+    pub(crate) composition: String,
     pub(crate) spec_hash: Option<String>,
     /// For Leases: the host they claim.
     pub(crate) host: Option<String>,
@@ -141,7 +142,7 @@ pub(crate) enum Claim {
     /// Another pod (or another composition of this pod) holds it.
     Taken {
         holder_pod: String,
-        holder_project: String,
+        holder_composition: String,
     },
 }
 
@@ -301,13 +302,13 @@ impl Cluster {
         let edited = kind != Kind::Lease && managed_fields::edited_by_others(&meta, FIELD_MANAGER);
         let legacy_selector = kind == Kind::Service
             && managed_fields::owns(&meta, FIELD_MANAGER, &["f:spec", "f:selector"]);
-        let project = objects::composition_of(&meta);
+        let composition = objects::composition_of(&meta);
         let annotations = meta.annotations.unwrap_or_default();
         Some(OwnedObject {
             kind,
             name: meta.name.unwrap_or_default(),
             uid: meta.uid.unwrap_or_default(),
-            project,
+            composition,
             spec_hash: annotations.get(SPEC_HASH_ANNOTATION).cloned(),
             host: annotations.get(HOST_ANNOTATION).cloned(),
             needs_hand_over,
@@ -464,7 +465,7 @@ impl Cluster {
         match self.create(lease).await? {
             Created::New { uid } => Ok(Claim::Ours { uid }),
             Created::Exists(live) => {
-                let holder_project = objects::composition_of(&live.metadata);
+                let holder_composition = objects::composition_of(&live.metadata);
                 let mine = lease
                     .object
                     .metadata
@@ -473,7 +474,7 @@ impl Cluster {
                     .and_then(|a| a.get(PROJECT_NAME_ANNOTATION))
                     .cloned()
                     .unwrap_or_default();
-                if self.is_ours(&live.metadata) && holder_project == mine {
+                if self.is_ours(&live.metadata) && holder_composition == mine {
                     Ok(Claim::Ours {
                         uid: live.metadata.uid.unwrap_or_default(),
                     })
@@ -487,7 +488,7 @@ impl Cluster {
                         .unwrap_or_else(|| "(not compose-ingress)".to_string());
                     Ok(Claim::Taken {
                         holder_pod,
-                        holder_project,
+                        holder_composition,
                     })
                 }
             }

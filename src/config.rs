@@ -769,7 +769,7 @@ impl Args {
         }
         let heartbeat_stale = heartbeat_stale(self.heartbeat_stale, self.api_timeout)?;
         let probe = match &self.probe_url {
-            Some(url) => Some(crate::http_get::split_url(url).map_err(|_| {
+            Some(url) => Some(http_get::split_url(url).map_err(|_| {
                 bad(
                     "--probe-url",
                     url,

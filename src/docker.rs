@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::labels::COMPOSE_PROJECT;
 use crate::model::{
-    ContainerState, Health, ObservedContainer, ObservedProject, Protocol, PublishedPort,
+    ContainerState, Health, ObservedComposition, ObservedContainer, Protocol, PublishedPort,
 };
 use crate::retry::Retry;
 
@@ -32,37 +32,24 @@ use crate::retry::Retry;
 /// (compose project names cannot contain '/').
 pub(crate) type CompositionKey = String;
 
+/// What failed underneath a [`DockerError`]: bollard's error, or our own listing's (a dial, an
+/// exchange, a body that does not decode).
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error(
         "cannot connect to Docker at {host}: {source} (check --docker-host / DOCKER_HOST and that dind is running)"
     )]
-    Connect {
-        host: String,
-        source: bollard::errors::Error,
-    },
+    Connect { host: String, source: Cause },
+    /// The exchange broke, timed out, or bollard's request failed.
     #[error("Docker request {what} failed: {source} (is the Docker daemon at {host} up?)")]
     Request {
         host: String,
         what: &'static str,
-        source: bollard::errors::Error,
+        source: Cause,
     },
-    /// Our own requests (the listing): no connection.
-    #[error(
-        "cannot connect to Docker at {host}: {source} (check --docker-host / DOCKER_HOST and that dind is running)"
-    )]
-    Dial {
-        host: String,
-        source: std::io::Error,
-    },
-    /// Our own requests: the exchange broke or timed out.
-    #[error("Docker request {what} failed: {detail} (is the Docker daemon at {host} up?)")]
-    Exchange {
-        host: String,
-        what: &'static str,
-        detail: String,
-    },
-    /// Our own requests: the daemon said no.
+    /// Our own requests (the listing): the daemon said no.
     #[error(
         "Docker request {what} was answered {status}: {message} (is {host} a Docker daemon, and does any proxy in front of it allow the request?)"
     )]
@@ -72,23 +59,15 @@ pub enum DockerError {
         status: hyper::StatusCode,
         message: String,
     },
-    /// Our own requests: an answer that is not what Docker sends.
+    /// Our own requests: an answer that is not what Docker sends (not JSON of the expected
+    /// shape, or not a whole JSON array).
     #[error(
         "Docker request {what} got an answer this sidecar cannot read: {source} (is {host} a Docker daemon?)"
     )]
     Decode {
         host: String,
         what: &'static str,
-        source: serde_json::Error,
-    },
-    /// Our own requests: the answer's body is not a whole JSON array.
-    #[error(
-        "Docker request {what} got an answer this sidecar cannot read: {source} (is {host} a Docker daemon?)"
-    )]
-    NotAList {
-        host: String,
-        what: &'static str,
-        source: json_array::ArrayError,
+        source: Cause,
     },
 }
 
@@ -150,9 +129,9 @@ fn with_version_prefix(request: BollardRequest, prefix: &str) -> BollardRequest 
 
 /// A bollard client at bollard's own API version (no I/O).
 fn connect(host: &str) -> Result<Docker, DockerError> {
-    let connect = |e| DockerError::Connect {
+    let connect = |e: bollard::errors::Error| DockerError::Connect {
         host: host.to_string(),
-        source: e,
+        source: e.into(),
     };
     if let Some(path) = host.strip_prefix("unix://") {
         Docker::connect_with_unix(path, 60, bollard::API_DEFAULT_VERSION).map_err(connect)
@@ -192,7 +171,7 @@ impl DockerClient {
         move |source| DockerError::Request {
             host: self.host.clone(),
             what,
-            source,
+            source: source.into(),
         }
     }
 
@@ -227,7 +206,7 @@ impl DockerClient {
     }
 
     /// Every container of one composition, fresh from the daemon.
-    pub(crate) async fn project(&self, key: &str) -> Result<ObservedProject, DockerError> {
+    pub(crate) async fn composition(&self, key: &str) -> Result<ObservedComposition, DockerError> {
         let mut filters = BTreeMap::new();
         if let Some(name) = key.strip_prefix('/') {
             filters.insert("name", vec![format!("^/{name}$")]);
@@ -241,7 +220,7 @@ impl DockerClient {
             .filter(|c| composition_key(c, self.expose_plain).as_deref() == Some(key))
             .map(observe)
             .collect();
-        Ok(ObservedProject {
+        Ok(ObservedComposition {
             name: key.to_string(),
             containers,
         })
@@ -251,16 +230,17 @@ impl DockerClient {
     /// may drive orphan GC (an empty answer from a daemon that is still starting is an error).
     pub(crate) async fn snapshot(
         &self,
-    ) -> Result<BTreeMap<CompositionKey, ObservedProject>, DockerError> {
-        let mut compositions: BTreeMap<CompositionKey, ObservedProject> = BTreeMap::new();
+    ) -> Result<BTreeMap<CompositionKey, ObservedComposition>, DockerError> {
+        let mut compositions: BTreeMap<CompositionKey, ObservedComposition> = BTreeMap::new();
         for c in self.list(&BTreeMap::new()).await? {
             if let Some(key) = composition_key(&c, self.expose_plain) {
-                let entry = compositions
-                    .entry(key.clone())
-                    .or_insert_with(|| ObservedProject {
-                        name: key.clone(),
-                        containers: Vec::new(),
-                    });
+                let entry =
+                    compositions
+                        .entry(key.clone())
+                        .or_insert_with(|| ObservedComposition {
+                            name: key.clone(),
+                            containers: Vec::new(),
+                        });
                 entry.containers.push(observe(c));
             }
         }
@@ -723,7 +703,7 @@ mod tests {
         let (host, seen) = fake_daemon(|_| (200, DOCKER_29_LISTING.to_string())).await;
         let docker = DockerClient::new(&host, true).expect("client");
         docker.negotiate().await.expect("negotiate");
-        let project = docker.project("demochat").await.expect("listing");
+        let project = docker.composition("demochat").await.expect("listing");
         let heads = seen.lock().expect("seen").clone();
         let head = heads.last().expect("a listing request");
         // {"label":["com.docker.compose.project=demochat"]}, percent-encoded.
@@ -808,7 +788,7 @@ mod tests {
         let (host, _) = fake_daemon(|_| (403, "forbidden by the socket proxy\n".to_string())).await;
         let docker = DockerClient::new(&host, false).expect("client");
         let error = docker
-            .project("demochat")
+            .composition("demochat")
             .await
             .expect_err("a 403")
             .to_string();

@@ -17,7 +17,6 @@ pub mod config;
 pub mod conn_limits;
 pub mod docker;
 pub mod events;
-pub(crate) mod http_get;
 pub mod kube_client;
 pub mod labels;
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! and docs. "project" stays only where it is a contract or public: Compose's own label
 //! (`com.docker.compose.project`), our Kubernetes label and annotation keys
 //! (`compose-ingress/project`, ...), JSON and log field names, metric help texts, the
-//! `{project}` placeholder of `--host-template`, and public items that tests and benches use
-//! (e.g. [`ObservedProject`]). Renaming those would break users, dashboards or stored objects.
+//! `{project}` placeholder of `--host-template` and the `wait`/`urls` commands' argument.
+//! Renaming those would break users, dashboards or stored objects.
 
 use std::collections::BTreeMap;
 
@@ -95,7 +95,7 @@ pub enum ContainerState {
 /// Every container the docker edge saw for one composition key (compose project, or a plain
 /// container's own key when `--expose-plain-containers` is on).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ObservedProject {
+pub struct ObservedComposition {
     pub name: String,
     pub containers: Vec<ObservedContainer>,
 }

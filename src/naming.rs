@@ -123,17 +123,6 @@ pub fn dns_label(raw: &str) -> String {
     with_hash(clean, raw)
 }
 
-/// Like [`dns_label`], but also a valid RFC 1035 label (starts with a letter), which is what
-/// Service names need.
-pub fn rfc1035_label(raw: &str) -> String {
-    let label = dns_label(raw);
-    if label.starts_with(|c: char| c.is_ascii_digit()) {
-        dns_label(&format!("x-{label}"))
-    } else {
-        label
-    }
-}
-
 /// True for a lowercase RFC 1123 label: 1..=63 chars of `[a-z0-9-]`, alphanumeric at both ends.
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -558,15 +547,6 @@ mod tests {
         let label = dns_label(&raw);
         assert!(is_dns_label(&label));
         assert!(!label.contains("--"), "{label}");
-    }
-
-    #[test]
-    fn rfc1035_label_starts_with_a_letter() {
-        assert_eq!(rfc1035_label("1web"), "x-1web");
-        assert_eq!(rfc1035_label("web"), "web");
-        let long = "9".repeat(80);
-        let l = rfc1035_label(&long);
-        assert!(l.starts_with('x') && is_dns_label(&l), "{l}");
     }
 
     #[test]

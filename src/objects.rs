@@ -146,18 +146,18 @@ impl DesiredObject {
     }
 }
 
-/// Labels that mark an object as ours, of this pod, for this project.
-pub(crate) fn ownership_labels(pod: &str, project: &str) -> BTreeMap<String, String> {
+/// Labels that mark an object as ours, of this pod, for this composition.
+pub(crate) fn ownership_labels(pod: &str, composition: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
         (POD_LABEL.to_string(), naming::label_value(pod)),
-        (PROJECT_LABEL.to_string(), naming::label_value(project)),
+        (PROJECT_LABEL.to_string(), naming::label_value(composition)),
     ])
 }
 
 /// Annotations every object carries besides the spec hash.
-pub(crate) fn ownership_annotations(project: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(PROJECT_NAME_ANNOTATION.to_string(), project.to_string())])
+pub(crate) fn ownership_annotations(composition: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(PROJECT_NAME_ANNOTATION.to_string(), composition.to_string())])
 }
 
 /// Label selector for every object of this pod (list, GC, cleanup on exit).

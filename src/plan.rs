@@ -10,7 +10,7 @@ use crate::labels::{
     self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_SERVICE, ServiceExposure,
 };
 use crate::model::{
-    Backend, ContainerState, DesiredComposition, Health, ObservedContainer, ObservedProject,
+    Backend, ContainerState, DesiredComposition, Health, ObservedComposition, ObservedContainer,
     PUBLIC_POLICY, Plan, PlanSettings, Protocol, Reason, Refusal,
 };
 use crate::naming;
@@ -42,8 +42,8 @@ pub(crate) const TEMPLATE_SOURCE: &str = "--host-template";
 /// - The composition's class and TLS secret are the ones labels chose if all exposing services
 ///   agree (later disagreeing services are refused), else the operator's; the rate limit is the
 ///   minimum of the operator's default and every label.
-pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
-    if let Some(refusal) = project_name_refusal(&project.name) {
+pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan {
+    if let Some(refusal) = project_name_refusal(&composition.name) {
         return Plan {
             desired: None,
             refusals: vec![refusal],
@@ -56,8 +56,8 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
     let mut tls: Option<(String, String)> = None;
     let mut access: Option<(String, String)> = None;
 
-    let running = group_services(project, settings, ContainerState::Running);
-    let awaiting_start = awaiting_start(project, settings, &running);
+    let running = group_services(composition, settings, ContainerState::Running);
+    let awaiting_start = awaiting_start(composition, settings, &running);
     for (service, members) in running {
         let Some(container) = pick_replica(&members) else {
             continue;
@@ -132,7 +132,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
                 "composition {} exposes {ports} ports, more than the operator's limit of {} \
                  (--max-ports-per-composition): nothing of it is exposed; list the ports to \
                  expose with compose-ingress.ports",
-                project.name, settings.max_ports_per_composition
+                composition.name, settings.max_ports_per_composition
             ),
         ));
         return Plan {
@@ -141,7 +141,7 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
             awaiting_start,
         };
     }
-    let (mut backends, mut host_refusals) = claim_hosts(&accepted, &project.name, settings);
+    let (mut backends, mut host_refusals) = claim_hosts(&accepted, &composition.name, settings);
     for b in &mut backends {
         if let Some(a) = accepted.iter().find(|a| a.service == b.service) {
             b.protocol = a.exposure.protocol;
@@ -199,8 +199,8 @@ pub fn plan(project: &ObservedProject, settings: &PlanSettings) -> Plan {
 
     Plan {
         desired: Some(DesiredComposition {
-            name: project.name.clone(),
-            object_name: naming::object_name(&settings.pod_name, &project.name),
+            name: composition.name.clone(),
+            object_name: naming::object_name(&settings.pod_name, &composition.name),
             backends,
             class: chosen_class.or_else(|| settings.ingress_class.clone()),
             rate_limit_rps,
@@ -251,12 +251,12 @@ struct Accepted<'a> {
 
 /// The composition's containers in `state`, by service (one-off containers left out).
 fn group_services<'a>(
-    project: &'a ObservedProject,
+    composition: &'a ObservedComposition,
     settings: &PlanSettings,
     state: ContainerState,
 ) -> BTreeMap<String, Vec<&'a ObservedContainer>> {
     let mut groups: BTreeMap<String, Vec<&ObservedContainer>> = BTreeMap::new();
-    for c in &project.containers {
+    for c in &composition.containers {
         if c.state != state {
             continue;
         }
@@ -280,11 +280,11 @@ fn group_services<'a>(
 /// A created container lists no published ports yet, so the opt-in label is all there is to go
 /// by; a label error is reported once the container runs, not here.
 fn awaiting_start(
-    project: &ObservedProject,
+    composition: &ObservedComposition,
     settings: &PlanSettings,
     running: &BTreeMap<String, Vec<&ObservedContainer>>,
 ) -> Vec<String> {
-    group_services(project, settings, ContainerState::Created)
+    group_services(composition, settings, ContainerState::Created)
         .into_iter()
         .filter(|(service, _)| !running.contains_key(service))
         .filter(|(service, members)| {
@@ -454,7 +454,7 @@ type Candidate<'a> = (&'a str, u16, u16, String, String, Option<&'static str>);
 /// (service, container port) order.
 fn claim_hosts(
     accepted: &[Accepted<'_>],
-    project: &str,
+    composition: &str,
     settings: &PlanSettings,
 ) -> (Vec<Backend>, Vec<Refusal>) {
     let mut refusals = Vec::new();
@@ -467,7 +467,7 @@ fn claim_hosts(
                     &settings.host_template,
                     &a.service,
                     container_port,
-                    project,
+                    composition,
                     &settings.pod_name,
                 ) {
                     Ok(label) => candidates.push((
@@ -645,8 +645,8 @@ mod tests {
         }
     }
 
-    fn project(containers: Vec<ObservedContainer>) -> ObservedProject {
-        ObservedProject {
+    fn composition(containers: Vec<ObservedContainer>) -> ObservedComposition {
+        ObservedComposition {
             name: "demochat".into(),
             containers,
         }
@@ -665,7 +665,7 @@ mod tests {
     #[test]
     fn exposes_template_hosts_for_tcp_ports() {
         let p = plan(
-            &project(vec![container(
+            &composition(vec![container(
                 "demochat-web-1",
                 "web",
                 1,
@@ -700,7 +700,7 @@ mod tests {
         let ready = |health: Health, labels: &[(&str, &str)]| {
             let mut c = container("demo-web-1", "web", 1, labels, &[(80, TCP, 32768)]);
             c.health = health;
-            let d = plan(&project(vec![c]), &settings())
+            let d = plan(&composition(vec![c]), &settings())
                 .desired
                 .expect("exposed");
             assert_eq!(d.backends[0].health, health);
@@ -727,7 +727,7 @@ mod tests {
                 .collect()
         };
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container("web", "web", 1, &[ON], &many(8000, 12)),
                 container("api", "api", 1, &[ON], &many(9000, 9)),
             ]),
@@ -744,7 +744,7 @@ mod tests {
         );
         // At the cap, all of it is exposed.
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container("web", "web", 1, &[ON], &many(8000, 11)),
                 container("api", "api", 1, &[ON], &many(9000, 9)),
             ]),
@@ -758,7 +758,7 @@ mod tests {
         let web = || container("web", "web", 1, &[ON], &[(80, TCP, 32768)]);
         let named = |name: &str| {
             plan(
-                &ObservedProject {
+                &ObservedComposition {
                     name: name.to_string(),
                     containers: vec![web()],
                 },
@@ -798,7 +798,7 @@ mod tests {
     #[test]
     fn nothing_exposed_without_opt_in_or_ports() {
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container("a", "a", 1, &[], &[(80, TCP, 1000)]),
                 container("b", "b", 1, &[ON], &[(53, Protocol::Udp, 1001)]),
                 container("c", "c", 1, &[ON], &[]),
@@ -815,7 +815,7 @@ mod tests {
         stopped.state = ContainerState::Stopped;
         let mut oneoff = container("web-run-1", "web", 1, &[ON], &[(80, TCP, 1001)]);
         oneoff.labels.insert(COMPOSE_ONEOFF.into(), "True".into());
-        let p = plan(&project(vec![stopped, oneoff]), &settings());
+        let p = plan(&composition(vec![stopped, oneoff]), &settings());
         assert_eq!(p.desired, None);
     }
 
@@ -838,7 +838,10 @@ mod tests {
         bad.state = ContainerState::Created;
         let mut exited = container("demochat-old-1", "old", 1, &[ON], &[]);
         exited.state = ContainerState::Stopped;
-        let p = plan(&project(vec![web, api, db, web2, bad, exited]), &settings());
+        let p = plan(
+            &composition(vec![web, api, db, web2, bad, exited]),
+            &settings(),
+        );
         // web runs (its second replica does not matter), db did not opt in, bad's label is
         // refused once it runs, old has stopped: only api is still to come.
         assert_eq!(p.awaiting_start, vec!["api".to_string()]);
@@ -855,7 +858,7 @@ mod tests {
         plain
             .labels
             .retain(|k, _| !k.starts_with("com.docker.compose"));
-        let proj = ObservedProject {
+        let proj = ObservedComposition {
             name: "lonely".into(),
             containers: vec![plain],
         };
@@ -872,7 +875,7 @@ mod tests {
     #[test]
     fn scaled_service_exposes_lowest_container_number() {
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container("demochat-web-3", "web", 3, &[ON], &[(80, TCP, 3003)]),
                 container("demochat-web-1", "web", 1, &[ON], &[(80, TCP, 3001)]),
                 container("demochat-web-2", "web", 2, &[ON], &[(80, TCP, 3002)]),
@@ -887,7 +890,7 @@ mod tests {
     #[test]
     fn ports_label_selects_and_refuses_unpublished() {
         let p = plan(
-            &project(vec![container(
+            &composition(vec![container(
                 "web-1",
                 "web",
                 1,
@@ -901,7 +904,7 @@ mod tests {
         assert_eq!(d.backends[0].container_port, 8080);
 
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container(
                     "web-1",
                     "web",
@@ -929,7 +932,7 @@ mod tests {
     #[test]
     fn chosen_host_needs_one_port() {
         let p = plan(
-            &project(vec![container(
+            &composition(vec![container(
                 "web-1",
                 "web",
                 1,
@@ -944,7 +947,7 @@ mod tests {
         assert!(p.refusals[0].message.contains(labels::PORTS));
 
         let p = plan(
-            &project(vec![container(
+            &composition(vec![container(
                 "web-1",
                 "web",
                 1,
@@ -961,7 +964,7 @@ mod tests {
     #[test]
     fn same_host_and_path_first_service_wins() {
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container(
                     "b-1",
                     "b",
@@ -1003,7 +1006,7 @@ mod tests {
     fn a_chosen_host_never_equals_a_template_host() {
         // The victim's template host, rendered by the planner itself.
         let victim = plan(
-            &ObservedProject {
+            &ObservedComposition {
                 name: "victim".into(),
                 containers: vec![container(
                     "victim-web-1",
@@ -1019,7 +1022,7 @@ mod tests {
         assert_eq!(taken, ["web-80-victim-runner-3.composition.example.com"]);
         // A composition that chooses it is refused, whether it comes up first or not.
         let squat = plan(
-            &ObservedProject {
+            &ObservedComposition {
                 name: "squat".into(),
                 containers: vec![
                     container(
@@ -1048,7 +1051,7 @@ mod tests {
         let mut s = settings();
         s.host_template = "{service}-{project}".into();
         let p = plan(
-            &project(vec![container(
+            &composition(vec![container(
                 "web-1",
                 "web",
                 1,
@@ -1066,7 +1069,7 @@ mod tests {
     #[test]
     fn class_conflict_refuses_later_services() {
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container(
                     "a-1",
                     "a",
@@ -1097,7 +1100,7 @@ mod tests {
     #[test]
     fn rate_limit_is_the_minimum_and_tls_from_kompose() {
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container(
                     "a-1",
                     "a",
@@ -1127,7 +1130,7 @@ mod tests {
         s.default_rps = None;
         s.max_rps = None;
         let p = plan(
-            &project(vec![container("a-1", "a", 1, &[ON], &[(80, TCP, 1000)])]),
+            &composition(vec![container("a-1", "a", 1, &[ON], &[(80, TCP, 1000)])]),
             &s,
         );
         assert_eq!(p.desired.unwrap().rate_limit_rps, None);
@@ -1155,7 +1158,7 @@ mod tests {
         ];
         let mut s = settings();
         s.pod_ip = Some("198.18.7.2".parse().unwrap());
-        let d = plan(&project(vec![c.clone()]), &s).desired.unwrap();
+        let d = plan(&composition(vec![c.clone()]), &s).desired.unwrap();
         let ports: Vec<(u16, u16)> = d
             .backends
             .iter()
@@ -1163,7 +1166,7 @@ mod tests {
             .collect();
         assert_eq!(ports, [(8000, 40002), (8004, 40006)]);
         // without the pod's address known, only bindings on every IPv4 address
-        let d = plan(&project(vec![c]), &settings()).desired.unwrap();
+        let d = plan(&composition(vec![c]), &settings()).desired.unwrap();
         let ports: Vec<(u16, u16)> = d
             .backends
             .iter()
@@ -1185,7 +1188,7 @@ mod tests {
         );
         let one = |labels: &[(&str, &str)]| {
             plan(
-                &project(vec![container("a-1", "a", 1, labels, &[(80, TCP, 1000)])]),
+                &composition(vec![container("a-1", "a", 1, labels, &[(80, TCP, 1000)])]),
                 &s,
             )
         };
@@ -1201,7 +1204,7 @@ mod tests {
         );
         // Without a policy file every composition is public.
         let p = plan(
-            &project(vec![container("a-1", "a", 1, &[ON], &[(80, TCP, 1000)])]),
+            &composition(vec![container("a-1", "a", 1, &[ON], &[(80, TCP, 1000)])]),
             &settings(),
         );
         assert_eq!(p.desired.unwrap().access, None);
@@ -1219,7 +1222,7 @@ mod tests {
             ("public", Reason::PublicNotAllowed, "choose one of: sso"),
         ] {
             let p = plan(
-                &project(vec![
+                &composition(vec![
                     container(
                         "a-1",
                         "a",
@@ -1252,7 +1255,7 @@ mod tests {
             "default: sso\nallowPublic: true\npolicies: {sso: {traefikMiddlewares: [a]}}",
         );
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container(
                     "a-1",
                     "a",
@@ -1276,7 +1279,7 @@ mod tests {
     #[test]
     fn kompose_hosts_with_one_port() {
         let p = plan(
-            &project(vec![container(
+            &composition(vec![container(
                 "web-1",
                 "web",
                 1,
@@ -1307,7 +1310,7 @@ mod tests {
     #[test]
     fn bad_label_refuses_only_that_service() {
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container(
                     "a-1",
                     "a",
@@ -1350,8 +1353,8 @@ mod tests {
         ];
         let mut rev = cs.clone();
         rev.reverse();
-        let p1 = plan(&project(cs), &settings());
-        let p2 = plan(&project(rev), &settings());
+        let p1 = plan(&composition(cs), &settings());
+        let p2 = plan(&composition(rev), &settings());
         assert_eq!(p1, p2);
         let d = p1.desired.unwrap();
         let mut sorted = d.backends.clone();
@@ -1382,7 +1385,7 @@ mod tests {
     #[test]
     fn two_services_same_container_port_get_distinct_service_ports() {
         let p = plan(
-            &project(vec![
+            &composition(vec![
                 container("a-1", "a", 1, &[ON], &[(80, TCP, 1000)]),
                 container("b-1", "b", 1, &[ON], &[(80, TCP, 1001)]),
             ]),

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::http_get::{self, Answer};
 use crate::model::{Backend, Refusal};
 use crate::status::{CompositionState, Status};
+use http_get::Answer;
 
 /// The longest a request may wait: below the HTTP server's connection lifetime (120 s). The
 /// `wait` command asks again until its own timeout.

@@ -56,7 +56,7 @@ fn owned_service(name: &str, uid: &str, needs_hand_over: bool) -> OwnedObject {
         kind: Kind::Service,
         name: name.into(),
         uid: uid.into(),
-        project: PROJECT.into(),
+        composition: PROJECT.into(),
         spec_hash: None,
         host: None,
         needs_hand_over,
@@ -196,7 +196,7 @@ async fn a_lease_held_by_another_pod_is_taken_not_claimed() {
         claim.expect("claim"),
         Claim::Taken {
             holder_pod: "runner-7".into(),
-            holder_project: "shop".into()
+            holder_composition: "shop".into()
         }
     );
 }
@@ -246,7 +246,7 @@ async fn list_owned_reads_metadata_pages_by_our_selector() {
     let owned = owned.expect("listing");
     let names: Vec<(&str, &str, &str)> = owned
         .iter()
-        .map(|o| (o.name.as_str(), o.uid.as_str(), o.project.as_str()))
+        .map(|o| (o.name.as_str(), o.uid.as_str(), o.composition.as_str()))
         .collect();
     assert_eq!(names, [("a", "uid-a", "one"), ("b", "uid-b", "two")]);
 }

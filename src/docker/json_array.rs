@@ -5,7 +5,7 @@
 
 /// Why the body is not an array of objects.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ArrayError {
+pub(crate) enum ArrayError {
     #[error("the answer is not a JSON array")]
     NotAnArray,
     #[error("an element of the array is not a JSON object or array")]

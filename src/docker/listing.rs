@@ -18,8 +18,8 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Deserializer};
 
-use super::DockerError;
 use super::json_array::ArrayElements;
+use super::{Cause, DockerError};
 
 /// The most one listing may take, from connecting to its last byte (bollard's timeout was 60 s).
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -143,12 +143,7 @@ pub(super) async fn list_containers(
     let mut elements = ArrayElements::default();
     let mut failure: Option<DockerError> = None;
     let mut error_body: Vec<u8> = Vec::new();
-    let decode = |source| DockerError::Decode {
-        host: host.to_string(),
-        what: WHAT,
-        source,
-    };
-    let not_a_list = |source| DockerError::NotAList {
+    let decode = |source: Cause| DockerError::Decode {
         host: host.to_string(),
         what: WHAT,
         source,
@@ -168,8 +163,8 @@ pub(super) async fn list_containers(
         });
         failure = match parsed {
             Ok(()) => None,
-            Err(Ok(e)) => Some(not_a_list(e)),
-            Err(Err(e)) => Some(decode(e)),
+            Err(Ok(e)) => Some(decode(e.into())),
+            Err(Err(e)) => Some(decode(e.into())),
         };
     };
     let status = tokio::time::timeout(
@@ -177,10 +172,10 @@ pub(super) async fn list_containers(
         get(host, &listing_path(api_version, filters), on_chunk),
     )
     .await
-    .map_err(|_| DockerError::Exchange {
+    .map_err(|_| DockerError::Request {
         host: host.to_string(),
         what: WHAT,
-        detail: format!("no complete answer within {} s", TIMEOUT.as_secs()),
+        source: format!("no complete answer within {} s", TIMEOUT.as_secs()).into(),
     })??;
     if !status.is_success() {
         return Err(DockerError::Status {
@@ -193,7 +188,7 @@ pub(super) async fn list_containers(
     if let Some(failure) = failure {
         return Err(failure);
     }
-    elements.finish().map_err(not_a_list)?;
+    elements.finish().map_err(|e| decode(e.into()))?;
     Ok(listed)
 }
 
@@ -224,14 +219,14 @@ async fn get(
     path_and_query: &str,
     on_chunk: impl FnMut(StatusCode, &[u8]),
 ) -> Result<StatusCode, DockerError> {
-    let dial = |source| DockerError::Dial {
+    let dial = |e: std::io::Error| DockerError::Connect {
         host: host.to_string(),
-        source,
+        source: e.into(),
     };
-    let exchange_error = |e: hyper::Error| DockerError::Exchange {
+    let exchange_error = |e: hyper::Error| DockerError::Request {
         host: host.to_string(),
         what: WHAT,
-        detail: e.to_string(),
+        source: e.into(),
     };
     let (io, authority) = match endpoint(host) {
         Endpoint::Unix(path) => {
@@ -250,10 +245,10 @@ async fn get(
         .header(HOST, authority)
         .header(ACCEPT, "application/json")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| DockerError::Exchange {
+        .map_err(|e| DockerError::Request {
             host: host.to_string(),
             what: WHAT,
-            detail: format!("cannot build the request {path_and_query}: {e}"),
+            source: format!("cannot build the request {path_and_query}: {e}").into(),
         })?;
     match io {
         Io::Unix(io) => exchange(io, request, on_chunk).await,

@@ -18,7 +18,7 @@ impl Reconciler {
     fn owned_of(&self, composition: &str) -> Vec<OwnedObject> {
         self.owned
             .values()
-            .filter(|o| o.project == composition)
+            .filter(|o| o.composition == composition)
             .cloned()
             .collect()
     }
@@ -68,7 +68,7 @@ impl Reconciler {
         let others = self
             .owned
             .values()
-            .filter(|o| o.kind == Kind::Lease && o.project != key)
+            .filter(|o| o.kind == Kind::Lease && o.composition != key)
             .filter_map(|o| o.host.as_deref())
             .collect::<BTreeSet<_>>()
             .len();
@@ -94,7 +94,7 @@ impl Reconciler {
                 &render::host_lease(&host, &d.name, &self.owner, &self.settings),
             )?;
             let id = (Kind::Lease, lease.name().to_string());
-            if self.owned.get(&id).is_some_and(|o| o.project == key) {
+            if self.owned.get(&id).is_some_and(|o| o.composition == key) {
                 continue;
             }
             let claim = measured(
@@ -116,7 +116,7 @@ impl Reconciler {
                 }
                 Claim::Taken {
                     holder_pod,
-                    holder_project: holder_composition,
+                    holder_composition,
                 } => {
                     let problem = Problem::HostTaken {
                         host: host.clone(),
@@ -380,7 +380,7 @@ fn wave_of(kind: Kind) -> Wave {
 
 fn owned_record(
     obj: &DesiredObject,
-    project: &str,
+    composition: &str,
     uid: String,
     host: Option<String>,
 ) -> OwnedObject {
@@ -388,7 +388,7 @@ fn owned_record(
         kind: obj.kind,
         name: obj.name().to_string(),
         uid,
-        project: project.to_string(),
+        composition: composition.to_string(),
         spec_hash: obj.spec_hash().map(str::to_string),
         host,
         needs_hand_over: false,

@@ -344,4 +344,92 @@ mod tests {
             );
         }
     }
+
+    // When a hint is due (`hint_due`).
+
+    const DEBOUNCE: Duration = Duration::from_millis(300);
+
+    fn timings(settle: Duration) -> Timings {
+        Timings {
+            resync_interval: Duration::from_secs(300),
+            debounce: DEBOUNCE,
+            settle_time: settle,
+            delete_grace: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn ctx(expecting_start: bool) -> HintContext {
+        HintContext {
+            expecting_start,
+            health_of_exposed: false,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A pass at `now` that saw services created and not started: the lifecycle it leaves.
+    fn after_a_waiting_pass(t: &Timings, now: Instant) -> Lifecycle {
+        let mut l = Lifecycle::default();
+        l.settle(WAITING, t.settle_time, now);
+        l
+    }
+
+    #[test]
+    fn a_health_change_of_an_exposed_composition_is_due_at_once() {
+        let t = timings(ms(500));
+        let t0 = Instant::now();
+        let health = HintContext {
+            expecting_start: false,
+            health_of_exposed: true,
+        };
+        assert_eq!(hint_due(&t, health, t0), t0);
+        assert_eq!(
+            hint_due(&t, ctx(false), t0),
+            t0 + DEBOUNCE,
+            "any other hint waits"
+        );
+    }
+
+    #[test]
+    fn a_hint_is_due_after_the_debounce() {
+        let t = timings(s(10));
+        let t0 = Instant::now();
+        assert_eq!(hint_due(&t, ctx(false), t0), t0 + DEBOUNCE);
+    }
+
+    #[test]
+    fn a_start_hint_while_a_start_is_expected_is_due_at_once() {
+        let t = timings(s(10));
+        let t0 = Instant::now();
+        let lifecycle = after_a_waiting_pass(&t, t0);
+        assert!(lifecycle.expecting_start);
+        // Sooner than the waiting pass's own deadline (the end of the settle time), which the
+        // queue then no longer waits for (the earlier deadline wins).
+        let start = t0 + ms(50);
+        assert_eq!(
+            hint_due(&t, ctx(lifecycle.expecting_start), start),
+            start,
+            "no debounce"
+        );
+    }
+
+    #[test]
+    fn with_settle_time_zero_the_debounce_is_never_skipped() {
+        let t = timings(Duration::ZERO);
+        let t0 = Instant::now();
+        let lifecycle = after_a_waiting_pass(&t, t0);
+        assert!(
+            !lifecycle.expecting_start,
+            "settle time 0: nothing is waited for"
+        );
+        assert_eq!(
+            hint_due(&t, ctx(lifecycle.expecting_start), t0),
+            t0 + DEBOUNCE
+        );
+        // Even a stale "expecting" flag does not skip it.
+        assert_eq!(hint_due(&t, ctx(true), t0), t0 + DEBOUNCE);
+    }
 }

@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::cluster::{Cluster, ClusterError, OwnedObject};
 use crate::config::{HEARTBEAT, Timings};
 use crate::docker::{CompositionKey, DockerClient, Hint};
-use crate::model::{ObservedProject, OwnerPod, PlanSettings, Reason};
+use crate::model::{ObservedComposition, OwnerPod, PlanSettings, Reason};
 use crate::objects::Kind;
 use crate::plan::plan;
 use crate::render;
@@ -263,7 +263,7 @@ impl Reconciler {
                 break;
             };
             let span = info_span!("reconcile", composition = %key);
-            let observed = self.docker.project(&key).instrument(span.clone()).await;
+            let observed = self.docker.composition(&key).instrument(span.clone()).await;
             self.status.heartbeat();
             match observed {
                 Ok(observed) => {
@@ -301,7 +301,7 @@ impl Reconciler {
     /// that tests can drive the cluster side against a mock API without a Docker daemon.
     pub(crate) async fn resync_from(
         &mut self,
-        mut snapshot: BTreeMap<CompositionKey, ObservedProject>,
+        mut snapshot: BTreeMap<CompositionKey, ObservedComposition>,
         started: Instant,
     ) {
         let projects = snapshot.len();
@@ -315,16 +315,18 @@ impl Reconciler {
             .map(|o| ((o.kind, o.name.clone()), o))
             .collect();
         let mut keys: BTreeSet<CompositionKey> = snapshot.keys().cloned().collect();
-        keys.extend(self.owned.values().map(|o| o.project.clone()));
+        keys.extend(self.owned.values().map(|o| o.composition.clone()));
         keys.extend(self.compositions.keys().cloned());
-        let empty = ObservedProject::default();
+        let empty = ObservedComposition::default();
         for key in keys {
             self.queue.remove(&key);
             // Taken out, not cloned: a full resync holds one copy of the listing, shrinking.
-            let observed = snapshot.remove(&key).unwrap_or_else(|| ObservedProject {
-                name: key.clone(),
-                ..empty.clone()
-            });
+            let observed = snapshot
+                .remove(&key)
+                .unwrap_or_else(|| ObservedComposition {
+                    name: key.clone(),
+                    ..empty.clone()
+                });
             self.reconcile_composition(&key, &observed)
                 .instrument(info_span!("reconcile", composition = %key))
                 .await;
@@ -354,7 +356,7 @@ impl Reconciler {
         self.queue.schedule(key.to_string(), Instant::now() + delay);
     }
 
-    async fn reconcile_composition(&mut self, key: &str, observed: &ObservedProject) {
+    async fn reconcile_composition(&mut self, key: &str, observed: &ObservedComposition) {
         let started = std::time::Instant::now();
         let result = self.converge(key, observed).await;
         // One composition done, whatever the result: progress (see `Status::heartbeat`).
@@ -395,7 +397,7 @@ impl Reconciler {
     async fn converge(
         &mut self,
         key: &str,
-        observed: &ObservedProject,
+        observed: &ObservedComposition,
     ) -> Result<Outcome, ClusterError> {
         let plan = plan(observed, &self.settings);
         let now = Instant::now();
@@ -428,7 +430,7 @@ impl Reconciler {
             .entry(key.to_string())
             .or_default()
             .problems = problems;
-        let has_objects = self.owned.values().any(|o| o.project == key);
+        let has_objects = self.owned.values().any(|o| o.composition == key);
         let exposure = self
             .compositions
             .entry(key.to_string())

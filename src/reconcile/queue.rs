@@ -102,44 +102,7 @@ impl<K: Ord + Clone> DelayQueue<K> {
 mod tests {
     use std::time::Duration;
 
-    use super::super::lifecycle::{HintContext, Lifecycle, PlanShape, hint_due};
     use super::*;
-    use crate::config::Timings;
-
-    const DEBOUNCE: Duration = Duration::from_millis(300);
-
-    fn timings(settle: Duration) -> Timings {
-        Timings {
-            resync_interval: Duration::from_secs(300),
-            debounce: DEBOUNCE,
-            settle_time: settle,
-            delete_grace: Duration::from_secs(10),
-            shutdown_timeout: Duration::from_secs(5),
-        }
-    }
-
-    fn ctx(expecting_start: bool) -> HintContext {
-        HintContext {
-            expecting_start,
-            health_of_exposed: false,
-        }
-    }
-
-    #[test]
-    fn a_health_change_of_an_exposed_composition_is_due_at_once() {
-        let t = timings(ms(500));
-        let t0 = Instant::now();
-        let health = HintContext {
-            expecting_start: false,
-            health_of_exposed: true,
-        };
-        assert_eq!(hint_due(&t, health, t0), t0);
-        assert_eq!(
-            hint_due(&t, ctx(false), t0),
-            t0 + DEBOUNCE,
-            "any other hint waits"
-        );
-    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -215,75 +178,18 @@ mod tests {
     }
 
     #[test]
-    fn a_hint_is_due_after_the_debounce() {
-        let t = timings(Duration::from_secs(10));
-        let t0 = Instant::now();
-        let mut q = DelayQueue::default();
-        q.schedule("p", hint_due(&t, ctx(false), t0));
-        assert!(
-            q.pop_due(t0 + DEBOUNCE - ms(1)).is_empty(),
-            "not before the debounce"
-        );
-        assert_eq!(q.pop_due(t0 + DEBOUNCE), vec!["p"]);
-    }
-
-    #[test]
     fn a_second_hint_does_not_push_the_pass_later() {
-        let t = timings(Duration::from_secs(10));
+        // Two hints 200 ms apart, each due a debounce (300 ms) after it came.
+        let debounce = ms(300);
         let t0 = Instant::now();
         let mut q = DelayQueue::default();
-        q.schedule("p", hint_due(&t, ctx(false), t0));
-        q.schedule("p", hint_due(&t, ctx(false), t0 + ms(200)));
-        assert_eq!(q.next_due(), Some(t0 + DEBOUNCE));
+        q.schedule("p", t0 + debounce);
+        q.schedule("p", t0 + ms(200) + debounce);
+        assert_eq!(q.next_due(), Some(t0 + debounce));
         assert_eq!(
-            q.pop_due(t0 + DEBOUNCE),
+            q.pop_due(t0 + debounce),
             vec!["p"],
             "due 300 ms after the first hint"
         );
-    }
-
-    /// A pass at `now` that saw services created and not started: the lifecycle it leaves.
-    fn after_a_waiting_pass(t: &Timings, now: Instant) -> Lifecycle {
-        let mut l = Lifecycle::default();
-        l.settle(
-            PlanShape {
-                exposable: true,
-                awaiting_start: true,
-            },
-            t.settle_time,
-            now,
-        );
-        l
-    }
-
-    #[test]
-    fn a_start_hint_while_a_start_is_expected_is_due_at_once() {
-        let t = timings(Duration::from_secs(10));
-        let t0 = Instant::now();
-        let lifecycle = after_a_waiting_pass(&t, t0);
-        assert!(lifecycle.expecting_start);
-        let mut q = DelayQueue::default();
-        // The waiting pass's own deadline (the end of the settle time) is already queued.
-        q.schedule("p", t0 + t.settle_time);
-        let start = t0 + ms(50);
-        q.schedule("p", hint_due(&t, ctx(lifecycle.expecting_start), start));
-        assert_eq!(q.pop_due(start), vec!["p"], "no debounce");
-    }
-
-    #[test]
-    fn with_settle_time_zero_the_debounce_is_never_skipped() {
-        let t = timings(Duration::ZERO);
-        let t0 = Instant::now();
-        let lifecycle = after_a_waiting_pass(&t, t0);
-        assert!(
-            !lifecycle.expecting_start,
-            "settle time 0: nothing is waited for"
-        );
-        let mut q = DelayQueue::default();
-        q.schedule("p", hint_due(&t, ctx(lifecycle.expecting_start), t0));
-        assert!(q.pop_due(t0).is_empty());
-        // Even a stale "expecting" flag does not skip it.
-        assert_eq!(hint_due(&t, ctx(true), t0), t0 + DEBOUNCE);
-        assert_eq!(q.pop_due(t0 + DEBOUNCE), vec!["p"]);
     }
 }

@@ -14,7 +14,7 @@ use crate::labels::{
     self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_PROJECT, COMPOSE_SERVICE,
 };
 use crate::model::{
-    ContainerState, ObservedContainer, ObservedProject, OwnerPod, Protocol, PublishedPort,
+    ContainerState, ObservedComposition, ObservedContainer, OwnerPod, Protocol, PublishedPort,
 };
 use crate::objects::{
     DesiredObject, Kind, PROJECT_NAME_ANNOTATION, SPEC_HASH_ANNOTATION, ownership_labels,
@@ -25,7 +25,7 @@ use crate::status::Status;
 use crate::test_support::mock_api::*;
 use crate::test_support::settings;
 
-fn observed_demochat() -> ObservedProject {
+fn observed_demochat() -> ObservedComposition {
     let labels = BTreeMap::from([
         (COMPOSE_PROJECT.to_string(), PROJECT.to_string()),
         (COMPOSE_SERVICE.to_string(), "web".to_string()),
@@ -33,7 +33,7 @@ fn observed_demochat() -> ObservedProject {
         (COMPOSE_ONEOFF.to_string(), "False".to_string()),
         (labels::ENABLE.to_string(), "true".to_string()),
     ]);
-    ObservedProject {
+    ObservedComposition {
         name: PROJECT.into(),
         containers: vec![ObservedContainer {
             id: "id-web".into(),
@@ -114,7 +114,7 @@ fn full_listing(
     ]
 }
 
-fn snapshot_of(projects: Vec<ObservedProject>) -> BTreeMap<String, ObservedProject> {
+fn snapshot_of(projects: Vec<ObservedComposition>) -> BTreeMap<String, ObservedComposition> {
     projects.into_iter().map(|p| (p.name.clone(), p)).collect()
 }
 
@@ -122,7 +122,7 @@ fn snapshot_of(projects: Vec<ObservedProject>) -> BTreeMap<String, ObservedProje
 /// reconciler (and with it the client) so that `serve` sees that nothing else comes.
 async fn resyncs(
     (mut reconciler, handle): (Reconciler, ApiHandle),
-    snapshots: Vec<BTreeMap<String, ObservedProject>>,
+    snapshots: Vec<BTreeMap<String, ObservedComposition>>,
     scenario: Vec<Exchange>,
 ) {
     let run = async move {
@@ -304,14 +304,14 @@ async fn a_foreign_service_of_the_same_name_stops_the_composition_untouched() {
 }
 
 /// `observed_demochat()` under another project name.
-fn observed_project(project: &str) -> ObservedProject {
+fn observed_composition(name: &str) -> ObservedComposition {
     let mut p = observed_demochat();
-    p.name = project.to_string();
+    p.name = name.to_string();
     for c in &mut p.containers {
-        c.name = format!("{project}-web-1");
-        c.id = format!("id-{project}");
+        c.name = format!("{name}-web-1");
+        c.id = format!("id-{name}");
         c.labels
-            .insert(COMPOSE_PROJECT.to_string(), project.to_string());
+            .insert(COMPOSE_PROJECT.to_string(), name.to_string());
     }
     p
 }
@@ -354,7 +354,7 @@ async fn a_long_pass_feeds_the_heartbeat_after_every_request() {
     let requests = scenario.len();
     resyncs(
         mock_reconciler_with(status.clone()),
-        vec![snapshot_of(projects.map(observed_project).into())],
+        vec![snapshot_of(projects.map(observed_composition).into())],
         scenario,
     )
     .await;

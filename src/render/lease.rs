@@ -13,14 +13,14 @@ use crate::objects::{HOST_ANNOTATION, stamp};
 /// so two pods racing for one host collide on the name and exactly one create succeeds.
 pub(crate) fn host_lease(
     host: &str,
-    project: &str,
+    composition: &str,
     owner: &OwnerPod,
     settings: &PlanSettings,
 ) -> Lease {
     stamp(Lease {
         metadata: metadata(
             naming::lease_name(host),
-            project,
+            composition,
             settings,
             owner,
             BTreeMap::from([(HOST_ANNOTATION.to_string(), host.to_string())]),

@@ -10,16 +10,16 @@ use crate::objects::{owner_reference, ownership_annotations, ownership_labels};
 
 pub(super) fn metadata(
     name: String,
-    project: &str,
+    composition: &str,
     settings: &PlanSettings,
     owner: &OwnerPod,
     mut annotations: BTreeMap<String, String>,
 ) -> ObjectMeta {
-    annotations.extend(ownership_annotations(project));
+    annotations.extend(ownership_annotations(composition));
     ObjectMeta {
         name: Some(name),
         namespace: Some(settings.namespace.clone()),
-        labels: Some(ownership_labels(&settings.pod_name, project)),
+        labels: Some(ownership_labels(&settings.pod_name, composition)),
         annotations: Some(annotations),
         owner_references: Some(vec![owner_reference(owner)]),
         ..ObjectMeta::default()

@@ -278,11 +278,11 @@ pub(crate) async fn serve(mut handle: ApiHandle, scenario: Vec<Exchange>) {
     }
 }
 
-pub(crate) fn assert_ours(body: &Value, project: &str) {
+pub(crate) fn assert_ours(body: &Value, composition: &str) {
     let labels = &body["metadata"]["labels"];
     assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE, "{body}");
     assert_eq!(labels[POD_LABEL], POD, "{body}");
-    assert_eq!(labels[PROJECT_LABEL], project, "{body}");
+    assert_eq!(labels[PROJECT_LABEL], composition, "{body}");
     let owners = &body["metadata"]["ownerReferences"];
     assert_eq!(owners[0]["kind"], "Pod", "{body}");
     assert_eq!(owners[0]["name"], POD, "{body}");
@@ -293,13 +293,13 @@ pub(crate) fn assert_ours(body: &Value, project: &str) {
     );
 }
 
-pub(crate) fn service_object(name: &str, project: &str) -> DesiredObject {
+pub(crate) fn service_object(name: &str, composition: &str) -> DesiredObject {
     let svc = Service {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(NS.to_string()),
-            labels: Some(objects::ownership_labels(POD, project)),
-            annotations: Some(objects::ownership_annotations(project)),
+            labels: Some(objects::ownership_labels(POD, composition)),
+            annotations: Some(objects::ownership_annotations(composition)),
             ..ObjectMeta::default()
         },
         ..Service::default()

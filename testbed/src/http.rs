@@ -35,26 +35,14 @@ pub async fn through_ingress_within(host: &str, deadline: Duration) -> String {
     .await
 }
 
-/// One HTTP/1.0 GET over TCP (status code; None on connect/read failure or after 10 s), for load
-/// where a curl process per request would be the bottleneck. Loopback or the bed's addresses only.
+/// The status of one GET with the shared client (http-get/; None on any failure or after 10 s),
+/// for load where a curl process per request would be the bottleneck. Loopback or the bed's
+/// addresses only.
 pub async fn raw_get(addr: &str, host: &str, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        String::from_utf8_lossy(&buf)
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    tokio::time::timeout(Duration::from_secs(10), request)
+    http_get::get(addr, host, path, Duration::from_secs(10))
         .await
         .ok()
-        .flatten()
+        .map(|answer| answer.status)
 }
 
 /// What a paced load got back.

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
-use testbed::{CONVERGE, ComposeVersion, bed, eventually, http_get, unique_namespace};
+use testbed::{CONVERGE, ComposeVersion, RunnerPod, bed, eventually, http_get, unique_namespace};
 
 const WEB_COMPOSE: &str = r#"
 version: "2.4"
@@ -32,19 +32,26 @@ fn service_json(name: &str, pod: &str, target_port: u16, owner: Option<(&str, &s
     serde_json::from_value(v).expect("service json")
 }
 
+/// Brings `WEB_COMPOSE` up as `project` with Compose `version` in `pod`, and returns the page its
+/// container serves on the pod IP (once it answers).
+async fn page_on_the_pod_ip(pod: &RunnerPod, version: ComposeVersion, project: &str) -> String {
+    pod.compose_as(version, project, WEB_COMPOSE, &["up", "-d"]);
+    let port = pod.published_port_as(version, project, "web", 80);
+    let url = format!("http://{}:{port}/", pod.ip);
+    let what = format!("{version} container page on the pod IP");
+    eventually(&what, CONVERGE, || async {
+        let (code, body) = http_get(&url, None);
+        (code == 200).then_some(body)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn compose_project_answers_on_the_pod_ip() {
     let bed = bed();
     let ns = unique_namespace("smoke-compose");
     let pod = bed.runner_pod(&ns, "runner-0");
-    pod.compose("smokeweb", WEB_COMPOSE, &["up", "-d"]);
-    let port = pod.published_port("smokeweb", "web", 80);
-    let url = format!("http://{}:{port}/", pod.ip);
-    let body = eventually("container page on the pod IP", CONVERGE, || async {
-        let (code, body) = http_get(&url, None);
-        (code == 200).then_some(body)
-    })
-    .await;
+    let body = page_on_the_pod_ip(&pod, ComposeVersion::V1, "smokeweb").await;
     assert!(body.starts_with("hello from "), "unexpected page {body:?}");
     // compose labels are what the sidecar keys on: check they are there, as docker reports them.
     let out = pod.docker_cli(&[
@@ -65,14 +72,7 @@ async fn compose_v2_project_answers_on_the_pod_ip() {
     let pod = bed.runner_pod(&ns, "runner-0");
     // The same compose file as v1's smoke test: v2 accepts it (it only warns that `version` is
     // obsolete).
-    pod.compose_as(v2, "smokev2", WEB_COMPOSE, &["up", "-d"]);
-    let port = pod.published_port_as(v2, "smokev2", "web", 80);
-    let url = format!("http://{}:{port}/", pod.ip);
-    let body = eventually("v2 container page on the pod IP", CONVERGE, || async {
-        let (code, body) = http_get(&url, None);
-        (code == 200).then_some(body)
-    })
-    .await;
+    let body = page_on_the_pod_ip(&pod, v2, "smokev2").await;
     assert!(body.starts_with("hello from "), "unexpected page {body:?}");
 
     // v2 names containers project-service-N (v1: project_service_N).
@@ -250,26 +250,37 @@ async fn service_selecting_the_runner_pod_gets_its_ip_in_an_endpointslice() {
     assert_eq!(addresses, vec![pod.ip.clone()]);
 }
 
-#[tokio::test]
-async fn ingress_controller_routes_a_hand_written_ingress_to_the_compose_port() {
-    let bed = bed();
-    let ns = unique_namespace("smoke-ingress");
-    let pod = bed.runner_pod(&ns, "runner-0");
+/// What the two routing smoke tests start from: a runner pod in a fresh namespace whose compose
+/// project `project` serves a page starting with `greeting`, and a hand-written Service of that
+/// name (no sidecar) on its published port; with the admin client.
+async fn hand_written_service(
+    test: &str,
+    project: &str,
+    greeting: &str,
+) -> (String, RunnerPod, kube::Client) {
+    let ns = unique_namespace(test);
+    let pod = bed().runner_pod(&ns, "runner-0");
     pod.compose(
-        "routed",
-        &WEB_COMPOSE.replace("hello from", "via ingress"),
+        project,
+        &WEB_COMPOSE.replace("hello from", greeting),
         &["up", "-d"],
     );
-    let port = pod.published_port("routed", "web", 80);
-    let admin = bed.admin().await;
-    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
-    services
+    let port = pod.published_port(project, "web", 80);
+    let admin = bed().admin().await;
+    Api::<Service>::namespaced(admin.clone(), &ns)
         .create(
             &PostParams::default(),
-            &service_json("routed", "runner-0", port, None),
+            &service_json(project, "runner-0", port, None),
         )
         .await
         .expect("create service");
+    (ns, pod, admin)
+}
+
+#[tokio::test]
+async fn ingress_controller_routes_a_hand_written_ingress_to_the_compose_port() {
+    let bed = bed();
+    let (ns, _pod, admin) = hand_written_service("smoke-ingress", "routed", "via ingress").await;
     let host = format!("{ns}.composition.example.com");
     let ingress: k8s_openapi::api::networking::v1::Ingress =
         serde_json::from_value(serde_json::json!({
@@ -295,23 +306,7 @@ async fn ingress_controller_routes_a_hand_written_ingress_to_the_compose_port() 
 #[tokio::test]
 async fn ingress_controller_routes_a_hand_written_httproute_to_the_compose_port() {
     let bed = bed();
-    let ns = unique_namespace("smoke-gateway");
-    let pod = bed.runner_pod(&ns, "runner-0");
-    pod.compose(
-        "gw",
-        &WEB_COMPOSE.replace("hello from", "via gateway"),
-        &["up", "-d"],
-    );
-    let port = pod.published_port("gw", "web", 80);
-    let admin = bed.admin().await;
-    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
-    services
-        .create(
-            &PostParams::default(),
-            &service_json("gw", "runner-0", port, None),
-        )
-        .await
-        .expect("create service");
+    let (ns, pod, _admin) = hand_written_service("smoke-gateway", "gw", "via gateway").await;
     let host = format!("{ns}.composition.example.com");
     let route = serde_json::json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",

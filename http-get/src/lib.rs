@@ -1,7 +1,9 @@
-//! A minimal HTTP/1.0 GET over TCP, for the two places the sidecar's binary is a client: the
-//! routability probe through the ingress controller, and the `wait`/`urls` commands asking the
-//! sidecar. Plain HTTP only (both talk to in-cluster or loopback addresses); one request per
-//! connection; answers larger than [`MAX_ANSWER`] are cut.
+//! A minimal HTTP/1.0 GET over TCP: the one HTTP client of compose-ingress. The sidecar's binary
+//! is a client in two places (the routability probe through the ingress controller, and the
+//! `wait`/`urls` commands asking the sidecar); the test bed (testbed/) and the benchmarks
+//! (bench/) ask the sidecar and the bed's ingress controller with it too. Plain HTTP only (all of
+//! them talk to in-cluster or loopback addresses); one request per connection; answers larger
+//! than [`MAX_ANSWER`] are cut.
 
 use std::time::Duration;
 
@@ -9,10 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The most of an answer that is read (the probe only needs the status and the start of the
 /// body; the sidecar's own documents are far smaller).
-pub(crate) const MAX_ANSWER: u64 = 1024 * 1024;
+pub const MAX_ANSWER: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum GetError {
+pub enum GetError {
     #[error("{url}: only http://host:port/path URLs are supported")]
     Url { url: String },
     #[error("GET {url}: {source}")]
@@ -25,13 +27,13 @@ pub(crate) enum GetError {
 
 /// An answer: status and body (cut at [`MAX_ANSWER`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) body: String,
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
 }
 
 /// `http://host:port[/base]` split into the address to connect to and a path prefix.
-pub(crate) fn split_url(url: &str) -> Result<(String, String), GetError> {
+pub fn split_url(url: &str) -> Result<(String, String), GetError> {
     let bad = || GetError::Url {
         url: url.to_string(),
     };
@@ -52,7 +54,7 @@ pub(crate) fn split_url(url: &str) -> Result<(String, String), GetError> {
 }
 
 /// GET `path` from `addr` with `Host: host`, within `timeout`.
-pub(crate) async fn get(
+pub async fn get(
     addr: &str,
     host: &str,
     path: &str,
