@@ -23,6 +23,10 @@ pub(crate) const PROJECT_LABEL: &str = "compose-ingress/project";
 pub(crate) const PROJECT_NAME_ANNOTATION: &str = "compose-ingress/project-name";
 pub(crate) const HOST_ANNOTATION: &str = "compose-ingress/host";
 pub(crate) const SPEC_HASH_ANNOTATION: &str = "compose-ingress/spec-hash";
+/// Traefik's Ingress annotation naming the middlewares of every router of the Ingress. The
+/// sidecar writes it (the rate limit's, then the access policy's), so no policy may set it.
+pub(crate) const TRAEFIK_MIDDLEWARES_ANNOTATION: &str =
+    "traefik.ingress.kubernetes.io/router.middlewares";
 
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 const GATEWAY_VERSION: &str = "v1";

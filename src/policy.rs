@@ -33,8 +33,7 @@ use serde::Deserialize;
 
 use crate::model::{AccessPolicies, AccessPolicy, BasicAuthPolicy, Cidr, Htpasswd, PUBLIC_POLICY};
 use crate::naming;
-use crate::objects::PROJECT_NAME_ANNOTATION;
-use crate::render::TRAEFIK_MIDDLEWARES_ANNOTATION;
+use crate::objects::{PROJECT_NAME_ANNOTATION, TRAEFIK_MIDDLEWARES_ANNOTATION};
 
 /// Most policies in one file, and most entries in one policy: the file is the operator's, but
 /// every entry ends up on routes.

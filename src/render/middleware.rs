@@ -74,7 +74,7 @@ mod tests {
     use super::super::fixtures::{desired, owner, traefik_settings};
     use super::*;
     use crate::model::RouteApi;
-    use crate::render::routes::TRAEFIK_MIDDLEWARES_ANNOTATION;
+    use crate::objects::TRAEFIK_MIDDLEWARES_ANNOTATION;
     use crate::render::{http_routes, ingress};
     use crate::test_support::settings;
 

@@ -6,8 +6,8 @@
 //! Every object is labelled and owned (src/objects.rs) so that the sidecar can find (and only
 //! ever touch) its own objects, and Kubernetes' garbage collector removes them with the pod.
 //! Nothing from container labels is copied into annotations: only allow-listed keys with values
-//! the planner validated. One file per object: [`service`], [`endpoints`], [`routes`] (Ingress,
-//! HTTPRoute, GRPCRoute), [`middleware`] (Traefik), [`lease`].
+//! the planner validated. One file per object: service.rs, endpoints.rs, routes.rs (Ingress,
+//! HTTPRoute, GRPCRoute), middleware.rs (Traefik), lease.rs; metadata.rs is what they all carry.
 //!
 //! The host Leases are not in [`Rendered`]: they are claimed before rendering, because a host
 //! another pod holds drops its backends, which changes every other object.
@@ -32,10 +32,10 @@ use self::endpoints::endpoint_slices;
 pub(crate) use self::lease::host_lease;
 use self::middleware::rate_limit_middleware;
 pub(crate) use self::pod_route::{POD_ROUTE, pod_route};
-pub(crate) use self::routes::TRAEFIK_MIDDLEWARES_ANNOTATION;
 use self::routes::{grpc_routes, http_routes, ingress};
 use self::service::service;
 
+/// What one pass writes and reports for an exposed composition.
 #[derive(Debug)]
 pub(crate) struct Rendered {
     /// In `Kind` order, the order they are written in: a route never points at a Service or

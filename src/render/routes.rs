@@ -16,11 +16,10 @@ use crate::model::{
     AppProtocol, Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode,
 };
 use crate::naming;
-use crate::objects::{GATEWAY_GROUP, HOST_ANNOTATION, Kind, MIDDLEWARE_KIND, TRAEFIK_GROUP, stamp};
-
-/// Traefik's Ingress annotation naming the middlewares of every router of the Ingress.
-pub(crate) const TRAEFIK_MIDDLEWARES_ANNOTATION: &str =
-    "traefik.ingress.kubernetes.io/router.middlewares";
+use crate::objects::{
+    GATEWAY_GROUP, HOST_ANNOTATION, Kind, MIDDLEWARE_KIND, TRAEFIK_GROUP,
+    TRAEFIK_MIDDLEWARES_ANNOTATION, stamp,
+};
 
 /// Backends grouped by host, paths sorted: one Ingress rule / one HTTPRoute per host.
 fn by_host(d: &DesiredComposition) -> BTreeMap<&str, Vec<&Backend>> {
