@@ -142,6 +142,11 @@ impl Registry {
             .sum()
     }
 
+    /// Every composition published (exposed or in its grace).
+    pub(crate) fn compositions(&self) -> BTreeSet<String> {
+        self.compositions.keys().cloned().collect()
+    }
+
     pub(crate) fn has(&self, composition: &str) -> bool {
         self.compositions.contains_key(composition)
     }

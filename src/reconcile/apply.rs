@@ -1,62 +1,120 @@
-//! The apply step of a pass: host claims (Leases), server-side applies and deletes of the
-//! composition's rendered objects (src/render/), and then the report of what they
-//! did (log lines, Events, the composition's status); every request is counted in the metrics.
+//! The composition scope's output: each composition's objects in the cluster. Host claims
+//! (Leases), the server-side applies of the rendered objects (src/render/) in their waves,
+//! withdrawn endpoints during the delete grace, and deletes; every request is counted in the
+//! metrics.
 
 use std::collections::BTreeSet;
 
 use tracing::info;
-use tracing::warn;
 
-use super::{CompositionRecord, LOG_TARGET, Outcome, Problem, Reconciler};
+use super::output::Output;
+use super::report::Done;
+use super::{LOG_TARGET, Objects, Outcome, Problem, Reconciler};
 use crate::cluster::{Claim, ClusterError, OwnedObject, Upserted};
-use crate::model::{Backend, DesiredComposition, Reason, Refusal};
+use crate::docker::CompositionKey;
+use crate::model::{DesiredComposition, Refusal};
 use crate::objects::{DesiredObject, Kind};
 use crate::render::{self, Rendered};
-use crate::status::{CompositionState, Metrics};
+use crate::status::Metrics;
 
-impl Reconciler {
+impl Output for Reconciler<Objects> {
+    async fn list_output(&mut self) -> Result<BTreeSet<CompositionKey>, ClusterError> {
+        let owned = self.output.cluster.list_owned().await?;
+        self.output.owned = owned
+            .into_iter()
+            .map(|o| ((o.kind, o.name.clone()), o))
+            .collect();
+        Ok(self
+            .output
+            .owned
+            .values()
+            .map(|o| o.composition.clone())
+            .collect())
+    }
+
+    fn has_output(&self, key: &str) -> bool {
+        self.output.owned.values().any(|o| o.composition == key)
+    }
+
+    fn owned_count(&self) -> usize {
+        self.output.owned.len()
+    }
+
+    fn listing_complete(&mut self) {}
+
+    async fn claim_hosts(
+        &mut self,
+        key: &str,
+        d: DesiredComposition,
+        problems: &mut BTreeSet<Problem>,
+    ) -> Result<Option<DesiredComposition>, ClusterError> {
+        self.claim_with_leases(key, d, problems).await
+    }
+
+    /// Rendered once; written; then reported.
+    async fn expose(
+        &mut self,
+        key: &str,
+        d: DesiredComposition,
+        refused: Vec<Refusal>,
+    ) -> Result<Outcome, ClusterError> {
+        let rendered = render::composition(&d, &self.settings, &self.owner)?;
+        let wrote = self.write(key, &rendered).await?;
+        let Rendered {
+            objects,
+            urls,
+            not_routed,
+            ..
+        } = rendered;
+        let done = Done {
+            objects: objects.len(),
+            urls,
+            not_routed,
+            backends: d.backends,
+            refused,
+        };
+        Ok(self.report(key, done, wrote))
+    }
+
+    async fn start_grace(&mut self, key: &str) -> Result<(), ClusterError> {
+        let slices = self.withdraw_endpoints(key).await?;
+        info!(
+            grace_ms = self.timings.delete_grace.as_millis() as u64,
+            endpoint_slices_deleted = slices,
+            "composition no longer exposed: its endpoints are withdrawn now, its other objects deleted after the grace"
+        );
+        Ok(())
+    }
+
+    async fn withdraw(&mut self, key: &str) -> Result<(), ClusterError> {
+        self.withdraw_endpoints(key).await.map(|_| ())
+    }
+
+    /// Deletes every object of a composition whose grace is over: routes first, leases last.
+    async fn delete_composition(&mut self, key: &str) -> Result<(), ClusterError> {
+        let mut objects = self.owned_of(key);
+        objects.sort_by_key(|o| std::cmp::Reverse(o.kind));
+        for o in &objects {
+            self.delete_owned(o).await?;
+        }
+        self.unexposed(key, objects.len());
+        Ok(())
+    }
+}
+
+impl Reconciler<Objects> {
     fn owned_of(&self, composition: &str) -> Vec<OwnedObject> {
-        self.owned
+        self.output
+            .owned
             .values()
             .filter(|o| o.composition == composition)
             .cloned()
             .collect()
     }
 
-    /// The plan's refusals (of a label, or of the whole composition) as problems; a new one is
-    /// logged, counted and posted once.
-    pub(super) fn label_problems(&self, key: &str, refusals: &[Refusal]) -> BTreeSet<Problem> {
-        let mut problems = BTreeSet::new();
-        for r in refusals {
-            let problem = if r.label.is_empty() {
-                Problem::Composition {
-                    reason: r.reason,
-                    message: r.message.clone(),
-                }
-            } else {
-                Problem::Label {
-                    container: r.container.clone(),
-                    label: r.label.clone(),
-                    message: r.message.clone(),
-                }
-            };
-            if self.is_new(key, &problem) {
-                if r.label.is_empty() {
-                    warn!(target: LOG_TARGET, reason = r.reason.as_str(), "composition refused: {}", r.message);
-                } else {
-                    warn!(target: LOG_TARGET, container = %r.container, service = %r.service, label = %r.label, value = %r.value, reason = r.reason.as_str(), "label refused: {}", r.message);
-                }
-                self.status.metrics.refused(r.reason);
-                self.status.event_refused(key, r);
-            }
-            problems.insert(problem);
-        }
-        problems
-    }
-
     /// Claims every host of the composition with a Lease; backends whose host another pod (or
     /// another composition) holds are dropped with one warning.
-    pub(super) async fn claim_hosts(
+    async fn claim_with_leases(
         &mut self,
         key: &str,
         mut d: DesiredComposition,
@@ -66,25 +124,14 @@ impl Reconciler {
         // The pod's cap on hosts, over every composition: the others' claimed hosts (their
         // Leases) plus this one's. Checked before any claim, so that nothing is half-claimed.
         let others = self
+            .output
             .owned
             .values()
             .filter(|o| o.kind == Kind::Lease && o.composition != key)
             .filter_map(|o| o.host.as_deref())
             .collect::<BTreeSet<_>>()
             .len();
-        let cap = self.settings.max_hosts_per_pod;
-        if others + hosts.len() > cap {
-            let refusal = Refusal::composition(
-                Reason::TooManyHosts,
-                format!(
-                    "composition {key} would expose {} hosts while the pod already exposes \
-                     {others}, over the operator's limit of {cap} per pod (--max-hosts-per-pod): \
-                     nothing of it is exposed; it is retried when it changes and at every \
-                     full resync",
-                    hosts.len()
-                ),
-            );
-            problems.extend(self.label_problems(key, std::slice::from_ref(&refusal)));
+        if self.over_host_cap(key, hosts.len(), others, problems) {
             return Ok(None);
         }
         let mut refused: BTreeSet<String> = BTreeSet::new();
@@ -94,14 +141,19 @@ impl Reconciler {
                 &render::host_lease(&host, &d.name, &self.owner, &self.settings),
             )?;
             let id = (Kind::Lease, lease.name().to_string());
-            if self.owned.get(&id).is_some_and(|o| o.composition == key) {
+            if self
+                .output
+                .owned
+                .get(&id)
+                .is_some_and(|o| o.composition == key)
+            {
                 continue;
             }
             let claim = measured(
                 &self.status.metrics,
                 "create",
                 Kind::Lease,
-                self.cluster.claim(&lease),
+                self.output.cluster.claim(&lease),
                 |claim| match claim {
                     Ok(Claim::Ours { .. }) => "ok",
                     Ok(Claim::Taken { .. }) => "conflict",
@@ -111,35 +163,21 @@ impl Reconciler {
             .await;
             match claim? {
                 Claim::Ours { uid } => {
-                    self.owned
+                    self.output
+                        .owned
                         .insert(id.clone(), owned_record(&lease, key, uid, Some(host)));
                 }
                 Claim::Taken {
                     holder_pod,
                     holder_composition,
                 } => {
-                    let problem = Problem::HostTaken {
-                        host: host.clone(),
-                        holder_pod: holder_pod.clone(),
-                        holder_composition: holder_composition.clone(),
-                    };
-                    if self.is_new(key, &problem) {
-                        let services: Vec<&str> = d
-                            .backends
-                            .iter()
-                            .filter(|b| b.host == host)
-                            .map(|b| b.service.as_str())
-                            .collect();
-                        warn!(
-                            target: LOG_TARGET,
-                            host = %host, services = ?services, holder_pod = %holder_pod, holder_composition = %holder_composition,
-                            reason = Reason::HostTaken.as_str(),
-                            "host refused: it is already claimed by pod {holder_pod} (composition {holder_composition}); choose another compose-ingress.host"
-                        );
-                        self.status.metrics.refused(Reason::HostTaken);
-                        self.status.event_host_taken(key, &host, &holder_pod);
-                    }
-                    problems.insert(problem);
+                    problems.insert(self.host_refused(
+                        key,
+                        &d,
+                        &host,
+                        &holder_pod,
+                        &holder_composition,
+                    ));
                     refused.insert(host);
                 }
             }
@@ -148,22 +186,10 @@ impl Reconciler {
         Ok((!d.backends.is_empty()).then_some(d))
     }
 
-    /// Whether `problem` was not already there at the composition's last pass (then it is logged).
-    fn is_new(&self, key: &str, problem: &Problem) -> bool {
-        !self
-            .compositions
-            .get(key)
-            .is_some_and(|s| s.problems.contains(problem))
-    }
-
     /// Writes a rendered composition: every object whose spec changed since our last write (zero
     /// writes when none did), then deletes the composition's objects that the plan no longer
     /// wants. Returns whether anything was written.
-    pub(super) async fn write(
-        &mut self,
-        key: &str,
-        rendered: &Rendered,
-    ) -> Result<bool, ClusterError> {
+    async fn write(&mut self, key: &str, rendered: &Rendered) -> Result<bool, ClusterError> {
         let mut wrote = false;
         // Two waves: what a route points at (the Service, a Middleware), then the EndpointSlices
         // and the routes together. A route never points at an object that does not exist yet,
@@ -172,7 +198,11 @@ impl Reconciler {
         for wave in [Wave::Referenced, Wave::Referring] {
             let mut todo: Vec<(&DesiredObject, Option<OwnedObject>)> = Vec::new();
             for obj in rendered.objects.iter().filter(|o| wave_of(o.kind) == wave) {
-                let known = self.owned.get(&(obj.kind, obj.name().to_string())).cloned();
+                let known = self
+                    .output
+                    .owned
+                    .get(&(obj.kind, obj.name().to_string()))
+                    .cloned();
                 // Unchanged: zero writes. An object an older sidecar created is written once
                 // more, after its fields are handed to the apply entry, so that fields it no
                 // longer wants go.
@@ -237,7 +267,7 @@ impl Reconciler {
                 &self.status.metrics,
                 verb,
                 obj.kind,
-                self.cluster.upsert(obj, known.as_ref()),
+                self.output.cluster.upsert(obj, known.as_ref()),
                 ok_or_error,
             )
         }))
@@ -249,7 +279,8 @@ impl Reconciler {
                 Ok(upserted) => {
                     let mut record = owned_record(obj, key, upserted.uid().to_string(), None);
                     record.needs_hand_over = matches!(upserted, Upserted::Created(_));
-                    self.owned
+                    self.output
+                        .owned
                         .insert((obj.kind, obj.name().to_string()), record);
                     wrote = true;
                 }
@@ -264,79 +295,12 @@ impl Reconciler {
         }
     }
 
-    /// Tells what a pass of an exposed composition did, after its writes: one log line and one
-    /// Event when its URLs change, one log line when its routed services change, and its
-    /// `/exposures` state.
-    pub(super) fn report(
-        &mut self,
-        key: &str,
-        rendered: Rendered,
-        backends: Vec<Backend>,
-        refused: Vec<Refusal>,
-        wrote: bool,
-    ) -> Outcome {
-        let Rendered {
-            objects,
-            urls,
-            not_routed,
-            ..
-        } = rendered;
-        let state = self.compositions.entry(key.to_string()).or_default();
-        let changed = state.urls != urls;
-        if changed {
-            info!(target: LOG_TARGET, urls = ?urls, objects = objects.len(), "composition exposed");
-            self.status.event_exposed(key, &urls);
-            state.urls = urls.clone();
-        }
-        if state.unhealthy != not_routed {
-            let names: Vec<String> = not_routed
-                .iter()
-                .map(|(service, health)| format!("{service} ({health})"))
-                .collect();
-            info!(target: LOG_TARGET, not_routed = ?names, "routed services changed: a container's healthcheck does not pass, or passes again");
-            state.unhealthy = not_routed;
-        }
-        self.status.set_composition(
-            key,
-            CompositionState::Exposed {
-                urls,
-                backends,
-                refused,
-            },
-        );
-        if wrote || changed {
-            Outcome::Exposed
-        } else {
-            Outcome::Unchanged
-        }
-    }
-
-    /// Deletes every object of a composition whose grace is over: routes first, leases last.
-    pub(super) async fn delete_composition(&mut self, key: &str) -> Result<(), ClusterError> {
-        let mut objects = self.owned_of(key);
-        objects.sort_by_key(|o| std::cmp::Reverse(o.kind));
-        for o in &objects {
-            self.delete_owned(o).await?;
-        }
-        let state = self.compositions.entry(key.to_string()).or_default();
-        state.lifecycle.deleted();
-        state.urls.clear();
-        info!(
-            target: LOG_TARGET,
-            objects = objects.len(),
-            "composition unexposed: objects deleted"
-        );
-        self.status.event_deleted(key, objects.len());
-        self.status.remove_composition(key);
-        Ok(())
-    }
-
     /// Deletes the composition's EndpointSlices as its delete grace starts, and returns how many.
     /// Its containers are gone, so their host ports are free for the next job's container: with
     /// fixed ports it would be served under this composition's URL for the whole grace. The
     /// Service, the routes and the Leases stay, so the URL stays claimed (the controller answers
     /// it with no endpoints), and a comeback within the grace writes the slices again.
-    pub(super) async fn withdraw_endpoints(&mut self, key: &str) -> Result<usize, ClusterError> {
+    async fn withdraw_endpoints(&mut self, key: &str) -> Result<usize, ClusterError> {
         let slices: Vec<OwnedObject> = self
             .owned_of(key)
             .into_iter()
@@ -353,11 +317,11 @@ impl Reconciler {
             &self.status.metrics,
             "delete",
             o.kind,
-            self.cluster.delete(o.kind, &o.name, &o.uid),
+            self.output.cluster.delete(o.kind, &o.name, &o.uid),
             ok_or_error,
         )
         .await?;
-        self.owned.remove(&(o.kind, o.name.clone()));
+        self.output.owned.remove(&(o.kind, o.name.clone()));
         Ok(())
     }
 }
@@ -396,34 +360,6 @@ fn owned_record(
         legacy_selector: false,
         edited: false,
     }
-}
-
-/// What of a composition is refused: the plan's label refusals, and the hosts that other pods
-/// (or compositions) hold.
-pub(super) fn refused_reasons(
-    refusals: &[Refusal],
-    state: Option<&CompositionRecord>,
-) -> Vec<Refusal> {
-    let mut reasons = refusals.to_vec();
-    for problem in state.into_iter().flat_map(|s| s.problems.iter()) {
-        match problem {
-            Problem::HostTaken {
-                host,
-                holder_pod,
-                holder_composition,
-            } => reasons.push(Refusal::host_taken(host, holder_pod, holder_composition)),
-            // Found by the reconciler, not the plan (the pod's host cap): not among `refusals`.
-            Problem::Composition { reason, message }
-                if !refusals
-                    .iter()
-                    .any(|r| r.reason == *reason && r.message == *message) =>
-            {
-                reasons.push(Refusal::composition(*reason, message.clone()))
-            }
-            _ => {}
-        }
-    }
-    reasons
 }
 
 /// Runs one API request and counts it by verb, kind and result (`result_of` names the outcome),

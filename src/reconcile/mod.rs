@@ -11,7 +11,10 @@
 
 mod apply;
 mod lifecycle;
+mod output;
+mod pod_scope;
 mod queue;
+mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,17 +25,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::cluster::{Cluster, ClusterError, OwnedObject};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{HEARTBEAT, Timings};
 use crate::docker::{CompositionKey, DockerClient, Hint};
 use crate::model::{ObservedComposition, OwnerPod, PlanSettings, Reason};
-use crate::objects::Kind;
 use crate::plan::plan;
-use crate::render;
 use crate::retry::Retry;
 use crate::status::{CompositionState, Status};
 
 use self::lifecycle::{Exposure, Lifecycle, PlanShape, Settle};
+use self::output::Output;
+pub use self::output::{Objects, Proxy};
 use self::queue::DelayQueue;
 
 /// The `target` of every log line of the reconciler, its submodules' too: log collectors and
@@ -122,22 +125,24 @@ fn retry() -> Retry {
     Retry::new(Duration::from_millis(500), Duration::from_secs(60))
 }
 
-pub struct Reconciler {
+/// The reconciler of one scope: `O` is where exposed compositions go, the composition scope's
+/// Kubernetes objects ([`Objects`]) or the pod scope's proxy ([`Proxy`]); everything else (the
+/// queue, the plan, the timing rules, the status) is the same in both.
+pub struct Reconciler<O> {
     docker: DockerClient,
-    cluster: Cluster,
+    output: O,
     settings: PlanSettings,
     owner: OwnerPod,
     timings: Timings,
     status: Arc<Status>,
     compositions: HashMap<CompositionKey, CompositionRecord>,
-    /// This pod's live objects, from the last listing plus our own writes since.
-    owned: BTreeMap<(Kind, String), OwnedObject>,
     queue: DelayQueue<CompositionKey>,
     resync_due: Option<Instant>,
     resync_retry: Retry,
 }
 
-impl Reconciler {
+impl Reconciler<Objects> {
+    /// The composition scope's reconciler: each composition's objects written to the cluster.
     pub fn new(
         docker: DockerClient,
         cluster: Cluster,
@@ -152,23 +157,78 @@ impl Reconciler {
         // `--api-timeout` bounds it.
         let beat = status.clone();
         let cluster = cluster.with_progress(Arc::new(move || beat.heartbeat()));
+        Self::with_output(
+            docker,
+            Objects::new(cluster),
+            settings,
+            owner,
+            timings,
+            status,
+        )
+    }
+}
+
+impl Reconciler<Proxy> {
+    /// The pod scope's reconciler: each composition published to the pod's proxy; nothing is
+    /// written to Kubernetes.
+    pub fn for_proxy(
+        docker: DockerClient,
+        proxy: Proxy,
+        settings: PlanSettings,
+        owner: OwnerPod,
+        timings: Timings,
+        status: Arc<Status>,
+    ) -> Self {
+        Self::with_output(docker, proxy, settings, owner, timings, status)
+    }
+}
+
+impl<O> Reconciler<O> {
+    fn with_output(
+        docker: DockerClient,
+        output: O,
+        settings: PlanSettings,
+        owner: OwnerPod,
+        timings: Timings,
+        status: Arc<Status>,
+    ) -> Self {
         Self {
             docker,
-            cluster,
+            output,
             settings,
             owner,
             timings,
             status,
             compositions: HashMap::new(),
-            owned: BTreeMap::new(),
             queue: DelayQueue::default(),
             resync_due: None,
             resync_retry: retry(),
         }
     }
+}
 
+impl Reconciler<Objects> {
     /// Runs until cancelled or until the hint channel closes.
-    pub async fn run(mut self, mut hints: UnboundedReceiver<Hint>, cancel: CancellationToken) {
+    pub async fn run(self, hints: UnboundedReceiver<Hint>, cancel: CancellationToken) {
+        self.run_loop(hints, cancel).await;
+    }
+}
+
+impl Reconciler<Proxy> {
+    /// Runs until cancelled or until the hint channel closes.
+    pub async fn run(self, hints: UnboundedReceiver<Hint>, cancel: CancellationToken) {
+        self.run_loop(hints, cancel).await;
+    }
+}
+
+// The bound is the seam between the two scopes' outputs, private to the reconciler: nothing
+// outside it names the trait (each scope's `run` is public, the loop is not).
+#[allow(private_bounds)]
+impl<O> Reconciler<O>
+where
+    Self: Output,
+{
+    async fn run_loop(mut self, mut hints: UnboundedReceiver<Hint>, cancel: CancellationToken) {
         loop {
             self.status.heartbeat();
             let next_due = self.queue.next_due();
@@ -305,17 +365,13 @@ impl Reconciler {
         started: Instant,
     ) {
         let projects = snapshot.len();
-        let owned = match self.cluster.list_owned().await {
-            Ok(o) => o,
+        let held = match self.list_output().await {
+            Ok(keys) => keys,
             Err(e) => return self.resync_failed(format!("listing this pod's objects failed: {e}")),
         };
         self.resync_retry.reset();
-        self.owned = owned
-            .into_iter()
-            .map(|o| ((o.kind, o.name.clone()), o))
-            .collect();
         let mut keys: BTreeSet<CompositionKey> = snapshot.keys().cloned().collect();
-        keys.extend(self.owned.values().map(|o| o.composition.clone()));
+        keys.extend(held);
         keys.extend(self.compositions.keys().cloned());
         let empty = ObservedComposition::default();
         for key in keys {
@@ -333,9 +389,10 @@ impl Reconciler {
         }
         self.resync_due = Some(Instant::now() + self.timings.resync_interval);
         self.status.resync_done();
+        self.listing_complete();
         info!(
             projects,
-            owned_objects = self.owned.len(),
+            owned_objects = self.owned_count(),
             took_ms = started.elapsed().as_millis() as u64,
             "full resync done"
         );
@@ -430,7 +487,7 @@ impl Reconciler {
             .entry(key.to_string())
             .or_default()
             .problems = problems;
-        let has_objects = self.owned.values().any(|o| o.composition == key);
+        let has_objects = self.has_output(key);
         let exposure = self
             .compositions
             .entry(key.to_string())
@@ -444,31 +501,23 @@ impl Reconciler {
             );
         let outcome = match exposure {
             Exposure::Expose(d) => {
-                // Rendered once; written; then reported.
-                let refused = apply::refused_reasons(&plan.refusals, self.compositions.get(key));
-                let rendered = render::composition(&d, &self.settings, &self.owner)?;
-                let wrote = self.write(key, &rendered).await?;
-                return Ok(self.report(key, rendered, d.backends, refused, wrote));
+                let refused = report::refused_reasons(&plan.refusals, self.compositions.get(key));
+                return self.expose(key, d, refused).await;
             }
             Exposure::Nothing => {
                 self.status.remove_composition(key);
                 Outcome::Nothing
             }
             Exposure::StartGrace { until } => {
-                let slices = self.withdraw_endpoints(key).await?;
+                self.start_grace(key).await?;
                 self.queue.schedule_background(key.to_string(), until);
-                info!(
-                    grace_ms = self.timings.delete_grace.as_millis() as u64,
-                    endpoint_slices_deleted = slices,
-                    "composition no longer exposed: its endpoints are withdrawn now, its other objects deleted after the grace"
-                );
                 self.status
                     .set_composition(key, CompositionState::PendingDeletion);
                 Outcome::GracePending
             }
             Exposure::HoldGrace { until } => {
-                // Slices a failed pass left behind (or an older sidecar's) go too.
-                self.withdraw_endpoints(key).await?;
+                // What a failed pass left behind (or an older sidecar's) goes too.
+                self.withdraw(key).await?;
                 self.queue.schedule_background(key.to_string(), until);
                 Outcome::GracePending
             }
@@ -478,7 +527,7 @@ impl Reconciler {
             }
         };
         if matches!(outcome, Outcome::Nothing | Outcome::Deleted) {
-            let reasons = apply::refused_reasons(&plan.refusals, self.compositions.get(key));
+            let reasons = report::refused_reasons(&plan.refusals, self.compositions.get(key));
             if !reasons.is_empty() {
                 self.status
                     .set_composition(key, CompositionState::Refused { reasons });

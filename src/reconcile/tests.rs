@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Outcome, Reconciler};
+use super::{Objects, Outcome, Reconciler};
 use crate::config::Timings;
 use crate::labels::{
     self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_PROJECT, COMPOSE_SERVICE,
@@ -77,11 +77,11 @@ fn rendered_demochat() -> (DesiredObject, DesiredObject, DesiredObject, DesiredO
 
 /// A reconciler whose Docker client is never used (`resync_from` takes Docker's listing)
 /// and whose cluster is the mock. No delete grace: an orphan goes at its second pass.
-fn mock_reconciler() -> (Reconciler, ApiHandle) {
+fn mock_reconciler() -> (Reconciler<Objects>, ApiHandle) {
     mock_reconciler_with(Arc::new(Status::default()))
 }
 
-fn mock_reconciler_with(status: Arc<Status>) -> (Reconciler, ApiHandle) {
+fn mock_reconciler_with(status: Arc<Status>) -> (Reconciler<Objects>, ApiHandle) {
     let (cluster, handle) = mock_cluster();
     let docker = crate::docker::DockerClient::new("tcp://127.0.0.1:9", false)
         .expect("a Docker client does no I/O until used");
@@ -121,7 +121,7 @@ fn snapshot_of(projects: Vec<ObservedComposition>) -> BTreeMap<String, ObservedC
 /// Runs full resyncs from these Docker listings against the scenario, then drops the
 /// reconciler (and with it the client) so that `serve` sees that nothing else comes.
 async fn resyncs(
-    (mut reconciler, handle): (Reconciler, ApiHandle),
+    (mut reconciler, handle): (Reconciler<Objects>, ApiHandle),
     snapshots: Vec<BTreeMap<String, ObservedComposition>>,
     scenario: Vec<Exchange>,
 ) {
