@@ -206,6 +206,11 @@ impl Cluster {
         answer
     }
 
+    /// The API client (the Event poster and the Lease watch share it).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// Middlewares are part of the output: failing to list them is an error.
     pub fn with_middlewares(mut self, yes: bool) -> Self {
         self.middlewares = yes;

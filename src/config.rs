@@ -219,7 +219,7 @@ pub struct Args {
 
     /// Full resync (Docker listing, owned objects, orphan GC) interval, e.g. 5m.
     #[arg(long = "resync-interval", env = "COMPOSE_INGRESS_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
-    pub(crate) resync_interval: Duration,
+    pub resync_interval: Duration,
 
     /// Quiet time after a Docker event before the project is reconciled (coalesces compose up).
     #[arg(long, env = "COMPOSE_INGRESS_DEBOUNCE", default_value = "300ms", value_parser = parse_duration)]
@@ -340,7 +340,7 @@ pub enum CleanupOnExit {
 /// Timings of the reconciler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timings {
-    pub(crate) resync_interval: Duration,
+    pub resync_interval: Duration,
     pub(crate) debounce: Duration,
     pub(crate) settle_time: Duration,
     pub(crate) delete_grace: Duration,

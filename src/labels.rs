@@ -611,7 +611,7 @@ pub fn parse_service_labels(
         found
     });
     if let RouteScope::Pod { ingress_h2c } = settings.scope {
-        refuse_what_the_pod_route_cannot_carry(&mut ctx, &value, protocol, ingress_h2c, settings);
+        refuse_what_the_pod_route_cannot_carry(&mut ctx, value, protocol, ingress_h2c, settings);
     }
     let health_gate = match value(HEALTH).map(|v| v.trim().to_ascii_lowercase()) {
         None => true,

@@ -28,10 +28,9 @@ pub mod model;
 pub mod naming;
 mod objects;
 pub mod plan;
+pub mod pod_route;
 pub(crate) mod policy;
-// Wired into the reconciler and main in the next commits (pod scope, issue #26).
-#[allow(dead_code, unused_imports)]
-mod proxy;
+pub mod proxy;
 pub mod reconcile;
 mod render;
 pub mod retry;

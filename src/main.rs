@@ -13,9 +13,12 @@ use compose_ingress::config::{Args, CleanupOnExit, Config};
 use compose_ingress::docker::DockerClient;
 use compose_ingress::events;
 use compose_ingress::model::{DryRun, RateLimitMode};
+use compose_ingress::proxy::PodProxy;
 use compose_ingress::reconcile::{Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
-use compose_ingress::{kube_client, lease_watch, logging, retry, routable, shutdown, telemetry};
+use compose_ingress::{
+    kube_client, lease_watch, logging, pod_route, retry, routable, shutdown, telemetry,
+};
 
 // One thread runs every task. The sidecar's work is I/O: a serial reconciler, one Docker event
 // reader, a few HTTP requests; a worker per core (tokio's default, 64 on a big node without a CPU
@@ -85,15 +88,24 @@ async fn sidecar_main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let client = kube_client::client(config.api_timeout).await?;
+    // Pod scope with --no-kubernetes: no client, no token, nothing written to the apiserver.
+    let cluster = match config.kubernetes {
+        true => {
+            let client = kube_client::client(config.api_timeout).await?;
+            let settings = &config.settings;
+            Some(
+                Cluster::new(
+                    client,
+                    &settings.namespace,
+                    &settings.pod_name,
+                    config.dry_run,
+                )
+                .with_middlewares(settings.rate_limit == RateLimitMode::TraefikMiddleware),
+            )
+        }
+        false => None,
+    };
     let settings = config.settings.clone();
-    let cluster = Cluster::new(
-        client.clone(),
-        &settings.namespace,
-        &settings.pod_name,
-        config.dry_run,
-    )
-    .with_middlewares(settings.rate_limit == RateLimitMode::TraefikMiddleware);
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
 
@@ -116,42 +128,67 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
         cancel.clone(),
     ));
+    let mut last = vec![("http-server", server)];
+    // Pod scope: the proxy listens from the start too (503 until the first listing).
+    let publisher = match &config.proxy {
+        Some(proxy) => {
+            let proxy = PodProxy::bind(proxy, &settings).await?;
+            let port = proxy.port();
+            let (serving, publisher) = proxy.serve(cancel.clone());
+            last.push(("proxy", tokio::spawn(serving)));
+            Some((publisher, port))
+        }
+        None => None,
+    };
 
-    let Some((uid, pod_ip)) = pod_identity(&config, &cluster, &cancel).await else {
+    let identity = match &cluster {
+        Some(cluster) => pod_identity(&config, cluster, &cancel)
+            .await
+            .map(|(uid, ip)| (uid, Some(ip))),
+        None => Some((config.pod_uid.clone().unwrap_or_default(), config.pod_ip)),
+    };
+    let Some((uid, pod_ip)) = identity else {
         info!("stopped before start-up completed");
-        shut_down(&config, None, vec![], vec![("http-server", server)]).await;
+        shut_down(&config, None, vec![], last).await;
         return Ok(());
     };
     let mut settings = settings;
-    settings.pod_ip = Some(pod_ip);
+    settings.pod_ip = pod_ip;
     for warning in &config.obsolete {
         warn!("{warning}");
     }
-    info!(%pod_ip, "ports published on every IPv4 address of the pod, or on this one, are exposed; endpoints point at this address");
-    let owner = config.owner(uid.clone());
-    let poster = if config.dry_run == DryRun::None {
-        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-        status.set_event_sink(events_tx);
-        Some(tokio::spawn(events::run(
-            client.clone(),
-            events::RegardingPod {
-                namespace: settings.namespace.clone(),
-                name: settings.pod_name.clone(),
-                uid,
-            },
-            status.clone(),
-            events::Limits::default(),
-            events_rx,
-            cancel.clone(),
-        )))
-    } else {
-        None
-    };
-    let mut last = Vec::new();
-    if let Some(poster) = poster {
-        last.push(("event-poster", poster));
+    match pod_ip {
+        Some(pod_ip) => {
+            info!(%pod_ip, "ports published on every IPv4 address of the pod, or on this one, are exposed; endpoints point at this address")
+        }
+        None => info!(
+            "the pod's address is not known (POD_IP): ports published on every address are exposed, dialled on loopback"
+        ),
     }
-    last.push(("http-server", server));
+    let owner = config.owner(uid.clone());
+    // Events are writes: the pod scope makes none while compositions come and go.
+    let poster = match (&cluster, &publisher) {
+        (Some(cluster), None) if config.dry_run == DryRun::None => {
+            let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+            status.set_event_sink(events_tx);
+            Some(tokio::spawn(events::run(
+                cluster.client(),
+                events::RegardingPod {
+                    namespace: settings.namespace.clone(),
+                    name: settings.pod_name.clone(),
+                    uid,
+                },
+                status.clone(),
+                events::Limits::default(),
+                events_rx,
+                cancel.clone(),
+            )))
+        }
+        _ => None,
+    };
+    if let Some(poster) = poster {
+        last.insert(0, ("event-poster", poster));
+    }
     let Some(docker) = docker_client(&config, &cancel).await else {
         info!("stopped before Docker was reachable");
         shut_down(&config, None, vec![], last).await;
@@ -159,8 +196,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     info!(
         namespace = %settings.namespace, pod = %settings.pod_name, domain = %settings.domain,
-        route_api = ?settings.route_api, docker_host = %config.docker_host, dry_run = ?config.dry_run,
-        "compose-ingress starting"
+        route_api = ?settings.route_api, route_scope = ?settings.scope, docker_host = %config.docker_host,
+        dry_run = ?config.dry_run, "compose-ingress starting"
     );
 
     let (hints_tx, hints_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -178,42 +215,80 @@ async fn run(config: Config) -> anyhow::Result<()> {
             cancel.clone(),
         ))
     };
-    let lease_watcher = (config.dry_run != DryRun::Client).then(|| {
-        tokio::spawn(report_end(
-            "lease-watcher",
-            lease_watch::run(
-                client.clone(),
-                settings.namespace.clone(),
-                hints_tx,
-                lease_watch::watch_seconds(config.api_timeout),
+    let mut first = Vec::new();
+    let reconciling = match (publisher, &cluster) {
+        (Some((publisher, port)), cluster) => {
+            if let Some(cluster) = cluster {
+                let keeper = pod_route::keep(
+                    cluster.clone(),
+                    settings.clone(),
+                    owner.clone(),
+                    port,
+                    config.timings.resync_interval,
+                    status.clone(),
+                    cancel.clone(),
+                );
+                first.push(("pod-route", tokio::spawn(keeper)));
+            }
+            let reconciler = Reconciler::for_proxy(
+                docker,
+                publisher.into_output(pod_ip),
+                settings,
+                owner,
+                config.timings,
+                status.clone(),
+            );
+            tokio::spawn(report_end(
+                "reconciler",
+                reconciler.run(hints_rx, cancel.clone()),
+                status.clone(),
                 cancel.clone(),
-            ),
-            status.clone(),
-            cancel.clone(),
-        ))
-    });
-    let reconciler = Reconciler::new(
-        docker,
-        cluster.clone(),
-        settings,
-        owner,
-        config.timings,
-        status.clone(),
-    );
-    let reconciling = tokio::spawn(report_end(
-        "reconciler",
-        reconciler.run(hints_rx, cancel.clone()),
-        status.clone(),
-        cancel.clone(),
-    ));
+            ))
+        }
+        (None, Some(cluster)) => {
+            if config.dry_run != DryRun::Client {
+                let lease_watcher = lease_watch::run(
+                    cluster.client(),
+                    settings.namespace.clone(),
+                    hints_tx,
+                    lease_watch::watch_seconds(config.api_timeout),
+                    cancel.clone(),
+                );
+                first.push((
+                    "lease-watcher",
+                    tokio::spawn(report_end(
+                        "lease-watcher",
+                        lease_watcher,
+                        status.clone(),
+                        cancel.clone(),
+                    )),
+                ));
+            }
+            let reconciler = Reconciler::new(
+                docker,
+                cluster.clone(),
+                settings,
+                owner,
+                config.timings,
+                status.clone(),
+            );
+            tokio::spawn(report_end(
+                "reconciler",
+                reconciler.run(hints_rx, cancel.clone()),
+                status.clone(),
+                cancel.clone(),
+            ))
+        }
+        (None, None) => anyhow::bail!(
+            "the composition scope needs the Kubernetes API (--no-kubernetes is for --route-scope pod)"
+        ),
+    };
+    first.insert(0, ("reconciler", reconciling));
+    first.insert(1, ("docker-watcher", watcher));
 
     cancel.cancelled().await;
     info!("shutting down: stopped watching Docker");
-    let mut first = vec![("reconciler", reconciling), ("docker-watcher", watcher)];
-    if let Some(lease_watcher) = lease_watcher {
-        first.push(("lease-watcher", lease_watcher));
-    }
-    shut_down(&config, Some(&cluster), first, last).await;
+    shut_down(&config, cluster.as_ref(), first, last).await;
     info!("bye");
     Ok(())
 }

@@ -86,10 +86,10 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted:
     if !peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !peer_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(X_FORWARDED_HOST, v);
-        }
+    if (!peer_trusted || !headers.contains_key(&X_FORWARDED_HOST))
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(X_FORWARDED_HOST, v);
     }
     if !peer_trusted {
         headers.remove(FORWARDED);

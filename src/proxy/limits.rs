@@ -56,7 +56,6 @@ pub(crate) enum Refused {
 /// One composition's limits and access policy, shared by all its destinations.
 #[derive(Debug)]
 pub(crate) struct Guard {
-    pub(crate) composition: String,
     pub(crate) rps: Option<u32>,
     bucket: Mutex<Option<TokenBucket>>,
     open: AtomicUsize,
@@ -69,7 +68,6 @@ pub(crate) struct Guard {
 
 impl Guard {
     pub(crate) fn new(
-        composition: &str,
         rps: Option<u32>,
         max_open: usize,
         access: Option<(String, Arc<Access>)>,
@@ -79,7 +77,6 @@ impl Guard {
             None => (None, None),
         };
         Self {
-            composition: composition.to_string(),
             rps,
             bucket: Mutex::new(None),
             open: AtomicUsize::new(0),
@@ -189,7 +186,7 @@ mod tests {
     #[test]
     fn a_guard_without_a_limit_admits_everything_and_counts_open_connections() {
         let t0 = Instant::now();
-        let g = Arc::new(Guard::new("demo", None, 2, None));
+        let g = Arc::new(Guard::new(None, 2, None));
         for _ in 0..100 {
             assert_eq!(g.admit(t0), Ok(()));
         }
@@ -206,7 +203,7 @@ mod tests {
     #[test]
     fn a_guard_with_a_limit_says_its_rate_and_when_to_retry() {
         let t0 = Instant::now();
-        let g = Guard::new("demo", Some(2), 8, None);
+        let g = Guard::new(Some(2), 8, None);
         assert!(g.admit(t0).is_ok() && g.admit(t0).is_ok());
         match g.admit(t0) {
             Err(Refused::RateLimited { rps, retry_after }) => {

@@ -60,16 +60,23 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    #[cfg(test)]
     pub(crate) fn new(settings: Arc<ProxySettings>) -> Self {
+        Self::with_handle(settings, TableHandle::default())
+    }
+
+    /// A registry that publishes into `table` (which the server may already be reading).
+    pub(crate) fn with_handle(settings: Arc<ProxySettings>, table: TableHandle) -> Self {
         Self {
             settings,
             compositions: BTreeMap::new(),
             guards: HashMap::new(),
             complete: false,
-            table: TableHandle::default(),
+            table,
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn handle(&self) -> TableHandle {
         self.table.clone()
     }
@@ -175,7 +182,7 @@ impl Registry {
                 .get(name)
                 .map(|a| (name.to_string(), a.clone()))
         });
-        let g = Arc::new(Guard::new(composition, rps, max, policy));
+        let g = Arc::new(Guard::new(rps, max, policy));
         self.guards.insert(composition.to_string(), g.clone());
         g
     }

@@ -36,7 +36,7 @@ pub(crate) struct ServerLimits {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ProxyError {
+pub enum ProxyError {
     #[error("cannot listen on {addr} for the proxy: {source} (check --proxy-listen)")]
     Bind {
         addr: SocketAddr,

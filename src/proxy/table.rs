@@ -86,6 +86,7 @@ impl ProxyTable {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn hosts(&self) -> usize {
         self.hosts.len()
     }
@@ -108,7 +109,7 @@ impl TableBuilder {
             && !routes.iter().any(|(p, _)| p == prefix)
         {
             routes.push((prefix.to_string(), to));
-            routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         }
     }
 
@@ -167,7 +168,7 @@ mod tests {
             address: "127.0.0.1:32768".parse().unwrap(),
             upstream: Upstream::Http1,
             gated: None,
-            guard: Arc::new(Guard::new("demo", None, 8, None)),
+            guard: Arc::new(Guard::new(None, 8, None)),
         })
     }
 

@@ -116,10 +116,10 @@ impl Upstreams {
             .get(&address)
             .filter(|s| !s.is_closed())
             .cloned();
-        if let Some(mut sender) = open {
-            if sender.ready().await.is_ok() {
-                return Ok(sender);
-            }
+        if let Some(mut sender) = open
+            && sender.ready().await.is_ok()
+        {
+            return Ok(sender);
         }
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
             .await

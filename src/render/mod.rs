@@ -31,7 +31,7 @@ use crate::objects::{DesiredObject, EncodeError, Kind};
 use self::endpoints::endpoint_slices;
 pub(crate) use self::lease::host_lease;
 use self::middleware::rate_limit_middleware;
-pub(crate) use self::pod_route::{POD_ROUTE, pod_route};
+pub(crate) use self::pod_route::pod_route;
 use self::routes::{grpc_routes, http_routes, ingress};
 use self::service::service;
 
