@@ -135,3 +135,6 @@ impl Publisher {
         Proxy::new(Registry::with_handle(Arc::new(settings), self.table))
     }
 }
+
+#[cfg(test)]
+mod tests;
