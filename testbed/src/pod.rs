@@ -70,6 +70,9 @@ pub struct RunnerPod {
     /// version it reports.
     pub engine: String,
     pub engine_version: String,
+    /// The pod's network namespace (`/run/netns/<netns>`): a process started in it is in the
+    /// pod as a container of it would be (the pod scope's sidecar).
+    pub netns: String,
 }
 
 impl RunnerPod {
@@ -302,6 +305,7 @@ impl Bed {
             dir: PathBuf::from(&env["POD_DIR"]),
             engine: env["ENGINE"].clone(),
             engine_version: env["ENGINE_VERSION"].clone(),
+            netns: env["NETNS"].clone(),
         }
     }
 }

@@ -56,6 +56,9 @@ impl Launch {
     }
 }
 
+/// The port of the pod scope's proxy in a bed pod (the sidecar's own `--proxy-listen` there).
+pub const POD_PROXY_PORT: u16 = 9180;
+
 /// The domain a test's sidecar serves: one per test namespace. Traefik serves every namespace,
 /// so equal hosts in two namespaces (the v1 and v2 run of one scenario, or a namespace a failed
 /// run kept for inspection) would otherwise shadow each other.
@@ -98,6 +101,9 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// The Role of deploy/'s pod-scope component (the pod route only).
+pub const POD_SCOPE_RBAC: &str = "deploy/components/pod-scope/role.yaml";
 
 /// The Role of deploy/'s Traefik component (rate-limit Middlewares).
 pub const TRAEFIK_RBAC: &str = "deploy/components/traefik/rbac.yaml";
@@ -165,6 +171,55 @@ impl Sidecar {
         name: &str,
     ) -> Sidecar {
         let listen = format!("127.0.0.1:{}", free_port());
+        Self::spawn(launch, pod, Some(kubeconfig), extra, name, None, listen)
+    }
+
+    /// Starts the sidecar inside the pod's network namespace, as the pod scope runs it: its
+    /// proxy listens on the pod's address ([`POD_PROXY_PORT`]) and dials the published ports
+    /// there; its HTTP endpoints are at `<pod ip>:9102` ([`Sidecar::listen`]). Without a
+    /// kubeconfig it runs with `--no-kubernetes`.
+    pub async fn start_in_pod(
+        launch: &Launch,
+        bed: &Bed,
+        pod: &RunnerPod,
+        extra: &[&str],
+    ) -> Sidecar {
+        // The pod scope's Role (deploy/components/pod-scope) before the base's: the base's
+        // Role of the same name then exists already and is left as it is.
+        pod.grant(&bed.admin().await, POD_SCOPE_RBAC).await;
+        let kubeconfig = sidecar_kubeconfig(bed, pod).await;
+        Self::start_in_pod_with(launch, pod, Some(&kubeconfig), extra, "sidecar")
+    }
+
+    /// [`Sidecar::start_in_pod`] with a given kubeconfig, or none (`--no-kubernetes`).
+    pub fn start_in_pod_with(
+        launch: &Launch,
+        pod: &RunnerPod,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+        name: &str,
+    ) -> Sidecar {
+        let listen = format!("{}:9102", pod.ip);
+        Self::spawn(
+            launch,
+            pod,
+            kubeconfig,
+            extra,
+            name,
+            Some(&pod.netns),
+            listen,
+        )
+    }
+
+    fn spawn(
+        launch: &Launch,
+        pod: &RunnerPod,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+        name: &str,
+        netns: Option<&str>,
+        listen: String,
+    ) -> Sidecar {
         let log = pod.dir.join(format!("{name}.log"));
         let stdout = pod.dir.join(format!("{name}.stdout"));
         let domain = if launch.domain_per_namespace {
@@ -172,17 +227,44 @@ impl Sidecar {
         } else {
             DOMAIN.to_string()
         };
-        let child = Command::new(launch.binary)
+        let mut command = match netns {
+            // nsenter, not `ip netns exec`, as the bed starts the pods' dockerd (no remount).
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{netns}"))
+                    .arg(launch.binary);
+                c
+            }
+            None => Command::new(launch.binary),
+        };
+        command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", launch.rust_log)
-            .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", &pod.name)
             .env("POD_NAMESPACE", &pod.namespace)
-            .env("DOCKER_HOST", &pod.docker_host)
+            .env("DOCKER_HOST", &pod.docker_host);
+        match kubeconfig {
+            Some(path) => command.env("KUBECONFIG", path),
+            None => command.arg("--no-kubernetes").env("POD_IP", &pod.ip),
+        };
+        if netns.is_some() {
+            command.args([
+                "--route-scope",
+                "pod",
+                "--proxy-listen",
+                &format!("0.0.0.0:{POD_PROXY_PORT}"),
+            ]);
+        }
+        let listen_flag = if netns.is_some() {
+            "0.0.0.0:9102".to_string()
+        } else {
+            listen.clone()
+        };
+        let child = command
             .args(["--domain", &domain, "--ingress-class", "traefik"])
             .args(launch.flags)
-            .args(["--log-format", "json", "--listen", &listen])
+            .args(["--log-format", "json", "--listen", &listen_flag])
             .args(extra)
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&log).expect("log file"))

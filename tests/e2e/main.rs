@@ -16,6 +16,7 @@ mod frozen_apiserver;
 mod health;
 mod node;
 mod operability;
+mod pod_scope;
 mod policies;
 
 mod scenarios;
