@@ -5,10 +5,11 @@
 
 use testbed::{
     CONVERGE, ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, domain, eventually,
-    http_get, unique_namespace, web,
+    http_get, traefik_addr, unique_namespace, web,
 };
 
 use crate::SIDECAR;
+use crate::policies::{protoecho, protoecho_client};
 
 const V2: ComposeVersion = ComposeVersion::V2;
 
@@ -220,4 +221,95 @@ async fn pod_scope_pods_are_apart_and_no_label_takes_another_pods_host() {
         "page-of-a",
         "runner-0's URL is still runner-0's"
     );
+}
+
+/// gRPC and WebSockets through one pod route: Gateway mode tells them apart by content type;
+/// an Ingress carries HTTP/1.1 (WebSockets; a gRPC port is refused, saying what to change) or,
+/// with `--pod-route-protocol h2c`, HTTP/2 (gRPC).
+async fn protocols_through_the_pod_route(route: &[&str], test: &str, ws: bool, grpc: bool) {
+    let ns = unique_namespace(test);
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let sidecar = start(&pod, route).await;
+    pod.compose_as(
+        V2,
+        "grpcdemo",
+        &compose_file(&[protoecho("api", "grpc-page", 50051, "grpc")]),
+        &["up", "-d"],
+    );
+    pod.compose_as(
+        V2,
+        "wsdemo",
+        &compose_file(&[protoecho("chat", "ws-page", 8080, "ws")]),
+        &["up", "-d"],
+    );
+    let addr = traefik_addr();
+    let grpc_host = host("api", 50051, "grpcdemo", &pod);
+    let ws_host = host("chat", 8080, "wsdemo", &pod);
+    if ws {
+        let (_, out) = eventually(
+            "a WebSocket through the pod route echoes",
+            CONVERGE,
+            || async {
+                let r = protoecho_client(&["ws-echo", &format!("ws://{addr}/ws"), &ws_host, "hi"]);
+                r.0.then_some(r)
+            },
+        )
+        .await;
+        assert_eq!(out, "ws-page: hi");
+    }
+    if grpc {
+        let (_, out) = eventually(
+            "a gRPC call through the pod route answers",
+            CONVERGE,
+            || async {
+                let r = protoecho_client(&["grpc-check", &addr, &grpc_host, "grpc-page"]);
+                r.0.then_some(r)
+            },
+        )
+        .await;
+        assert_eq!(out, "SERVING");
+    } else {
+        let refused = eventually("the grpc port is refused", CONVERGE, || async {
+            sidecar
+                .log_lines("label refused")
+                .into_iter()
+                .find(|l| l["span"]["composition"] == "grpcdemo")
+        })
+        .await;
+        assert_eq!(refused["reason"], "not-in-pod-scope", "{refused}");
+        assert!(
+            refused["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--pod-route-protocol h2c")),
+            "{refused}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pod_scope_carries_websockets_and_grpc_gateway() {
+    let gateway = bed().gateway();
+    protocols_through_the_pod_route(
+        &["--route-api", "gateway", "--gateway", &gateway],
+        "pod-proto-gw",
+        true,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pod_scope_ingress_carries_websockets_and_refuses_grpc_over_http1() {
+    protocols_through_the_pod_route(&[], "pod-proto-ing", true, false).await;
+}
+
+#[tokio::test]
+async fn pod_scope_ingress_over_h2c_carries_grpc() {
+    protocols_through_the_pod_route(
+        &["--pod-route-protocol", "h2c"],
+        "pod-proto-h2c",
+        false,
+        true,
+    )
+    .await;
 }

@@ -358,7 +358,7 @@ async fn access_policies_guard_compositions_through_traefik_gateway() {
 
 /// A compose service running the bed's protoecho (gRPC health over h2c, WebSocket echo at /ws,
 /// plain HTTP otherwise) on `port`, declaring `protocol`.
-fn protoecho(name: &str, page: &str, port: u16, protocol: &str) -> String {
+pub(crate) fn protoecho(name: &str, page: &str, port: u16, protocol: &str) -> String {
     format!(
         "  {name}:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
          command: [\"protoecho\", \"serve\", \"--http-port\", \"{port}\", \"--page\", \"{page}\"]\n    \
@@ -368,7 +368,7 @@ fn protoecho(name: &str, page: &str, port: u16, protocol: &str) -> String {
 }
 
 /// The bed's protoecho client, through Traefik's plain-HTTP entry point: (success, output).
-fn protoecho_client(args: &[&str]) -> (bool, String) {
+pub(crate) fn protoecho_client(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(format!("{}/protoecho", bed().get("BIN")))
         .args(args)
         .output()
