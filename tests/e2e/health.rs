@@ -23,7 +23,7 @@ fn job(sidecar: &Sidecar, args: &[&str]) -> std::process::Output {
 /// A web server whose healthcheck passes while /tmp/healthy exists. The long start period keeps
 /// it `starting` (not `unhealthy`) until the file first appears; after that one failed check
 /// makes it `unhealthy`.
-fn checked_web(name: &str, page: &str, extra_labels: &str) -> String {
+pub(crate) fn checked_web(name: &str, page: &str, extra_labels: &str) -> String {
     format!(
         "  {name}:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
          command: [\"sh\", \"-c\", \"echo {page} > /www/index.html && exec httpd -f -p 80 -h /www\"]\n    \
@@ -34,7 +34,7 @@ fn checked_web(name: &str, page: &str, extra_labels: &str) -> String {
 }
 
 /// `touch` or `rm -f` the file the healthcheck looks for.
-fn set_healthy(pod: &RunnerPod, container: &str, healthy: bool) {
+pub(crate) fn set_healthy(pod: &RunnerPod, container: &str, healthy: bool) {
     let args: &[&str] = if healthy {
         &["exec", container, "touch", "/tmp/healthy"]
     } else {

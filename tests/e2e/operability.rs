@@ -210,7 +210,7 @@ fn web_compose(page: &str, labels: &[(&str, &str)]) -> String {
     s
 }
 
-fn pod_sh(bed: &Bed, args: &[&str], dir: &Path) {
+pub(crate) fn pod_sh(bed: &Bed, args: &[&str], dir: &Path) {
     let out = Command::new(repo_root().join("tests/testbed/pod.sh"))
         .args(args)
         .arg(dir)

@@ -3,12 +3,17 @@
 //! in a pod), the bed's Traefik routes `*.<pod>.<domain>` to it; every check is a request through
 //! Traefik, as a user's browser or a CI job makes it.
 
+use std::time::Duration;
+
 use testbed::{
     CONVERGE, ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, domain, eventually,
-    http_get, traefik_addr, unique_namespace, web,
+    http_get, load, traefik_addr, unique_namespace, web,
 };
 
 use crate::SIDECAR;
+use crate::health::{checked_web, set_healthy};
+use crate::operability::pod_sh;
+use crate::policies::assert_limited;
 use crate::policies::{protoecho, protoecho_client};
 
 const V2: ComposeVersion = ComposeVersion::V2;
@@ -312,4 +317,390 @@ async fn pod_scope_ingress_over_h2c_carries_grpc() {
         true,
     )
     .await;
+}
+
+/// One GET through Traefik with curl, headers included: (status, the response's head, body).
+fn head_and_body(host: &str, user: Option<&str>) -> (u16, String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-i", "--max-time", "5"])
+        .arg("-H")
+        .arg(format!("Host: {host}"));
+    if let Some(u) = user {
+        cmd.args(["-u", u]);
+    }
+    let out = cmd
+        .arg(format!("{}/", bed().get("TRAEFIK_WEB")))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), body.trim().to_string())
+}
+
+/// Health gating in the proxy: a starting or unhealthy service answers 503 with Retry-After and
+/// its reason (never dialled), a healthy one its page.
+#[tokio::test]
+async fn pod_scope_gates_on_health() {
+    let ns = unique_namespace("pod-health");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let _sidecar = start(&pod, &[]).await;
+    pod.compose_as(
+        V2,
+        "checked",
+        &compose_file(&[checked_web("web", "healthy-page", "")]),
+        &["up", "-d"],
+    );
+    let url = host("web", 80, "checked", &pod);
+    let container = V2.container_name("checked", "web", 1);
+    let starting = eventually("503 while the service starts", CONVERGE, || async {
+        let r = head_and_body(&url, None);
+        (r.0 == 503).then_some(r)
+    })
+    .await;
+    assert!(starting.1.contains("retry-after:"), "{}", starting.1);
+    assert_eq!(
+        starting.2,
+        "service web is starting: its healthcheck has not passed yet"
+    );
+    set_healthy(&pod, &container, true);
+    assert_eq!(answers(&url, 200).await, "healthy-page");
+    set_healthy(&pod, &container, false);
+    let down = eventually("503 once unhealthy", CONVERGE, || async {
+        let r = head_and_body(&url, None);
+        (r.0 == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(down.2, "service web is unhealthy: its healthcheck fails");
+}
+
+/// The per-composition rate limit in the proxy: 429 with Retry-After over the limit, the
+/// counts in the band a token bucket allows, the neighbour untouched (as the composition scope's
+/// Traefik Middleware, tests/e2e/policies.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_pod_scope_rate_limit_in_the_proxy() {
+    let ns = unique_namespace("pod-rps");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let _sidecar = start(&pod, &["--default-rps", "40", "--max-rps", "40"]).await;
+    let limited = [ENABLE, ("compose-ingress.rate-limit.rps", "5")];
+    pod.compose_as(
+        V2,
+        "limited",
+        &compose_file(&[web("web", "limited-page", 8080, "8080", &limited)]),
+        &["up", "-d"],
+    );
+    pod.compose_as(
+        V2,
+        "neighbour",
+        &compose_file(&[web("web", "neighbour-page", 8080, "8080", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    let (lhost, nhost) = (
+        host("web", 8080, "limited", &pod),
+        host("web", 8080, "neighbour", &pod),
+    );
+    assert_eq!(answers(&lhost, 200).await, "limited-page");
+    assert_eq!(answers(&nhost, 200).await, "neighbour-page");
+    // One burst's worth at once: the sixth is over the limit and says when to come back.
+    let refused = eventually("a 429 with Retry-After", CONVERGE, || async {
+        (0..8)
+            .map(|_| head_and_body(&lhost, None))
+            .find(|r| r.0 == 429)
+    })
+    .await;
+    assert!(refused.1.contains("retry-after:"), "{}", refused.1);
+    tokio::time::sleep(Duration::from_secs(2)).await; // the bucket refills
+    let addr = traefik_addr();
+    let (hit, beside) = tokio::join!(load(&addr, &lhost, 25, LOAD), load(&addr, &nhost, 20, LOAD));
+    assert_limited("limited at 5 rps, hit at 25 rps", hit, 5);
+    assert!(hit.limited > 0, "the excess answers 429: {hit:?}");
+    assert_eq!(
+        (beside.ok, beside.sent),
+        (beside.sent, 100),
+        "the neighbour (40 rps default, hit at 20 rps) is not limited: {beside:?}"
+    );
+}
+
+/// How long each load of the rate-limit test runs.
+const LOAD: Duration = Duration::from_secs(5);
+
+/// Basic auth and an IP allow-list enforced by the proxy, the allow-list judging the client
+/// address the trusted controller reports; a policy the pod scope cannot enforce stops the
+/// sidecar at start-up.
+#[tokio::test]
+async fn pod_scope_enforces_basic_auth_and_the_allow_list() {
+    let ns = unique_namespace("pod-access");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let hash = bcrypt::hash("ci-password", 4).expect("bcrypt");
+    let htpasswd = pod.dir.join("htpasswd");
+    std::fs::write(&htpasswd, format!("ci:{hash}\n")).expect("write htpasswd");
+    let policies = pod.dir.join("access-policies.yaml");
+    std::fs::write(
+        &policies,
+        format!(
+            "default: login\nallowPublic: true\npolicies:\n  login:\n    basicAuth: {{htpasswdFile: {}, realm: previews}}\n  \
+             office:\n    ipAllowList: [192.0.2.0/24]\n  bed:\n    ipAllowList: [127.0.0.1]\n",
+            htpasswd.display()
+        ),
+    )
+    .expect("write policies");
+    let file = policies.to_str().expect("path");
+    let _sidecar = start(&pod, &["--access-policies", file]).await;
+    let one = |page: &str, access: Option<&str>| {
+        let labels: Vec<(&str, &str)> =
+            [Some(ENABLE), access.map(|a| ("compose-ingress.access", a))]
+                .into_iter()
+                .flatten()
+                .collect();
+        compose_file(&[web("web", page, 80, "80", &labels)])
+    };
+    pod.compose_as(V2, "guarded", &one("guarded-page", None), &["up", "-d"]);
+    pod.compose_as(
+        V2,
+        "office",
+        &one("office-page", Some("office")),
+        &["up", "-d"],
+    );
+    pod.compose_as(V2, "bed", &one("bed-page", Some("bed")), &["up", "-d"]);
+    let guarded = host("web", 80, "guarded", &pod);
+    let challenge = eventually(
+        "the default policy asks for credentials",
+        CONVERGE,
+        || async {
+            let r = head_and_body(&guarded, None);
+            (r.0 == 401).then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        challenge
+            .1
+            .contains("www-authenticate: basic realm=\"previews\""),
+        "{}",
+        challenge.1
+    );
+    assert_eq!(head_and_body(&guarded, Some("ci:wrong")).0, 401);
+    assert_eq!(head_and_body(&guarded, Some("nobody:ci-password")).0, 401);
+    let ok = head_and_body(&guarded, Some("ci:ci-password"));
+    assert_eq!((ok.0, ok.2.as_str()), (200, "guarded-page"));
+    // The bed's client is 127.0.0.1, as Traefik reports it in X-Forwarded-For.
+    assert_eq!(
+        answers(&host("web", 80, "office", &pod), 403).await,
+        "forbidden: your address is not on this composition's allow-list"
+    );
+    assert_eq!(
+        answers(&host("web", 80, "bed", &pod), 200).await,
+        "bed-page"
+    );
+
+    // A policy only a controller can carry: the pod scope's sidecar refuses to start.
+    std::fs::write(
+        &policies,
+        "default: sso\npolicies:\n  sso:\n    traefikMiddlewares: [sso-auth]\n",
+    )
+    .expect("write policies");
+    let mut refused = Sidecar::start_in_pod_with(
+        &SIDECAR,
+        &pod,
+        None,
+        &["--access-policies", file],
+        "refused",
+    );
+    let status = refused.wait_exit(CONVERGE);
+    assert_eq!(status.code(), Some(2), "{}", refused.logs());
+    assert!(
+        refused
+            .logs()
+            .contains("policy `sso` has traefikMiddlewares"),
+        "{}",
+        refused.logs()
+    );
+}
+
+/// Bodies stream through the proxy both ways: 64 MiB down and up through Traefik, the bytes
+/// compared, and the sidecar's memory far below the size of the body.
+#[tokio::test]
+async fn pod_scope_streams_large_bodies_both_ways() {
+    let ns = unique_namespace("pod-stream");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let sidecar = start(&pod, &[]).await;
+    // busybox httpd serves a 64 MiB file and a CGI script that hashes what it is sent.
+    let script = "mkdir -p /www/cgi-bin && dd if=/dev/urandom of=/www/big bs=1048576 count=64 2>/dev/null \
+                  && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nsha256sum | cut -d\" \" -f1\\n' > /www/cgi-bin/sum \
+                  && chmod +x /www/cgi-bin/sum && echo ready > /www/index.html && exec httpd -f -p 80 -h /www";
+    let yaml = format!(
+        "version: \"2.4\"\nservices:\n  files:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
+         command: [\"sh\", \"-c\", {}]\n    ports: [\"80\"]\n    labels: {{compose-ingress.enable: \"true\"}}\n",
+        serde_json::Value::String(script.to_string())
+    );
+    pod.compose_as(V2, "big", &yaml, &["up", "-d"]);
+    let url_host = host("files", 80, "big", &pod);
+    assert_eq!(answers(&url_host, 200).await, "ready");
+    let traefik = bed().get("TRAEFIK_WEB").to_string();
+    let sha = |args: &[&str]| -> String {
+        let shell = format!(
+            "curl -s --max-time 120 -H 'Host: {url_host}' {} | sha256sum",
+            args.join(" ")
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &shell])
+            .output()
+            .expect("curl | sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let container = V2.container_name("big", "files", 1);
+    let inside = pod.docker_cli(&["exec", &container, "sha256sum", "/www/big"]);
+    let inside = String::from_utf8_lossy(&inside.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(inside.len(), 64, "the container hashed its file");
+    assert_eq!(
+        sha(&[&format!("{traefik}/big")]),
+        inside,
+        "64 MiB down, byte for byte"
+    );
+
+    let upload = pod.dir.join("upload.bin");
+    let out = std::process::Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1048576", "count=64"])
+        .arg(format!("of={}", upload.display()))
+        .output()
+        .expect("dd");
+    assert!(out.status.success());
+    let local = std::process::Command::new("sha256sum")
+        .arg(&upload)
+        .output()
+        .expect("sha256sum");
+    let local = String::from_utf8_lossy(&local.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let answered = {
+        let shell = format!(
+            "curl -s --max-time 120 -H 'Host: {url_host}' --data-binary @{} {traefik}/cgi-bin/sum",
+            upload.display()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &shell])
+            .output()
+            .expect("curl upload");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(answered, local, "64 MiB up, byte for byte");
+    // Streamed, not buffered: the sidecar's peak memory stays far below one body.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", sidecar.pid())).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM");
+    assert!(
+        peak_kib < 48 * 1024,
+        "the sidecar peaked at {peak_kib} KiB moving 64 MiB bodies"
+    );
+}
+
+/// dind restarts under the sidecar: a composition that Docker restarts is routed again (at its
+/// new host port), one it does not is gone.
+#[tokio::test]
+async fn pod_scope_follows_docker_restarting_under_it() {
+    let ns = unique_namespace("pod-dockerd");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let _sidecar = start(&pod, &[]).await;
+    let restarting = web("web", "comes-back", 80, "80", &[ENABLE]).replace(
+        "    stop_signal: SIGKILL\n",
+        "    stop_signal: SIGKILL\n    restart: always\n",
+    );
+    pod.compose_as(V2, "back", &compose_file(&[restarting]), &["up", "-d"]);
+    pod.compose_as(
+        V2,
+        "gone",
+        &compose_file(&[web("web", "not-back", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    assert_eq!(
+        answers(&host("web", 80, "back", &pod), 200).await,
+        "comes-back"
+    );
+    assert_eq!(
+        answers(&host("web", 80, "gone", &pod), 200).await,
+        "not-back"
+    );
+    pod_sh(bed(), &["dockerd-stop"], &pod.dir);
+    pod_sh(bed(), &["dockerd-start"], &pod.dir);
+    assert_eq!(
+        answers(&host("web", 80, "back", &pod), 200).await,
+        "comes-back"
+    );
+    answers(&host("web", 80, "gone", &pod), 404).await;
+    // The sidecar watches the new daemon: a composition started now is routed.
+    pod.compose_as(
+        V2,
+        "after",
+        &compose_file(&[web("web", "after-restart", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    assert_eq!(
+        answers(&host("web", 80, "after", &pod), 200).await,
+        "after-restart"
+    );
+}
+
+/// No Kubernetes credentials at all: the operator provides the pod's Service and Ingress (as
+/// docs/pod-scope.md shows), the sidecar runs with `--no-kubernetes` and routes.
+#[tokio::test]
+async fn pod_scope_without_kubernetes_credentials_routes_through_the_operators_route() {
+    let ns = unique_namespace("pod-nokube");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let wildcard = format!("*.runner-0.{}", domain(&ns));
+    let objects = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: runner-0-proxy, namespace: {ns}}}\nspec:\n  \
+         selector: {{statefulset.kubernetes.io/pod-name: runner-0}}\n  publishNotReadyAddresses: true\n  \
+         ports:\n  - {{name: http, port: 80, targetPort: {port}, appProtocol: http}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: runner-0, namespace: {ns}}}\nspec:\n  \
+         ingressClassName: traefik\n  rules:\n  - host: \"{wildcard}\"\n    http:\n      paths:\n      \
+         - path: /\n        pathType: Prefix\n        backend: {{service: {{name: runner-0-proxy, port: {{name: http}}}}}}\n",
+        port = testbed::POD_PROXY_PORT
+    );
+    let file = pod.dir.join("operator-route.yaml");
+    std::fs::write(&file, objects).expect("write the operator's route");
+    let out = bed().kubectl(&["apply", "-f", file.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sidecar = Sidecar::start_in_pod_with(&SIDECAR, &pod, None, &[], "sidecar");
+    pod.compose_as(
+        V2,
+        "demo",
+        &compose_file(&[web("web", "no-token-page", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    assert_eq!(
+        answers(&host("web", 80, "demo", &pod), 200).await,
+        "no-token-page"
+    );
+    let exposures = http_get(&format!("http://{}/exposures", sidecar.listen), None).1;
+    assert!(
+        exposures.contains(&format!("http://{}/", host("web", 80, "demo", &pod))),
+        "{exposures}"
+    );
+    assert!(
+        sidecar_writes(&ns).is_empty(),
+        "the sidecar made no request at all"
+    );
 }

@@ -55,13 +55,13 @@ fn middlewares(ns: &str, project: &str) -> Vec<(String, u64)> {
 /// time until the last answer + 1 s) plus the burst: on a busy machine requests reach Traefik
 /// later than they were sent, and the bucket refills meanwhile (the bench measures the exact
 /// ratio on a quiet machine).
-fn band(r: &LoadResult, rps: u32) -> std::ops::RangeInclusive<u32> {
+pub(crate) fn band(r: &LoadResult, rps: u32) -> std::ops::RangeInclusive<u32> {
     let low = (f64::from(rps) * (r.sending.as_secs_f64() - 1.0)).floor() as u32;
     let high = (f64::from(rps) * (r.answered.as_secs_f64() + 2.0)).ceil() as u32;
     low..=high
 }
 
-fn assert_limited(what: &str, r: LoadResult, rps: u32) {
+pub(crate) fn assert_limited(what: &str, r: LoadResult, rps: u32) {
     let band = band(&r, rps);
     assert!(
         band.contains(&r.ok),
