@@ -38,7 +38,14 @@ impl ApiProxy {
 
     /// A proxy on a free loopback port, forwarding to `upstream` (`host:port`); not frozen.
     pub fn start_to(upstream: String) -> ApiProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the API proxy");
+        Self::start_at("127.0.0.1", upstream)
+    }
+
+    /// A proxy on a free port of `ip` (one of the bed's own addresses: the host's end of a
+    /// runner pod's veth makes a loopback-only service, the bed's Traefik, reachable from inside
+    /// the pod), forwarding to `upstream`; not frozen.
+    pub fn start_at(ip: &str, upstream: String) -> ApiProxy {
+        let listener = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind the API proxy");
         listener
             .set_nonblocking(true)
             .expect("non-blocking API proxy listener");

@@ -11,6 +11,7 @@ use testbed::{
 };
 
 use crate::SIDECAR;
+use crate::ci_job::{job, show};
 use crate::health::{checked_web, set_healthy};
 use crate::operability::pod_sh;
 use crate::policies::assert_limited;
@@ -702,5 +703,79 @@ async fn pod_scope_without_kubernetes_credentials_routes_through_the_operators_r
     assert!(
         sidecar_writes(&ns).is_empty(),
         "the sidecar made no request at all"
+    );
+}
+
+/// The CI job's side in pod scope: `wait` hands over URLs once a request through the controller
+/// reaches the container, `urls` lists them, a refusal fails fast.
+#[tokio::test]
+async fn pod_scope_wait_hands_over_urls_routable_through_the_controller() {
+    let ns = unique_namespace("pod-cijob");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    // The sidecar is in the pod; the bed's Traefik listens on loopback: reach it through the
+    // host's end of the pod's veth, as a pod reaches its controller's Service.
+    let (ip, _) = controller_address(&pod)
+        .split_once('/')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .expect("cidr");
+    let traefik = bed()
+        .get("TRAEFIK_WEB")
+        .trim_start_matches("http://")
+        .to_string();
+    let forward = testbed::ApiProxy::start_at(&ip, traefik);
+    let probe = format!("http://{}", forward.addr());
+    let sidecar = start(&pod, &["--probe-url", &probe]).await;
+    let slow = "  web:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
+                command: [\"sh\", \"-c\", \"sleep 4; echo job-page > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    \
+                ports: [\"8080\"]\n    labels: {compose-ingress.enable: \"true\"}\n";
+    pod.compose_as(
+        V2,
+        "jobapp",
+        &compose_file(&[slow.to_string()]),
+        &["up", "-d"],
+    );
+    let out = job(
+        &sidecar,
+        &["wait", "jobapp", "--format", "dotenv", "--timeout", "2m"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let url_host = host("web", 8080, "jobapp", &pod);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("WEB_8080_URL=http://{url_host}/\n"),
+        "{}",
+        show(&out)
+    );
+    // It answers now, through the controller: no retry after `wait` returned.
+    assert_eq!(
+        through_traefik(&url_host, "/"),
+        (200, "job-page".to_string())
+    );
+    let out = job(&sidecar, &["urls", "jobapp"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&url_host),
+        "{}",
+        show(&out)
+    );
+    pod.compose_as(
+        V2,
+        "badjob",
+        &compose_file(&[web(
+            "web",
+            "x",
+            8080,
+            "8080",
+            &[ENABLE, ("compose-ingress.class", "vip")],
+        )]),
+        &["up", "-d"],
+    );
+    let out = job(&sidecar, &["wait", "badjob", "--timeout", "5m"], &[]);
+    assert_eq!(out.status.code(), Some(3), "refused: {}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not-in-pod-scope"),
+        "{}",
+        show(&out)
     );
 }
