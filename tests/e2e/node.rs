@@ -380,3 +380,82 @@ async fn the_gateway_overlay_routes_through_the_gateway() {
     let ingresses = d.kubectl(&["get", "ingresses", "-o", "name"]);
     assert!(ingresses.trim().is_empty(), "{ingresses}");
 }
+
+/// deploy/overlays/pod-scope on the node: a composition's URL answers over HTTPS through the
+/// one wildcard route of its pod (the certificate names `*.<pod>.<domain>`), nothing is written
+/// per composition, and when the kubelet restarts the sidecar the pod's URLs fail only until the
+/// new one listens: that gap is measured, printed and bounded.
+#[tokio::test]
+async fn pod_scope_deploy_serves_https_through_one_route_per_pod_and_a_sidecar_restart_is_a_short_gap()
+ {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("node-pod");
+    let d = Deployment::apply(bed, &ns, "pod-scope");
+    d.wait_ready("runner-1").await;
+    let pod = d.wait_ready("runner-0").await;
+    d.load_test_image("runner-0");
+    let example =
+        std::fs::read_to_string(repo_root().join("deploy/examples/compose.yml")).expect("example");
+    d.compose_up("runner-0", "demo", &example);
+    let host = d.host("web-80-demo.runner-0");
+    let page = d.answers(&host, "/").await;
+    assert!(page.starts_with("hello from web ("), "{page}");
+
+    // One route per pod, a wildcard of its own label; nothing of the composition.
+    let client = bed.admin().await;
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(MANAGED))
+        .await
+        .expect("list ingresses");
+    let mut hosts: Vec<String> = ingresses.items.iter().flat_map(ingress_hosts).collect();
+    hosts.sort();
+    assert_eq!(
+        hosts,
+        [d.host("*.runner-0"), d.host("*.runner-1")],
+        "one wildcard route per pod"
+    );
+    assert!(
+        owned_of::<Lease>(&client, &ns).await.is_empty(),
+        "no Leases in pod scope"
+    );
+
+    // The kubelet restarts a killed sidecar: the gap in the pod's URLs, from the kill to the
+    // first 200 again (sampled every 100 ms).
+    kill_container(bed, &pod, SIDECAR_CONTAINER, "SIGKILL");
+    let killed = std::time::Instant::now();
+    let mut failed = 0;
+    let back = eventually(
+        "the URL answers again after the sidecar's restart",
+        CONVERGE,
+        || {
+            let (code, _) = d.https_get(&host, "/");
+            if code != 200 {
+                failed += 1;
+            }
+            async move {
+                if code == 200 && failed > 0 {
+                    return Some(killed.elapsed());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                None
+            }
+        },
+    )
+    .await;
+    println!(
+        "pod scope: the pod's URLs failed for at most {} ms after the kubelet's restart of the sidecar ({failed} failed requests)",
+        back.as_millis()
+    );
+    assert!(
+        back < std::time::Duration::from_secs(60),
+        "the pod's URLs were down for {back:?}"
+    );
+    let after = d.pod("runner-0").await.expect("runner-0");
+    assert!(
+        restarts(&after, SIDECAR_CONTAINER) >= 1,
+        "the sidecar was restarted"
+    );
+    assert_eq!(restarts(&after, DIND_CONTAINER), 0, "dind was not");
+    assert_eq!(uid(&after), uid(&pod), "the same pod");
+}

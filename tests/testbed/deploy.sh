@@ -76,6 +76,7 @@ patches:
             env:
             - {name: COMPOSE_INGRESS_DOMAIN, value: "$domain"}
 $( [ "$overlay" != ingress ] || echo '            - {name: COMPOSE_INGRESS_INGRESS_CLASS, value: traefik}' )
+$( [ "$overlay" != pod-scope ] || echo "            - {name: COMPOSE_INGRESS_TRUSTED_PROXIES, value: \"${POD_CIDR%.*}.1/32\"}" )
 YAML
   if [ "$overlay" = gateway ]; then
     cat >> "$dir/kustomization.yaml" <<YAML
@@ -85,11 +86,16 @@ YAML
 YAML
   fi
   kubectl_bed get namespace "$ns" >/dev/null 2>&1 || kubectl_bed create namespace "$ns" >/dev/null
-  # The wildcard certificate a user creates (e.g. with cert-manager); self-signed here.
-  if ! kubectl_bed -n "$ns" get secret wildcard-composition-tls >/dev/null 2>&1; then
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=*.$domain" -addext "subjectAltName=DNS:*.$domain" \
+  # The wildcard certificate a user creates (e.g. with cert-manager); self-signed here. Pod scope:
+  # one certificate listing *.<pod>.<domain> for every ordinal of the overlay's StatefulSet.
+  local secret=wildcard-composition-tls names="DNS:*.$domain" cn="*.$domain"
+  if [ "$overlay" = pod-scope ]; then
+    secret=wildcard-pods-tls names="DNS:*.runner-0.$domain,DNS:*.runner-1.$domain" cn="*.runner-0.$domain"
+  fi
+  if ! kubectl_bed -n "$ns" get secret "$secret" >/dev/null 2>&1; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$cn" -addext "subjectAltName=$names" \
       -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
-    kubectl_bed -n "$ns" create secret tls wildcard-composition-tls --cert "$dir/tls.crt" --key "$dir/tls.key" >/dev/null
+    kubectl_bed -n "$ns" create secret tls "$secret" --cert "$dir/tls.crt" --key "$dir/tls.key" >/dev/null
   fi
   kubectl_bed kustomize "$dir" | kubectl_bed apply -n "$ns" -f - >&2
   echo "TLS_CA=$dir/tls.crt"
