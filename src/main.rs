@@ -132,7 +132,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Pod scope: the proxy listens from the start too (503 until the first listing).
     let publisher = match &config.proxy {
         Some(proxy) => {
-            let proxy = PodProxy::bind(proxy, &settings).await?;
+            let proxy = PodProxy::bind(proxy, &settings, status.clone()).await?;
             let port = proxy.port();
             let (serving, publisher) = proxy.serve(cancel.clone());
             last.push(("proxy", tokio::spawn(serving)));

@@ -143,6 +143,13 @@ pub struct Metrics {
     ready: Gauge,
     docker_connected: Gauge,
     kube_events: Family<EventLabels, Counter>,
+    proxy_requests: Family<AnswerLabels, Counter>,
+    proxy_connections: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabels {
+    answer: &'static str,
 }
 
 impl Default for Metrics {
@@ -163,6 +170,8 @@ impl Default for Metrics {
             ready: Gauge::default(),
             docker_connected: Gauge::default(),
             kube_events: Family::default(),
+            proxy_requests: Family::default(),
+            proxy_connections: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -225,6 +234,17 @@ impl Default for Metrics {
             "Kubernetes Events on the pod, by reason and result (posted, rate-limited, error)",
             m.kube_events.clone(),
         );
+        registry.register(
+            "proxy_requests",
+            "Requests the pod scope's proxy answered, by answer (forwarded, not-found, starting, \
+             withdrawn, gated, busy, rate-limited, forbidden, unauthorized, bad-gateway, bad-request)",
+            m.proxy_requests.clone(),
+        );
+        registry.register(
+            "proxy_connections",
+            "Connections the pod scope's proxy holds open (WebSockets included)",
+            m.proxy_connections.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -262,6 +282,16 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+    /// One request the pod scope's proxy answered, by what it answered.
+    pub(crate) fn proxy_request(&self, answer: &'static str) {
+        self.proxy_requests
+            .get_or_create(&AnswerLabels { answer })
+            .inc();
+    }
+    /// A connection to the proxy opened (`+1`) or closed (`-1`).
+    pub(crate) fn proxy_connection(&self, delta: i64) {
+        self.proxy_connections.inc_by(delta);
     }
     /// One Kubernetes API write; `result` is `ok`, `error`, or `conflict` (a host claim that
     /// found the Lease held by someone else: the apiserver's 409, an answer rather than a fault).

@@ -12,7 +12,6 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
 
 use super::access::{Cidr, Denied, client_ip};
@@ -20,9 +19,10 @@ use super::answer::{self, ProxyBody};
 use super::headers::{self, X_FORWARDED_FOR};
 use super::limits::{OpenPermit, Refused};
 use super::registry::TableHandle;
-use super::server::Activity;
+use super::server::{Activity, Held};
 use super::table::{Destination, Lookup, Upstream};
 use super::upstream::Upstreams;
+use crate::status::Status;
 
 /// What every request needs, shared by all connections.
 pub(crate) struct Context {
@@ -33,6 +33,8 @@ pub(crate) struct Context {
     pub(crate) trusted: Vec<Cidr>,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub(crate) idle_timeout: Duration,
+    /// Where the answers and connections are counted.
+    pub(crate) status: Arc<Status>,
 }
 
 /// Who is on the other end of a connection.
@@ -42,7 +44,7 @@ pub(crate) struct Peer {
     pub(crate) activity: Arc<Activity>,
     /// The connection's slot of the proxy's total: a WebSocket tunnel keeps it after the HTTP
     /// connection it came from has ended.
-    pub(crate) slot: Arc<OwnedSemaphorePermit>,
+    pub(crate) slot: Arc<Held>,
 }
 
 /// The host a request is for: the authority of an HTTP/2 request (or an absolute-form
@@ -57,23 +59,35 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Answers one request, and counts the answer (`compose_ingress_proxy_requests_total`).
 pub(crate) async fn handle(
     ctx: &Context,
     peer: &Peer,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let (counted, response) = answer_to(ctx, peer, req).await;
+    ctx.status.metrics.proxy_request(counted);
+    response
+}
+
+async fn answer_to(
+    ctx: &Context,
+    peer: &Peer,
+    mut req: Request<Incoming>,
+) -> (&'static str, Response<ProxyBody>) {
     let Some(host) = host_of(&req) else {
-        return answer::bad_request("the request names no host");
+        let answer = answer::bad_request("the request names no host");
+        return ("bad-request", answer);
     };
     let to: Arc<Destination> = match ctx.table.current().lookup(&host, req.uri().path()) {
         Lookup::Found(d) => d.clone(),
-        Lookup::Withdrawn { composition } => return answer::withdrawn(composition),
-        Lookup::Unknown => return answer::not_found(),
-        Lookup::Starting => return answer::starting(),
+        Lookup::Withdrawn { composition } => return ("withdrawn", answer::withdrawn(composition)),
+        Lookup::Unknown => return ("not-found", answer::not_found()),
+        Lookup::Starting => return ("starting", answer::starting()),
     };
     // The cheap refusals first: a request over the limit never costs a password check.
     if let Err(Refused::RateLimited { rps, retry_after }) = to.guard.admit(Instant::now()) {
-        return answer::rate_limited(rps, retry_after);
+        return ("rate-limited", answer::rate_limited(rps, retry_after));
     }
     if let Some(access) = &to.guard.access {
         let forwarded: Vec<&str> = req
@@ -88,21 +102,23 @@ pub(crate) async fn handle(
             .await
         {
             Ok(()) => {}
-            Err(Denied::Address(_)) => return answer::forbidden(),
-            Err(Denied::Credentials { realm }) => return answer::unauthorized(&realm),
+            Err(Denied::Address(_)) => return ("forbidden", answer::forbidden()),
+            Err(Denied::Credentials { realm }) => {
+                return ("unauthorized", answer::unauthorized(&realm));
+            }
         }
         if access.consumes_authorization() {
             req.headers_mut().remove(header::AUTHORIZATION);
         }
     }
     if let Some(reason) = &to.gated {
-        return answer::gated(reason);
+        return ("gated", answer::gated(reason));
     }
     let permit = match to.guard.open() {
         Ok(p) => p,
-        Err(Refused::Busy { max }) => return answer::busy(&to.composition, max),
+        Err(Refused::Busy { max }) => return ("busy", answer::busy(&to.composition, max)),
         Err(Refused::RateLimited { rps, retry_after }) => {
-            return answer::rate_limited(rps, retry_after);
+            return ("rate-limited", answer::rate_limited(rps, retry_after));
         }
     };
     forward(ctx, peer, &to, &host, req, permit).await
@@ -115,13 +131,14 @@ async fn forward(
     host: &str,
     mut req: Request<Incoming>,
     permit: OpenPermit,
-) -> Response<ProxyBody> {
+) -> (&'static str, Response<ProxyBody>) {
     let upgrade = headers::upgrade_of(req.headers());
     if upgrade.is_some() && to.upstream == Upstream::H2c {
-        return answer::bad_request(&format!(
+        let why = format!(
             "service {} speaks HTTP/2 (compose-ingress.protocol): a connection upgrade cannot be carried to it",
             to.service
-        ));
+        );
+        return ("bad-request", answer::bad_request(&why));
     }
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let trusted = ctx.trusted.iter().any(|c| c.contains(peer.ip));
@@ -141,15 +158,16 @@ async fn forward(
         Ok(a) => a,
         Err(e) => {
             debug!(composition = %to.composition, service = %to.service, address = %to.address, error = %e, "backend did not answer");
-            return answer::bad_gateway(&to.service, to.container_port, &e.to_string());
+            let answer = answer::bad_gateway(&to.service, to.container_port, &e.to_string());
+            return ("bad-gateway", answer);
         }
     };
     if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = client_side else {
-            return answer::bad_gateway(
-                &to.service,
-                to.container_port,
-                "it switched protocols unasked",
+            let unasked = "it switched protocols unasked";
+            return (
+                "bad-gateway",
+                answer::bad_gateway(&to.service, to.container_port, unasked),
             );
         };
         let backend_side = hyper::upgrade::on(&mut answer);
@@ -169,12 +187,10 @@ async fn forward(
             drop((permit, slot));
         });
         let (parts, _) = answer.into_parts();
-        return Response::from_parts(
-            parts,
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        );
+        let empty = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        return ("forwarded", Response::from_parts(parts, empty));
     }
     headers::strip_hop_by_hop(answer.headers_mut(), false);
     let (parts, body) = answer.into_parts();
@@ -185,5 +201,5 @@ async fn forward(
             frame
         })
         .boxed_unsync();
-    Response::from_parts(parts, body)
+    ("forwarded", Response::from_parts(parts, body))
 }

@@ -38,6 +38,7 @@ use self::upstream::Upstreams;
 use crate::config::ProxyConfig;
 use crate::model::PlanSettings;
 use crate::reconcile::Proxy;
+use crate::status::Status;
 
 /// The largest request head the proxy reads (line and headers), as the sidecar's own endpoints.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -55,7 +56,11 @@ impl PodProxy {
     /// Binds the proxy's port now, so that a taken port fails the start with one clear line;
     /// the access policies of the file become the proxy's (their htpasswd files were read and
     /// checked with the file).
-    pub async fn bind(config: &ProxyConfig, settings: &PlanSettings) -> Result<Self, ProxyError> {
+    pub async fn bind(
+        config: &ProxyConfig,
+        settings: &PlanSettings,
+        status: Arc<Status>,
+    ) -> Result<Self, ProxyError> {
         let listener = server::bind(config.listen).await?;
         // bcrypt verifications of every policy share one turn: a flood of wrong passwords costs
         // one core at most.
@@ -81,6 +86,7 @@ impl PodProxy {
             upstreams: Upstreams::default(),
             trusted: config.trusted_proxies.clone(),
             idle_timeout: config.idle_timeout,
+            status,
         });
         let limits = ServerLimits {
             max_connections: config.max_connections,

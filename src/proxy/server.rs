@@ -152,6 +152,29 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// A connection's place in the proxy: its slot of the total, and its count in the metrics, held
+/// until the connection (or the WebSocket tunnel it became) ends.
+pub(crate) struct Held {
+    _slot: OwnedSemaphorePermit,
+    status: Arc<crate::status::Status>,
+}
+
+impl Held {
+    fn new(slot: OwnedSemaphorePermit, status: Arc<crate::status::Status>) -> Self {
+        status.metrics.proxy_connection(1);
+        Self {
+            _slot: slot,
+            status,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.status.metrics.proxy_connection(-1);
+    }
+}
+
 /// Serves the proxy until cancelled; connections being answered get a graceful shutdown then.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -201,7 +224,7 @@ pub(crate) async fn serve(
         tokio::spawn(serve_connection(
             stream,
             peer,
-            Arc::new(slot),
+            Arc::new(Held::new(slot, ctx.status.clone())),
             ctx,
             builder,
             limits.idle_timeout,
@@ -213,7 +236,7 @@ pub(crate) async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    slot: Arc<OwnedSemaphorePermit>,
+    slot: Arc<Held>,
     ctx: Arc<Context>,
     builder: auto::Builder<TokioExecutor>,
     idle: Duration,

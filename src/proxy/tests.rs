@@ -142,6 +142,7 @@ fn composition(name: &str, backends: Vec<Backend>, rps: Option<u32>) -> DesiredC
 struct Running {
     addr: SocketAddr,
     registry: Registry,
+    status: Arc<crate::status::Status>,
     _cancel: tokio_util::sync::DropGuard,
 }
 
@@ -158,11 +159,13 @@ async fn proxy(
     registry.listing_complete();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let status = Arc::new(crate::status::Status::default());
     let ctx = Arc::new(Context {
         table: registry.handle(),
         upstreams: Upstreams::default(),
         trusted: trusted.iter().map(|c| Cidr::parse(c).unwrap()).collect(),
         idle_timeout: Duration::from_secs(30),
+        status: status.clone(),
     });
     let limits = ServerLimits {
         max_connections: 64,
@@ -175,6 +178,7 @@ async fn proxy(
     Running {
         addr,
         registry,
+        status,
         _cancel: cancel.drop_guard(),
     }
 }
@@ -252,6 +256,15 @@ async fn an_unknown_host_is_a_404_that_names_nothing() {
     let (status, _, body) = get(p.addr, "nope.runner-0.example.com", "/", &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body.trim(), "not found");
+    assert_eq!(get(p.addr, HOST, "/", &[]).await.0, StatusCode::OK);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &p.status.metrics.registry).unwrap();
+    for line in [
+        "compose_ingress_proxy_requests_total{answer=\"not-found\"} 1",
+        "compose_ingress_proxy_requests_total{answer=\"forwarded\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
 }
 
 #[tokio::test]
