@@ -11,6 +11,8 @@
 
 mod variants;
 
+mod accept;
+
 pub mod cli;
 pub mod cluster;
 pub mod config;

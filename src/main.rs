@@ -14,7 +14,7 @@ use compose_ingress::docker::DockerClient;
 use compose_ingress::events;
 use compose_ingress::model::{DryRun, RateLimitMode};
 use compose_ingress::proxy::PodProxy;
-use compose_ingress::reconcile::{Reconciler, delete_all_owned};
+use compose_ingress::reconcile::{Proxy, Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
 use compose_ingress::{
     kube_client, lease_watch, logging, pod_route, retry, routable, shutdown, telemetry,
@@ -232,7 +232,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
             let reconciler = Reconciler::for_proxy(
                 docker,
-                publisher.into_output(pod_ip),
+                Proxy::fed_by(publisher, pod_ip),
                 settings,
                 owner,
                 config.timings,

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::conn_limits::ConnLimits;
 use crate::routable::{self, Probe};
@@ -98,19 +98,7 @@ pub async fn serve(
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // e.g. out of file descriptors: back off a little, never exit.
-                    warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = crate::accept::next(&listener, &cancel, "HTTP").await {
         let admitted = limits.lock().is_ok_and(|mut l| l.admit(peer.ip()));
         if !admitted {
             debug!(%peer, "too many HTTP connections from this address, or from all; closing this one");

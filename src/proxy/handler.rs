@@ -3,7 +3,6 @@
 //! goes to the published port with its hop-by-hop headers dropped and the `X-Forwarded-*`
 //! headers set; the answer streams back, or a WebSocket upgrade becomes a tunnel.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,10 +15,10 @@ use tracing::debug;
 
 use super::access::{Cidr, Denied, client_ip};
 use super::answer::{self, ProxyBody};
+use super::connection::Peer;
 use super::headers::{self, X_FORWARDED_FOR};
 use super::limits::{OpenPermit, Refused};
 use super::registry::TableHandle;
-use super::server::{Activity, Held};
 use super::table::{Destination, Lookup, Upstream};
 use super::upstream::Upstreams;
 use crate::status::Status;
@@ -35,16 +34,6 @@ pub(crate) struct Context {
     pub(crate) idle_timeout: Duration,
     /// Where the answers and connections are counted.
     pub(crate) status: Arc<Status>,
-}
-
-/// Who is on the other end of a connection.
-#[derive(Clone)]
-pub(crate) struct Peer {
-    pub(crate) ip: IpAddr,
-    pub(crate) activity: Arc<Activity>,
-    /// The connection's slot of the proxy's total: a WebSocket tunnel keeps it after the HTTP
-    /// connection it came from has ended.
-    pub(crate) slot: Arc<Held>,
 }
 
 /// The host a request is for: the authority of an HTTP/2 request (or an absolute-form

@@ -12,6 +12,7 @@
 
 mod access;
 mod answer;
+mod connection;
 mod handler;
 mod headers;
 mod limits;
@@ -37,7 +38,6 @@ use self::server::ServerLimits;
 use self::upstream::Upstreams;
 use crate::config::ProxyConfig;
 use crate::model::PlanSettings;
-use crate::reconcile::Proxy;
 use crate::status::Status;
 
 /// The largest request head the proxy reads (line and headers), as the sidecar's own endpoints.
@@ -130,15 +130,16 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// The reconciler's output; the published ports are dialled at `pod_ip` (a binding on every
-    /// address, or on exactly the pod's, is reachable there), or at loopback when it is not known.
-    pub fn into_output(self, pod_ip: Option<Ipv4Addr>) -> Proxy {
+    /// The registry the reconciler publishes into; the published ports are dialled at `pod_ip`
+    /// (a binding on every address, or on exactly the pod's, is reachable there), or at loopback
+    /// when it is not known.
+    pub(crate) fn into_registry(self, pod_ip: Option<Ipv4Addr>) -> Registry {
         let settings = ProxySettings {
             dial_ip: pod_ip.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4),
             max_open_per_composition: self.max_open_per_composition,
             policies: self.policies,
         };
-        Proxy::new(Registry::with_handle(Arc::new(settings), self.table))
+        Registry::with_handle(Arc::new(settings), self.table)
     }
 }
 

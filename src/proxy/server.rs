@@ -5,22 +5,20 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::handler::{Context, Peer, handle};
+use super::connection::{Activity, Held, Peer, Watched};
+use super::handler::{Context, handle};
 
 /// The bounds of the listener (flags `--proxy-*`).
 #[derive(Debug, Clone, Copy)]
@@ -50,131 +48,6 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
         .map_err(|source| ProxyError::Bind { addr, source })
 }
 
-/// When a connection last moved a byte, and how many of its requests are being answered.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    epoch: Instant,
-    last_ms: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn quiet_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    /// Resolves once the connection has been idle for `limit`: no byte moved and no request in
-    /// flight.
-    pub(crate) async fn idle(&self, limit: Duration) {
-        loop {
-            let quiet = self.quiet_for();
-            if quiet >= limit && self.in_flight.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            tokio::time::sleep(limit.saturating_sub(quiet).max(Duration::from_millis(100))).await;
-        }
-    }
-}
-
-/// A connection's stream that notes every byte it moves in its [`Activity`].
-struct Watched {
-    stream: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// A connection's place in the proxy: its slot of the total, and its count in the metrics, held
-/// until the connection (or the WebSocket tunnel it became) ends.
-pub(crate) struct Held {
-    _slot: OwnedSemaphorePermit,
-    status: Arc<crate::status::Status>,
-}
-
-impl Held {
-    fn new(slot: OwnedSemaphorePermit, status: Arc<crate::status::Status>) -> Self {
-        status.metrics.proxy_connection(1);
-        Self {
-            _slot: slot,
-            status,
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.status.metrics.proxy_connection(-1);
-    }
-}
-
 /// Serves the proxy until cancelled; connections being answered get a graceful shutdown then.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -202,18 +75,7 @@ pub(crate) async fn serve(
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = crate::accept::next(&listener, &cancel, "proxy").await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, "the proxy holds its most connections; closing this one");
             drop(stream);

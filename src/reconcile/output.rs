@@ -11,7 +11,9 @@ use crate::cluster::{Cluster, ClusterError, OwnedObject};
 use crate::docker::CompositionKey;
 use crate::model::{DesiredComposition, Refusal};
 use crate::objects::Kind;
-use crate::proxy::Registry;
+use std::net::Ipv4Addr;
+
+use crate::proxy::{Publisher, Registry};
 
 /// The composition scope's output: this pod's objects in the cluster.
 pub struct Objects {
@@ -35,8 +37,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub(crate) fn new(registry: Registry) -> Self {
-        Self { registry }
+    /// The output that feeds the pod's proxy (`publisher`), dialling the published ports at
+    /// `pod_ip` (loopback when it is not known).
+    pub fn fed_by(publisher: Publisher, pod_ip: Option<Ipv4Addr>) -> Self {
+        Self {
+            registry: publisher.into_registry(pod_ip),
+        }
     }
 }
 

@@ -69,12 +69,7 @@ impl Output for Reconciler<Proxy> {
         let done = Done {
             objects: 0,
             urls: render::urls_of(&d, &self.settings),
-            not_routed: d
-                .backends
-                .iter()
-                .filter(|b| !b.ready)
-                .map(|b| (b.service.clone(), b.health.as_str()))
-                .collect(),
+            not_routed: render::not_routed(&d),
             backends: d.backends,
             refused,
         };

@@ -84,13 +84,18 @@ pub(crate) fn composition(
         objects,
         hosts: d.backends.iter().map(|b| b.host.clone()).collect(),
         urls: urls_of(d, settings),
-        not_routed: d
-            .backends
-            .iter()
-            .filter(|b| !b.ready)
-            .map(|b| (b.service.clone(), b.health.as_str()))
-            .collect(),
+        not_routed: not_routed(d),
     })
+}
+
+/// The exposed services whose container's healthcheck does not pass (not routed), with their
+/// health.
+pub(crate) fn not_routed(d: &DesiredComposition) -> BTreeSet<(String, &'static str)> {
+    d.backends
+        .iter()
+        .filter(|b| !b.ready)
+        .map(|b| (b.service.clone(), b.health.as_str()))
+        .collect()
 }
 
 /// The URLs users get: https when the operator configured a TLS secret (Ingress only: a
