@@ -201,20 +201,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let (hints_tx, hints_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = {
-        let status = status.clone();
-        let metrics = status.clone();
-        tokio::spawn(report_end(
-            "docker-watcher",
-            docker.clone().watch(
-                hints_tx.clone(),
-                move |action| metrics.metrics.docker_event_action(action),
-                cancel.clone(),
-            ),
-            status,
-            cancel.clone(),
-        ))
-    };
+    let metrics = status.clone();
+    let watching = docker.clone().watch(
+        hints_tx.clone(),
+        move |action| metrics.metrics.docker_event_action(action),
+        cancel.clone(),
+    );
+    let watcher = long_lived("docker-watcher", watching, &status, &cancel);
     let mut first = Vec::new();
     let reconciling = match (publisher, &cluster) {
         (Some((publisher, port)), cluster) => {
@@ -228,7 +221,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     status.clone(),
                     cancel.clone(),
                 );
-                first.push(("pod-route", tokio::spawn(keeper)));
+                first.push(long_lived("pod-route", keeper, &status, &cancel));
             }
             let reconciler = Reconciler::for_proxy(
                 docker,
@@ -238,12 +231,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 config.timings,
                 status.clone(),
             );
-            tokio::spawn(report_end(
+            long_lived(
                 "reconciler",
                 reconciler.run(hints_rx, cancel.clone()),
-                status.clone(),
-                cancel.clone(),
-            ))
+                &status,
+                &cancel,
+            )
         }
         (None, Some(cluster)) => {
             if config.dry_run != DryRun::Client {
@@ -254,15 +247,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     lease_watch::watch_seconds(config.api_timeout),
                     cancel.clone(),
                 );
-                first.push((
-                    "lease-watcher",
-                    tokio::spawn(report_end(
-                        "lease-watcher",
-                        lease_watcher,
-                        status.clone(),
-                        cancel.clone(),
-                    )),
-                ));
+                first.push(long_lived("lease-watcher", lease_watcher, &status, &cancel));
             }
             let reconciler = Reconciler::new(
                 docker,
@@ -272,19 +257,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 config.timings,
                 status.clone(),
             );
-            tokio::spawn(report_end(
+            long_lived(
                 "reconciler",
                 reconciler.run(hints_rx, cancel.clone()),
-                status.clone(),
-                cancel.clone(),
-            ))
+                &status,
+                &cancel,
+            )
         }
         (None, None) => anyhow::bail!(
             "the composition scope needs the Kubernetes API (--no-kubernetes is for --route-scope pod)"
         ),
     };
-    first.insert(0, ("reconciler", reconciling));
-    first.insert(1, ("docker-watcher", watcher));
+    first.insert(0, reconciling);
+    first.insert(1, watcher);
 
     cancel.cancelled().await;
     info!("shutting down: stopped watching Docker");
@@ -339,6 +324,19 @@ async fn docker_client(config: &Config, cancel: &CancellationToken) -> Option<Do
             }
         }
     }
+}
+
+/// Spawns a long-lived task under `name`, for the shutdown to wait for (see [`report_end`]).
+fn long_lived(
+    name: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+    status: &Arc<Status>,
+    cancel: &CancellationToken,
+) -> shutdown::Task {
+    (
+        name,
+        tokio::spawn(report_end(name, task, status.clone(), cancel.clone())),
+    )
 }
 
 /// Runs a long-lived task; if it ends before shutdown, `/healthz` reports it (and the kubelet

@@ -120,7 +120,6 @@ impl Reconciler<Objects> {
         mut d: DesiredComposition,
         problems: &mut BTreeSet<Problem>,
     ) -> Result<Option<DesiredComposition>, ClusterError> {
-        let hosts: BTreeSet<String> = d.backends.iter().map(|b| b.host.clone()).collect();
         // The pod's cap on hosts, over every composition: the others' claimed hosts (their
         // Leases) plus this one's. Checked before any claim, so that nothing is half-claimed.
         let others = self
@@ -131,9 +130,9 @@ impl Reconciler<Objects> {
             .filter_map(|o| o.host.as_deref())
             .collect::<BTreeSet<_>>()
             .len();
-        if self.over_host_cap(key, hosts.len(), others, problems) {
+        let Some(hosts) = self.hosts_within_cap(key, &d, others, problems) else {
             return Ok(None);
-        }
+        };
         let mut refused: BTreeSet<String> = BTreeSet::new();
         for host in hosts {
             let lease = DesiredObject::new(

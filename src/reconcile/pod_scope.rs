@@ -41,11 +41,10 @@ impl Output for Reconciler<Proxy> {
         mut d: DesiredComposition,
         problems: &mut BTreeSet<Problem>,
     ) -> Result<Option<DesiredComposition>, ClusterError> {
-        let hosts: BTreeSet<String> = d.backends.iter().map(|b| b.host.clone()).collect();
         let others = self.output.registry.host_count_without(key);
-        if self.over_host_cap(key, hosts.len(), others, problems) {
+        let Some(hosts) = self.hosts_within_cap(key, &d, others, problems) else {
             return Ok(None);
-        }
+        };
         let mut refused = BTreeSet::new();
         for host in hosts {
             let Some(holder) = self.output.registry.holder_of(&host, key) else {

@@ -96,30 +96,32 @@ impl<O> Reconciler<O> {
         problem
     }
 
-    /// Whether `hosts` more hosts would take the pod over its cap, with `others` held by its
-    /// other compositions; then the composition is refused whole (nothing is half-claimed).
-    pub(super) fn over_host_cap(
+    /// The composition's hosts, unless they would take the pod over its cap with the `others`
+    /// its other compositions hold; then it is refused whole (nothing is half-claimed).
+    pub(super) fn hosts_within_cap(
         &self,
         key: &str,
-        hosts: usize,
+        d: &DesiredComposition,
         others: usize,
         problems: &mut BTreeSet<Problem>,
-    ) -> bool {
+    ) -> Option<BTreeSet<String>> {
+        let hosts: BTreeSet<String> = d.backends.iter().map(|b| b.host.clone()).collect();
         let cap = self.settings.max_hosts_per_pod;
-        if others + hosts <= cap {
-            return false;
+        if others + hosts.len() <= cap {
+            return Some(hosts);
         }
         let refusal = Refusal::composition(
             Reason::TooManyHosts,
             format!(
-                "composition {key} would expose {hosts} hosts while the pod already exposes \
+                "composition {key} would expose {} hosts while the pod already exposes \
                  {others}, over the operator's limit of {cap} per pod (--max-hosts-per-pod): \
                  nothing of it is exposed; it is retried when it changes and at every \
-                 full resync"
+                 full resync",
+                hosts.len()
             ),
         );
         problems.extend(self.label_problems(key, std::slice::from_ref(&refusal)));
-        true
+        None
     }
 
     /// The grace is over and everything of the composition is gone: forgotten, and said once.
