@@ -71,12 +71,20 @@ pub async fn get(
             "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: compose-ingress\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(req.as_bytes()).await.map_err(io)?;
+        // The answer is whole when its Content-Length is read, not when the server closes:
+        // Envoy keeps a connection open after its answer until the client closes it (its
+        // delayed close, 1 s by default), and waiting for the close would add that second to
+        // every probe through an Envoy-based controller.
         let mut buf = Vec::new();
-        stream
-            .take(MAX_ANSWER)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(io)?;
+        let mut chunk = [0u8; 8192];
+        while (buf.len() as u64) < MAX_ANSWER && !complete(&buf) {
+            let n = stream.read(&mut chunk).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.truncate(MAX_ANSWER as usize);
         parse(&buf).ok_or_else(|| GetError::Malformed { url: url.clone() })
     };
     tokio::time::timeout(timeout, request)
@@ -85,6 +93,19 @@ pub async fn get(
             url: url.clone(),
             after: timeout,
         })?
+}
+
+/// Whether `buf` holds a whole answer: its head and as many body bytes as its Content-Length
+/// says (an answer without one ends when the server closes).
+fn complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| buf.len() >= end + 4 + len)
 }
 
 /// Status line and body of a raw HTTP/1.x answer.
@@ -124,6 +145,36 @@ mod tests {
         assert!(s("https://x").is_err());
         assert!(s("http://user@x").is_err());
         assert!(s("http:///x").is_err());
+    }
+
+    #[test]
+    fn an_answer_is_whole_at_its_content_length() {
+        assert!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab"));
+        assert!(
+            !complete(b"HTTP/1.1 200 OK\r\n\r\nabc"),
+            "no length: until the close"
+        );
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Le"));
+    }
+
+    /// A server that answers and keeps the connection open (Envoy's delayed close): the answer
+    /// is back without waiting for the close.
+    #[tokio::test]
+    async fn a_server_that_keeps_the_connection_open_does_not_hold_the_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let a = get(&addr, "x", "/", Duration::from_secs(5)).await.unwrap();
+        assert_eq!((a.status, a.body.as_str()), (200, "ok"));
     }
 
     #[test]
