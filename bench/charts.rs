@@ -171,11 +171,7 @@ pub fn plot_refresh(
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let xmax = points.iter().map(|p| p.fillers).max().unwrap_or(0).max(100) as f64 * 1.05;
-    let ymax = points
-        .iter()
-        .map(|p| p.stats.p99_ms)
-        .fold(1000.0, f64::max)
-        * 1.5;
+    let ymax = points.iter().map(|p| p.stats.p99_ms).fold(1000.0, f64::max) * 1.5;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "New composition: `up -d` returns → first 200 through the controller",
@@ -216,7 +212,11 @@ pub fn plot_refresh(
             let pts: Vec<(f64, f64)> = ps
                 .iter()
                 .map(|p| {
-                    let v = if dashed { p.stats.p99_ms } else { p.stats.p50_ms };
+                    let v = if dashed {
+                        p.stats.p99_ms
+                    } else {
+                        p.stats.p50_ms
+                    };
                     (p.fillers as f64, v)
                 })
                 .collect();

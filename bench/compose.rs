@@ -66,7 +66,10 @@ pub fn compose_file_labelled(
         "      compose-ingress.enable: \"true\"\n      compose-ingress.host: \"{host_label}\"\n"
     );
     for (k, v) in extra {
-        labels.push_str(&format!("      {k}: {}\n", serde_json::Value::String(v.clone())));
+        labels.push_str(&format!(
+            "      {k}: {}\n",
+            serde_json::Value::String(v.clone())
+        ));
     }
     let yaml = format!(
         "services:\n  web:\n    image: {}\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    ports: [\"{}::80\"]\n    labels:\n{labels}networks:\n  default:\n    name: benchnet0\n    external: true\n",

@@ -84,9 +84,7 @@ impl Controller {
             .map(|((name, pid), t0)| ProcCost {
                 process: name.to_string(),
                 rss_mib: proc_status_kib(*pid, "VmRSS:") as f64 / 1024.0,
-                cpu_percent: 100.0 * cpu_ticks(*pid).saturating_sub(*t0) as f64
-                    / clk_tck()
-                    / secs,
+                cpu_percent: 100.0 * cpu_ticks(*pid).saturating_sub(*t0) as f64 / clk_tck() / secs,
             })
             .collect()
     }

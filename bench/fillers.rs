@@ -100,7 +100,9 @@ pub async fn delete_all(admin: &kube::Client, ns: &str, kind: &str) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    say(format!("WARNING: fillers of {kind} in {ns} still listed after 600 s"));
+    say(format!(
+        "WARNING: fillers of {kind} in {ns} still listed after 600 s"
+    ));
 }
 
 /// Waits (bounded) until the controller at `web` routes `host` (any answer but 404: the
@@ -130,7 +132,9 @@ pub async fn assert_no_routes_of_others(admin: &kube::Client, phase: &str, smoke
             .unwrap_or_else(|e| panic!("{phase}: cannot list the bed's {kind} objects: {e}"))
             .items
             .len();
-        say(format!("{phase}: {others} {kind} objects of others on the bed"));
+        say(format!(
+            "{phase}: {others} {kind} objects of others on the bed"
+        ));
         assert!(
             others == 0 || smoke,
             "{phase}: {others} {kind} objects already exist on the bed (an interrupted run or \

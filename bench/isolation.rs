@@ -75,7 +75,10 @@ fn start_churn(
             }
             i += 1;
         }
-        (changes.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
+        (
+            changes.load(Ordering::Relaxed),
+            start.elapsed().as_secs_f64(),
+        )
     });
     (stop, task)
 }
@@ -107,8 +110,19 @@ pub async fn measure(
         let (mut fill, mut churn) = (0, None);
         if load == "loaded" {
             fill = scale.isolation_fillers;
-            say(format!("isolation: {fill} fillers on the shared {}", shared.name));
-            fillers::create(admin, &pod.namespace, "Ingress", &shared.class, "iso", 0..fill).await;
+            say(format!(
+                "isolation: {fill} fillers on the shared {}",
+                shared.name
+            ));
+            fillers::create(
+                admin,
+                &pod.namespace,
+                "Ingress",
+                &shared.class,
+                "iso",
+                0..fill,
+            )
+            .await;
             let t = fillers::wait_routed(
                 &shared.web,
                 &filler_host("iso", fill - 1),
@@ -178,6 +192,9 @@ pub async fn measure(
         Duration::from_secs(900),
     )
     .await;
-    say(format!("isolation: fillers dropped by {} after {gone:?} s", shared.name));
+    say(format!(
+        "isolation: fillers dropped by {} after {gone:?} s",
+        shared.name
+    ));
     points
 }

@@ -126,7 +126,13 @@ pub async fn phase_refresh(scale: &Scale) -> RefreshResult {
     for p in &result.points {
         say(format!(
             "refresh/{}/{} at {} routes: p50 {:.0} / p99 {:.0} / max {:.0} ms ({} failed)",
-            p.controller, p.scope, p.fillers, p.stats.p50_ms, p.stats.p99_ms, p.stats.max_ms, p.failed
+            p.controller,
+            p.scope,
+            p.fillers,
+            p.stats.p50_ms,
+            p.stats.p99_ms,
+            p.stats.max_ms,
+            p.failed
         ));
     }
     crate::pods::finish_pod(&pod);
@@ -163,8 +169,15 @@ async fn curve(
         if level > have {
             say(format!("refresh/{tag}: creating fillers {have}..{level}"));
             let t = Instant::now();
-            fillers::create(admin, &pod.namespace, "Ingress", &ctl.class, &prefix, have..level)
-                .await;
+            fillers::create(
+                admin,
+                &pod.namespace,
+                "Ingress",
+                &ctl.class,
+                &prefix,
+                have..level,
+            )
+            .await;
             let created = t.elapsed().as_secs_f64();
             have = level;
             take_in_s =
@@ -174,7 +187,9 @@ async fn curve(
                 "refresh/{tag}: {level} fillers created in {created:.1} s, routed {take_in_s:?} s later"
             ));
             if take_in_s.is_none() {
-                say(format!("refresh/{tag}: {level} routes not taken in within {TAKE_IN:?}: the machine does not hold this level; stopping this curve"));
+                say(format!(
+                    "refresh/{tag}: {level} routes not taken in within {TAKE_IN:?}: the machine does not hold this level; stopping this curve"
+                ));
                 break;
             }
         }
@@ -216,7 +231,9 @@ async fn curve(
     if have > 0 {
         let gone =
             fillers::wait_routed(&ctl.web, &filler_host(&prefix, have - 1), false, TAKE_IN).await;
-        say(format!("refresh/{tag}: fillers deleted, dropped by the controller after {gone:?} s"));
+        say(format!(
+            "refresh/{tag}: fillers deleted, dropped by the controller after {gone:?} s"
+        ));
     }
     points
 }

@@ -107,7 +107,8 @@ impl Proxy {
     fn check(self, dir: &Path) -> Duration {
         let t = Instant::now();
         let mut c = self.command(dir);
-        c.arg(if self == Proxy::Nginx { "-t" } else { "-c" }).arg("-q");
+        c.arg(if self == Proxy::Nginx { "-t" } else { "-c" })
+            .arg("-q");
         let out = c.output().expect("run the config check");
         assert!(
             out.status.success(),
@@ -131,7 +132,11 @@ impl Proxy {
     }
     /// The reload signal: nginx's master re-reads on HUP, haproxy's master-worker on USR2.
     fn reload(self, master: u32) {
-        let sig = if self == Proxy::Nginx { "-HUP" } else { "-USR2" };
+        let sig = if self == Proxy::Nginx {
+            "-HUP"
+        } else {
+            "-USR2"
+        };
         let ok = Command::new("kill")
             .args([sig, &master.to_string()])
             .status()
@@ -248,19 +253,29 @@ async fn curve(proxy: Proxy, dir: &Path, scale: &Scale) -> Vec<ReloadPoint> {
     let mut points = Vec::new();
     for &level in &scale.reload_levels {
         proxy.write(dir, level);
-        let last = if level > 0 { host(level - 1) } else { STEADY_HOST.to_string() };
+        let last = if level > 0 {
+            host(level - 1)
+        } else {
+            STEADY_HOST.to_string()
+        };
         match &child {
             None => child = Some(proxy.start(dir)),
             Some(c) => proxy.reload(c.id()),
         }
         let master = child.as_ref().expect("started").id();
         let ready = until_200(&addr, &last, Duration::from_secs(300)).await;
-        say(format!("reload/{name}: {level} hosts configured, answering after {ready:?} ms"));
+        say(format!(
+            "reload/{name}: {level} hosts configured, answering after {ready:?} ms"
+        ));
         if ready.is_none() {
-            say(format!("reload/{name}: {level} hosts not served within 300 s; stopping"));
+            say(format!(
+                "reload/{name}: {level} hosts not served within 300 s; stopping"
+            ));
             break;
         }
-        let workers = wait_generation(master, None, Duration::from_secs(60)).await.1;
+        let workers = wait_generation(master, None, Duration::from_secs(60))
+            .await
+            .1;
         let steady = Steady::start(&addr, STEADY_HOST, 4, 1, Duration::from_millis(10));
         let (mut check, mut reload, mut total, mut failed, mut gone_max) =
             (Vec::new(), Vec::new(), Vec::new(), 0, 0.0f64);
@@ -294,7 +309,9 @@ async fn curve(proxy: Proxy, dir: &Path, scale: &Scale) -> Vec<ReloadPoint> {
             steady: seen,
             rss_mib: rss_mib(master),
         };
-        say(format!("reload/{name} at {level}: {point:?} ({workers} workers)"));
+        say(format!(
+            "reload/{name} at {level}: {point:?} ({workers} workers)"
+        ));
         points.push(point);
     }
     if let Some(mut c) = child {

@@ -80,7 +80,10 @@ pub fn haproxy_conf(dir: &Path, hosts: impl Iterator<Item = usize> + Clone) -> (
     );
     let mut map = String::new();
     let mut backend = |name: &str, host: &str| {
-        let _ = write!(cfg, "backend {name}\n  server s1 127.0.0.1:{BACKEND_PORT}\n");
+        let _ = write!(
+            cfg,
+            "backend {name}\n  server s1 127.0.0.1:{BACKEND_PORT}\n"
+        );
         let _ = writeln!(map, "{host} {name}");
     };
     backend("steady", STEADY_HOST);

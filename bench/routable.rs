@@ -10,9 +10,9 @@ use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
 use crate::cluster::delete_owned;
-use crate::fillers;
 use crate::compose::{chosen_host_label, compose_file, compose_up};
 use crate::docker::{ensure_networks, remove_all};
+use crate::fillers;
 use crate::http::{http_get, until_200, wait_ready};
 use crate::pods::{finish_pod, phase_pod};
 use crate::stats::{Stats, stats};
@@ -91,7 +91,15 @@ pub async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
         for &level in &scale.routable_levels {
             if level > have {
                 say(format!("routable/{api}: creating fillers {have}..{level}"));
-                fillers::create(&admin, &pod.namespace, kind, "traefik", "filler", have..level).await;
+                fillers::create(
+                    &admin,
+                    &pod.namespace,
+                    kind,
+                    "traefik",
+                    "filler",
+                    have..level,
+                )
+                .await;
                 have = level;
                 // Traefik has taken the fillers in when it routes the last one (its endpoint, the
                 // pod IP on a closed port, answers 502 instead of the 404 of an unknown host).

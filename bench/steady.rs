@@ -120,9 +120,11 @@ impl Steady {
                             }
                         }
                         let s = conn.as_mut().expect("connected");
-                        let outcome =
-                            tokio::time::timeout(Duration::from_secs(10), one(s, &host, served > 0))
-                                .await;
+                        let outcome = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            one(s, &host, served > 0),
+                        )
+                        .await;
                         served += 1;
                         c.requests.fetch_add(1, Ordering::Relaxed);
                         let keep = match outcome {

@@ -119,7 +119,9 @@ async fn a_class_label_picks_the_dedicated_controller_and_the_shared_one_never_s
     assert_eq!(warning["value"], "vip", "{warning}");
     // The sidecar has decided (it answered 422): a refused composition gets no objects at all.
     assert!(
-        ingresses_of(&admin, &ns, "runner-0", "vip").await.is_empty(),
+        ingresses_of(&admin, &ns, "runner-0", "vip")
+            .await
+            .is_empty(),
         "no Ingress for a refused class"
     );
     for (name, web) in [("Traefik", traefik), ("Contour", contour)] {

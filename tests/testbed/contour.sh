@@ -21,7 +21,7 @@ env_lines() {
   echo "CONTOUR_WEB=http://127.0.0.1:$ENVOY_HTTP_PORT"
   echo "CONTOUR_METRICS=http://127.0.0.1:$CONTOUR_METRICS_PORT"
   echo "ENVOY_STATS=http://127.0.0.1:$ENVOY_STATS_PORT"
-  echo "CONTOUR_VERSION=$("$BIN/contour" version 2>/dev/null | sed -n 's/^version: *//p')"
+  echo "CONTOUR_VERSION=$("$BIN/contour" version 2>&1 | sed -n 's/^version: *//p')"
   echo "ENVOY_VERSION=$ENVOY_VERSION"
 }
 record_env() {
@@ -66,8 +66,9 @@ up() {
     || { tail_log contour; die "contour bootstrap failed"; }
   log "starting Envoy $ENVOY_VERSION on 127.0.0.1:$ENVOY_HTTP_PORT (web), stats/ready on :$ENVOY_STATS_PORT"
   # One Envoy per bed, never restarted in place: no hot restart (its shared memory would outlive
-  # a killed bed).
-  start_daemon envoy "$BIN/envoy" -c "$dir/envoy.json" --disable-hot-restart --log-level warn
+  # a killed bed). Node and cluster name it to Contour, as its manifests do (pod name, namespace).
+  start_daemon envoy "$BIN/envoy" -c "$dir/envoy.json" --disable-hot-restart --log-level warn \
+    --service-cluster projectcontour --service-node testbed-envoy
   wait_for envoy 120 envoy_ready
   record_env
 }
