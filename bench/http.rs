@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 use testbed::Sidecar;
 
 /// A minimal HTTP/1.0 GET (status code and body); None on connect/read failure or timeout.
+/// The answer is complete when its Content-Length is read, not when the server closes: Envoy
+/// keeps a connection open after its answer until the client closes it (its delayed close, 1 s
+/// by default), and waiting for EOF would add that second to every request through it.
 pub async fn http_get(
     addr: &str,
     host: &str,
@@ -17,7 +20,17 @@ pub async fn http_get(
         let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if complete(&buf) {
+                break;
+            }
+        }
         let text = String::from_utf8_lossy(&buf).to_string();
         let code = text.split_whitespace().nth(1)?.parse().ok()?;
         let body = text
@@ -27,6 +40,19 @@ pub async fn http_get(
         Some((code, body))
     };
     tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
+/// Whether `buf` holds a whole answer: its headers and as many body bytes as Content-Length
+/// says (an answer without one ends when the server closes).
+fn complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| buf.len() >= end + 4 + len)
 }
 
 pub async fn metric(listen: &str, name_and_labels: &str) -> f64 {

@@ -262,8 +262,18 @@ async fn curve(proxy: Proxy, dir: &Path, scale: &Scale) -> Vec<ReloadPoint> {
             None => child = Some(proxy.start(dir)),
             Some(c) => proxy.reload(c.id()),
         }
-        let master = child.as_ref().expect("started").id();
-        let ready = until_200(&addr, &last, Duration::from_secs(300)).await;
+        let c = child.as_mut().expect("started");
+        let master = c.id();
+        let t = Instant::now();
+        let mut ready = None;
+        while ready.is_none() && t.elapsed() < Duration::from_secs(300) {
+            if let Ok(Some(status)) = c.try_wait() {
+                let out = dir.join(format!("{name}.out"));
+                panic!("{name} exited ({status}); see {}", out.display());
+            }
+            ready = until_200(&addr, &last, Duration::from_secs(1)).await;
+        }
+        let ready = ready.map(|_| t.elapsed().as_secs_f64() * 1e3);
         say(format!(
             "reload/{name}: {level} hosts configured, answering after {ready:?} ms"
         ));

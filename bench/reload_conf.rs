@@ -71,7 +71,7 @@ pub fn nginx_conf(dir: &Path, hosts: impl Iterator<Item = usize>) -> String {
 pub fn haproxy_conf(dir: &Path, hosts: impl Iterator<Item = usize> + Clone) -> (String, String) {
     let d = dir.display();
     let mut cfg = format!(
-        "global\n  maxconn 20000\n  pidfile {d}/haproxy.pid\n\
+        "global\n  maxconn 4000\n  pidfile {d}/haproxy.pid\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
          \x20 timeout http-keep-alive 30s\n  option http-keep-alive\n\
          frontend web\n  bind 127.0.0.1:{HAPROXY_PORT}\n\

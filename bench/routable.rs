@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testbed::{DOMAIN, RunnerPod, Sidecar, bed};
+use testbed::{DOMAIN, Sidecar, bed};
 
 use crate::SIDECAR;
 use crate::args::Scale;

@@ -171,9 +171,9 @@ impl Steady {
         }
     }
 
-    pub async fn stop(self) -> Seen {
+    pub async fn stop(mut self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
         self.seen()
