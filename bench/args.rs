@@ -114,7 +114,7 @@ impl Scale {
             routable_levels: vec![0, 100, 500, 1000, 2000],
             routable_samples: 12,
             refresh_levels: vec![0, 2000, 5000, 10000, 20000],
-            refresh_samples: 40,
+            refresh_samples: 30,
             refresh_idle: std::time::Duration::from_secs(5),
             isolation_fillers: 10000,
             isolation_samples: 30,
