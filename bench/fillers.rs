@@ -106,13 +106,15 @@ pub async fn delete_all(admin: &kube::Client, ns: &str, kind: &str) {
 }
 
 /// Waits (bounded) until the controller at `web` routes `host` (any answer but 404: the
-/// filler's endpoint is a closed port) or, with `routed` false, no longer routes it; returns
-/// how long it took, None when the deadline passed.
+/// filler's endpoint is a closed port) or, with `routed` false, no longer routes it (a 404, or
+/// no answer at all: Envoy closes its listener when Contour has no route left); returns how
+/// long it took, None when the deadline passed.
 pub async fn wait_routed(web: &str, host: &str, routed: bool, deadline: Duration) -> Option<f64> {
     let t = Instant::now();
     while t.elapsed() < deadline {
         let code = http_get(web, host, "/", Duration::from_secs(5)).await;
-        if code.is_some_and(|(c, _)| (c != 404) == routed) {
+        let is_routed = code.is_some_and(|(c, _)| c != 404);
+        if is_routed == routed {
             return Some(t.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
