@@ -49,7 +49,7 @@ use serde_json::{Value, json};
 use testbed::{Bed, Launch, bed};
 
 use crate::args::Args;
-use crate::charts::{load_font, plot_e2o, plot_refresh, plot_routable};
+use crate::charts::{load_font, plot_e2o, plot_refresh, plot_reload, plot_routable};
 use crate::clock::say;
 use crate::e2o::{E2oResult, phase_e2o};
 use crate::routable::{RoutableResult, phase_routable};
@@ -101,6 +101,9 @@ fn main() {
             if let Ok(r) = serde_json::from_value::<refresh::RefreshResult>(get("refresh")) {
                 plot_refresh(&r.points, &out.join("refresh.png")).expect("plot refresh");
             }
+            if let Ok(r) = serde_json::from_value::<reload::ReloadResult>(get("reload")) {
+                plot_reload(&r.points, &out.join("reload.png")).expect("plot reload");
+            }
             say("plots redrawn");
             return;
         }
@@ -135,6 +138,9 @@ fn main() {
         }
         if args.runs("reload") {
             let r = Box::pin(reload::phase_reload(&scale)).await;
+            if let Err(e) = plot_reload(&r.points, &out.join("reload.png")) {
+                say(format!("plot reload: {e}"));
+            }
             results.insert("reload".into(), json!(r));
             save(&results);
         }
