@@ -24,10 +24,13 @@ env_lines() {
   echo "CONTOUR_VERSION=$("$BIN/contour" version 2>&1 | sed -n 's/^version: *//p')"
   echo "ENVOY_VERSION=$ENVOY_VERSION"
 }
+# Rewritten only when they changed: tests read the env file while others attach to the bed.
 record_env() {
   [ -f "$TESTBED_DIR/env" ] || return 0
+  local lines; lines=$(env_lines)
+  [ "$(grep -E '^(CONTOUR|ENVOY)_' "$TESTBED_DIR/env")" != "$lines" ] || return 0
   sed -i -e '/^CONTOUR_/d' -e '/^ENVOY_/d' "$TESTBED_DIR/env"
-  env_lines >> "$TESTBED_DIR/env"
+  echo "$lines" >> "$TESTBED_DIR/env"
 }
 
 up() {
