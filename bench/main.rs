@@ -1,6 +1,6 @@
 //! Benchmarks of compose-ingress on the real test bed (see BENCHMARKS.md).
 //!
-//!   cargo bench --bench bench                      # every phase, full size (~22 min)
+//!   cargo bench --bench bench                      # every phase, full size (~53 min)
 //!   cargo bench --bench bench -- --smoke           # tiny run of every phase (CI keeps it alive)
 //!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o hol routable refresh reload side burst restart ratelimit wait health
 //!   cargo bench --bench bench -- --replot          # redraw the plots from results.json
