@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 /// The phases, in the order a full run measures them (`--only` takes a comma list of them).
-pub const PHASES: [&str; 9] = [
+pub const PHASES: [&str; 11] = [
     "e2o",
     "hol",
     "routable",
+    "refresh",
+    "reload",
     "side",
     "burst",
     "restart",
@@ -78,6 +80,20 @@ pub struct Scale {
     pub hol_arrivals: usize,
     pub routable_levels: Vec<usize>,
     pub routable_samples: usize,
+    /// Filler routes per point of the refresh curve, samples per point, and the quiet window
+    /// over which a controller's idle cost is read.
+    pub refresh_levels: Vec<usize>,
+    pub refresh_samples: usize,
+    pub refresh_idle: std::time::Duration,
+    /// Isolation: fillers on the shared controller, samples per class, churn ticks per second
+    /// (each a create and a delete).
+    pub isolation_fillers: usize,
+    pub isolation_samples: usize,
+    pub isolation_churn_ticks_per_s: f64,
+    /// Reload cost of a reloading proxy (nginx, haproxy): server blocks per point, reloads
+    /// per point.
+    pub reload_levels: Vec<usize>,
+    pub reload_samples: usize,
     pub side_samples: usize,
     pub burst_compositions: usize,
     pub restart_live: usize,
@@ -97,6 +113,14 @@ impl Scale {
             hol_arrivals: 20,
             routable_levels: vec![0, 100, 500, 1000, 2000],
             routable_samples: 12,
+            refresh_levels: vec![0, 2000, 5000, 10000, 20000],
+            refresh_samples: 30,
+            refresh_idle: std::time::Duration::from_secs(5),
+            isolation_fillers: 10000,
+            isolation_samples: 30,
+            isolation_churn_ticks_per_s: 10.0,
+            reload_levels: vec![0, 2000, 5000, 10000, 20000],
+            reload_samples: 10,
             side_samples: 20,
             burst_compositions: 100,
             restart_live: 500,
@@ -114,6 +138,14 @@ impl Scale {
             hol_arrivals: 2,
             routable_levels: vec![0],
             routable_samples: 2,
+            refresh_levels: vec![5],
+            refresh_samples: 2,
+            refresh_idle: std::time::Duration::from_millis(500),
+            isolation_fillers: 5,
+            isolation_samples: 1,
+            isolation_churn_ticks_per_s: 5.0,
+            reload_levels: vec![10],
+            reload_samples: 2,
             side_samples: 2,
             burst_compositions: 5,
             restart_live: 5,

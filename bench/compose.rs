@@ -37,12 +37,38 @@ pub fn compose_file(
     host_label: &str,
     traefik_host: Option<&str>,
 ) -> PathBuf {
+    let mut labels = Vec::new();
+    if let Some(h) = traefik_host {
+        labels = vec![
+            ("traefik.enable".to_string(), "true".to_string()),
+            (
+                format!("traefik.http.routers.{project}.rule"),
+                format!("Host(`{h}`)"),
+            ),
+            (
+                format!("traefik.http.services.{project}.loadbalancer.server.port"),
+                "80".to_string(),
+            ),
+        ];
+    }
+    compose_file_labelled(pod, project, host_label, &labels)
+}
+
+/// A one-service composition (busybox httpd on port 80, published on the pod IP) choosing
+/// `host_label`, with further labels on the service (e.g. `compose-ingress.class`).
+pub fn compose_file_labelled(
+    pod: &RunnerPod,
+    project: &str,
+    host_label: &str,
+    extra: &[(String, String)],
+) -> PathBuf {
     let mut labels = format!(
         "      compose-ingress.enable: \"true\"\n      compose-ingress.host: \"{host_label}\"\n"
     );
-    if let Some(h) = traefik_host {
+    for (k, v) in extra {
         labels.push_str(&format!(
-            "      traefik.enable: \"true\"\n      traefik.http.routers.{project}.rule: \"Host(`{h}`)\"\n      traefik.http.services.{project}.loadbalancer.server.port: \"80\"\n"
+            "      {k}: {}\n",
+            serde_json::Value::String(v.clone())
         ));
     }
     let yaml = format!(

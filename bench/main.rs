@@ -1,8 +1,8 @@
 //! Benchmarks of compose-ingress on the real test bed (see BENCHMARKS.md).
 //!
-//!   cargo bench --bench bench                      # every phase, full size (~22 min)
+//!   cargo bench --bench bench                      # every phase, full size (~53 min)
 //!   cargo bench --bench bench -- --smoke           # tiny run of every phase (CI keeps it alive)
-//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o hol routable side burst restart ratelimit wait health
+//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o hol routable refresh reload side burst restart ratelimit wait health
 //!   cargo bench --bench bench -- --replot          # redraw the plots from results.json
 //!
 //! `cargo bench` builds the sidecar with the release settings (the bench profile inherits them)
@@ -22,19 +22,26 @@ mod charts;
 mod clock;
 mod cluster;
 mod compose;
+mod controllers;
 mod docker;
 mod e2o;
+mod fillers;
 mod health;
 mod hol;
 mod http;
+mod isolation;
 mod machine;
 mod pods;
 mod process;
 mod ratelimit;
+mod refresh;
+mod reload;
+mod reload_conf;
 mod restart_cost;
 mod routable;
 mod side_by_side;
 mod stats;
+mod steady;
 mod wait;
 
 use clap::Parser;
@@ -42,7 +49,7 @@ use serde_json::{Value, json};
 use testbed::{Bed, Launch, bed};
 
 use crate::args::Args;
-use crate::charts::{load_font, plot_e2o, plot_routable};
+use crate::charts::{load_font, plot_e2o, plot_refresh, plot_reload, plot_routable};
 use crate::clock::say;
 use crate::e2o::{E2oResult, phase_e2o};
 use crate::routable::{RoutableResult, phase_routable};
@@ -91,6 +98,12 @@ fn main() {
             if let Ok(r) = serde_json::from_value::<Vec<RoutableResult>>(get("time_to_routable")) {
                 plot_routable(&r, &out.join("time_to_routable.png")).expect("plot routable");
             }
+            if let Ok(r) = serde_json::from_value::<refresh::RefreshResult>(get("refresh")) {
+                plot_refresh(&r.points, &out.join("refresh.png")).expect("plot refresh");
+            }
+            if let Ok(r) = serde_json::from_value::<reload::ReloadResult>(get("reload")) {
+                plot_reload(&r.points, &out.join("reload.png")).expect("plot reload");
+            }
             say("plots redrawn");
             return;
         }
@@ -113,6 +126,22 @@ fn main() {
                 say(format!("plot routable: {e}"));
             }
             results.insert("time_to_routable".into(), json!(r));
+            save(&results);
+        }
+        if args.runs("refresh") {
+            let r = Box::pin(refresh::phase_refresh(&scale)).await;
+            if let Err(e) = plot_refresh(&r.points, &out.join("refresh.png")) {
+                say(format!("plot refresh: {e}"));
+            }
+            results.insert("refresh".into(), json!(r));
+            save(&results);
+        }
+        if args.runs("reload") {
+            let r = Box::pin(reload::phase_reload(&scale)).await;
+            if let Err(e) = plot_reload(&r.points, &out.join("reload.png")) {
+                say(format!("plot reload: {e}"));
+            }
+            results.insert("reload".into(), json!(r));
             save(&results);
         }
         if args.runs("side") {

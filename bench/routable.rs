@@ -3,17 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
-use serde_json::{Value, json};
-use testbed::{DOMAIN, RunnerPod, Sidecar, bed};
+use serde_json::Value;
+use testbed::{DOMAIN, Sidecar, bed};
 
 use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
-use crate::cluster::{delete_owned, dyn_api, resource};
+use crate::cluster::delete_owned;
 use crate::compose::{chosen_host_label, compose_file, compose_up};
 use crate::docker::{ensure_networks, remove_all};
+use crate::fillers;
 use crate::http::{http_get, until_200, wait_ready};
 use crate::pods::{finish_pod, phase_pod};
 use crate::stats::{Stats, stats};
@@ -25,76 +24,6 @@ pub struct RoutableResult {
     pub stats: Stats,
     pub failed: usize,
     pub samples_ms: Vec<f64>,
-}
-
-/// Creates filler routes `filler-<i>` for i in from..to in `ns` (the phase pod's namespace), of
-/// `kind`, each routing a host of its own to the dummy Service (which selects the pod, so it has
-/// an endpoint and Traefik builds a router for every filler).
-pub async fn create_fillers(admin: &kube::Client, ns: &str, kind: &str, from: usize, to: usize) {
-    let api = dyn_api(admin, ns, kind);
-    futures::stream::iter(from..to)
-        .for_each_concurrent(16, |i| {
-            let api = api.clone();
-            async move {
-                let host = format!("filler-{i}.filler.example.com");
-                let name = format!("filler-{i}");
-                let obj = if kind == "Ingress" {
-                    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                      "metadata": {"name": name, "labels": {"bench": "filler"}},
-                      "spec": {"ingressClassName": "traefik", "rules": [{"host": host, "http": {"paths": [
-                        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "dummy", "port": {"number": 80}}}}]}}]}})
-                } else {
-                    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-                      "metadata": {"name": name, "labels": {"bench": "filler"}},
-                      "spec": {"parentRefs": [{"name": bed().get("GATEWAY_NAME"), "namespace": bed().get("GATEWAY_NAMESPACE")}],
-                        "hostnames": [host], "rules": [{"backendRefs": [{"name": "dummy", "port": 80}]}]}})
-                };
-                let obj: DynamicObject = serde_json::from_value(obj).expect("filler object");
-                match api.create(&PostParams::default(), &obj).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => panic!("create filler {kind} {i}: {e}"),
-                }
-            }
-        })
-        .await;
-}
-
-pub async fn prepare_filler_ns(admin: &kube::Client, pod: &RunnerPod) {
-    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dummy"},
-        "spec": {"selector": {"statefulset.kubernetes.io/pod-name": pod.name},
-                 "ports": [{"port": 80, "targetPort": 9}]}});
-    let api = dyn_api(admin, &pod.namespace, "Service");
-    let _ = api.delete("dummy", &DeleteParams::default()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(svc).expect("svc"),
-    )
-    .await
-    .expect("create dummy Service");
-}
-
-pub async fn delete_fillers(admin: &kube::Client, ns: &str, kind: &str) {
-    let api = dyn_api(admin, ns, kind);
-    let _ = api
-        .delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().labels("bench=filler"),
-        )
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        let n = api
-            .list_metadata(&ListParams::default().labels("bench=filler"))
-            .await
-            .map(|l| l.items.len())
-            .unwrap_or(1);
-        if n == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// Waits until the bed's Traefik reports at least `n` HTTP routers (its API), bounded.
@@ -132,28 +61,8 @@ pub async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
     let docker = pod.docker();
     ensure_networks(&docker, 1).await;
     let admin = bed().admin().await;
-    // "N existing routes" is only true on a bed without other routes: Traefik builds routers for
-    // every namespace, so leftovers of an interrupted run or of tests would skew every point.
-    // (The smoke run in ./test comes after the integration tests, whose routes it tolerates.)
-    for kind in ["Ingress", "HTTPRoute"] {
-        let all: Api<DynamicObject> = Api::all_with(admin.clone(), &resource(kind));
-        let others = all
-            .list_metadata(&ListParams::default())
-            .await
-            .unwrap_or_else(|e| panic!("routable: cannot list the bed's {kind} objects: {e}"))
-            .items
-            .len();
-        say(format!(
-            "routable: {others} {kind} objects of others on the bed"
-        ));
-        assert!(
-            others == 0 || scale.smoke,
-            "routable: {others} {kind} objects already exist on the bed (an interrupted run or \
-             tests left them): delete their namespaces, or start from a fresh bed \
-             (tests/testbed/down.sh), and run again"
-        );
-    }
-    prepare_filler_ns(&admin, &pod).await;
+    fillers::routes_of_others(&admin, "routable", 0, scale.smoke).await;
+    fillers::prepare_backend(&admin, &pod).await;
     let traefik = bed()
         .get("TRAEFIK_WEB")
         .trim_start_matches("http://")
@@ -182,7 +91,15 @@ pub async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
         for &level in &scale.routable_levels {
             if level > have {
                 say(format!("routable/{api}: creating fillers {have}..{level}"));
-                create_fillers(&admin, &pod.namespace, kind, have, level).await;
+                fillers::create(
+                    &admin,
+                    &pod.namespace,
+                    kind,
+                    "traefik",
+                    "filler",
+                    have..level,
+                )
+                .await;
                 have = level;
                 // Traefik has taken the fillers in when it routes the last one (its endpoint, the
                 // pod IP on a closed port, answers 502 instead of the 404 of an unknown host).
@@ -229,7 +146,7 @@ pub async fn phase_routable(scale: &Scale) -> Vec<RoutableResult> {
         }
         side.stop();
         remove_all(&docker).await;
-        delete_fillers(&admin, &pod.namespace, kind).await;
+        fillers::delete_all(&admin, &pod.namespace, kind).await;
         // The stopped sidecar leaves its objects (cleanup never); delete them for the next mode.
         delete_owned(&admin, &pod.namespace).await;
     }

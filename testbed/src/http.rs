@@ -27,9 +27,14 @@ pub async fn through_ingress(host: &str) -> String {
 }
 
 pub async fn through_ingress_within(host: &str, deadline: Duration) -> String {
-    let traefik = bed().get("TRAEFIK_WEB").to_string();
-    eventually(&format!("Traefik routes {host}"), deadline, || async {
-        let (code, body) = http_get(&format!("{traefik}/"), Some(host));
+    through_controller("Traefik", bed().get("TRAEFIK_WEB"), host, deadline).await
+}
+
+/// GET through the controller whose HTTP entry is `web` (e.g. the bed's `CONTOUR_WEB`) with the
+/// Host header until it answers 200; returns the body. `name` is for the failure message.
+pub async fn through_controller(name: &str, web: &str, host: &str, deadline: Duration) -> String {
+    eventually(&format!("{name} routes {host}"), deadline, || async {
+        let (code, body) = http_get(&format!("{web}/"), Some(host));
         (code == 200).then_some(body)
     })
     .await

@@ -19,7 +19,8 @@ mod wait;
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
 pub use http::{
-    LoadResult, http_get, load, raw_get, through_ingress, through_ingress_within, traefik_addr,
+    LoadResult, http_get, load, raw_get, through_controller, through_ingress,
+    through_ingress_within, traefik_addr,
 };
 pub use node::{
     DIND_CONTAINER, Deployment, SIDECAR_CONTAINER, container, kill_container, node_lock, pod_ready,

@@ -8,6 +8,7 @@
 mod admission;
 mod ci_job;
 mod compose_v2;
+mod dedicated_class;
 mod deploy;
 mod disruptive;
 mod engines;

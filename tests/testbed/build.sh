@@ -4,7 +4,7 @@
 # versions (go.mod + go.sum + Go version). A warm run finds them and builds nothing; a cold
 # run (fresh machine) builds everything, which takes minutes: progress is printed.
 #
-# usage: build.sh [kube|etcd|traefik|compose|containerd|moby|runc|protoecho ...]   (default: kube etcd traefik)
+# usage: build.sh [kube|etcd|traefik|contour|compose|containerd|moby|runc|protoecho ...]   (default: kube etcd traefik)
 # prints nothing on stdout but "NAME=DIR" lines, one per component, DIR holding its binaries.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,6 +25,8 @@ packages_of() {
             k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy ;;
     etcd) echo go.etcd.io/etcd/server/v3 ;;
     traefik) echo github.com/traefik/traefik/v3/cmd/traefik ;;
+    # The bed's second (dedicated-class) controller; its Envoy comes from a wheel (envoy.sh).
+    contour) echo github.com/projectcontour/contour/cmd/contour ;;
     compose) echo github.com/docker/compose/v2/cmd ;;
     containerd) echo github.com/containerd/containerd/v2/cmd/containerd \
                   github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
@@ -33,7 +35,7 @@ packages_of() {
     runc) echo github.com/opencontainers/runc ;;
     # The bed's own gRPC (h2c) and WebSocket backend and client (tests/testbed/go/protoecho).
     protoecho) echo . ;;
-    *) log "unknown component '$1' (known: kube etcd traefik compose containerd moby runc protoecho)"; exit 2 ;;
+    *) log "unknown component '$1' (known: kube etcd traefik contour compose containerd moby runc protoecho)"; exit 2 ;;
   esac
 }
 
@@ -75,6 +77,8 @@ ldflags_of() {
       local v; v=$(sed -n 's/^  last: "\(.*\)"/\1/p' "$dir/releases/versions.yaml")
       [ -n "$v" ] || { log "moby: no Docker version in $dir/releases/versions.yaml"; exit 1; }
       echo "-X github.com/moby/moby/v2/dockerversion.Version=$v" ;;
+    # `contour version` prints it (BENCHMARKS.md records it).
+    contour) echo "-X github.com/projectcontour/contour/internal/build.Version=$(version_in contour github.com/projectcontour/contour)" ;;
     runc) echo "-X main.version=$(version_in runc github.com/opencontainers/runc | sed 's/^v//')" ;;
     *) echo "" ;;
   esac

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test bed needs when they are missing (idempotent, quiet).
+# nginx and haproxy are the reloading proxies of the bench's reload phase (never started as
+# services: the bench runs its own instances on loopback ports).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need=()
 for pair in dockerd:docker.io docker-compose:docker-compose busybox:busybox-static ip:iproute2 \
             iptables:iptables curl:curl openssl:openssl nsenter:util-linux setsid:util-linux flock:util-linux \
-            runc:runc debootstrap:debootstrap; do
+            runc:runc debootstrap:debootstrap nginx:nginx haproxy:haproxy; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 # The test image has no libc: its busybox must be the static one.

@@ -98,3 +98,14 @@ KC
 }
 
 kubectl_bed() { "$TESTBED_DIR/bin/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+# The bed's second ingress controller (contour.sh): Contour + Envoy, out of cluster, for the
+# dedicated class `contour`. Envoy listens on loopback; Contour's own endpoints too.
+CONTOUR_CLASS=contour
+ENVOY_VERSION=1.38.3          # what Contour v1.33.6's versions.yaml pairs it with
+ENVOY_HTTP_PORT=${ENVOY_HTTP_PORT:-18200}
+ENVOY_HTTPS_PORT=${ENVOY_HTTPS_PORT:-18243}
+CONTOUR_XDS_PORT=${CONTOUR_XDS_PORT:-18201}
+CONTOUR_METRICS_PORT=${CONTOUR_METRICS_PORT:-18202}   # Contour's /metrics and /healthz
+CONTOUR_DEBUG_PORT=${CONTOUR_DEBUG_PORT:-18203}
+ENVOY_STATS_PORT=${ENVOY_STATS_PORT:-18204}           # Envoy's /ready and /stats (Contour's listener)

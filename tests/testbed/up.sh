@@ -4,7 +4,8 @@
 #   Gateway API CRDs, a Node object, Traefik (Ingress + Gateway API providers),
 #   Docker Compose v2 (standalone binary, built from its Go module, cached),
 #   the busybox test image tarball that every runner pod's dockerd imports,
-#   and a real node (node.sh: containerd 2, kubelet, kube-proxy, CNI) that runs deploy/'s pods.
+#   and a real node (node.sh: containerd 2, kubelet, kube-proxy, CNI) that runs deploy/'s pods,
+#   and a second ingress controller for a dedicated class (contour.sh: Contour + Envoy).
 # Fast runner pods (a network namespace + its own dockerd + a Pod object) come from pod.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -83,6 +84,8 @@ if [ -f "$TESTBED_DIR/env" ] && bed_ready; then
     link_engine
     engine_versions >> "$TESTBED_DIR/env"
   fi
+  # Likewise the dedicated-class controller (contour.sh keeps a running pair, restarts a dead one).
+  "$here/contour.sh" up
   log "already up ($TESTBED_DIR/env)"; exit 0
 fi
 # A half-started or stale bed (e.g. after a reboot): clear it before starting anew.
@@ -260,4 +263,6 @@ $(cat "$NODE_DIR/env")
 $(engine_versions)
 $(compose_env)
 ENV
+# The dedicated-class controller; it records itself in the env file written above.
+"$here/contour.sh" up
 log "up: kubectl --kubeconfig $KUBECONFIG_FILE get ns; logs in $LOGS"
