@@ -151,6 +151,15 @@ async fn proxy(
     trusted: &[&str],
     max_open: usize,
 ) -> Running {
+    proxy_with(policies, trusted, max_open, 64).await
+}
+
+async fn proxy_with(
+    policies: HashMap<String, Arc<Access>>,
+    trusted: &[&str],
+    max_open: usize,
+    max_connections: usize,
+) -> Running {
     let mut registry = Registry::new(Arc::new(ProxySettings {
         dial_ip: "127.0.0.1".parse().unwrap(),
         max_open_per_composition: max_open,
@@ -168,7 +177,7 @@ async fn proxy(
         status: status.clone(),
     });
     let limits = ServerLimits {
-        max_connections: 64,
+        max_connections,
         max_header_bytes: 16 * 1024,
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(30),
@@ -544,4 +553,57 @@ async fn h2c_in_front_and_behind() {
         );
         assert!(body.contains(&format!("host={host}")), "{body}");
     }
+}
+
+#[tokio::test]
+async fn connections_over_the_proxys_total_are_closed_at_once_and_slots_come_back() {
+    let b = backend().await;
+    let mut p = proxy_with(HashMap::new(), &[], 8, 2).await;
+    p.registry.expose(
+        "demo",
+        &composition("demo", vec![backend_at("web", HOST, b.port())], None),
+    );
+    // Two idle connections hold the proxy's two slots.
+    let held: Vec<tokio::net::TcpStream> =
+        futures::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(p.addr)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    third
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("closed, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third connection is closed without an answer");
+    drop(held);
+    let mut ok = false;
+    for _ in 0..100 {
+        if try_get(p.addr, HOST).await == Some(StatusCode::OK) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the slots came back when the connections closed");
+}
+
+/// One GET that reports a closed connection as `None` instead of failing.
+async fn try_get(addr: SocketAddr, host: &str) -> Option<StatusCode> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header(header::HOST, host)
+        .body(full(""))
+        .ok()?;
+    Some(send.send_request(req).await.ok()?.status())
 }
