@@ -191,9 +191,8 @@ pub struct Args {
     #[arg(long = "rate-limit-mode", env = "COMPOSE_INGRESS_RATE_LIMIT_MODE", value_enum, default_value_t = RateLimitModeArg::Annotation)]
     pub(crate) rate_limit_mode: RateLimitModeArg,
 
-    /// The operator's access policies (YAML, see README "Rate limits, access policies and
-    /// protocols"); labels pick one by
-    /// name with compose-ingress.access. Without it every composition is public.
+    /// The operator's access policies (YAML, see docs/policies.md); labels pick one by name with
+    /// compose-ingress.access. Without it every composition is public.
     #[arg(long = "access-policies", env = "COMPOSE_INGRESS_ACCESS_POLICIES")]
     pub(crate) access_policies: Option<String>,
 
@@ -881,6 +880,45 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/configuration.md lists every flag `--help` shows, with its environment variable, and
+    /// nothing else: the reference cannot drift from the binary.
+    #[test]
+    fn the_configuration_reference_lists_exactly_the_flags_of_help() {
+        use clap::CommandFactory;
+        let help: std::collections::BTreeSet<(String, String)> = Args::command()
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| {
+                let env = a.get_env()?.to_string_lossy().to_string();
+                Some((format!("--{}", a.get_long()?), env))
+            })
+            .collect();
+        let doc = include_str!("../docs/configuration.md");
+        let documented: std::collections::BTreeSet<(String, String)> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|l| {
+                // `\|` is a `|` inside a cell (`--dry-run[=client\|server]`).
+                let l = l.replace("\\|", "/");
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let flag = cells[1]
+                    .trim_matches('`')
+                    .split(['[', '`', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                (flag, cells[2].trim_matches('`').to_string())
+            })
+            .collect();
+        let missing: Vec<_> = help.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&help).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "docs/configuration.md drifted from --help: not documented {missing:?}, not a flag {extra:?}"
+        );
+        assert!(help.len() > 40, "{}", help.len());
+    }
 
     fn args(extra: &[&str]) -> Result<Config, String> {
         let mut argv = vec![

@@ -42,9 +42,7 @@ const MAX_ENTRIES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PolicyError {
-    #[error(
-        "access policies: {0}; see the schema in README.md (\"Rate limits, access policies and protocols\") or src/policy.rs"
-    )]
+    #[error("access policies: {0}; see the schema in docs/policies.md or src/policy.rs")]
     Invalid(String),
     #[error(
         "access policies: cannot read {path}: {source}; mount the ConfigMap there or drop --access-policies"

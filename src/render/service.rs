@@ -42,7 +42,7 @@ pub(crate) fn service(
     }
     // Traefik's Ingress provider ignores appProtocol and reads the scheme to the backends from
     // one Service annotation, for every port of the Service: set only when every exposed port
-    // of the composition needs the same non-HTTP/1 scheme (README, "Protocols").
+    // of the composition needs the same non-HTTP/1 scheme (docs/policies.md, "Protocols").
     let mut annotations = BTreeMap::new();
     let schemes: BTreeSet<Option<&str>> = d
         .backends
