@@ -459,3 +459,49 @@ async fn pod_scope_deploy_serves_https_through_one_route_per_pod_and_a_sidecar_r
     assert_eq!(restarts(&after, DIND_CONTAINER), 0, "dind was not");
     assert_eq!(uid(&after), uid(&pod), "the same pod");
 }
+
+/// The README's first command, as a newcomer runs it: `./demo` brings the example composition's
+/// URLs up over HTTPS through Traefik, and `./demo down` takes it away again (the bed stays: the
+/// test run shares it).
+#[tokio::test]
+async fn the_demo_runs_as_the_readme_says_and_goes_away() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(repo_root().join("demo"))
+            .args(args)
+            .current_dir(repo_root())
+            .env("TESTBED_DIR", &bed.dir)
+            .env("KEEP_TESTBED", "1")
+            .output()
+            .expect("run ./demo")
+    };
+    let up = run(&[]);
+    let out = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        up.status.success(),
+        "./demo failed:\n{out}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(out.contains("The demo is up."), "{out}");
+    assert!(
+        out.contains("hello from web ("),
+        "the web page over HTTPS: {out}"
+    );
+    assert!(
+        out.contains("\"service\":\"api\""),
+        "the api over HTTPS: {out}"
+    );
+    let down = run(&["down"]);
+    assert!(
+        down.status.success(),
+        "./demo down failed:\n{}{}",
+        String::from_utf8_lossy(&down.stdout),
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let ns = bed.kubectl(&["get", "namespace", "demo", "-o", "name"]);
+    assert!(
+        String::from_utf8_lossy(&ns.stdout).trim().is_empty(),
+        "the demo's namespace is gone"
+    );
+}

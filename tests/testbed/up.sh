@@ -54,8 +54,8 @@ compose_env() {
 }
 
 bed_ready() {
-  curl -fsk --max-time 2 "$APISERVER/readyz" -H "Authorization: Bearer $(cat "$PKI/admin.token" 2>/dev/null)" >/dev/null 2>&1 \
-    && curl -fs --max-time 2 "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping" >/dev/null 2>&1
+  curl -fsk --max-time 5 "$APISERVER/readyz" -H "Authorization: Bearer $(cat "$PKI/admin.token" 2>/dev/null)" >/dev/null 2>&1 \
+    && curl -fs --max-time 5 "http://127.0.0.1:$TRAEFIK_ADMIN_PORT/ping" >/dev/null 2>&1
 }
 daemons_alive() {
   for name in etcd kube-controller-manager kube-scheduler traefik containerd kubelet kube-proxy; do
@@ -64,16 +64,21 @@ daemons_alive() {
 }
 # A running bed whose apiserver is briefly away (an outage scenario stops it on purpose) is
 # waited for, never torn down: tearing it down would kill every other test's runner pods.
+# The answer is kept: on a busy machine a second look can time out where the first answered, and
+# a running bed must never be taken for a stale one (the start path clears it).
+ready=0
 if [ -f "$TESTBED_DIR/env" ] && daemons_alive; then
-  for _ in $(seq 1 90); do bed_ready && break; sleep 1; done
+  for _ in $(seq 1 90); do bed_ready && { ready=1; break; }; sleep 1; done
+  [ "$ready" = 1 ] || die "the bed's daemons run but the apiserver or Traefik has not answered for 90 s (see $LOGS); tests/testbed/down.sh stops it, then run this again"
 fi
 # A bed of an older revision of these scripts (a component or flag it lacks) is restarted.
 BED_REVISION=3   # 2: Traefik's CRDs and kubernetescrd provider; 3: protoecho in the test image
 if [ -f "$TESTBED_DIR/env" ] && ! grep -q "^BED_REVISION=$BED_REVISION\$" "$TESTBED_DIR/env"; then
   log "the running bed is of an older revision of these scripts: restarting it"
   "$here/down.sh" >/dev/null 2>&1 || true
+  ready=0
 fi
-if [ -f "$TESTBED_DIR/env" ] && bed_ready; then
+if [ -f "$TESTBED_DIR/env" ] && { [ "$ready" = 1 ] || bed_ready; }; then
   # A bed started before Compose v2 was part of it gains it here, without a restart.
   if ! grep -q '^COMPOSE_V2=' "$TESTBED_DIR/env"; then
     link_components compose
