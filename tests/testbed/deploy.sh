@@ -9,7 +9,7 @@
 #       a user's kustomization over deploy/overlays/OVERLAY (ingress|gateway) that changes only
 #       what a user changes: the image references, the domain and the ingress class; plus the
 #       wildcard certificate Secret a user creates (self-signed here). Applied with
-#       `kubectl kustomize DIR | kubectl apply -n NAMESPACE -f -`, as the README says.
+#       `kubectl kustomize DIR | kubectl apply -n NAMESPACE -f -`, as docs/install.md says.
 #   deploy.sh delete NAMESPACE     deletes the namespace (and waits for it to be gone)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
