@@ -64,4 +64,12 @@ impl Objects {
                     "port": {"name": "p0123456789"}}}}]}}]},
         })
     }
+
+    pub(crate) fn middleware(&self, project: &str) -> Value {
+        json!({
+            "metadata": self.meta(&self.name(project)),
+            "spec": {"rateLimit": {"average": 5, "period": "1s", "burst": 5,
+                "sourceCriterion": {"requestHost": true}}},
+        })
+    }
 }

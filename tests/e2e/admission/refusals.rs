@@ -2,7 +2,7 @@
 //! apiserver's 403 naming the rule, and the same object without the one forbidden change passes
 //! (so the refusal is that rule's, not an accident of the test object).
 
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::{Kind, create, guarded, refused};
@@ -103,4 +103,72 @@ async fn guard_bounds_hosts_annotations_services_and_endpoint_slices() {
             .is_ok(),
         "the foreign Service is still there"
     );
+}
+
+#[tokio::test]
+async fn guard_covers_traefik_middlewares() {
+    let g = guarded("guard-mw").await;
+    // The Role of deploy/components/traefik (both overlays include it).
+    g.pod.grant(&g.admin, testbed::TRAEFIK_RBAC).await;
+    let o = g.objects();
+    let c = &g.stolen;
+    let ns = &g.ns;
+    // The operator's own Middleware (an authentication its access policies name): the Traefik
+    // component's Role lets the token write every Middleware of the namespace.
+    let sso = json!({"metadata": {"name": "sso-auth"},
+        "spec": {"basicAuth": {"secret": "operators"}}});
+    create(&g.admin, ns, Kind::Middleware, sso)
+        .await
+        .expect("admin creates a Middleware of its own");
+    refused(
+        "changing the operator's Middleware",
+        "ownership",
+        patch(
+            c,
+            ns,
+            Kind::Middleware,
+            "sso-auth",
+            json!({"spec": {"basicAuth": {"secret": "mine"}}}),
+        )
+        .await,
+    );
+    refused(
+        "deleting the operator's Middleware",
+        "ownership",
+        super::api(c, ns, Kind::Middleware)
+            .delete("sso-auth", &DeleteParams::default())
+            .await,
+    );
+    let mut unlabelled = o.middleware("unlabelled");
+    unlabelled["metadata"]["labels"] = json!({});
+    refused(
+        "a Middleware without the ownership label",
+        "ownership",
+        create(c, ns, Kind::Middleware, unlabelled).await,
+    );
+    // A Middleware of ours that is not a rate limit: a forwardAuth would make Traefik call any
+    // address for every request of the routes that name it.
+    let mut forward = o.middleware("forward");
+    forward["spec"] = json!({"forwardAuth": {"address": "http://169.254.169.254/"}});
+    refused(
+        "a Middleware of ours that is not a rate limit",
+        "middlewares",
+        create(c, ns, Kind::Middleware, forward).await,
+    );
+    create(c, ns, Kind::Middleware, o.middleware("fine"))
+        .await
+        .expect("the sidecar's rate-limit Middleware passes");
+}
+
+/// A merge patch of `name` with `client`.
+async fn patch(
+    client: &kube::Client,
+    ns: &str,
+    kind: Kind,
+    name: &str,
+    body: serde_json::Value,
+) -> kube::Result<kube::api::DynamicObject> {
+    super::api(client, ns, kind)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
 }
