@@ -172,3 +172,38 @@ async fn patch(
         .patch(name, &PatchParams::default(), &Patch::Merge(&body))
         .await
 }
+
+#[tokio::test]
+async fn guard_checks_the_object_before_a_change_too() {
+    let g = guarded("guard-old").await;
+    let o = g.objects();
+    let c = &g.stolen;
+    let ns = &g.ns;
+    // Someone else's Service, shaped as ours are (ClusterIP, no selector), only not labelled.
+    let mut database = o.service("database");
+    let name = o.name("database");
+    database["metadata"] = json!({"name": name});
+    create(&g.admin, ns, Kind::Service, database)
+        .await
+        .expect("admin creates a Service of its own");
+    let takeover = json!({"metadata": o.meta(&name)});
+    refused(
+        "a patch that adds our labels to someone else's Service",
+        "ownership",
+        patch(c, ns, Kind::Service, &name, takeover).await,
+    );
+    let live = super::api(&g.admin, ns, Kind::Service)
+        .get(&name)
+        .await
+        .expect("the Service is still there");
+    assert_eq!(live.metadata.labels, None, "and still not ours");
+    // A change of the sidecar's own Service passes.
+    create(c, ns, Kind::Service, o.service("fine"))
+        .await
+        .expect("the sidecar's Service passes");
+    let port =
+        json!({"spec": {"ports": [{"name": "p0123456789", "port": 2080, "targetPort": 32001}]}});
+    patch(c, ns, Kind::Service, &o.name("fine"), port)
+        .await
+        .expect("a change of the sidecar's own Service passes");
+}
