@@ -2,9 +2,11 @@
 //! apiserver's 403 naming the rule, and the same object without the one forbidden change passes
 //! (so the refusal is that rule's, not an accident of the test object).
 
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use testbed::pod_bound_token;
 
+use super::objects::Objects;
 use super::{Kind, create, guarded, refused};
 
 #[tokio::test]
@@ -206,4 +208,94 @@ async fn guard_checks_the_object_before_a_change_too() {
     patch(c, ns, Kind::Service, &o.name("fine"), port)
         .await
         .expect("a change of the sidecar's own Service passes");
+}
+
+#[tokio::test]
+async fn guard_ties_a_token_to_its_pod() {
+    let g = guarded("guard-pod").await;
+    let o = g.objects();
+    let ns = &g.ns;
+    let bed = testbed::bed();
+    let neighbour_pod = bed.runner_pod(ns, "runner-1");
+    let neighbour = bed
+        .client_with_token(
+            &pod_bound_token(&g.admin, ns, &neighbour_pod.name, &neighbour_pod.uid).await,
+        )
+        .await;
+    let theirs = Objects {
+        ns: ns.clone(),
+        pod: neighbour_pod.name.clone(),
+        uid: neighbour_pod.uid.clone(),
+        ip: neighbour_pod.ip.clone(),
+        domain: o.domain.clone(),
+    };
+    create(&g.stolen, ns, Kind::Service, o.service("mine"))
+        .await
+        .expect("runner-0's Service");
+    refused(
+        "runner-1's token deleting runner-0's Service",
+        "pod-bound",
+        super::api(&neighbour, ns, Kind::Service)
+            .delete(&o.name("mine"), &DeleteParams::default())
+            .await,
+    );
+    let port = json!({"spec": {"ports": [{"name": "p0123456789", "port": 2080, "targetPort": 1}]}});
+    refused(
+        "runner-1's token changing runner-0's Service",
+        "pod-bound",
+        patch(&neighbour, ns, Kind::Service, &o.name("mine"), port).await,
+    );
+    refused(
+        "runner-1's token creating an object of runner-0",
+        "pod-bound",
+        create(&neighbour, ns, Kind::Service, o.service("forged")).await,
+    );
+    let mut adopted = theirs.service("adopted");
+    adopted["metadata"]["ownerReferences"][0]["uid"] = json!(g.pod.uid);
+    adopted["metadata"]["ownerReferences"][0]["name"] = json!(g.pod.name);
+    refused(
+        "runner-1's object owned by runner-0 (its garbage collection tied to another pod)",
+        "pod-bound",
+        create(&neighbour, ns, Kind::Service, adopted).await,
+    );
+    // A token of the ServiceAccount that names no pod (a long-lived Secret token, a TokenRequest
+    // without a bound object): worth nothing under the guard.
+    let unbound = bed
+        .client_with_token(&unbound_token(&g.admin, ns).await)
+        .await;
+    refused(
+        "a token bound to no pod",
+        "pod-bound",
+        create(&unbound, ns, Kind::Service, o.service("unbound")).await,
+    );
+    create(&neighbour, ns, Kind::Service, theirs.service("theirs"))
+        .await
+        .expect("runner-1's own Service passes with runner-1's token");
+    assert!(
+        super::api(&g.admin, ns, Kind::Service)
+            .get(&o.name("mine"))
+            .await
+            .is_ok(),
+        "runner-0's Service is still there"
+    );
+}
+
+/// A token of the sidecar's ServiceAccount bound to no object.
+async fn unbound_token(admin: &kube::Client, ns: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    kube::Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create_token_request("compose-ingress", &PostParams::default(), &request)
+        .await
+        .expect("a token request")
+        .status
+        .and_then(|s| s.token)
+        .expect("a token")
 }
