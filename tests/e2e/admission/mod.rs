@@ -85,6 +85,7 @@ pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Ingress,
+    HttpRoute,
     Middleware,
 }
 
@@ -94,6 +95,7 @@ impl Kind {
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
             Kind::Ingress => ("networking.k8s.io", "v1", "Ingress", "ingresses"),
+            Kind::HttpRoute => ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
             Kind::Middleware => ("traefik.io", "v1alpha1", "Middleware", "middlewares"),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)

@@ -65,6 +65,22 @@ impl Objects {
         })
     }
 
+    /// An HTTPRoute attached to the Gateway `gateway` (`namespace/name`).
+    pub(crate) fn http_route(&self, project: &str, host: &str, gateway: &str) -> Value {
+        let service = self.name(project);
+        let (gw_ns, gw_name) = gateway.split_once('/').expect("namespace/name");
+        json!({
+            "metadata": self.meta(&format!("{service}-76543210")),
+            "spec": {
+                "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                    "namespace": gw_ns, "name": gw_name}],
+                "hostnames": [host],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                    "backendRefs": [{"group": "", "kind": "Service", "name": service, "port": 2080}]}],
+            },
+        })
+    }
+
     pub(crate) fn middleware(&self, project: &str) -> Value {
         json!({
             "metadata": self.meta(&self.name(project)),

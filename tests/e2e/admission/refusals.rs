@@ -299,3 +299,43 @@ async fn unbound_token(admin: &kube::Client, ns: &str) -> String {
         .and_then(|s| s.token)
         .expect("a token")
 }
+
+#[tokio::test]
+async fn guard_allows_a_wildcard_host_only_as_the_pods_own_route() {
+    let g = guarded("guard-wild").await;
+    let o = g.objects();
+    let c = &g.stolen;
+    let ns = &g.ns;
+    let gateway = testbed::bed().gateway();
+    // A wildcard over the whole domain would catch every host nobody routes (and, with some
+    // controllers, shadow other compositions' URLs); one over another pod's label, its URLs.
+    for host in [o.host("*"), o.host("*.runner-1")] {
+        refused(
+            &format!("an Ingress for {host}"),
+            "hosts",
+            create(c, ns, Kind::Ingress, o.ingress("wild", &host)).await,
+        );
+        refused(
+            &format!("an HTTPRoute for {host}"),
+            "hosts",
+            create(
+                c,
+                ns,
+                Kind::HttpRoute,
+                o.http_route("wild", &host, &gateway),
+            )
+            .await,
+        );
+    }
+    let mut tls = o.ingress("tls", &o.host("app"));
+    tls["spec"]["tls"] = json!([{"hosts": [o.host("*")], "secretName": "wildcard"}]);
+    refused(
+        "an Ingress whose TLS block names the domain's wildcard",
+        "hosts",
+        create(c, ns, Kind::Ingress, tls).await,
+    );
+    let own = o.host("*.runner-0");
+    create(c, ns, Kind::Ingress, o.ingress("pod", &own))
+        .await
+        .expect("the pod scope's route of this pod passes");
+}

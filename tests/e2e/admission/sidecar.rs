@@ -117,3 +117,33 @@ async fn the_sidecar_works_under_the_guard_gateway() {
     )
     .await;
 }
+
+/// Pod scope: the pod's one wildcard route `*.<pod>.<domain>` passes, and a composition
+/// answers under it.
+async fn pod_route_under_the_guard(test: &str, route: &[&str]) {
+    let g = guarded(test).await;
+    let sidecar = Sidecar::start_in_pod(&SIDECAR, testbed::bed(), &g.pod, route).await;
+    sidecar.wait_log("this pod's route is in place").await;
+    let file = compose_file(&[web("web", "pod-page", 80, "80", &[ENABLE])]);
+    g.pod.compose_as(V2, "demo", &file, &["up", "-d"]);
+    let host = format!("web-80-demo.{}.{}", g.pod.name, domain(&g.ns));
+    assert_eq!(through_ingress(&host).await.trim(), "pod-page");
+    g.pod.compose_as(V2, "demo", &file, &["down"]);
+    unrouted(&host).await;
+    assert_no_refusal(&sidecar);
+}
+
+#[tokio::test]
+async fn the_sidecar_works_under_the_guard_pod_scope_ingress() {
+    pod_route_under_the_guard("guard-pod-ing", &[]).await;
+}
+
+#[tokio::test]
+async fn the_sidecar_works_under_the_guard_pod_scope_gateway() {
+    let gateway = testbed::bed().gateway();
+    pod_route_under_the_guard(
+        "guard-pod-gw",
+        &["--route-api", "gateway", "--gateway", &gateway],
+    )
+    .await;
+}
