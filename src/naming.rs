@@ -447,9 +447,13 @@ impl HostShape {
 
 /// Name of the Service and the route objects of one composition: unique per (pod, project),
 /// readable (`ci-<project>-<pod>-<hash>`), an RFC 1035 label. The hash is always there, because
-/// sanitizing alone maps `a_b` and `a-b` onto the same name.
+/// sanitizing alone maps `a_b` and `a-b` onto the same name. A long project name is shortened,
+/// never the pod's: the admission guard (deploy/admission) tells a pod's objects, and the
+/// Services its EndpointSlices and routes may name, by the `-<pod>-<hash>` that ends the name.
 pub fn object_name(pod: &str, project: &str) -> String {
-    let base = sanitize(&format!("ci-{project}-{pod}"));
+    let pod_part = sanitize(pod);
+    let room = (MAX_LABEL_LEN - HASH_SUFFIX_LEN).saturating_sub("ci--".len() + pod_part.len());
+    let base = sanitize(&format!("ci-{}-{pod_part}", cut(sanitize(project), room)));
     with_hash(base, &format!("{pod}/{project}"))
 }
 
@@ -782,6 +786,34 @@ mod tests {
         let long = object_name(&"p".repeat(200), &"Q".repeat(200));
         assert!(long.len() <= 63 && is_dns_label(&long), "{long}");
         assert!(long.starts_with("ci-"));
+    }
+
+    #[test]
+    fn object_name_keeps_the_pod_when_the_project_is_shortened() {
+        // What the admission guard matches: ci-[<project>-]<pod>-<8 hex>.
+        let ends_with_pod = |name: &str, pod: &str| {
+            let (base, hash) = name.split_at(name.len() - HASH_SUFFIX_LEN);
+            hash.len() == 9
+                && hash[1..].bytes().all(|b| b.is_ascii_hexdigit())
+                && base.starts_with("ci-")
+                && base.ends_with(&format!("-{pod}"))
+        };
+        for project in ["demo", "", "___", &"long-project-".repeat(10), &"Q_".repeat(100)] {
+            let name = object_name("runner-12", project);
+            assert!(name.len() <= 63 && is_dns_label(&name), "{name}");
+            assert!(ends_with_pod(&name, "runner-12"), "{project:?}: {name}");
+        }
+        // Names that fitted are unchanged (no object of an upgraded sidecar is renamed).
+        assert_eq!(
+            object_name("runner-3", "demochat"),
+            format!("ci-demochat-runner-3-{}", short_hash("runner-3/demochat"))
+        );
+        // Two long projects that share a prefix stay apart.
+        let a = "a".repeat(80);
+        assert_ne!(
+            object_name("runner-0", &format!("{a}1")),
+            object_name("runner-0", &format!("{a}2"))
+        );
     }
 
     #[test]

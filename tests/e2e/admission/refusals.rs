@@ -301,6 +301,49 @@ async fn unbound_token(admin: &kube::Client, ns: &str) -> String {
 }
 
 #[tokio::test]
+async fn guard_ties_an_endpoint_slice_to_a_service_of_its_pod() {
+    let g = guarded("guard-slice").await;
+    let o = g.objects();
+    let c = &g.stolen;
+    let ns = &g.ns;
+    // The operator's database Service: the slices of a Service are merged by every consumer,
+    // so a slice of ours labelled with its name would add our pod to its endpoints.
+    create(
+        &g.admin,
+        ns,
+        Kind::Service,
+        json!({"metadata": {"name": "database"}, "spec": {"ports": [{"port": 5432}]}}),
+    )
+    .await
+    .expect("admin creates a Service of its own");
+    let mut database = o.slice("database");
+    database["metadata"]["labels"]["kubernetes.io/service-name"] = json!("database");
+    refused(
+        "an EndpointSlice of the operator's Service",
+        "endpointslices",
+        create(c, ns, Kind::EndpointSlice, database).await,
+    );
+    let mut neighbours = o.slice("neighbours");
+    neighbours["metadata"]["labels"]["kubernetes.io/service-name"] =
+        json!(super::name_of("runner-1", "neighbours"));
+    refused(
+        "an EndpointSlice of another pod's Service",
+        "endpointslices",
+        create(c, ns, Kind::EndpointSlice, neighbours).await,
+    );
+    let mut elsewhere = o.slice("elsewhere");
+    elsewhere["metadata"]["labels"]["kubernetes.io/service-name"] = json!(o.name("other"));
+    refused(
+        "an EndpointSlice named for one Service and labelled for another",
+        "endpointslices",
+        create(c, ns, Kind::EndpointSlice, elsewhere).await,
+    );
+    create(c, ns, Kind::EndpointSlice, o.slice("fine"))
+        .await
+        .expect("the sidecar's EndpointSlice passes");
+}
+
+#[tokio::test]
 async fn guard_allows_a_wildcard_host_only_as_the_pods_own_route() {
     let g = guarded("guard-wild").await;
     let o = g.objects();
