@@ -34,6 +34,8 @@ fn render_guard(bed: &Bed, ns: &str) -> Vec<String> {
     let settings = [
         ("domain", "composition.example.com", domain(ns)),
         ("podCIDRs", "10.0.0.0/8", "198.18.0.0/16".to_string()),
+        // The bed's Gateway (every Gateway test's --gateway).
+        ("gateways", "compose-ingress:https", bed.gateway()),
     ];
     for (key, default, value) in settings {
         let line = format!("  {key}: {default}\n");

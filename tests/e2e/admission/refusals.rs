@@ -344,6 +344,122 @@ async fn guard_ties_an_endpoint_slice_to_a_service_of_its_pod() {
 }
 
 #[tokio::test]
+async fn guard_checks_route_backends_parents_classes_and_annotation_values() {
+    let g = guarded("guard-route").await;
+    let o = g.objects();
+    let c = &g.stolen;
+    let ns = &g.ns;
+    let host = o.host("app");
+    let gateway = testbed::bed().gateway();
+
+    let mut backend = o.ingress("backend", &host);
+    backend["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] =
+        json!("database");
+    refused(
+        "an Ingress that publishes the operator's Service",
+        "ingresses",
+        create(c, ns, Kind::Ingress, backend).await,
+    );
+    let mut class = o.ingress("class", &host);
+    class["spec"]["ingressClassName"] = json!("internal");
+    refused(
+        "an Ingress of a class not in the list",
+        "ingresses",
+        create(c, ns, Kind::Ingress, class).await,
+    );
+    let mut classless = o.ingress("classless", &host);
+    classless["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("ingressClassName");
+    refused(
+        "an Ingress without a class (the cluster's default class takes it)",
+        "ingresses",
+        create(c, ns, Kind::Ingress, classless).await,
+    );
+    let middlewares = "traefik.ingress.kubernetes.io/router.middlewares";
+    let own = format!("{ns}-{}@kubernetescrd", o.name("mw"));
+    let values = [
+        (
+            middlewares,
+            format!("kube-system-{}@kubernetescrd", o.name("mw")),
+        ),
+        (middlewares, format!("{ns}-sso-auth@kubernetescrd")),
+        (middlewares, format!("{own},{ns}-admin@kubernetescrd")),
+        (
+            "nginx.ingress.kubernetes.io/limit-rps",
+            "20; drop".to_string(),
+        ),
+        (
+            "compose-ingress/host",
+            "app.attacker.example.org".to_string(),
+        ),
+        ("compose-ingress/spec-hash", "<script>".to_string()),
+        (
+            "traefik.ingress.kubernetes.io/service.serversscheme",
+            "http://x".to_string(),
+        ),
+    ];
+    for (key, value) in values {
+        let mut annotated = o.ingress("annotated", &host);
+        annotated["metadata"]["annotations"][key] = json!(value);
+        refused(
+            &format!("an Ingress annotated {key}={value}"),
+            "annotations",
+            create(c, ns, Kind::Ingress, annotated).await,
+        );
+    }
+    let mut fine = o.ingress("fine", &host);
+    fine["metadata"]["annotations"][middlewares] = json!(own);
+    fine["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-rps"] = json!("20");
+    create(c, ns, Kind::Ingress, fine)
+        .await
+        .expect("the sidecar's Ingress, with its own Middleware and a rate limit, passes");
+
+    let mut parent = o.http_route("parent", &host, &gateway);
+    parent["spec"]["parentRefs"][0]["name"] = json!("internal");
+    refused(
+        "an HTTPRoute attached to another Gateway",
+        "routes",
+        create(c, ns, Kind::HttpRoute, parent).await,
+    );
+    let mut backend = o.http_route("backend", &host, &gateway);
+    backend["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("database");
+    refused(
+        "an HTTPRoute that publishes the operator's Service",
+        "routes",
+        create(c, ns, Kind::HttpRoute, backend).await,
+    );
+    let mut neighbour = o.http_route("neighbour", &host, &gateway);
+    neighbour["spec"]["rules"][0]["backendRefs"][0]["name"] =
+        json!(super::name_of("runner-1", "x"));
+    refused(
+        "an HTTPRoute that publishes another pod's Service",
+        "routes",
+        create(c, ns, Kind::HttpRoute, neighbour).await,
+    );
+    let filters = [
+        json!({"type": "ExtensionRef", "extensionRef": {"group": "traefik.io", "kind": "Middleware", "name": "sso-auth"}}),
+        json!({"type": "RequestMirror", "requestMirror": {"backendRef": {"name": o.name("x"), "port": 2080}}}),
+    ];
+    for filter in filters {
+        let mut filtered = o.http_route("filtered", &host, &gateway);
+        filtered["spec"]["rules"][0]["filters"] = json!([filter]);
+        refused(
+            &format!("an HTTPRoute with the filter {filter}"),
+            "routes",
+            create(c, ns, Kind::HttpRoute, filtered).await,
+        );
+    }
+    let mut fine = o.http_route("fine", &host, &gateway);
+    fine["spec"]["rules"][0]["filters"] = json!([{"type": "ExtensionRef", "extensionRef":
+        {"group": "traefik.io", "kind": "Middleware", "name": o.name("fine")}}]);
+    create(c, ns, Kind::HttpRoute, fine)
+        .await
+        .expect("the sidecar's HTTPRoute, with its own Middleware, passes");
+}
+
+#[tokio::test]
 async fn guard_allows_a_wildcard_host_only_as_the_pods_own_route() {
     let g = guarded("guard-wild").await;
     let o = g.objects();
