@@ -144,6 +144,22 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
         Some(&vec!["runner-0".to_string()]),
         "the sidecar's token is bound to its pod"
     );
+    // deploy/'s NetworkPolicy for :9102 is applied with the rest, and selects the runner pods
+    // (the bed's CNI does not enforce it; docs/security.md says what does).
+    let policy = d.kubectl(&[
+        "get",
+        "networkpolicy",
+        "runner-sidecar-api",
+        "-o",
+        "jsonpath={.spec.podSelector.matchLabels}",
+    ]);
+    let selector: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&policy).expect("the NetworkPolicy's selector");
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    assert!(
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the NetworkPolicy selects runner-0: {selector:?} vs {labels:?}"
+    );
     let payload = token.split('.').nth(1).expect("the token is a JWT");
     let search = d.exec_dind(
         "runner-0",
