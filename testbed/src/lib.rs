@@ -8,6 +8,7 @@
 
 mod bed;
 mod compose;
+mod helm;
 mod http;
 mod node;
 mod objects;
@@ -18,6 +19,7 @@ mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
+pub use helm::{chart_dir, helm, helm_ok};
 pub use http::{
     LoadResult, http_get, load, raw_get, through_controller, through_ingress,
     through_ingress_within, traefik_addr,

@@ -15,6 +15,7 @@ mod engines;
 mod field_manager;
 mod frozen_apiserver;
 mod health;
+mod helm;
 mod node;
 mod operability;
 mod pod_scope;
