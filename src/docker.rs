@@ -121,6 +121,31 @@ fn with_version_prefix(request: BollardRequest, prefix: &str) -> BollardRequest 
             uri.path_and_query = Some(versioned);
             if let Ok(uri) = Uri::from_parts(uri) {
                 parts.uri = uri;
+/// The health action (`health_status: healthy`, ...): Docker matches an `event` filter of
+/// exactly this word by prefix (moby's events filter, #25798), so it takes every status.
+const HEALTH_ACTION: &str = "health_status";
+
+/// The event subscription's filters, applied by the daemon: container events of the actions
+/// above only (an exec event, one per healthcheck probe or `docker exec` and each carrying all of
+/// the container's labels, never reaches the sidecar), and, unless plain containers are exposed,
+/// only those of Compose's containers.
+fn event_filters(expose_plain: bool) -> HashMap<String, Vec<String>> {
+    let mut filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        (
+            "event".to_string(),
+            RELEVANT_ACTIONS
+                .iter()
+                .chain([&HEALTH_ACTION])
+                .map(|a| a.to_string())
+                .collect(),
+        ),
+    ]);
+    if !expose_plain {
+        filters.insert("label".to_string(), vec![COMPOSE_PROJECT.to_string()]);
+    }
+    filters
+}
             }
         }
     }
@@ -275,10 +300,7 @@ impl DockerClient {
                 .unwrap_or(0);
             let options = EventsOptions {
                 since: Some(since.to_string()),
-                filters: Some(HashMap::from([(
-                    "type".to_string(),
-                    vec!["container".to_string()],
-                )])),
+                filters: Some(event_filters(self.expose_plain)),
                 ..Default::default()
             };
             let client = self.client();
@@ -304,7 +326,7 @@ impl DockerClient {
                         if let Some((action, key)) = hint_of(&event, self.expose_plain) {
                             events_seen(action);
                             debug!(action, project = %key, "docker event");
-                            let hint = if action == "health_status" {
+                            let hint = if action == HEALTH_ACTION {
                                 Hint::Health(key)
                             } else {
                                 Hint::Composition(key)
@@ -378,7 +400,7 @@ impl Reconnect {
 fn hint_of(event: &EventMessage, expose_plain: bool) -> Option<(&str, CompositionKey)> {
     let action = event.action.as_deref()?;
     let base = action.split(':').next().unwrap_or(action).trim();
-    let relevant = RELEVANT_ACTIONS.contains(&base) || base == "health_status";
+    let relevant = RELEVANT_ACTIONS.contains(&base) || base == HEALTH_ACTION;
     if !relevant {
         return None;
     }
@@ -577,6 +599,21 @@ mod tests {
             "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         );
         for chunk in [first, second] {
+    /// The subscription asks the daemon for state changes only: no exec events (seen failing
+    /// with the old type-only filter), compose containers only unless plain ones are exposed.
+    #[test]
+    fn the_daemon_filters_the_event_stream() {
+        let f = event_filters(false);
+        assert_eq!(f["type"], ["container"]);
+        let events = &f["event"];
+        for action in ["start", "die", "destroy", "health_status", "rename"] {
+            assert!(events.iter().any(|e| e == action), "{action}: {events:?}");
+        }
+        assert!(!events.iter().any(|e| e.starts_with("exec")), "{events:?}");
+        assert_eq!(f["label"], [COMPOSE_PROJECT]);
+        assert!(!event_filters(true).contains_key("label"));
+    }
+
             if !chunk.is_empty() {
                 reply.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
             }

@@ -36,6 +36,9 @@ pub(crate) const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 pub(crate) const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
 pub(crate) const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
 
+/// The label keys the sidecar reads start with one of these (Compose's, ours, kompose's): the
+/// Docker reader keeps no other label of a container (src/docker/listing.rs).
+pub(crate) const READ_PREFIXES: [&str; 3] = ["com.docker.compose.", PREFIX, "kompose."];
 /// Longest label value we look at; longer ones are refused before any parsing.
 pub(crate) const MAX_VALUE_BYTES: usize = 1024;
 /// Longest path prefix accepted.
