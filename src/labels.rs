@@ -46,6 +46,8 @@ pub(crate) const MAX_PATH_LEN: usize = 256;
 /// Longest value shown in a refusal (after escaping), so that log lines stay readable.
 pub const MAX_SHOWN_CHARS: usize = 80;
 
+/// Unknown `compose-ingress.*` labels of one service refused one by one; more are counted.
+const MAX_UNKNOWN_LISTED: usize = 8;
 const OUR_LABELS: [&str; 9] = [
     ENABLE,
     PORTS,
@@ -482,16 +484,25 @@ pub fn parse_service_labels(
         return Ok(ServiceExposure::disabled());
     }
 
-    for key in labels.keys() {
-        if key.starts_with(PREFIX) && !OUR_LABELS.contains(&key.as_str()) {
-            let known = OUR_LABELS.join(", ");
-            ctx.refuse(
-                key,
-                &labels[key],
-                Reason::UnknownLabel,
-                &format!("unknown compose-ingress label (a typo?); known labels: {known}"),
-            );
-        }
+    // Unknown keys are a job's input of any size and number: each is shown shortened and
+    // escaped like a value, and only the first few are listed.
+    let mut unknown = labels
+        .iter()
+        .filter(|(k, _)| k.starts_with(PREFIX) && !OUR_LABELS.contains(&k.as_str()));
+    let known = OUR_LABELS.join(", ");
+    for (key, value) in unknown.by_ref().take(MAX_UNKNOWN_LISTED) {
+        ctx.refuse(
+            &shown_value(key),
+            value,
+            Reason::UnknownLabel,
+            &format!("unknown compose-ingress label (a typo?); known labels: {known}"),
+        );
+    }
+    let more = unknown.count();
+    if let (true, Some(last)) = (more > 0, ctx.refusals.last_mut()) {
+        last.message.push_str(&format!(
+            " ({more} more unknown compose-ingress labels not listed)"
+        ));
     }
     for key in OUR_LABELS.iter().chain(KOMPOSE_LABELS.iter()) {
         if *key != ENABLE && *key != KOMPOSE_EXPOSE {
@@ -942,6 +953,38 @@ mod tests {
             parse_service_labels("c", "s", &labels, &settings())
                 .unwrap()
                 .health_gate
+    /// A job's megabyte-long unknown keys, a thousand of them: every refusal's label and message
+    /// stay short, and only a few are listed (seen failing with the raw key as the label).
+    #[test]
+    fn unknown_label_keys_are_bounded_in_length_and_number() {
+        // Sorts first, so it is among the listed ones.
+        let long = format!("{PREFIX}{}\n", "a".repeat(1024 * 1024));
+        let mut pairs = vec![(ENABLE.to_string(), "true".to_string()), (long, "v".into())];
+        pairs.extend((0..1000).map(|i| (format!("{PREFIX}typo{i:04}"), "v".to_string())));
+        let borrowed: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let r = refused(&borrowed);
+        assert_eq!(r.len(), MAX_UNKNOWN_LISTED, "{r:?}");
+        for refusal in &r {
+            assert!(
+                refusal.label.chars().count() <= MAX_SHOWN_CHARS,
+                "{}",
+                refusal.label.len()
+            );
+            assert!(refusal.message.len() < 1024, "{}", refusal.message.len());
+            assert!(!refusal.label.contains('\n'));
+        }
+        assert!(
+            r[MAX_UNKNOWN_LISTED - 1]
+                .message
+                .contains("993 more unknown compose-ingress labels"),
+            "{}",
+            r[MAX_UNKNOWN_LISTED - 1].message
+        );
+    }
+
         };
         assert!(gate(None));
         assert!(gate(Some("gate")));

@@ -219,7 +219,7 @@ pub(crate) const MAX_PROJECT_NAME: usize = 128;
 /// Why the project name cannot be used, if it cannot. Compose gives names of `[a-z0-9_-]`
 /// (v1 also keeps `.` and capitals); a plain container's key is its `/name`. Anything else came
 /// from a hand-set label, and it reaches object metadata: refused.
-fn project_name_refusal(name: &str) -> Option<Refusal> {
+pub(crate) fn project_name_refusal(name: &str) -> Option<Refusal> {
     let body = name.strip_prefix('/').unwrap_or(name);
     let ok = !body.is_empty()
         && name.len() <= MAX_PROJECT_NAME
