@@ -272,6 +272,7 @@ where
                 let hint = lifecycle::HintContext {
                     expecting_start: expecting,
                     health_of_exposed: health && exposed,
+                    last_pass: state.and_then(|s| s.lifecycle.last_pass),
                 };
                 let due = lifecycle::hint_due(&self.timings, hint, Instant::now());
                 self.queue.schedule(key, due);
@@ -462,12 +463,13 @@ where
             exposable: plan.desired.is_some(),
             awaiting_start: !plan.awaiting_start.is_empty(),
         };
-        let settle = self
+        let lifecycle = &mut self
             .compositions
             .entry(key.to_string())
             .or_default()
-            .lifecycle
-            .settle(shape, self.timings.settle_time, now);
+            .lifecycle;
+        lifecycle.last_pass = Some(now);
+        let settle = lifecycle.settle(shape, self.timings.settle_time, now);
         if let Settle::Wait { until } = settle {
             debug!(
                 awaiting = ?plan.awaiting_start,
