@@ -1,0 +1,59 @@
+//! Hosts: a stopped service's host stays the composition's for the grace, project names that
+//! sanitize alike get distinct hosts, and room under the pod's host cap is used at once.
+
+use testbed::{
+    CONVERGE, ENABLE, Sidecar, bed, compose_file, domain, eventually, ingress_hosts, ingresses_of,
+    web,
+};
+
+use super::{leased_hosts, setup};
+use crate::SIDECAR;
+
+/// One service of two stops: its route goes at once, but its host's Lease stays for the delete
+/// grace (a pod waiting for that host does not take it while the service restarts), and goes
+/// when the grace ends. Seen failing on the old code: the Lease was deleted in the pass that
+/// removed the route.
+#[tokio::test]
+async fn a_stopped_service_keeps_its_host_s_lease_for_the_grace() {
+    let (ns, pod, admin) = setup("lease-grace").await;
+    let _sidecar = Sidecar::start(
+        &SIDECAR,
+        bed(),
+        &pod,
+        &["--delete-grace", "20s", "--resync-interval", "10m"],
+    )
+    .await;
+    let file = compose_file(&[
+        web("web", "web", 80, "80", &[ENABLE]),
+        web("api", "api", 81, "81", &[ENABLE]),
+    ]);
+    pod.compose("pair", &file, &["up", "-d"]);
+    let web_host = format!("web-80-pair-runner-0.{}", domain(&ns));
+    let api_host = format!("api-81-pair-runner-0.{}", domain(&ns));
+    eventually("both hosts leased", CONVERGE, || async {
+        (leased_hosts(&admin, &ns).await.len() == 2).then_some(())
+    })
+    .await;
+    pod.compose("pair", &file, &["stop", "api"]);
+    eventually("the api route gone", CONVERGE, || async {
+        let routes = ingresses_of(&admin, &ns, "runner-0", "pair").await;
+        routes
+            .first()
+            .filter(|i| ingress_hosts(i) == vec![web_host.clone()])
+            .map(|_| ())
+    })
+    .await;
+    let mut both = vec![api_host.clone(), web_host.clone()];
+    both.sort();
+    assert_eq!(
+        leased_hosts(&admin, &ns).await,
+        both,
+        "the stopped service's host is still claimed"
+    );
+    eventually(
+        "the api host's Lease gone after the grace",
+        CONVERGE,
+        || async { (leased_hosts(&admin, &ns).await == vec![web_host.clone()]).then_some(()) },
+    )
+    .await;
+}
