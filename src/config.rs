@@ -778,6 +778,19 @@ impl Args {
             None => None,
         };
         let access = match &self.access_policies {
+            // Fail closed at start-up for the default policy: every composition that names no
+            // policy would be refused (a chosen policy's gap refuses its compositions only).
+            if let (false, Some(name)) = (pod_scope, access.default.as_deref())
+                && let Some(gap) = access
+                    .named(Some(name))
+                    .and_then(|p| p.gap(route_api, false))
+            {
+                return Err(bad(
+                    "--access-policies",
+                    path,
+                    format!("the default policy `{name}` would not protect any composition: {gap}"),
+                ));
+            }
             Some(path) => crate::policy::load(path)
                 .map_err(|e| bad("--access-policies", path, e.to_string()))?,
             None => AccessPolicies::public_only(),
@@ -932,6 +945,39 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         Args::try_parse_from(argv)
+    /// A default policy that the configured route API would not carry stops the start (seen
+    /// failing with the check removed: the sidecar started and exposed every composition
+    /// without it); a chosen policy's gap is the composition's refusal (src/plan.rs).
+    #[test]
+    fn a_default_policy_the_route_api_does_not_carry_fails_at_start() {
+        let path = std::env::temp_dir().join(format!(
+            "compose-ingress-policy-test-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            "default: filters\npolicies:\n  filters:\n    httpRouteFilters: [{type: RequestHeaderModifier}]\n",
+        )
+        .unwrap();
+        let file = path.display().to_string();
+        let ingress = args(&["--access-policies", file.as_str()]).unwrap_err();
+        assert!(
+            ingress.contains("the default policy `filters` would not protect")
+                && ingress.contains("adds nothing to an Ingress"),
+            "{ingress}"
+        );
+        let gateway = args(&[
+            "--access-policies",
+            file.as_str(),
+            "--route-api",
+            "gateway",
+            "--gateway",
+            "gw",
+        ]);
+        std::fs::remove_file(&path).unwrap();
+        assert!(gateway.is_ok(), "{gateway:?}");
+    }
+
             .map_err(|e| e.to_string())?
             .validate()
             .map_err(|e| e.to_string())

@@ -213,8 +213,56 @@ impl AccessPolicy {
 }
 
 /// The users of a policy's basic auth, from an htpasswd file.
+
+    /// Why the composition scope's routes of `api` would not carry this policy whole, if they
+    /// would not: it adds nothing to that route kind, or (`grpc`: the composition has gRPC
+    /// ports, routed by GRPCRoutes) it has filters a GRPCRoute cannot take. A policy not
+    /// carried must fail closed: a composition that asked for it is not exposed at all.
+    pub(crate) fn gap(&self, api: RouteApi, grpc: bool) -> Option<String> {
+        let middlewares = !self.traefik_middlewares.is_empty();
+        match api {
+            RouteApi::Ingress if !middlewares && self.ingress_annotations.is_empty() => Some(
+                "it adds nothing to an Ingress (it has only httpRouteFilters, which only \
+                 HTTPRoutes carry); give it traefikMiddlewares or ingressAnnotations, or use \
+                 --route-api gateway"
+                    .to_string(),
+            ),
+            RouteApi::Gateway if !middlewares && self.http_route_filters.is_empty() => Some(
+                "it adds nothing to an HTTPRoute (it has only ingressAnnotations, which only \
+                 Ingresses carry); give it traefikMiddlewares or httpRouteFilters, or use \
+                 --route-api ingress"
+                    .to_string(),
+            ),
+            RouteApi::Gateway if grpc => {
+                let types: Vec<&str> = self
+                    .http_route_filters
+                    .iter()
+                    .filter_map(|f| f["type"].as_str())
+                    .filter(|t| !GRPC_FILTER_TYPES.contains(t))
+                    .collect();
+                (!types.is_empty()).then(|| {
+                    format!(
+                        "its httpRouteFilters of type {} cannot be carried by the GRPCRoute of \
+                         the composition's gRPC ports (a GRPCRoute takes {}); give the gRPC \
+                         services a policy without them",
+                        types.join(", "),
+                        GRPC_FILTER_TYPES.join(", ")
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BasicAuthPolicy {
+/// The filter types a GRPCRoute rule accepts (Gateway API v1).
+pub(crate) const GRPC_FILTER_TYPES: [&str; 4] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "ExtensionRef",
+];
+
     /// What the browser's login prompt names (a policy file's text, validated).
     pub(crate) realm: String,
     pub(crate) users: Htpasswd,
@@ -475,6 +523,10 @@ impl Reason {
             Reason::HostLooksLikeTemplate => "host-looks-like-template",
             Reason::TooManyPorts => "too-many-ports",
             Reason::TooManyHosts => "too-many-hosts",
+        /// The composition's access policy would not be carried whole by its routes (it adds
+        /// nothing to the configured route API, or has filters a GRPCRoute cannot take): refused
+        /// whole, so that it never goes public by accident.
+        PolicyNotCarried,
             Reason::UnknownAccessPolicy => "unknown-access-policy",
             Reason::PublicNotAllowed => "public-not-allowed",
             Reason::AccessConflict => "access-conflict",
@@ -515,6 +567,7 @@ impl Refusal {
     pub(crate) fn composition(reason: Reason, message: String) -> Self {
         Refusal {
             container: String::new(),
+            Reason::PolicyNotCarried => "policy-not-carried",
             service: String::new(),
             label: String::new(),
             value: String::new(),

@@ -10,8 +10,8 @@ use crate::labels::{
     self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_SERVICE, ServiceExposure,
 };
 use crate::model::{
-    Backend, ContainerState, DesiredComposition, Health, ObservedComposition, ObservedContainer,
-    PUBLIC_POLICY, Plan, PlanSettings, Protocol, Reason, Refusal,
+    AppProtocol, Backend, ContainerState, DesiredComposition, Health, ObservedComposition,
+    ObservedContainer, PUBLIC_POLICY, Plan, PlanSettings, Protocol, Reason, Refusal, RouteScope,
 };
 use crate::naming;
 
@@ -419,6 +419,36 @@ fn agree(
             let (label, reason, noun) = if what == "class" {
                 let label = if container.labels.contains_key(labels::CLASS) {
                     labels::CLASS
+/// Fail closed: a composition whose access policy its routes would not carry whole (see
+/// `AccessPolicy::gap`) is refused whole rather than exposed without it. Composition scope only
+/// (the pod scope's proxy enforces its own policies, checked at start-up).
+fn policy_not_carried(
+    access: Option<&str>,
+    backends: &[Backend],
+    settings: &PlanSettings,
+) -> Option<Refusal> {
+    if settings.scope != RouteScope::Composition {
+        return None;
+    }
+    let name = access?;
+    let grpc = backends
+        .iter()
+        .any(|b| b.protocol == Some(AppProtocol::Grpc));
+    let gap = settings
+        .access
+        .named(Some(name))?
+        .gap(settings.route_api, grpc)?;
+    Some(Refusal::composition(
+        Reason::PolicyNotCarried,
+        format!(
+            "the composition's access policy `{name}` would not protect it: {gap}; nothing of \
+             it is exposed (the operator fixes the policy file, or the composition chooses \
+             another policy with {})",
+            labels::ACCESS
+        ),
+    ))
+}
+
                 } else {
                     labels::KOMPOSE_CLASS
                 };
@@ -1238,6 +1268,65 @@ mod tests {
             assert_eq!(p.refusals[0].reason, reason);
             assert!(
                 p.refusals[0].message.contains(needle),
+    /// Fail closed: a chosen policy the route API would not carry (only Ingress annotations
+    /// under Gateway API; a filter a GRPCRoute cannot take on a gRPC composition) refuses the
+    /// composition whole, where it was exposed without its policy (seen failing with the check
+    /// removed).
+    #[test]
+    fn a_policy_the_routes_would_not_carry_refuses_the_composition() {
+        let mut s = with_policies(
+            "default: sso\npolicies:\n  sso: {traefikMiddlewares: [a]}\n  \
+             annotations: {ingressAnnotations: {example.org/auth: x}}\n  \
+             redirect: {httpRouteFilters: [{type: RequestRedirect}]}\n",
+        );
+        s.route_api = crate::model::RouteApi::Gateway;
+        let one = |labels: &[(&str, &str)], s: &PlanSettings| {
+            plan(
+                &composition(vec![container("a-1", "a", 1, labels, &[(80, TCP, 1000)])]),
+                s,
+            )
+        };
+        let p = one(&[ON, (labels::ACCESS, "annotations")], &s);
+        assert!(p.desired.is_none(), "{:?}", p.desired);
+        assert_eq!(p.refusals[0].reason, Reason::PolicyNotCarried);
+        assert!(
+            p.refusals[0]
+                .message
+                .contains("adds nothing to an HTTPRoute"),
+            "{}",
+            p.refusals[0].message
+        );
+        // A filter an HTTPRoute takes: exposed over HTTP, refused for a gRPC service.
+        assert!(
+            one(&[ON, (labels::ACCESS, "redirect")], &s)
+                .desired
+                .is_some()
+        );
+        let grpc = one(
+            &[ON, (labels::ACCESS, "redirect"), (labels::PROTOCOL, "grpc")],
+            &s,
+        );
+        assert!(grpc.desired.is_none());
+        assert!(
+            grpc.refusals[0].message.contains("RequestRedirect"),
+            "{}",
+            grpc.refusals[0].message
+        );
+        // The default's middlewares are carried by both route kinds.
+        assert!(one(&[ON], &s).desired.is_some());
+        // Under Ingress, the annotations are carried and the filters are not.
+        s.route_api = crate::model::RouteApi::Ingress;
+        assert!(
+            one(&[ON, (labels::ACCESS, "annotations")], &s)
+                .desired
+                .is_some()
+        );
+        assert_eq!(
+            one(&[ON, (labels::ACCESS, "redirect")], &s).refusals[0].reason,
+            Reason::PolicyNotCarried
+        );
+    }
+
                 "{}",
                 p.refusals[0].message
             );

@@ -13,7 +13,8 @@ use serde_json::json;
 use super::metadata::metadata;
 use super::middleware::traefik_middlewares;
 use crate::model::{
-    AppProtocol, Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode,
+    AppProtocol, Backend, DesiredComposition, GRPC_FILTER_TYPES, OwnerPod, PlanSettings,
+    RateLimitMode,
 };
 use crate::naming;
 use crate::objects::{
@@ -153,14 +154,6 @@ pub(super) fn grpc_routes(
 ) -> Vec<DynamicObject> {
     gateway_routes(d, settings, owner, true)
 }
-
-/// The filter types a GRPCRoute rule accepts (Gateway API v1).
-const GRPC_FILTER_TYPES: [&str; 4] = [
-    "RequestHeaderModifier",
-    "ResponseHeaderModifier",
-    "RequestMirror",
-    "ExtensionRef",
-];
 
 /// The Gateway the routes attach to (`--gateway`), as `parentRefs`.
 pub(super) fn parent_refs(settings: &PlanSettings) -> Vec<serde_json::Value> {
