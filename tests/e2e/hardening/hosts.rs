@@ -3,7 +3,7 @@
 
 use testbed::{
     CONVERGE, ENABLE, Sidecar, bed, compose_file, domain, eventually, ingress_hosts, ingresses_of,
-    web,
+    through_ingress, wait_exposed, web,
 };
 
 use super::{leased_hosts, setup};
@@ -56,4 +56,31 @@ async fn a_stopped_service_keeps_its_host_s_lease_for_the_grace() {
         || async { (leased_hosts(&admin, &ns).await == vec![web_host.clone()]).then_some(()) },
     )
     .await;
+}
+
+/// `my_app` and `my-app` sanitize to the same label: both compositions are exposed, at
+/// distinct hosts, each answered by its own container. Seen failing on the old code: the
+/// second was refused (`host-taken`, the first held the host's Lease).
+#[tokio::test]
+async fn projects_that_sanitize_alike_get_distinct_working_urls() {
+    let (ns, pod, admin) = setup("fold").await;
+    let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
+    pod.compose(
+        "my-app",
+        &compose_file(&[web("web", "dashed", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    let (_, dashed) = wait_exposed(&admin, &ns, "runner-0", "my-app").await;
+    pod.compose(
+        "my_app",
+        &compose_file(&[web("web", "underscored", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    let (_, underscored) = wait_exposed(&admin, &ns, "runner-0", "my_app").await;
+    let (a, b) = (ingress_hosts(&dashed), ingress_hosts(&underscored));
+    assert_eq!(a, vec![format!("web-80-my-app-runner-0.{}", domain(&ns))]);
+    assert_eq!(b.len(), 1);
+    assert_ne!(a, b);
+    assert!(through_ingress(&a[0]).await.contains("dashed"));
+    assert!(through_ingress(&b[0]).await.contains("underscored"));
 }
