@@ -342,6 +342,7 @@ impl Reconciler<Objects> {
         self.output.owned.remove(&(o.kind, o.name.clone()));
         if o.kind == Kind::Lease {
             self.output.lease_grace.remove(&o.name);
+            self.room_for_hosts();
         }
         Ok(())
     }

@@ -309,6 +309,34 @@ where
         }
     }
 
+    /// This pod gave up a host (a Lease deleted, a composition gone from the proxy): the
+    /// compositions refused for the pod's host cap may fit now, so they are retried at once
+    /// rather than at the next full resync (refused again, they are logged only if the reason
+    /// changed).
+    fn room_for_hosts(&mut self) {
+        let now = Instant::now();
+        let waiting: Vec<CompositionKey> = self
+            .compositions
+            .iter()
+            .filter(|(_, state)| {
+                state.problems.iter().any(|p| {
+                    matches!(
+                        p,
+                        Problem::Composition {
+                            reason: Reason::TooManyHosts,
+                            ..
+                        }
+                    )
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in waiting {
+            debug!(composition = %key, "the pod gave up a host: retrying a composition refused for the host cap");
+            self.queue.schedule(key, now);
+        }
+    }
+
     /// Reconciles every due composition; a burst (a hundred jobs starting at once) can make
     /// this a long pass, so each composition and each request in it is progress for the
     /// heartbeat.

@@ -115,8 +115,8 @@ impl<O> Reconciler<O> {
             format!(
                 "composition {key} would expose {} hosts while the pod already exposes \
                  {others}, over the operator's limit of {cap} per pod (--max-hosts-per-pod): \
-                 nothing of it is exposed; it is retried when it changes and at every \
-                 full resync",
+                 nothing of it is exposed; it is retried when it changes, when the pod \
+                 gives up a host, and at every full resync",
                 hosts.len()
             ),
         );

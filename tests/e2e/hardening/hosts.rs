@@ -3,11 +3,12 @@
 
 use testbed::{
     CONVERGE, ENABLE, Sidecar, bed, compose_file, domain, eventually, ingress_hosts, ingresses_of,
-    through_ingress, wait_exposed, web,
+    through_ingress, wait_exposed, wait_gone, web,
 };
 
-use super::{leased_hosts, setup};
+use super::{leased_hosts, setup, state_of};
 use crate::SIDECAR;
+use crate::operability::Endpoints;
 
 /// One service of two stops: its route goes at once, but its host's Lease stays for the delete
 /// grace (a pod waiting for that host does not take it while the service restarts), and goes
@@ -83,4 +84,55 @@ async fn projects_that_sanitize_alike_get_distinct_working_urls() {
     assert_ne!(a, b);
     assert!(through_ingress(&a[0]).await.contains("dashed"));
     assert!(through_ingress(&b[0]).await.contains("underscored"));
+}
+
+/// A composition refused for the pod's host cap is exposed as soon as the sidecar frees a
+/// host (another composition's grace ends), not at the next full resync (10 minutes here).
+/// Seen failing on the old code: still refused when the wait gave up.
+#[tokio::test]
+async fn a_composition_refused_for_the_host_cap_gets_the_room_the_pod_frees() {
+    let (ns, pod, admin) = setup("cap-room").await;
+    let sidecar = Sidecar::start(
+        &SIDECAR,
+        bed(),
+        &pod,
+        &[
+            "--max-hosts-per-pod",
+            "1",
+            "--delete-grace",
+            "2s",
+            "--resync-interval",
+            "10m",
+        ],
+    )
+    .await;
+    let first = compose_file(&[web("web", "first", 80, "80", &[ENABLE])]);
+    pod.compose("first", &first, &["up", "-d"]);
+    wait_exposed(&admin, &ns, "runner-0", "first").await;
+    pod.compose(
+        "second",
+        &compose_file(&[web("web", "second", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    let refused = eventually("second refused for the cap", CONVERGE, || async {
+        state_of(&sidecar.exposures(), "second").filter(|c| c["state"] == "refused")
+    })
+    .await;
+    assert_eq!(
+        refused["reasons"][0]["reason"], "too-many-hosts",
+        "{refused}"
+    );
+    pod.compose("first", &first, &["down"]);
+    wait_gone(&admin, &ns, "runner-0", "first").await;
+    let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "second").await;
+    assert!(
+        through_ingress(&ingress_hosts(&ingress)[0])
+            .await
+            .contains("second")
+    );
+    assert_eq!(
+        sidecar.log_count("full resync done"),
+        1,
+        "exposed by the room freed, not by a resync"
+    );
 }

@@ -30,3 +30,12 @@ async fn leased_hosts(admin: &kube::Client, ns: &str) -> Vec<String> {
     hosts.sort();
     hosts
 }
+
+/// The state of composition `name` in a sidecar's `/exposures`.
+fn state_of(exposures: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    exposures["compositions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+}
