@@ -254,6 +254,11 @@ pub struct Args {
     #[arg(long = "probe-url", env = "COMPOSE_INGRESS_PROBE_URL")]
     pub(crate) probe_url: Option<String>,
 
+    /// A unix socket that answers /healthz and /readyz only, for exec probes
+    /// (`compose-ingress probe healthz|readyz`): no CI job reaches it, whatever the CNI.
+    #[arg(long = "probe-socket", env = "COMPOSE_INGRESS_PROBE_SOCKET")]
+    pub(crate) probe_socket: Option<std::path::PathBuf>,
+
     /// No longer used: Services have no selector, the sidecar writes their EndpointSlices
     /// (health-gated routing). Accepted so that an old setting is reported, not fatal.
     #[arg(
@@ -364,6 +369,8 @@ pub struct Config {
     /// Bound of one Kubernetes API request (`--api-timeout`).
     pub api_timeout: Duration,
     /// `/healthz` fails when the reconciler made no progress for this long (see
+    /// `--probe-socket`: where the kubelet's exec probes ask, if set.
+    pub probe_socket: Option<std::path::PathBuf>,
     /// [`Args::heartbeat_stale`]).
     pub heartbeat_stale: Duration,
     /// Settings that are accepted but do nothing any more, with the fix: logged at start-up.
@@ -771,13 +778,6 @@ impl Args {
             Some(url) => Some(http_get::split_url(url).map_err(|_| {
                 bad(
                     "--probe-url",
-                    url,
-                    "must be http://host[:port][/path], the ingress controller's plain-HTTP address in the cluster",
-                )
-            })?),
-            None => None,
-        };
-        let access = match &self.access_policies {
             // Fail closed at start-up for the default policy: every composition that names no
             // policy would be refused (a chosen policy's gap refuses its compositions only).
             if let (false, Some(name)) = (pod_scope, access.default.as_deref())
@@ -791,6 +791,13 @@ impl Args {
                     format!("the default policy `{name}` would not protect any composition: {gap}"),
                 ));
             }
+                    url,
+                    "must be http://host[:port][/path], the ingress controller's plain-HTTP address in the cluster",
+                )
+            })?),
+            None => None,
+        };
+        let access = match &self.access_policies {
             Some(path) => crate::policy::load(path)
                 .map_err(|e| bad("--access-policies", path, e.to_string()))?,
             None => AccessPolicies::public_only(),
@@ -858,6 +865,7 @@ impl Args {
             host_ip: self.host_ip,
             docker_host,
             timings: Timings {
+            probe_socket: self.probe_socket.clone(),
                 resync_interval: self.resync_interval,
                 debounce: self.debounce,
                 settle_time: self.settle_time,
@@ -937,14 +945,6 @@ mod tests {
         let mut argv = vec![
             "compose-ingress",
             "--domain",
-            "composition.example.com",
-            "--namespace",
-            "ci",
-            "--pod-name",
-            "runner-3",
-        ];
-        argv.extend_from_slice(extra);
-        Args::try_parse_from(argv)
     /// A default policy that the configured route API would not carry stops the start (seen
     /// failing with the check removed: the sidecar started and exposed every composition
     /// without it); a chosen policy's gap is the composition's refusal (src/plan.rs).
@@ -978,6 +978,14 @@ mod tests {
         assert!(gateway.is_ok(), "{gateway:?}");
     }
 
+            "composition.example.com",
+            "--namespace",
+            "ci",
+            "--pod-name",
+            "runner-3",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
             .map_err(|e| e.to_string())?
             .validate()
             .map_err(|e| e.to_string())
