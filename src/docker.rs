@@ -527,6 +527,7 @@ fn observe(c: listing::Listed) -> ObservedContainer {
         },
         published,
         health,
+        created: c.created,
     }
 }
 
@@ -598,7 +599,6 @@ mod tests {
         );
     }
 
-    /// The request heads a fake daemon has seen.
     /// The subscription asks the daemon for state changes only: no exec events (seen failing
     /// with the old type-only filter), compose containers only unless plain ones are exposed.
     #[test]
@@ -643,6 +643,7 @@ mod tests {
         assert!(crate::plan::project_name_refusal(&key).is_some());
     }
 
+    /// The request heads a fake daemon has seen.
     type Seen = Arc<std::sync::Mutex<Vec<String>>>;
 
     /// A fake daemon's answer to a listing request (by its path and query): status, JSON body.
@@ -828,6 +829,7 @@ mod tests {
         assert_eq!(web.name, "demochat-web-1");
         assert_eq!(web.state, ContainerState::Running);
         assert_eq!(web.health, Health::Healthy);
+        assert_eq!(web.created, 1764000000);
         assert_eq!(
             web.labels
                 .get("com.docker.compose.service")

@@ -22,6 +22,7 @@ pub const CLASS: &str = "compose-ingress.class";
 pub(crate) const ACCESS: &str = "compose-ingress.access";
 pub(crate) const PROTOCOL: &str = "compose-ingress.protocol";
 pub(crate) const HEALTH: &str = "compose-ingress.health";
+pub(crate) const TTL: &str = "compose-ingress.ttl";
 /// Prefix of every label of ours: an unknown key under it is most likely a typo.
 pub(crate) const PREFIX: &str = "compose-ingress.";
 pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
@@ -35,20 +36,20 @@ pub(crate) const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 pub(crate) const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 pub(crate) const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
 pub(crate) const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
-
 /// The label keys the sidecar reads start with one of these (Compose's, ours, kompose's): the
 /// Docker reader keeps no other label of a container (src/docker/listing.rs).
 pub(crate) const READ_PREFIXES: [&str; 3] = ["com.docker.compose.", PREFIX, "kompose."];
+
 /// Longest label value we look at; longer ones are refused before any parsing.
 pub(crate) const MAX_VALUE_BYTES: usize = 1024;
 /// Longest path prefix accepted.
 pub(crate) const MAX_PATH_LEN: usize = 256;
 /// Longest value shown in a refusal (after escaping), so that log lines stay readable.
 pub const MAX_SHOWN_CHARS: usize = 80;
-
 /// Unknown `compose-ingress.*` labels of one service refused one by one; more are counted.
 const MAX_UNKNOWN_LISTED: usize = 8;
-const OUR_LABELS: [&str; 9] = [
+
+const OUR_LABELS: [&str; 10] = [
     ENABLE,
     PORTS,
     HOST,
@@ -58,6 +59,7 @@ const OUR_LABELS: [&str; 9] = [
     ACCESS,
     PROTOCOL,
     HEALTH,
+    TTL,
 ];
 const KOMPOSE_LABELS: [&str; 3] = [KOMPOSE_EXPOSE, KOMPOSE_CLASS, KOMPOSE_TLS_SECRET];
 
@@ -92,6 +94,9 @@ pub struct ServiceExposure {
     /// Whether traffic waits for the container's healthcheck (`compose-ingress.health`,
     /// default `gate`; `ignore` routes it as soon as it runs).
     pub(crate) health_gate: bool,
+    /// How long the service may stay exposed (`compose-ingress.ttl`), at most the operator's
+    /// `--max-exposure`; `None`: the operator's.
+    pub(crate) ttl: Option<std::time::Duration>,
 }
 
 /// `compose-ingress.health` values.
@@ -112,6 +117,7 @@ impl ServiceExposure {
             access: None,
             protocol: None,
             health_gate: true,
+            ttl: None,
         }
     }
 }
@@ -645,6 +651,8 @@ pub fn parse_service_labels(
         }
     };
 
+    let ttl = value(TTL).and_then(|v| parse_ttl(&mut ctx, v, settings.max_exposure));
+
     if !ctx.refusals.is_empty() {
         return Err(ctx.refusals);
     }
@@ -659,7 +667,30 @@ pub fn parse_service_labels(
         access,
         protocol,
         health_gate,
+        ttl,
     })
+}
+
+/// `compose-ingress.ttl=2h`: a duration of at least a second that may only shorten the
+/// operator's `--max-exposure`.
+fn parse_ttl(
+    ctx: &mut Ctx<'_>,
+    value: &str,
+    max: Option<std::time::Duration>,
+) -> Option<std::time::Duration> {
+    let rule = match (crate::model::parse_duration(value), max) {
+        (Ok(ttl), Some(max)) if ttl > max => format!(
+            "labels may only shorten the operator's maximum exposure of {}s; set at most \
+             compose-ingress.ttl={}s",
+            max.as_secs(),
+            max.as_secs()
+        ),
+        (Ok(ttl), _) if ttl.as_secs() >= 1 => return Some(ttl),
+        (Ok(_), _) => "the exposure time is at least 1s".to_string(),
+        (Err(e), _) => format!("{e}; e.g. compose-ingress.ttl=2h"),
+    };
+    ctx.refuse(TTL, value, Reason::InvalidTtl, &rule);
+    None
 }
 
 #[cfg(test)]
@@ -922,37 +953,6 @@ mod tests {
         assert_eq!(r[0].label, "compose-ingress.hosts");
     }
 
-    #[test]
-    fn protocol_is_one_of_the_known_ones() {
-        let r = refused(&[(ENABLE, "true"), (PROTOCOL, "grpcs")]);
-        assert_eq!(r[0].reason, Reason::UnknownProtocol);
-        assert!(
-            r[0].message
-                .contains("use one of: http, h2c, grpc, ws, https"),
-            "{}",
-            r[0].message
-        );
-        let labels = BTreeMap::from([
-            (ENABLE.to_string(), "true".to_string()),
-            (PROTOCOL.to_string(), " GRPC ".to_string()),
-        ]);
-        let e = parse_service_labels("c", "s", &labels, &settings()).unwrap();
-        assert_eq!(e.protocol, Some(AppProtocol::Grpc));
-    }
-
-    #[test]
-    fn health_is_gate_or_ignore() {
-        let r = refused(&[(ENABLE, "true"), (HEALTH, "off")]);
-        assert_eq!(r[0].reason, Reason::InvalidHealth);
-        assert!(r[0].message.contains("use gate"), "{}", r[0].message);
-        let gate = |v: Option<&str>| {
-            let mut labels = BTreeMap::from([(ENABLE.to_string(), "true".to_string())]);
-            if let Some(v) = v {
-                labels.insert(HEALTH.to_string(), v.to_string());
-            }
-            parse_service_labels("c", "s", &labels, &settings())
-                .unwrap()
-                .health_gate
     /// A job's megabyte-long unknown keys, a thousand of them: every refusal's label and message
     /// stay short, and only a few are listed (seen failing with the raw key as the label).
     #[test]
@@ -985,6 +985,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn protocol_is_one_of_the_known_ones() {
+        let r = refused(&[(ENABLE, "true"), (PROTOCOL, "grpcs")]);
+        assert_eq!(r[0].reason, Reason::UnknownProtocol);
+        assert!(
+            r[0].message
+                .contains("use one of: http, h2c, grpc, ws, https"),
+            "{}",
+            r[0].message
+        );
+        let labels = BTreeMap::from([
+            (ENABLE.to_string(), "true".to_string()),
+            (PROTOCOL.to_string(), " GRPC ".to_string()),
+        ]);
+        let e = parse_service_labels("c", "s", &labels, &settings()).unwrap();
+        assert_eq!(e.protocol, Some(AppProtocol::Grpc));
+    }
+
+    #[test]
+    fn health_is_gate_or_ignore() {
+        let r = refused(&[(ENABLE, "true"), (HEALTH, "off")]);
+        assert_eq!(r[0].reason, Reason::InvalidHealth);
+        assert!(r[0].message.contains("use gate"), "{}", r[0].message);
+        let gate = |v: Option<&str>| {
+            let mut labels = BTreeMap::from([(ENABLE.to_string(), "true".to_string())]);
+            if let Some(v) = v {
+                labels.insert(HEALTH.to_string(), v.to_string());
+            }
+            parse_service_labels("c", "s", &labels, &settings())
+                .unwrap()
+                .health_gate
         };
         assert!(gate(None));
         assert!(gate(Some("gate")));

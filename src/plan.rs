@@ -48,6 +48,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
             desired: None,
             refusals: vec![refusal],
             awaiting_start: Vec::new(),
+            expires_at: None,
         };
     }
     let mut refusals = Vec::new();
@@ -139,6 +140,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
             desired: None,
             refusals,
             awaiting_start,
+            expires_at: None,
         };
     }
     let (mut backends, mut host_refusals) = claim_hosts(&accepted, &composition.name, settings);
@@ -177,6 +179,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
             desired: None,
             refusals,
             awaiting_start,
+            expires_at: None,
         };
     }
     let live: BTreeSet<&str> = backends.iter().map(|b| b.service.as_str()).collect();
@@ -196,6 +199,29 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
         .map(|e| effective_access(e, settings))
         .find(|a| *a != PUBLIC_POLICY)
         .map(str::to_string);
+    // The exposure time: the shortest of the operator's and every live service's label, from
+    // the first live container's creation (Docker's, so a restart of anything resets nothing).
+    let ttl = live_exposures()
+        .filter_map(|e| e.ttl)
+        .chain(settings.max_exposure)
+        .min();
+    let started = accepted
+        .iter()
+        .filter(|a| live.contains(a.service.as_str()))
+        .map(|a| a.container.created)
+        .min();
+    let expires_at = ttl.zip(started).map(|(ttl, started)| {
+        started.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+    });
+    if let Some(refusal) = policy_not_carried(access.as_deref(), &backends, settings) {
+        refusals.push(refusal);
+        return Plan {
+            desired: None,
+            refusals,
+            awaiting_start,
+            expires_at: None,
+        };
+    }
 
     Plan {
         desired: Some(DesiredComposition {
@@ -209,6 +235,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
         }),
         refusals,
         awaiting_start,
+        expires_at,
     }
 }
 
@@ -392,33 +419,6 @@ fn exposed_ports(
 
 /// First service to choose a class (or TLS secret) sets it for the composition; a later service
 /// choosing another one is refused, because one Ingress has one class and one TLS secret.
-/// The access policy a service gets: its label's, else the operator's default, else public.
-fn effective_access<'a>(exposure: &'a ServiceExposure, settings: &'a PlanSettings) -> &'a str {
-    exposure
-        .access
-        .as_deref()
-        .or(settings.access.default.as_deref())
-        .unwrap_or(PUBLIC_POLICY)
-}
-
-fn agree(
-    current: &mut Option<(String, String)>,
-    wanted: Option<&str>,
-    service: &str,
-    container: &ObservedContainer,
-    what: &str,
-) -> Option<Refusal> {
-    let wanted = wanted?;
-    match current {
-        None => {
-            *current = Some((wanted.to_string(), service.to_string()));
-            None
-        }
-        Some((have, _)) if have == wanted => None,
-        Some((have, owner)) => {
-            let (label, reason, noun) = if what == "class" {
-                let label = if container.labels.contains_key(labels::CLASS) {
-                    labels::CLASS
 /// Fail closed: a composition whose access policy its routes would not carry whole (see
 /// `AccessPolicy::gap`) is refused whole rather than exposed without it. Composition scope only
 /// (the pod scope's proxy enforces its own policies, checked at start-up).
@@ -449,6 +449,33 @@ fn policy_not_carried(
     ))
 }
 
+/// The access policy a service gets: its label's, else the operator's default, else public.
+fn effective_access<'a>(exposure: &'a ServiceExposure, settings: &'a PlanSettings) -> &'a str {
+    exposure
+        .access
+        .as_deref()
+        .or(settings.access.default.as_deref())
+        .unwrap_or(PUBLIC_POLICY)
+}
+
+fn agree(
+    current: &mut Option<(String, String)>,
+    wanted: Option<&str>,
+    service: &str,
+    container: &ObservedContainer,
+    what: &str,
+) -> Option<Refusal> {
+    let wanted = wanted?;
+    match current {
+        None => {
+            *current = Some((wanted.to_string(), service.to_string()));
+            None
+        }
+        Some((have, _)) if have == wanted => None,
+        Some((have, owner)) => {
+            let (label, reason, noun) = if what == "class" {
+                let label = if container.labels.contains_key(labels::CLASS) {
+                    labels::CLASS
                 } else {
                     labels::KOMPOSE_CLASS
                 };
@@ -672,6 +699,7 @@ mod tests {
                 })
                 .collect(),
             health: Default::default(),
+            created: 1_700_000_000,
         }
     }
 
@@ -1240,34 +1268,6 @@ mod tests {
         assert_eq!(p.desired.unwrap().access, None);
     }
 
-    #[test]
-    fn unknown_policies_and_forbidden_public_are_refused_with_the_choices() {
-        let s = with_policies("default: sso\npolicies: {sso: {traefikMiddlewares: [a]}}");
-        for (value, reason, needle) in [
-            (
-                "nope",
-                Reason::UnknownAccessPolicy,
-                "the operator's policies: sso",
-            ),
-            ("public", Reason::PublicNotAllowed, "choose one of: sso"),
-        ] {
-            let p = plan(
-                &composition(vec![
-                    container(
-                        "a-1",
-                        "a",
-                        1,
-                        &[ON, (labels::ACCESS, value)],
-                        &[(80, TCP, 1000)],
-                    ),
-                    container("b-1", "b", 1, &[ON], &[(80, TCP, 1001)]),
-                ]),
-                &s,
-            );
-            assert_eq!(p.refusals.len(), 1, "{value}: {:?}", p.refusals);
-            assert_eq!(p.refusals[0].reason, reason);
-            assert!(
-                p.refusals[0].message.contains(needle),
     /// Fail closed: a chosen policy the route API would not carry (only Ingress annotations
     /// under Gateway API; a filter a GRPCRoute cannot take on a gRPC composition) refuses the
     /// composition whole, where it was exposed without its policy (seen failing with the check
@@ -1327,6 +1327,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn unknown_policies_and_forbidden_public_are_refused_with_the_choices() {
+        let s = with_policies("default: sso\npolicies: {sso: {traefikMiddlewares: [a]}}");
+        for (value, reason, needle) in [
+            (
+                "nope",
+                Reason::UnknownAccessPolicy,
+                "the operator's policies: sso",
+            ),
+            ("public", Reason::PublicNotAllowed, "choose one of: sso"),
+        ] {
+            let p = plan(
+                &composition(vec![
+                    container(
+                        "a-1",
+                        "a",
+                        1,
+                        &[ON, (labels::ACCESS, value)],
+                        &[(80, TCP, 1000)],
+                    ),
+                    container("b-1", "b", 1, &[ON], &[(80, TCP, 1001)]),
+                ]),
+                &s,
+            );
+            assert_eq!(p.refusals.len(), 1, "{value}: {:?}", p.refusals);
+            assert_eq!(p.refusals[0].reason, reason);
+            assert!(
+                p.refusals[0].message.contains(needle),
                 "{}",
                 p.refusals[0].message
             );

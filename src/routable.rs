@@ -50,7 +50,8 @@ pub struct Probe {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct Doc {
     pub(crate) name: String,
-    /// `routable`, `pending` (not yet, or not exposed yet), or `refused`.
+    /// `routable`, `pending` (not yet, or not exposed yet), `refused`, or `expired` (its
+    /// exposure time is over; `missing` says when).
     pub(crate) state: &'static str,
     /// What "routable" was checked against: `controller` (a request through the ingress
     /// controller reached the container) or `objects` (the Service, its EndpointSlices, ready,
@@ -123,6 +124,10 @@ pub(crate) fn assess(
             doc.refused = reasons.iter().map(refused_view).collect();
             doc.state = "refused";
         }
+        Some(CompositionState::Expired { message }) => {
+            doc.state = "expired";
+            doc.missing = vec![message.clone()];
+        }
         Some(CompositionState::Exposed {
             urls,
             backends,
@@ -181,12 +186,12 @@ pub(crate) async fn check(
     probe: Option<&Probe>,
     name: &str,
     service: Option<&str>,
+    deadline: Instant,
 ) -> Doc {
     let state = status.composition(name);
     let state = state.as_ref();
     let Some(probe) = probe else {
         return assess(name, state, service, "objects", &|_| true);
-    deadline: Instant,
     };
     let mut answered: Vec<(String, String)> = Vec::new();
     if let Some(CompositionState::Exposed { backends, .. }) = state {
@@ -222,11 +227,6 @@ pub(crate) async fn check(
     })
 }
 
-/// Waits until the composition is routable or refused, or `timeout` passes (then the last look
-/// is returned, `pending`).
-pub(crate) async fn wait(
-    status: &Status,
-    probe: Option<&Probe>,
 /// The deadline of a look without waiting (`urls`): one probe's time.
 pub(crate) fn look_deadline() -> Instant {
     Instant::now() + PROBE_TIMEOUT
@@ -248,6 +248,11 @@ async fn probe_one(probe: &Probe, host: &str, path: &str, deadline: Instant) -> 
     .ok()
 }
 
+/// Waits until the composition is routable or refused, or `timeout` passes (then the last look
+/// is returned, `pending`).
+pub(crate) async fn wait(
+    status: &Status,
+    probe: Option<&Probe>,
     name: &str,
     service: Option<&str>,
     timeout: Duration,
@@ -370,11 +375,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_controller_s_own_answers_do_not_count() {
-        let nf = Answer {
-            status: 404,
-            body: "404 page not found\n".into(),
     /// A controller that takes every connection and never answers (as a backend that hangs
     /// looks through it): a request with four URLs ends at its own deadline, every URL
     /// missing, where one probe after another took four probe timeouts. On tokio's paused
@@ -415,6 +415,11 @@ mod tests {
         drop(silent);
     }
 
+    #[test]
+    fn the_controller_s_own_answers_do_not_count() {
+        let nf = Answer {
+            status: 404,
+            body: "404 page not found\n".into(),
         };
         assert!(!from_container(&nf, Some(&nf)));
         assert!(!from_container(

@@ -213,6 +213,7 @@ async fn compositions<B>(
     };
     let code = match doc.state {
         "refused" => StatusCode::UNPROCESSABLE_ENTITY,
+        "expired" => StatusCode::GONE,
         "pending" if wait => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::OK,
     };

@@ -50,6 +50,9 @@ pub(super) struct Listed {
     /// API 1.52+ only.
     #[serde(default)]
     pub(crate) health: Option<ListedHealth>,
+    /// Unix seconds (every API version lists it).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub(crate) created: i64,
 }
 
 /// One port of a container: a published binding when it has a `PublicPort`.
@@ -83,9 +86,6 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-/// Where the daemon listens, from a `--docker-host` value.
-#[derive(Debug, PartialEq, Eq)]
-enum Endpoint<'a> {
 /// Whether the sidecar reads a label of this key.
 pub(super) fn is_read(key: &str) -> bool {
     crate::labels::READ_PREFIXES
@@ -156,6 +156,9 @@ impl serde::de::Visitor<'_> for ReadKey {
     }
 }
 
+/// Where the daemon listens, from a `--docker-host` value.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
     /// A socket path.
     Unix(&'a str),
     /// `host:port`.
@@ -402,9 +405,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn error_bodies_give_their_message() {
-        assert_eq!(
     /// A container labelled by a job with megabytes of labels of its own: only Compose's, ours
     /// and kompose's are kept (seen failing with every label kept, as before).
     #[test]
@@ -431,6 +431,9 @@ mod tests {
         assert!(none.labels.is_empty());
     }
 
+    #[test]
+    fn error_bodies_give_their_message() {
+        assert_eq!(
             error_message(br#"{"message":"client version 1.53 is too new"}"#),
             "client version 1.53 is too new"
         );

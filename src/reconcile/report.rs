@@ -40,7 +40,11 @@ impl<O> Reconciler<O> {
                     message: r.message.clone(),
                 }
             };
-            if self.is_new(key, &problem) {
+            if self.is_new(key, &problem) && r.reason == Reason::Expired {
+                info!(target: LOG_TARGET, reason = r.reason.as_str(), "composition expired: {}", r.message);
+                self.status.metrics.refused(r.reason);
+                self.status.event_expired(key, &r.message);
+            } else if self.is_new(key, &problem) {
                 if r.label.is_empty() {
                     warn!(target: LOG_TARGET, reason = r.reason.as_str(), "composition refused: {}", r.message);
                 } else {
