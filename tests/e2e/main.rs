@@ -14,6 +14,7 @@ mod disruptive;
 mod engines;
 mod field_manager;
 mod frozen_apiserver;
+mod hardening;
 mod health;
 mod helm;
 mod node;
