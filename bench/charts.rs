@@ -173,6 +173,13 @@ pub fn plot_refresh(
     root.fill(&WHITE)?;
     let xmax = points.iter().map(|p| p.fillers).max().unwrap_or(0).max(100) as f64 * 1.05;
     let ymax = points.iter().map(|p| p.stats.p99_ms).fold(1000.0, f64::max) * 1.5;
+    // The pod scope's points may lie far below the composition scope's.
+    let ymin = points
+        .iter()
+        .map(|p| p.stats.p50_ms)
+        .filter(|v| *v > 0.0)
+        .fold(20.0, f64::min)
+        * 0.7;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "New composition: `up -d` returns → first 200 through the controller",
@@ -181,7 +188,7 @@ pub fn plot_refresh(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..xmax, (20f64..ymax).log_scale())?;
+        .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("routes (Ingresses of its class) the controller holds")
