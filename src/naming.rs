@@ -280,10 +280,11 @@ pub fn render_host_label(
 /// keeps it as it is (`demochat`, `my-app`), else its sanitized form and a short hash of the raw
 /// name (`my_app` -> `my-app-1a2b3c4d`). Sanitizing folds `my_app`, `my-app`, `My.App` and
 /// `my--app` into one label: without the hash two such compositions of one pod would get the
-/// same host, and the second would be refused as taken.
+/// same host, and the second would be refused as taken. A plain container's key (`/name`,
+/// `--expose-plain-containers`) is judged by its name: the `/` only marks it as a container.
 pub(crate) fn host_project(project: &str) -> String {
     let clean = sanitize(project);
-    if clean == project {
+    if clean == project.strip_prefix('/').unwrap_or(project) {
         return clean;
     }
     let hash = short_hash(project);
@@ -645,6 +646,10 @@ mod tests {
         assert_eq!(host("my_app"), host("my_app"), "stable");
         assert!(hosts.iter().all(|h| is_dns_label(h)));
         assert!(is_dns_label(&host("___")));
+        // A plain container's key keeps the readable host its name gives (seen failing with
+        // the key's '/' taken for a folded character: a hash in every plain container's host).
+        assert_eq!(host("/plainweb"), "web-80-plainweb-runner-0");
+        assert_ne!(host("/plain_web"), host("/plain-web"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod exposure_time;
 mod hosts;
+mod probes;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
