@@ -197,9 +197,11 @@ pub fn plot_refresh(
         .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 15))
         .draw()?;
-    let mut series: Vec<(String, String)> = Vec::new();
+    // One series per controller, scope and run (points kept from an earlier run are drawn as
+    // their own line: another run, another load on the machine).
+    let mut series: Vec<(String, String, bool)> = Vec::new();
     for p in points {
-        let key = (p.controller.clone(), p.scope.clone());
+        let key = (p.controller.clone(), p.scope.clone(), p.earlier_run);
         if !series.contains(&key) {
             series.push(key);
         }
@@ -209,13 +211,21 @@ pub fn plot_refresh(
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
         RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
     ];
-    for ((controller, scope), color) in series.iter().zip(palette.iter().cycle()) {
+    for ((controller, scope, earlier), color) in series.iter().zip(palette.iter().cycle()) {
         let color = *color;
         let ps: Vec<&RefreshPoint> = points
             .iter()
-            .filter(|p| &p.controller == controller && &p.scope == scope && p.stats.n > 0)
+            .filter(|p| {
+                &p.controller == controller
+                    && &p.scope == scope
+                    && p.earlier_run == *earlier
+                    && p.stats.n > 0
+            })
             .collect();
+        let run = if *earlier { ", earlier run" } else { "" };
         for (which, dashed) in [("p50", false), ("p99", true)] {
             let pts: Vec<(f64, f64)> = ps
                 .iter()
@@ -235,7 +245,7 @@ pub fn plot_refresh(
             };
             chart
                 .draw_series(LineSeries::new(pts.clone(), style))?
-                .label(format!("{controller} ({scope} scope) {which}"))
+                .label(format!("{controller} ({scope} scope{run}) {which}"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
             chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
         }

@@ -58,16 +58,26 @@ pub struct RefreshResult {
 }
 
 impl RefreshResult {
-    /// Keeps the points of an earlier run (results.json) whose scope this run did not measure,
-    /// marked as such, and its isolation part if this run skipped it: a run of one scope adds
-    /// to the curve instead of erasing the other's.
+    /// Keeps the points of an earlier run (results.json) that this run did not measure (another
+    /// scope, or a level it left out), marked as such, and its isolation part if this run
+    /// skipped it: a run of some scopes or levels adds to the curve instead of erasing the rest.
     pub fn keep_earlier(&mut self, earlier: RefreshResult) {
-        for mut p in earlier.points {
-            if !self.scopes.contains(&p.scope) {
+        let measured = |p: &RefreshPoint| {
+            self.points.iter().any(|q| {
+                (q.controller.as_str(), q.scope.as_str(), q.fillers)
+                    == (p.controller.as_str(), p.scope.as_str(), p.fillers)
+            })
+        };
+        let kept: Vec<RefreshPoint> = earlier
+            .points
+            .into_iter()
+            .filter(|p| !measured(p))
+            .map(|mut p| {
                 p.earlier_run = true;
-                self.points.push(p);
-            }
-        }
+                p
+            })
+            .collect();
+        self.points.extend(kept);
         if self.isolation.is_empty() {
             self.isolation = earlier.isolation;
         }
