@@ -169,7 +169,7 @@ pub(crate) fn action_of(reason: &str) -> &'static str {
     match reason {
         "Exposed" => "Expose",
         "LabelRefused" | "HostRefused" => "Refuse",
-        "Unexposed" => "Delete",
+        "Unexposed" | "Expired" => "Delete",
         _ => "Reconcile",
     }
 }

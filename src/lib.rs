@@ -32,6 +32,7 @@ mod objects;
 pub mod plan;
 pub mod pod_route;
 pub(crate) mod policy;
+pub mod probe_socket;
 pub mod proxy;
 pub mod reconcile;
 mod render;

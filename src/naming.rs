@@ -269,11 +269,30 @@ pub fn render_host_label(
             Piece::Literal(text) => raw.push_str(text),
             Piece::Service => raw.push_str(service),
             Piece::Port => raw.push_str(&port.to_string()),
-            Piece::Project => raw.push_str(project),
+            Piece::Project => raw.push_str(&host_project(project)),
             Piece::Pod => raw.push_str(pod),
         }
     }
     Ok(dns_label(&raw))
+}
+
+/// The project as `{project}` puts it into a template host: the name itself when sanitizing
+/// keeps it as it is (`demochat`, `my-app`), else its sanitized form and a short hash of the raw
+/// name (`my_app` -> `my-app-1a2b3c4d`). Sanitizing folds `my_app`, `my-app`, `My.App` and
+/// `my--app` into one label: without the hash two such compositions of one pod would get the
+/// same host, and the second would be refused as taken. A plain container's key (`/name`,
+/// `--expose-plain-containers`) is judged by its name: the `/` only marks it as a container.
+pub(crate) fn host_project(project: &str) -> String {
+    let clean = sanitize(project);
+    if clean == project.strip_prefix('/').unwrap_or(project) {
+        return clean;
+    }
+    let hash = short_hash(project);
+    if clean.is_empty() {
+        hash
+    } else {
+        format!("{clean}-{hash}")
+    }
 }
 
 /// One place of a [`HostShape`]: what the template can put there, after sanitizing.
@@ -511,6 +530,7 @@ pub fn lease_name(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn short_hash_is_8_hex_of_sha256() {
@@ -604,9 +624,41 @@ mod tests {
         );
     }
 
+    /// Project names that sanitizing folds together get distinct, stable hosts; a name that
+    /// is its own sanitized form keeps its readable host (seen failing with the raw name put
+    /// in: one host for all four).
+    #[test]
+    fn folded_project_names_get_distinct_hosts() {
+        let host = |project: &str| {
+            render_host_label(
+                "{service}-{port}-{project}-{pod}",
+                "web",
+                80,
+                project,
+                "runner-0",
+            )
+            .unwrap()
+        };
+        let names = ["my-app", "my_app", "My.App", "my--app", "my_app_"];
+        let hosts: BTreeSet<String> = names.iter().map(|n| host(n)).collect();
+        assert_eq!(hosts.len(), names.len(), "{hosts:?}");
+        assert_eq!(host("my-app"), "web-80-my-app-runner-0");
+        assert_eq!(
+            host("my_app"),
+            format!("web-80-my-app-{}-runner-0", short_hash("my_app"))
+        );
+        assert_eq!(host("my_app"), host("my_app"), "stable");
+        assert!(hosts.iter().all(|h| is_dns_label(h)));
+        assert!(is_dns_label(&host("___")));
+        // A plain container's key keeps the readable host its name gives (seen failing with
+        // the key's '/' taken for a folded character: a hash in every plain container's host).
+        assert_eq!(host("/plainweb"), "web-80-plainweb-runner-0");
+        assert_ne!(host("/plain_web"), host("/plain-web"));
+    }
+
     #[test]
     fn render_sanitizes_values_and_truncates_with_hash() {
-        let l = render_host_label("{service}-{project}", "My_Web", 80, "Proj", "p").unwrap();
+        let l = render_host_label("{service}-{project}", "My_Web", 80, "proj", "p").unwrap();
         assert_eq!(l, "my-web-proj");
         let long_project = "p".repeat(70);
         let l1 =

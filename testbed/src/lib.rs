@@ -8,6 +8,7 @@
 
 mod bed;
 mod compose;
+mod helm;
 mod http;
 mod node;
 mod objects;
@@ -18,6 +19,7 @@ mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
+pub use helm::{chart_dir, helm, helm_ok};
 pub use http::{
     LoadResult, http_get, load, raw_get, through_controller, through_ingress,
     through_ingress_within, traefik_addr,
@@ -33,7 +35,7 @@ pub use objects::{
 pub use pod::{ComposeVersion, RunnerPod, pod_bound_token, unique_namespace};
 pub use proxy::ApiProxy;
 pub use sidecar::{
-    DOMAIN, Launch, POD_PROXY_PORT, Sidecar, TRAEFIK_RBAC, domain, free_port, sidecar_kubeconfig,
-    sidecar_kubeconfig_via, stop_process,
+    DOMAIN, Launch, POD_PROXY_PORT, POD_SCOPE_RBAC, Sidecar, TRAEFIK_RBAC, domain, free_port,
+    sidecar_kubeconfig, sidecar_kubeconfig_via, stop_process,
 };
 pub use wait::{CONVERGE, eventually};

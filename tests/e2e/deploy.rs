@@ -11,7 +11,6 @@ use std::process::{Command, Output, Stdio};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use testbed::{
     Bed, CONVERGE, bed, domain, eventually, http_get, ingress_hosts, repo_root, unique_namespace,
@@ -116,21 +115,12 @@ fn env_value(c: &Container, name: &str) -> String {
 }
 
 /// (path, port) of an HTTP probe; a named port is resolved through the container's ports.
-fn http_probe(c: &Container, probe: Option<&Probe>, what: &str) -> (String, i32) {
-    let get = probe
-        .and_then(|p| p.http_get.as_ref())
-        .unwrap_or_else(|| panic!("sidecar has an HTTP {what} probe"));
-    let port = match &get.port {
-        IntOrString::Int(p) => *p,
-        IntOrString::String(name) => c
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name))
-            .map(|p| p.container_port)
-            .unwrap_or_else(|| panic!("{what} probe port {name} is not a port of the sidecar")),
-    };
-    (get.path.clone().unwrap_or_default(), port)
+/// The command of an exec probe of the sidecar.
+fn exec_probe(probe: Option<&Probe>, what: &str) -> Vec<String> {
+    probe
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .unwrap_or_else(|| panic!("sidecar has an exec {what} probe"))
 }
 
 /// Every rendered manifest is accepted by the real apiserver (server-side dry run into a fresh
@@ -449,15 +439,40 @@ fn assert_sidecar(sts: &StatefulSet, dir: &str) {
         "{dir}: dind is privileged"
     );
 
+    // The probes ask the probe socket (src/probe_socket.rs), in a volume dind does not mount:
+    // no job can starve them on any CNI.
     assert_eq!(
-        http_probe(&c, c.liveness_probe.as_ref(), "liveness"),
-        ("/healthz".to_string(), 9102),
-        "{dir}: liveness on /healthz:9102"
+        exec_probe(c.liveness_probe.as_ref(), "liveness"),
+        ["/compose-ingress", "probe", "healthz"],
+        "{dir}: liveness asks /healthz on the probe socket"
     );
     assert_eq!(
-        http_probe(&c, c.readiness_probe.as_ref(), "readiness"),
-        ("/readyz".to_string(), 9102),
-        "{dir}: readiness on /readyz:9102"
+        exec_probe(c.readiness_probe.as_ref(), "readiness"),
+        ["/compose-ingress", "probe", "readyz"],
+        "{dir}: readiness asks /readyz on the probe socket"
+    );
+    let probe_socket = env_value(&c, "COMPOSE_INGRESS_PROBE_SOCKET");
+    let probe_dir = Path::new(&probe_socket)
+        .parent()
+        .expect("probe socket directory");
+    let probe_mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| Path::new(&m.mount_path) == probe_dir)
+        .unwrap_or_else(|| panic!("{dir}: the sidecar mounts {}", probe_dir.display()));
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.name == probe_mount.name && v.empty_dir.is_some()),
+        "{dir}: the probe socket is in an emptyDir"
+    );
+    assert!(
+        !d.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == probe_mount.name),
+        "{dir}: dind does not mount the probe socket's volume"
     );
     assert!(
         c.startup_probe.is_none(),
