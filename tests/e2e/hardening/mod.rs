@@ -2,6 +2,7 @@
 //! seen failing on the code before its fix (the commit that added it says how).
 
 mod exposure_time;
+mod flaps;
 mod hosts;
 mod probes;
 
