@@ -4,6 +4,7 @@
 mod exposure_time;
 mod flaps;
 mod hosts;
+mod policies;
 mod probes;
 
 use k8s_openapi::api::coordination::v1::Lease;
