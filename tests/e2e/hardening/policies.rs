@@ -82,3 +82,49 @@ async fn a_policy_the_route_api_does_not_carry_never_leaves_a_composition_public
         "no route without its policy"
     );
 }
+
+/// A policy whose `ingressAnnotations` set the rate-limit annotation itself (to lift the
+/// limit): the Ingress carries the composition's limit, the policy's other annotations too.
+/// Seen failing with the policy's annotations written last (the Ingress said 100000).
+#[tokio::test]
+async fn the_rate_limit_annotation_wins_over_a_policy_s() {
+    let (ns, pod, admin) = setup("limit-wins").await;
+    let file = pod.dir.join("access-policies.yaml");
+    std::fs::write(
+        &file,
+        "default: open\npolicies:\n  open:\n    ingressAnnotations: \
+         {nginx.ingress.kubernetes.io/limit-rps: \"100000\", example.org/policy: open}\n",
+    )
+    .expect("write policy file");
+    let path = file.to_str().expect("path").to_string();
+    let _sidecar = Sidecar::start(
+        &SIDECAR,
+        bed(),
+        &pod,
+        &["--access-policies", &path, "--default-rps", "10"],
+    )
+    .await;
+    pod.compose(
+        "limited",
+        &compose_file(&[web("web", "limited", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    let annotations = eventually("the Ingress of limited", CONVERGE, || async {
+        ingresses_of(&admin, &ns, "runner-0", "limited")
+            .await
+            .first()
+            .and_then(|i| i.metadata.annotations.clone())
+    })
+    .await;
+    assert_eq!(
+        annotations
+            .get("nginx.ingress.kubernetes.io/limit-rps")
+            .map(String::as_str),
+        Some("10"),
+        "{annotations:?}"
+    );
+    assert_eq!(
+        annotations.get("example.org/policy").map(String::as_str),
+        Some("open")
+    );
+}
