@@ -35,7 +35,7 @@ pub use objects::{
 pub use pod::{ComposeVersion, RunnerPod, unique_namespace};
 pub use proxy::ApiProxy;
 pub use sidecar::{
-    DOMAIN, Launch, POD_PROXY_PORT, Sidecar, TRAEFIK_RBAC, domain, free_port, sidecar_kubeconfig,
-    sidecar_kubeconfig_via, stop_process,
+    DOMAIN, Launch, POD_PROXY_PORT, POD_SCOPE_RBAC, Sidecar, TRAEFIK_RBAC, domain, free_port,
+    sidecar_kubeconfig, sidecar_kubeconfig_via, stop_process,
 };
 pub use wait::{CONVERGE, eventually};
