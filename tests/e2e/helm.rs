@@ -368,6 +368,13 @@ fn sidecar_only_hands_runner_charts_the_statefulsets_own_sidecar() {
         .and_then(|v| v.iter().find(|v| v["name"] == "kube-api-access"))
         .cloned()
         .expect("the token volume");
+    // The sidecar's own volumes travel with it: its probe socket's emptyDir and its token.
+    let probe_volume = spec["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "probe-socket"))
+        .cloned()
+        .expect("the probe socket's volume");
+    let own_volumes = Value::Array(vec![probe_volume, token_volume]);
 
     let snippets = &find(&only, "ConfigMap", "compose-ingress-snippets").expect("snippets")["data"];
     // ARC: values for gha-runner-scale-set's template.spec.
@@ -376,10 +383,7 @@ fn sidecar_only_hands_runner_charts_the_statefulsets_own_sidecar() {
     let arc_spec = &arc["template"]["spec"];
     assert_eq!(arc_spec["serviceAccountName"], "compose-ingress");
     assert_eq!(arc_spec["automountServiceAccountToken"], false);
-    assert_eq!(
-        arc_spec["volumes"],
-        Value::Array(vec![token_volume.clone()])
-    );
+    assert_eq!(arc_spec["volumes"], own_volumes);
     let arc_sidecar = sidecar_of(arc_spec);
     assert_eq!(
         without_docker(arc_sidecar.clone()),
@@ -405,7 +409,7 @@ fn sidecar_only_hands_runner_charts_the_statefulsets_own_sidecar() {
         .unwrap_or_else(|| panic!("no ''' patch in {toml}"));
     let patch: Value = serde_yaml_ng::from_str(patch).expect("the GitLab patch is YAML");
     assert_eq!(patch["automountServiceAccountToken"], false);
-    assert_eq!(patch["volumes"], Value::Array(vec![token_volume]));
+    assert_eq!(patch["volumes"], own_volumes);
     let gitlab_sidecar = sidecar_of(&patch);
     assert_eq!(
         without_docker(gitlab_sidecar.clone()),
