@@ -152,9 +152,14 @@ env:
 # Ports published on exactly the pod's address count too.
 - name: POD_IP
   valueFrom: {fieldRef: {fieldPath: status.podIP}}
-# The kubelet's probes come from the node's address: it keeps connection slots of its own.
+# The node's address keeps HTTP connection slots of its own on the metrics port (node-local
+# scrapers); the kubelet's probes use the probe socket below.
 - name: HOST_IP
   valueFrom: {fieldRef: {fieldPath: status.hostIP}}
+# /healthz and /readyz on a unix socket in an emptyDir only this container mounts: the exec
+# probes ask there, so no CI job can starve them, whatever the CNI.
+- name: COMPOSE_INGRESS_PROBE_SOCKET
+  value: /run/compose-ingress/probe.sock
 - name: DOCKER_HOST
   value: {{ .dockerHost | quote }}
 {{ include "compose-ingress.settingsEnv" .root }}
@@ -166,13 +171,13 @@ ports:
   containerPort: {{ $v.podScope.proxyPort }}
 {{- end }}
 livenessProbe:
-  httpGet: {path: /healthz, port: metrics}
+  exec: {command: [/compose-ingress, probe, healthz]}
   initialDelaySeconds: 5
   periodSeconds: 10
   timeoutSeconds: 2
   failureThreshold: 3
 readinessProbe:
-  httpGet: {path: /readyz, port: metrics}
+  exec: {command: [/compose-ingress, probe, readyz]}
   periodSeconds: 5
   timeoutSeconds: 2
   failureThreshold: 3
@@ -193,6 +198,8 @@ volumeMounts:
   mountPath: /var/run/dind
   readOnly: true
 {{- end }}
+- name: probe-socket
+  mountPath: /run/compose-ingress
 - name: kube-api-access
   mountPath: /var/run/secrets/kubernetes.io/serviceaccount
   readOnly: true
@@ -204,11 +211,14 @@ volumeMounts:
 {{- end }}
 
 {{/*
-The sidecar's volumes: its API credentials (what the kubelet would automount, as a projected
+The sidecar's volumes: its probe socket, its API credentials (what the kubelet would automount, as a projected
 volume mounted in the sidecar only: no other container of the pod, and so no CI job, can read
 the token) and the access-policy file.
 */}}
 {{- define "compose-ingress.sidecarVolumes" -}}
+# The sidecar's probe socket (mounted in the sidecar only, never in dind).
+- name: probe-socket
+  emptyDir: {medium: Memory, sizeLimit: 1Mi}
 - name: kube-api-access
   projected:
     # 0444
