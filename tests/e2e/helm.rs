@@ -6,10 +6,14 @@
 //! changes a flag without losing a route, and `helm uninstall` leaves nothing of ours.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
-use testbed::{Bed, bed, chart_dir, helm, helm_ok, repo_root, unique_namespace};
+use testbed::{
+    Bed, CONVERGE, Deployment, ENABLE, bed, chart_dir, compose_file, eventually, helm, helm_ok,
+    node_lock, pod_ready, repo_root, sidecar_image, unique_namespace, wait_exposed, web,
+};
 
 const RELEASE: &str = "ci";
 
@@ -363,18 +367,17 @@ fn sidecar_only_hands_runner_charts_the_statefulsets_own_sidecar() {
     let sts = find(&full, "StatefulSet", "runner").expect("the StatefulSet");
     let spec = &sts["spec"]["template"]["spec"];
     let sidecar = sidecar_of(spec);
-    let token_volume = spec["volumes"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["name"] == "kube-api-access"))
-        .cloned()
-        .expect("the token volume");
-    // The sidecar's own volumes travel with it: its probe socket's emptyDir and its token.
-    let probe_volume = spec["volumes"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["name"] == "probe-socket"))
-        .cloned()
-        .expect("the probe socket's volume");
-    let own_volumes = Value::Array(vec![probe_volume, token_volume]);
+    // The volumes only the sidecar mounts: its probe socket and its token.
+    let sidecar_volumes = Value::Array(
+        spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter(|v| v["name"] == "probe-socket" || v["name"] == "kube-api-access")
+            .cloned()
+            .collect(),
+    );
+    assert_eq!(sidecar_volumes.as_array().map(Vec::len), Some(2), "{spec}");
 
     let snippets = &find(&only, "ConfigMap", "compose-ingress-snippets").expect("snippets")["data"];
     // ARC: values for gha-runner-scale-set's template.spec.
@@ -383,7 +386,7 @@ fn sidecar_only_hands_runner_charts_the_statefulsets_own_sidecar() {
     let arc_spec = &arc["template"]["spec"];
     assert_eq!(arc_spec["serviceAccountName"], "compose-ingress");
     assert_eq!(arc_spec["automountServiceAccountToken"], false);
-    assert_eq!(arc_spec["volumes"], own_volumes);
+    assert_eq!(arc_spec["volumes"], sidecar_volumes);
     let arc_sidecar = sidecar_of(arc_spec);
     assert_eq!(
         without_docker(arc_sidecar.clone()),
@@ -409,7 +412,7 @@ fn sidecar_only_hands_runner_charts_the_statefulsets_own_sidecar() {
         .unwrap_or_else(|| panic!("no ''' patch in {toml}"));
     let patch: Value = serde_yaml_ng::from_str(patch).expect("the GitLab patch is YAML");
     assert_eq!(patch["automountServiceAccountToken"], false);
-    assert_eq!(patch["volumes"], own_volumes);
+    assert_eq!(patch["volumes"], sidecar_volumes);
     let gitlab_sidecar = sidecar_of(&patch);
     assert_eq!(
         without_docker(gitlab_sidecar.clone()),
@@ -421,4 +424,189 @@ fn sidecar_only_hands_runner_charts_the_statefulsets_own_sidecar() {
             .contains("tcp://127.0.0.1:2375"),
         "GitLab's dind service: {gitlab_sidecar}"
     );
+}
+
+/// What an operator writes for `helm install`: their registry's images, their domain, their
+/// controller's class and certificate; upgrades between jobs (OnDelete); the NetworkPolicy on.
+fn operator_values(bed: &Bed, d: &Deployment<'_>, sidecar_image: &str) -> String {
+    let (repository, tag) = sidecar_image
+        .split_once(':')
+        .expect("the sidecar image has a tag");
+    let dind = bed.get("DIND_IMAGE");
+    let (dind_repository, dind_tag) = dind.rsplit_once(':').expect("the dind image has a tag");
+    format!(
+        r#"image:
+  repository: {repository}
+  tag: "{tag}"
+domain: {domain}
+ingressClass: traefik
+tlsSecret: wildcard-composition-tls
+rateLimit:
+  defaultRps: 50
+  maxRps: 50
+runner:
+  replicas: 1
+  updateStrategy: {{type: OnDelete}}
+  dind:
+    image: {{repository: {dind_repository}, tag: "{dind_tag}"}}
+networkPolicy:
+  enabled: true
+"#,
+        domain = d.domain
+    )
+}
+
+/// The rate limits (requests/s) of the sidecar's Traefik Middlewares in the namespace.
+fn middleware_limits(d: &Deployment<'_>) -> Vec<String> {
+    let out = d.kubectl(&[
+        "get",
+        "middlewares.traefik.io",
+        "-l",
+        "app.kubernetes.io/managed-by=compose-ingress",
+        "-o",
+        "jsonpath={.items[*].spec.rateLimit.average}",
+    ]);
+    out.split_whitespace().map(String::from).collect()
+}
+
+fn sidecar_env(pod: &k8s_openapi::api::core::v1::Pod, name: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "compose-ingress")?;
+    sidecar
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+/// What is in the namespace, as kind/name, besides what every namespace holds (the default
+/// ServiceAccount, kube-root-ca.crt), the operator's own certificate Secret, and Events (reports
+/// that expire by themselves, not objects anyone owns).
+fn objects_in(d: &Deployment<'_>) -> Vec<String> {
+    let kinds = d.kubectl(&[
+        "api-resources",
+        "--verbs=list",
+        "--namespaced",
+        "-o",
+        "name",
+    ]);
+    let kinds: Vec<&str> = kinds.lines().filter(|k| !k.starts_with("events")).collect();
+    let listed = d.kubectl(&["get", &kinds.join(","), "-o", "json"]);
+    let list: Value = serde_json::from_str(&listed).expect("kubectl get -o json");
+    let expected = [
+        "ServiceAccount/default",
+        "ConfigMap/kube-root-ca.crt",
+        "Secret/wildcard-composition-tls",
+    ];
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or("?"),
+                o["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .filter(|k| !expected.contains(&k.as_str()))
+        .collect()
+}
+
+/// The chart on the bed's node, as an operator runs it: `helm install` with their values file,
+/// the runner pod Ready, a composition's URL through Traefik over HTTPS; `helm upgrade` with a
+/// lower rate limit keeps the running pod and its route (OnDelete) and the pod the operator
+/// replaces between jobs runs with it; `helm uninstall` leaves nothing of ours in the namespace.
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_on_the_node() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("helm-node");
+    let d = Deployment::prepare(bed, &ns, "ingress");
+    let file: PathBuf = bed.dir.join("deploy").join(&ns).join("values.yaml");
+    std::fs::write(&file, operator_values(bed, &d, &sidecar_image(bed))).expect("values file");
+    let file = file.to_string_lossy().to_string();
+    let dir = chart_dir().to_string_lossy().to_string();
+    helm_ok(bed, &["install", RELEASE, &dir, "-n", &ns, "-f", &file]);
+
+    let pod = d.wait_ready("runner-0").await;
+    d.load_test_image("runner-0");
+    let page = |text: &str| compose_file(&[web("web", text, 80, "80", &[ENABLE])]);
+    d.compose_up("runner-0", "app", &page("before the upgrade"));
+    let host = d.host("web-80-app-runner-0");
+    assert_eq!(d.answers(&host, "/").await.trim(), "before the upgrade");
+    let client = bed.admin().await;
+    let (_, before) = wait_exposed(&client, &ns, "runner-0", "app").await;
+    assert_eq!(middleware_limits(&d), ["50"]);
+
+    // A flag changes: the StatefulSet carries it, the pod that runs keeps its route.
+    helm_ok(
+        bed,
+        &[
+            "upgrade",
+            RELEASE,
+            &dir,
+            "-n",
+            &ns,
+            "-f",
+            &file,
+            "--set",
+            "rateLimit.defaultRps=20",
+            "--set",
+            "rateLimit.maxRps=20",
+        ],
+    );
+    let template = d.kubectl(&[
+        "get",
+        "statefulset",
+        "runner",
+        "-o",
+        "jsonpath={.spec.template.spec.initContainers[0].env[?(@.name==\"COMPOSE_INGRESS_DEFAULT_RPS\")].value}",
+    ]);
+    assert_eq!(template, "20", "the upgraded StatefulSet's sidecar flag");
+    assert_eq!(d.answers(&host, "/").await.trim(), "before the upgrade");
+    let (_, after) = wait_exposed(&client, &ns, "runner-0", "app").await;
+    assert_eq!(
+        after.metadata.uid, before.metadata.uid,
+        "the Ingress was kept"
+    );
+    let running = d.pod("runner-0").await.expect("runner-0");
+    assert_eq!(running.metadata.uid, pod.metadata.uid, "the pod was kept");
+
+    // Between jobs the operator's drain replaces the pod: the new one runs with the new flag.
+    d.kubectl(&["delete", "pod", "runner-0", "--wait=false"]);
+    let new = eventually("runner-0 replaced and Ready", CONVERGE, || async {
+        let p = d.pod("runner-0").await?;
+        (p.metadata.uid != pod.metadata.uid && pod_ready(&p)).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        sidecar_env(&new, "COMPOSE_INGRESS_DEFAULT_RPS").as_deref(),
+        Some("20")
+    );
+    d.load_test_image("runner-0");
+    d.compose_up("runner-0", "app", &page("after the upgrade"));
+    assert_eq!(d.answers(&host, "/").await.trim(), "after the upgrade");
+    eventually("the new pod's Middleware says 20/s", CONVERGE, || async {
+        (middleware_limits(&d) == ["20"]).then_some(())
+    })
+    .await;
+
+    helm_ok(bed, &["uninstall", RELEASE, "-n", &ns]);
+    // The pod's sidecar deletes its objects at SIGTERM, the garbage collector what it owns:
+    // polled until the namespace is clean, within the bound every convergence here has.
+    let deadline = std::time::Instant::now() + CONVERGE;
+    let left = loop {
+        let left = objects_in(&d);
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
+    assert!(left.is_empty(), "left after helm uninstall: {left:?}");
 }

@@ -152,7 +152,7 @@ env:
 # Ports published on exactly the pod's address count too.
 - name: POD_IP
   valueFrom: {fieldRef: {fieldPath: status.podIP}}
-# The node's address keeps connection slots of its own on the metrics port (node-local
+# The node's address keeps HTTP connection slots of its own on the metrics port (node-local
 # scrapers); the kubelet's probes use the probe socket below.
 - name: HOST_IP
   valueFrom: {fieldRef: {fieldPath: status.hostIP}}
@@ -211,9 +211,9 @@ volumeMounts:
 {{- end }}
 
 {{/*
-The sidecar's volumes: its probe socket's emptyDir, its API credentials (what the kubelet
-would automount, as a projected volume mounted in the sidecar only: no other container of the
-pod, and so no CI job, can read the token) and the access-policy file.
+The sidecar's volumes: its probe socket, its API credentials (what the kubelet would automount, as a projected
+volume mounted in the sidecar only: no other container of the pod, and so no CI job, can read
+the token) and the access-policy file.
 */}}
 {{- define "compose-ingress.sidecarVolumes" -}}
 # The sidecar's probe socket (mounted in the sidecar only, never in dind).
