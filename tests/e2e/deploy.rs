@@ -215,15 +215,33 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
             .filter_map(|r| r["metadata"]["name"].as_str())
             .collect();
         let overlay = dir.starts_with("overlays/");
-        let expected_roles: &[&str] = if overlay {
-            &["compose-ingress", "compose-ingress-traefik"]
-        } else {
-            &["compose-ingress"]
+        let expected_roles: &[&str] = match dir {
+            "overlays/gateway" => &[
+                "compose-ingress",
+                "compose-ingress-gateway",
+                "compose-ingress-traefik",
+            ],
+            _ if overlay => &["compose-ingress", "compose-ingress-traefik"],
+            _ => &["compose-ingress"],
         };
         assert_eq!(
             names, expected_roles,
-            "deploy/{dir}: the base Role, and in the overlays the Traefik component's"
+            "deploy/{dir}: the base Role, in the overlays the Traefik component's, and the \
+             gateway overlay's read of its Gateway"
         );
+        if dir == "overlays/gateway" {
+            assert_eq!(
+                roles[1]["rules"],
+                serde_json::json!([{
+                    "apiGroups": ["gateway.networking.k8s.io"],
+                    "resources": ["gateways"],
+                    "resourceNames": ["compose-ingress"],
+                    "verbs": ["get"],
+                }]),
+                "the gateway overlay reads its own Gateway only"
+            );
+            roles.remove(1);
+        }
         assert_eq!(
             roles[0]["rules"],
             role_of("deploy/base/rbac.yaml")["rules"],

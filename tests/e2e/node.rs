@@ -401,21 +401,79 @@ async fn scaling_the_statefulset_down_removes_the_objects_of_the_removed_pod() {
     );
 }
 
+/// deploy/overlays/gateway as users run it (issue 29, item 4): its own Gateway (an HTTPS
+/// listener) carries an HTTP service and a gRPC one (`compose-ingress.protocol: grpc`, a
+/// GRPCRoute, which a listener that lists only HTTPRoute refuses), both over TLS through
+/// Traefik; the URLs the sidecar hands out say https, as that listener serves.
 #[tokio::test]
-async fn the_gateway_overlay_routes_through_the_gateway() {
+async fn the_gateway_overlay_routes_http_and_grpc_through_its_https_gateway() {
     let bed = bed();
     let _node = node_lock().await;
     let ns = unique_namespace("node-gw");
     let d = Deployment::apply(bed, &ns, "gateway");
-    d.wait_ready("runner-0").await;
+    let pod = d.wait_ready("runner-0").await;
     d.load_test_image("runner-0");
-    d.compose_up("runner-0", "app", &one_web("through the gateway"));
+    let compose = compose_file(&[
+        web("web", "through the gateway", 80, "80", &[ENABLE]),
+        crate::policies::protoecho("api", "grpc-page", 50051, "grpc"),
+    ]);
+    d.compose_up("runner-0", "app", &compose);
     let page = d.answers(&d.host("web-80-app-runner-0"), "/").await;
     assert_eq!(page.trim(), "through the gateway");
     let routes = d.kubectl(&["get", "httproutes", "-l", MANAGED, "-o", "name"]);
     assert_eq!(routes.lines().count(), 1, "{routes}");
     let ingresses = d.kubectl(&["get", "ingresses", "-o", "name"]);
     assert!(ingresses.trim().is_empty(), "{ingresses}");
+
+    // The GRPCRoute is accepted by the overlay's Gateway, and a gRPC call over HTTPS reaches
+    // the container's gRPC server (its own health service name answers SERVING).
+    let accepted = eventually("the Gateway accepts the GRPCRoute", CONVERGE, || async {
+        let out = d.kubectl(&[
+            "get",
+            "grpcroutes.gateway.networking.k8s.io",
+            "-l",
+            MANAGED,
+            "-o",
+            "jsonpath={.items[*].status.parents[*].conditions[?(@.type==\"Accepted\")].status}",
+        ]);
+        (!out.trim().is_empty()).then(|| out.trim().to_string())
+    })
+    .await;
+    assert_eq!(
+        accepted,
+        "True",
+        "GRPCRoute status: {}",
+        d.kubectl(&["get", "grpcroutes.gateway.networking.k8s.io", "-o", "yaml"])
+    );
+    let grpc_host = d.host("api-50051-app-runner-0");
+    let status = eventually("a gRPC call over HTTPS answers", CONVERGE, || async {
+        d.grpc_health_over_https(&grpc_host, "grpc-page").ok()
+    })
+    .await;
+    assert_eq!(status, 1, "SERVING");
+
+    // The URLs the sidecar hands out: https, the scheme of the Gateway's listener.
+    let (code, body) = http_get(
+        &format!("http://{}:9102/v1/compositions/app", pod_ip(&pod)),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("composition document");
+    let mut urls: Vec<&str> = doc["urls"]
+        .as_array()
+        .expect("urls")
+        .iter()
+        .filter_map(|u| u["url"].as_str())
+        .collect();
+    urls.sort();
+    assert_eq!(
+        urls,
+        [
+            format!("https://{grpc_host}/"),
+            format!("https://{}/", d.host("web-80-app-runner-0"))
+        ],
+        "{body}"
+    );
 }
 
 /// deploy/overlays/pod-scope on the node: a composition's URL answers over HTTPS through the
