@@ -4,7 +4,7 @@
 //!
 //! Exit status: 0 routable (`urls`: exposed), 1 the sidecar could not be asked, 2 bad usage,
 //! 3 refused (the reasons on stderr), 4 timed out (`urls`: not exposed yet; what is missing on
-//! stderr).
+//! stderr), 5 expired (its exposure time is over, `--max-exposure` / `compose-ingress.ttl`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -18,6 +18,7 @@ pub(crate) const EXIT_ERROR: u8 = 1;
 pub(crate) const EXIT_USAGE: u8 = 2;
 pub(crate) const EXIT_REFUSED: u8 = 3;
 pub(crate) const EXIT_TIMEOUT: u8 = 4;
+pub(crate) const EXIT_EXPIRED: u8 = 5;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -155,6 +156,14 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         break doc;
     };
     match doc.state.as_str() {
+        "expired" => {
+            eprintln!(
+                "compose-ingress: {} is expired: {}",
+                doc.name,
+                doc.missing.join(", ")
+            );
+            ExitCode::from(EXIT_EXPIRED)
+        }
         "refused" => {
             eprintln!("compose-ingress: {} is refused:", doc.name);
             for (service, reason, message) in &doc.refused {

@@ -13,12 +13,29 @@ use crate::model::{
 };
 use crate::naming;
 
+/// What `--help` adds after the flags: a CI job needs these two commands of the same binary, and
+/// the flags above are the sidecar's, not the job's (src/cli.rs).
+const JOB_COMMANDS: &str = "\
+Commands for a CI job in the runner pod (they ask this sidecar, at http://127.0.0.1:9102):
+  compose-ingress wait PROJECT [--service S] [--timeout 2m] [--format text|json|dotenv|github]
+      wait until the composition's URLs are routable, then print them
+      (exit 0; 1 sidecar not reachable, 3 refused, 4 timed out)
+  compose-ingress urls PROJECT    print the URLs now, routable or not
+  compose-ingress wait --help     all of their options (docs/ci-jobs.md)";
+
 /// Expose docker-compose projects of this runner pod's Docker daemon through a Kubernetes Service
 /// and an Ingress (or Gateway API HTTPRoute) per composition.
 ///
 /// Every flag also reads an environment variable (shown as [env: ...]).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "compose-ingress", version, about, long_about = None, args_override_self = true)]
+#[command(
+    name = "compose-ingress",
+    version,
+    about,
+    long_about = None,
+    args_override_self = true,
+    after_help = JOB_COMMANDS
+)]
 pub struct Args {
     /// Domain every host lives under, e.g. composition.example.com (wildcard DNS points here).
     #[arg(long, env = "COMPOSE_INGRESS_DOMAIN")]
@@ -184,6 +201,12 @@ pub struct Args {
     )]
     pub(crate) max_hosts_per_pod: usize,
 
+    /// The longest a composition stays exposed, from its first exposed container's creation
+    /// (e.g. 8h); its routes then go (its containers are not touched). A
+    /// `compose-ingress.ttl` label may only shorten it. Unset: no bound but the labels'.
+    #[arg(long = "max-exposure", env = "COMPOSE_INGRESS_MAX_EXPOSURE", value_parser = parse_duration)]
+    pub(crate) max_exposure: Option<Duration>,
+
     /// How the rate limit reaches your ingress controller: `annotation` (one Ingress annotation,
     /// --rate-limit-annotation) or `traefik-middleware` (a Traefik rateLimit Middleware per
     /// composition, referenced from the Ingress or HTTPRoute; needs Traefik's CRDs and the RBAC
@@ -247,6 +270,11 @@ pub struct Args {
     /// /v1/compositions/{project}.
     #[arg(long, env = "COMPOSE_INGRESS_LISTEN", default_value = "0.0.0.0:9102")]
     pub(crate) listen: SocketAddr,
+
+    /// A unix socket that answers /healthz and /readyz only, for exec probes
+    /// (`compose-ingress probe healthz|readyz`): no CI job reaches it, whatever the CNI.
+    #[arg(long = "probe-socket", env = "COMPOSE_INGRESS_PROBE_SOCKET")]
+    pub(crate) probe_socket: Option<std::path::PathBuf>,
 
     /// The ingress controller's plain-HTTP address inside the cluster (e.g.
     /// http://traefik.kube-system.svc:80): `wait=routable` then checks each URL with a request
@@ -358,6 +386,8 @@ pub struct Config {
     pub dry_run: DryRun,
     pub log_format: LogFormat,
     pub listen: SocketAddr,
+    /// `--probe-socket`: where the kubelet's exec probes ask, if set.
+    pub probe_socket: Option<std::path::PathBuf>,
     pub cleanup_on_exit: CleanupOnExit,
     /// `--probe-url` as (address, path prefix).
     pub probe: Option<(String, String)>,
@@ -446,27 +476,7 @@ fn docker_host(text: &str) -> Result<String, String> {
     }
 }
 
-/// Parses `500ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration: write e.g. 500ms, 10s, 5m or 1h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "'{text}' has an unknown unit '{unit}': use ms, s, m or h"
-            ));
-        }
-    };
-    Ok(d)
-}
+pub(crate) use crate::model::parse_duration;
 
 fn ipv4(ip: Option<std::net::IpAddr>) -> Option<std::net::Ipv4Addr> {
     match ip {
@@ -511,6 +521,7 @@ fn parse_gateway(text: &str) -> Result<GatewayRef, ConfigError> {
         namespace,
         name,
         section_name: section,
+        https: false,
     })
 }
 
@@ -785,6 +796,19 @@ impl Args {
         if let Some(path) = &self.access_policies {
             enforceable(&access, pod_scope, proxy.as_ref())
                 .map_err(|problem| bad("--access-policies", path, problem))?;
+            // Fail closed at start-up for the default policy: every composition that names no
+            // policy would be refused (a chosen policy's gap refuses its compositions only).
+            if let (false, Some(name)) = (pod_scope, access.default.as_deref())
+                && let Some(gap) = access
+                    .named(Some(name))
+                    .and_then(|p| p.gap(route_api, false))
+            {
+                return Err(bad(
+                    "--access-policies",
+                    path,
+                    format!("the default policy `{name}` would not protect any composition: {gap}"),
+                ));
+            }
         }
         if pod_scope && self.rate_limit_mode == RateLimitModeArg::TraefikMiddleware {
             return Err(bad(
@@ -837,6 +861,7 @@ impl Args {
                 } else {
                     RouteScope::Composition
                 },
+                max_exposure: self.max_exposure,
             },
             proxy,
             kubernetes: !self.no_kubernetes,
@@ -858,6 +883,7 @@ impl Args {
             },
             log_format: self.log_format,
             listen: self.listen,
+            probe_socket: self.probe_socket.clone(),
             cleanup_on_exit: self.cleanup_on_exit,
             probe,
             api_timeout: self.api_timeout,
@@ -935,6 +961,39 @@ mod tests {
             .map_err(|e| e.to_string())?
             .validate()
             .map_err(|e| e.to_string())
+    }
+
+    /// A default policy that the configured route API would not carry stops the start (seen
+    /// failing with the check removed: the sidecar started and exposed every composition
+    /// without it); a chosen policy's gap is the composition's refusal (src/plan.rs).
+    #[test]
+    fn a_default_policy_the_route_api_does_not_carry_fails_at_start() {
+        let path = std::env::temp_dir().join(format!(
+            "compose-ingress-policy-test-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            "default: filters\npolicies:\n  filters:\n    httpRouteFilters: [{type: RequestHeaderModifier}]\n",
+        )
+        .unwrap();
+        let file = path.display().to_string();
+        let ingress = args(&["--access-policies", file.as_str()]).unwrap_err();
+        assert!(
+            ingress.contains("the default policy `filters` would not protect")
+                && ingress.contains("adds nothing to an Ingress"),
+            "{ingress}"
+        );
+        let gateway = args(&[
+            "--access-policies",
+            file.as_str(),
+            "--route-api",
+            "gateway",
+            "--gateway",
+            "gw",
+        ]);
+        std::fs::remove_file(&path).unwrap();
+        assert!(gateway.is_ok(), "{gateway:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod json_array;
 mod listing;
+mod reach;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -32,18 +33,44 @@ use crate::retry::Retry;
 /// (compose project names cannot contain '/').
 pub(crate) type CompositionKey = String;
 
+/// The longest composition key kept as it is: a project name the planner accepts (or a plain
+/// container's `/name`). Longer ones come from a hand-set label or name of any size.
+const MAX_KEY_BYTES: usize = crate::plan::MAX_PROJECT_NAME + 1;
+/// What is kept of an over-long key's start.
+const KEPT_OF_LONG_KEY: usize = 64;
+/// Marks a shortened key; not a character of any project or container name, so a shortened key
+/// can neither collide with a real one nor pass the planner's name check.
+const SHORTENED: char = '\u{2026}';
+
+/// `raw` as a composition key: itself when at most [`MAX_KEY_BYTES`], else its start, the
+/// marker and a hash of the whole (distinct and stable per raw name). Every key the reader
+/// pushes on the hint channel or lists goes through here, so no key that reaches a log line, a
+/// status document or a refusal is longer than about 90 bytes more than a valid name.
+fn bounded_key(raw: &str) -> CompositionKey {
+    if raw.len() <= MAX_KEY_BYTES {
+        return raw.to_string();
+    }
+    let mut cut = KEPT_OF_LONG_KEY;
+    while !raw.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}{SHORTENED}{}",
+        &raw[..cut],
+        crate::naming::hash_hex(raw, 16)
+    )
+}
+
 /// What failed underneath a [`DockerError`]: bollard's error, or our own listing's (a dial, an
 /// exchange, a body that does not decode).
 type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error(
-        "cannot connect to Docker at {host}: {source} (check --docker-host / DOCKER_HOST and that dind is running)"
-    )]
+    #[error("cannot connect to Docker at {host}: {}", reach::explain(host, source.as_ref()))]
     Connect { host: String, source: Cause },
     /// The exchange broke, timed out, or bollard's request failed.
-    #[error("Docker request {what} failed: {source} (is the Docker daemon at {host} up?)")]
+    #[error("Docker request {what} to {host} failed: {}", reach::explain(host, source.as_ref()))]
     Request {
         host: String,
         what: &'static str,
@@ -93,6 +120,31 @@ const RELEVANT_ACTIONS: &[&str] = &[
     "create", "start", "restart", "die", "stop", "kill", "destroy", "pause", "unpause", "rename",
     "update",
 ];
+/// The health action (`health_status: healthy`, ...): Docker matches an `event` filter of
+/// exactly this word by prefix (moby's events filter, #25798), so it takes every status.
+const HEALTH_ACTION: &str = "health_status";
+
+/// The event subscription's filters, applied by the daemon: container events of the actions
+/// above only (an exec event, one per healthcheck probe or `docker exec` and each carrying all of
+/// the container's labels, never reaches the sidecar), and, unless plain containers are exposed,
+/// only those of Compose's containers.
+fn event_filters(expose_plain: bool) -> HashMap<String, Vec<String>> {
+    let mut filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        (
+            "event".to_string(),
+            RELEVANT_ACTIONS
+                .iter()
+                .chain([&HEALTH_ACTION])
+                .map(|a| a.to_string())
+                .collect(),
+        ),
+    ]);
+    if !expose_plain {
+        filters.insert("label".to_string(), vec![COMPOSE_PROJECT.to_string()]);
+    }
+    filters
+}
 
 /// The Docker client of the sidecar. Every clone (the event watcher's, the reconciler's) shares
 /// one negotiated bollard client: the watcher negotiates the API version at each (re)connect and
@@ -208,7 +260,13 @@ impl DockerClient {
     /// Every container of one composition, fresh from the daemon.
     pub(crate) async fn composition(&self, key: &str) -> Result<ObservedComposition, DockerError> {
         let mut filters = BTreeMap::new();
-        if let Some(name) = key.strip_prefix('/') {
+        if key.contains(SHORTENED) {
+            // A shortened key names no container itself: list those it may stand for and keep
+            // the ones whose key shortens to it (below).
+            if !key.starts_with('/') {
+                filters.insert("label", vec![COMPOSE_PROJECT.to_string()]);
+            }
+        } else if let Some(name) = key.strip_prefix('/') {
             filters.insert("name", vec![format!("^/{name}$")]);
         } else {
             filters.insert("label", vec![format!("{COMPOSE_PROJECT}={key}")]);
@@ -275,10 +333,7 @@ impl DockerClient {
                 .unwrap_or(0);
             let options = EventsOptions {
                 since: Some(since.to_string()),
-                filters: Some(HashMap::from([(
-                    "type".to_string(),
-                    vec!["container".to_string()],
-                )])),
+                filters: Some(event_filters(self.expose_plain)),
                 ..Default::default()
             };
             let client = self.client();
@@ -304,7 +359,7 @@ impl DockerClient {
                         if let Some((action, key)) = hint_of(&event, self.expose_plain) {
                             events_seen(action);
                             debug!(action, project = %key, "docker event");
-                            let hint = if action == "health_status" {
+                            let hint = if action == HEALTH_ACTION {
                                 Hint::Health(key)
                             } else {
                                 Hint::Composition(key)
@@ -378,32 +433,35 @@ impl Reconnect {
 fn hint_of(event: &EventMessage, expose_plain: bool) -> Option<(&str, CompositionKey)> {
     let action = event.action.as_deref()?;
     let base = action.split(':').next().unwrap_or(action).trim();
-    let relevant = RELEVANT_ACTIONS.contains(&base) || base == "health_status";
+    let relevant = RELEVANT_ACTIONS.contains(&base) || base == HEALTH_ACTION;
     if !relevant {
         return None;
     }
     let attributes = event.actor.as_ref()?.attributes.as_ref()?;
     if let Some(project) = attributes.get(COMPOSE_PROJECT) {
-        return Some((base, project.clone()));
+        return Some((base, bounded_key(project)));
     }
     if expose_plain {
         // "rename" carries the new name; the old name's key is cleaned up by the next resync.
-        return attributes
-            .get("name")
-            .map(|n| (base, format!("/{}", n.trim_start_matches('/'))));
+        return attributes.get("name").map(|n| {
+            (
+                base,
+                bounded_key(&format!("/{}", n.trim_start_matches('/'))),
+            )
+        });
     }
     None
 }
 
 fn composition_key(c: &listing::Listed, expose_plain: bool) -> Option<CompositionKey> {
     if let Some(p) = c.labels.get(COMPOSE_PROJECT) {
-        return Some(p.clone());
+        return Some(bounded_key(p));
     }
     if expose_plain {
         return c
             .names
             .first()
-            .map(|n| format!("/{}", n.trim_start_matches('/')));
+            .map(|n| bounded_key(&format!("/{}", n.trim_start_matches('/'))));
     }
     None
 }
@@ -468,6 +526,7 @@ fn observe(c: listing::Listed) -> ObservedContainer {
         },
         published,
         health,
+        created: c.created,
     }
 }
 
@@ -537,6 +596,50 @@ mod tests {
             hint_of(&event("start", &[("name", "plain")]), true),
             Some(("start", "/plain".to_string()))
         );
+    }
+
+    /// The subscription asks the daemon for state changes only: no exec events (seen failing
+    /// with the old type-only filter), compose containers only unless plain ones are exposed.
+    #[test]
+    fn the_daemon_filters_the_event_stream() {
+        let f = event_filters(false);
+        assert_eq!(f["type"], ["container"]);
+        let events = &f["event"];
+        for action in ["start", "die", "destroy", "health_status", "rename"] {
+            assert!(events.iter().any(|e| e == action), "{action}: {events:?}");
+        }
+        assert!(!events.iter().any(|e| e.starts_with("exec")), "{events:?}");
+        assert_eq!(f["label"], [COMPOSE_PROJECT]);
+        assert!(!event_filters(true).contains_key("label"));
+    }
+
+    /// A project label of a megabyte (or a plain container's long name): the key pushed on the
+    /// hint channel and listed is short, distinct per raw name and stable (seen failing with
+    /// the raw label pushed as it is).
+    #[test]
+    fn over_long_keys_are_shortened_with_a_hash() {
+        let long = "p".repeat(1024 * 1024);
+        let (_, key) =
+            hint_of(&event("start", &[(COMPOSE_PROJECT, long.as_str())]), false).unwrap();
+        assert!(key.len() <= 100, "{}", key.len());
+        assert!(key.starts_with(&"p".repeat(KEPT_OF_LONG_KEY)) && key.contains(SHORTENED));
+        let other = format!("{long}q");
+        let (_, other_key) =
+            hint_of(&event("start", &[(COMPOSE_PROJECT, other.as_str())]), false).unwrap();
+        assert_ne!(key, other_key);
+        assert_eq!(bounded_key(&long), key);
+        let (_, plain) = hint_of(&event("start", &[("name", long.as_str())]), true).unwrap();
+        assert!(
+            plain.starts_with("/p") && plain.len() <= 100,
+            "{}",
+            plain.len()
+        );
+        // Multi-byte characters are cut on a boundary; names within the bound are kept.
+        assert!(bounded_key(&"é".repeat(100)).contains(SHORTENED));
+        let name = "a".repeat(crate::plan::MAX_PROJECT_NAME);
+        assert_eq!(bounded_key(&name), name);
+        // The planner refuses a shortened key, naming the rule.
+        assert!(crate::plan::project_name_refusal(&key).is_some());
     }
 
     /// The request heads a fake daemon has seen.
@@ -725,6 +828,7 @@ mod tests {
         assert_eq!(web.name, "demochat-web-1");
         assert_eq!(web.state, ContainerState::Running);
         assert_eq!(web.health, Health::Healthy);
+        assert_eq!(web.created, 1764000000);
         assert_eq!(
             web.labels
                 .get("com.docker.compose.service")

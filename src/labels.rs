@@ -22,6 +22,7 @@ pub const CLASS: &str = "compose-ingress.class";
 pub(crate) const ACCESS: &str = "compose-ingress.access";
 pub(crate) const PROTOCOL: &str = "compose-ingress.protocol";
 pub(crate) const HEALTH: &str = "compose-ingress.health";
+pub(crate) const TTL: &str = "compose-ingress.ttl";
 /// Prefix of every label of ours: an unknown key under it is most likely a typo.
 pub(crate) const PREFIX: &str = "compose-ingress.";
 pub const KOMPOSE_EXPOSE: &str = "kompose.service.expose";
@@ -35,6 +36,9 @@ pub(crate) const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 pub(crate) const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 pub(crate) const COMPOSE_CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
 pub(crate) const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
+/// The label keys the sidecar reads start with one of these (Compose's, ours, kompose's): the
+/// Docker reader keeps no other label of a container (src/docker/listing.rs).
+pub(crate) const READ_PREFIXES: [&str; 3] = ["com.docker.compose.", PREFIX, "kompose."];
 
 /// Longest label value we look at; longer ones are refused before any parsing.
 pub(crate) const MAX_VALUE_BYTES: usize = 1024;
@@ -42,8 +46,10 @@ pub(crate) const MAX_VALUE_BYTES: usize = 1024;
 pub(crate) const MAX_PATH_LEN: usize = 256;
 /// Longest value shown in a refusal (after escaping), so that log lines stay readable.
 pub const MAX_SHOWN_CHARS: usize = 80;
+/// Unknown `compose-ingress.*` labels of one service refused one by one; more are counted.
+const MAX_UNKNOWN_LISTED: usize = 8;
 
-const OUR_LABELS: [&str; 9] = [
+const OUR_LABELS: [&str; 10] = [
     ENABLE,
     PORTS,
     HOST,
@@ -53,6 +59,7 @@ const OUR_LABELS: [&str; 9] = [
     ACCESS,
     PROTOCOL,
     HEALTH,
+    TTL,
 ];
 const KOMPOSE_LABELS: [&str; 3] = [KOMPOSE_EXPOSE, KOMPOSE_CLASS, KOMPOSE_TLS_SECRET];
 
@@ -87,6 +94,9 @@ pub struct ServiceExposure {
     /// Whether traffic waits for the container's healthcheck (`compose-ingress.health`,
     /// default `gate`; `ignore` routes it as soon as it runs).
     pub(crate) health_gate: bool,
+    /// How long the service may stay exposed (`compose-ingress.ttl`), at most the operator's
+    /// `--max-exposure`; `None`: the operator's.
+    pub(crate) ttl: Option<std::time::Duration>,
 }
 
 /// `compose-ingress.health` values.
@@ -107,6 +117,7 @@ impl ServiceExposure {
             access: None,
             protocol: None,
             health_gate: true,
+            ttl: None,
         }
     }
 }
@@ -479,16 +490,25 @@ pub fn parse_service_labels(
         return Ok(ServiceExposure::disabled());
     }
 
-    for key in labels.keys() {
-        if key.starts_with(PREFIX) && !OUR_LABELS.contains(&key.as_str()) {
-            let known = OUR_LABELS.join(", ");
-            ctx.refuse(
-                key,
-                &labels[key],
-                Reason::UnknownLabel,
-                &format!("unknown compose-ingress label (a typo?); known labels: {known}"),
-            );
-        }
+    // Unknown keys are a job's input of any size and number: each is shown shortened and
+    // escaped like a value, and only the first few are listed.
+    let mut unknown = labels
+        .iter()
+        .filter(|(k, _)| k.starts_with(PREFIX) && !OUR_LABELS.contains(&k.as_str()));
+    let known = OUR_LABELS.join(", ");
+    for (key, value) in unknown.by_ref().take(MAX_UNKNOWN_LISTED) {
+        ctx.refuse(
+            &shown_value(key),
+            value,
+            Reason::UnknownLabel,
+            &format!("unknown compose-ingress label (a typo?); known labels: {known}"),
+        );
+    }
+    let more = unknown.count();
+    if let (true, Some(last)) = (more > 0, ctx.refusals.last_mut()) {
+        last.message.push_str(&format!(
+            " ({more} more unknown compose-ingress labels not listed)"
+        ));
     }
     for key in OUR_LABELS.iter().chain(KOMPOSE_LABELS.iter()) {
         if *key != ENABLE && *key != KOMPOSE_EXPOSE {
@@ -631,6 +651,8 @@ pub fn parse_service_labels(
         }
     };
 
+    let ttl = value(TTL).and_then(|v| parse_ttl(&mut ctx, v, settings.max_exposure));
+
     if !ctx.refusals.is_empty() {
         return Err(ctx.refusals);
     }
@@ -645,7 +667,30 @@ pub fn parse_service_labels(
         access,
         protocol,
         health_gate,
+        ttl,
     })
+}
+
+/// `compose-ingress.ttl=2h`: a duration of at least a second that may only shorten the
+/// operator's `--max-exposure`.
+fn parse_ttl(
+    ctx: &mut Ctx<'_>,
+    value: &str,
+    max: Option<std::time::Duration>,
+) -> Option<std::time::Duration> {
+    let rule = match (crate::model::parse_duration(value), max) {
+        (Ok(ttl), Some(max)) if ttl > max => format!(
+            "labels may only shorten the operator's maximum exposure of {}s; set at most \
+             compose-ingress.ttl={}s",
+            max.as_secs(),
+            max.as_secs()
+        ),
+        (Ok(ttl), _) if ttl.as_secs() >= 1 => return Some(ttl),
+        (Ok(_), _) => "the exposure time is at least 1s".to_string(),
+        (Err(e), _) => format!("{e}; e.g. compose-ingress.ttl=2h"),
+    };
+    ctx.refuse(TTL, value, Reason::InvalidTtl, &rule);
+    None
 }
 
 #[cfg(test)]
@@ -906,6 +951,38 @@ mod tests {
         let r = refused(&[(ENABLE, "true"), ("compose-ingress.hosts", "x")]);
         assert_eq!(r[0].reason, Reason::UnknownLabel);
         assert_eq!(r[0].label, "compose-ingress.hosts");
+    }
+
+    /// A job's megabyte-long unknown keys, a thousand of them: every refusal's label and message
+    /// stay short, and only a few are listed (seen failing with the raw key as the label).
+    #[test]
+    fn unknown_label_keys_are_bounded_in_length_and_number() {
+        // Sorts first, so it is among the listed ones.
+        let long = format!("{PREFIX}{}\n", "a".repeat(1024 * 1024));
+        let mut pairs = vec![(ENABLE.to_string(), "true".to_string()), (long, "v".into())];
+        pairs.extend((0..1000).map(|i| (format!("{PREFIX}typo{i:04}"), "v".to_string())));
+        let borrowed: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let r = refused(&borrowed);
+        assert_eq!(r.len(), MAX_UNKNOWN_LISTED, "{r:?}");
+        for refusal in &r {
+            assert!(
+                refusal.label.chars().count() <= MAX_SHOWN_CHARS,
+                "{}",
+                refusal.label.len()
+            );
+            assert!(refusal.message.len() < 1024, "{}", refusal.message.len());
+            assert!(!refusal.label.contains('\n'));
+        }
+        assert!(
+            r[MAX_UNKNOWN_LISTED - 1]
+                .message
+                .contains("993 more unknown compose-ingress labels"),
+            "{}",
+            r[MAX_UNKNOWN_LISTED - 1].message
+        );
     }
 
     #[test]

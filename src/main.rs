@@ -12,12 +12,13 @@ use compose_ingress::cluster::Cluster;
 use compose_ingress::config::{Args, CleanupOnExit, Config};
 use compose_ingress::docker::DockerClient;
 use compose_ingress::events;
-use compose_ingress::model::{DryRun, RateLimitMode};
+use compose_ingress::model::{DryRun, RateLimitMode, RouteApi};
 use compose_ingress::proxy::PodProxy;
 use compose_ingress::reconcile::{Proxy, Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
 use compose_ingress::{
-    kube_client, lease_watch, logging, pod_route, retry, routable, shutdown, telemetry,
+    gateway_listener, kube_client, lease_watch, logging, pod_route, probe_socket, retry, routable,
+    shutdown, telemetry,
 };
 
 // One thread runs every task. The sidecar's work is I/O: a serial reconciler, one Docker event
@@ -48,6 +49,10 @@ async fn sidecar_main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if matches!(argv.get(1).and_then(|a| a.to_str()), Some("wait" | "urls")) {
         return compose_ingress::cli::run(argv).await;
+    }
+    // `compose-ingress probe healthz|readyz`: the kubelet's exec probe, asking the sidecar.
+    if argv.get(1).and_then(|a| a.to_str()) == Some("probe") {
+        return compose_ingress::probe_socket::ask(&argv[2..]).await;
     }
     let config = match Args::try_parse() {
         Ok(args) => match args.validate() {
@@ -112,23 +117,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The HTTP endpoints come first: /healthz answers while start-up waits for the apiserver.
     let status = Arc::new(Status::default());
     let listener = telemetry::bind(config.listen).await?;
+    let probe_socket = match &config.probe_socket {
+        Some(path) => Some(probe_socket::bind(path)?),
+        None => None,
+    };
+    let info = telemetry::ServerInfo {
+        namespace: settings.namespace.clone(),
+        pod: settings.pod_name.clone(),
+        heartbeat_stale: config.heartbeat_stale,
+        probe: config.probe.clone().map(|(addr, base)| routable::Probe {
+            addr,
+            base,
+            domain: settings.domain.clone(),
+        }),
+        node_ip: config.host_ip,
+    };
+    let mut last = Vec::new();
+    if let Some(socket) = probe_socket {
+        let probes = probe_socket::serve(
+            socket,
+            status.clone(),
+            Arc::new(info.clone()),
+            cancel.clone(),
+        );
+        last.push(("probe-socket", tokio::spawn(probes)));
+    }
     let server = tokio::spawn(telemetry::serve(
         listener,
         status.clone(),
-        telemetry::ServerInfo {
-            namespace: settings.namespace.clone(),
-            pod: settings.pod_name.clone(),
-            heartbeat_stale: config.heartbeat_stale,
-            probe: config.probe.clone().map(|(addr, base)| routable::Probe {
-                addr,
-                base,
-                domain: settings.domain.clone(),
-            }),
-            node_ip: config.host_ip,
-        },
+        info,
         cancel.clone(),
     ));
-    let mut last = vec![("http-server", server)];
+    last.push(("http-server", server));
     // Pod scope: the proxy listens from the start too (503 until the first listing).
     let publisher = match &config.proxy {
         Some(proxy) => {
@@ -154,6 +174,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut settings = settings;
     settings.pod_ip = pod_ip;
+    // Gateway mode: the URLs' scheme is the listener's, before any URL is handed out.
+    if let (Some(cluster), RouteApi::Gateway, Some(gateway)) =
+        (&cluster, settings.route_api, settings.gateway.as_mut())
+    {
+        let https = gateway_listener::https_or_warn(
+            cluster.client(),
+            gateway,
+            &settings.namespace,
+            &settings.domain,
+            &cancel,
+        )
+        .await;
+        gateway.set_https(https);
+    }
     for warning in &config.obsolete {
         warn!("{warning}");
     }

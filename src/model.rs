@@ -55,6 +55,9 @@ pub struct ObservedContainer {
     pub published: Vec<PublishedPort>,
     /// Docker's verdict of the container's HEALTHCHECK, if it has one.
     pub health: Health,
+    /// When Docker created the container (unix seconds; 0 when unknown): the start of the
+    /// composition's exposure time, which no restart of the sidecar or the container resets.
+    pub created: i64,
 }
 
 /// The state of a container's Docker HEALTHCHECK.
@@ -210,7 +213,55 @@ impl AccessPolicy {
     pub(crate) fn for_proxy(&self) -> bool {
         self.basic_auth.is_some() || !self.ip_allow_list.is_empty()
     }
+
+    /// Why the composition scope's routes of `api` would not carry this policy whole, if they
+    /// would not: it adds nothing to that route kind, or (`grpc`: the composition has gRPC
+    /// ports, routed by GRPCRoutes) it has filters a GRPCRoute cannot take. A policy not
+    /// carried must fail closed: a composition that asked for it is not exposed at all.
+    pub(crate) fn gap(&self, api: RouteApi, grpc: bool) -> Option<String> {
+        let middlewares = !self.traefik_middlewares.is_empty();
+        match api {
+            RouteApi::Ingress if !middlewares && self.ingress_annotations.is_empty() => Some(
+                "it adds nothing to an Ingress (it has only httpRouteFilters, which only \
+                 HTTPRoutes carry); give it traefikMiddlewares or ingressAnnotations, or use \
+                 --route-api gateway"
+                    .to_string(),
+            ),
+            RouteApi::Gateway if !middlewares && self.http_route_filters.is_empty() => Some(
+                "it adds nothing to an HTTPRoute (it has only ingressAnnotations, which only \
+                 Ingresses carry); give it traefikMiddlewares or httpRouteFilters, or use \
+                 --route-api ingress"
+                    .to_string(),
+            ),
+            RouteApi::Gateway if grpc => {
+                let types: Vec<&str> = self
+                    .http_route_filters
+                    .iter()
+                    .filter_map(|f| f["type"].as_str())
+                    .filter(|t| !GRPC_FILTER_TYPES.contains(t))
+                    .collect();
+                (!types.is_empty()).then(|| {
+                    format!(
+                        "its httpRouteFilters of type {} cannot be carried by the GRPCRoute of \
+                         the composition's gRPC ports (a GRPCRoute takes {}); give the gRPC \
+                         services a policy without them",
+                        types.join(", "),
+                        GRPC_FILTER_TYPES.join(", ")
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
 }
+
+/// The filter types a GRPCRoute rule accepts (Gateway API v1).
+pub(crate) const GRPC_FILTER_TYPES: [&str; 4] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "ExtensionRef",
+];
 
 /// The users of a policy's basic auth, from an htpasswd file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,6 +384,37 @@ pub struct GatewayRef {
     pub(crate) namespace: Option<String>,
     pub(crate) name: String,
     pub(crate) section_name: Option<String>,
+    /// Whether the listener serves HTTPS, which makes the URLs https: not part of the flag, read
+    /// from the Gateway at start-up (src/gateway_listener.rs).
+    pub(crate) https: bool,
+}
+
+impl GatewayRef {
+    pub fn set_https(&mut self, https: bool) {
+        self.https = https;
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: write e.g. 500ms, 10s, 5m or 1h"))?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "" | "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit '{unit}': use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(d)
 }
 
 /// Operator settings the planner needs; built once from the validated config.
@@ -373,6 +455,9 @@ pub struct PlanSettings {
     /// Where the URLs are routed: per composition, or through the pod's proxy. In pod scope
     /// `domain` is already the pod's own (`<pod>.<operator's domain>`).
     pub scope: RouteScope,
+    /// The longest a composition stays exposed (`--max-exposure`); `compose-ingress.ttl` may
+    /// only shorten it. `None`: no bound but the labels'.
+    pub max_exposure: Option<std::time::Duration>,
 }
 
 /// The runner pod every object is owned by (ownerReference) and labelled with.
@@ -447,6 +532,15 @@ crate::variants::with_all! {
         /// A label only a route of its own can carry (a class, a TLS secret, a protocol the pod's
         /// route does not speak), in pod scope.
         NotInPodScope,
+        /// The composition's access policy would not be carried whole by its routes (it adds
+        /// nothing to the configured route API, or has filters a GRPCRoute cannot take): refused
+        /// whole, so that it never goes public by accident.
+        PolicyNotCarried,
+        /// `compose-ingress.ttl` is not a duration, or is longer than the operator's
+        /// `--max-exposure` (labels may only shorten it).
+        InvalidTtl,
+        /// The composition's exposure time is over: its routes are gone, its containers run on.
+        Expired,
     }
 }
 
@@ -482,6 +576,9 @@ impl Reason {
             Reason::InvalidHealth => "invalid-health",
             Reason::InvalidProjectName => "invalid-project-name",
             Reason::NotInPodScope => "not-in-pod-scope",
+            Reason::PolicyNotCarried => "policy-not-carried",
+            Reason::InvalidTtl => "invalid-ttl",
+            Reason::Expired => "expired",
         }
     }
 }
@@ -638,6 +735,10 @@ pub struct Plan {
     /// Opted-in services with no running container but one that is created and not yet started
     /// (sorted): the composition is still coming up, so the reconciler may wait for them.
     pub(crate) awaiting_start: Vec<String>,
+    /// When the composition's exposure time ends (unix seconds): its first exposed container's
+    /// creation plus the shortest of `--max-exposure` and its services' `compose-ingress.ttl`.
+    /// `None`: no bound.
+    pub(crate) expires_at: Option<i64>,
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use crate::labels::{
     self, COMPOSE_CONTAINER_NUMBER, COMPOSE_ONEOFF, COMPOSE_SERVICE, ServiceExposure,
 };
 use crate::model::{
-    Backend, ContainerState, DesiredComposition, Health, ObservedComposition, ObservedContainer,
-    PUBLIC_POLICY, Plan, PlanSettings, Protocol, Reason, Refusal,
+    AppProtocol, Backend, ContainerState, DesiredComposition, Health, ObservedComposition,
+    ObservedContainer, PUBLIC_POLICY, Plan, PlanSettings, Protocol, Reason, Refusal, RouteScope,
 };
 use crate::naming;
 
@@ -48,6 +48,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
             desired: None,
             refusals: vec![refusal],
             awaiting_start: Vec::new(),
+            expires_at: None,
         };
     }
     let mut refusals = Vec::new();
@@ -139,6 +140,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
             desired: None,
             refusals,
             awaiting_start,
+            expires_at: None,
         };
     }
     let (mut backends, mut host_refusals) = claim_hosts(&accepted, &composition.name, settings);
@@ -177,6 +179,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
             desired: None,
             refusals,
             awaiting_start,
+            expires_at: None,
         };
     }
     let live: BTreeSet<&str> = backends.iter().map(|b| b.service.as_str()).collect();
@@ -196,6 +199,29 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
         .map(|e| effective_access(e, settings))
         .find(|a| *a != PUBLIC_POLICY)
         .map(str::to_string);
+    // The exposure time: the shortest of the operator's and every live service's label, from
+    // the first live container's creation (Docker's, so a restart of anything resets nothing).
+    let ttl = live_exposures()
+        .filter_map(|e| e.ttl)
+        .chain(settings.max_exposure)
+        .min();
+    let started = accepted
+        .iter()
+        .filter(|a| live.contains(a.service.as_str()))
+        .map(|a| a.container.created)
+        .min();
+    let expires_at = ttl.zip(started).map(|(ttl, started)| {
+        started.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+    });
+    if let Some(refusal) = policy_not_carried(access.as_deref(), &backends, settings) {
+        refusals.push(refusal);
+        return Plan {
+            desired: None,
+            refusals,
+            awaiting_start,
+            expires_at: None,
+        };
+    }
 
     Plan {
         desired: Some(DesiredComposition {
@@ -209,6 +235,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
         }),
         refusals,
         awaiting_start,
+        expires_at,
     }
 }
 
@@ -219,7 +246,7 @@ pub(crate) const MAX_PROJECT_NAME: usize = 128;
 /// Why the project name cannot be used, if it cannot. Compose gives names of `[a-z0-9_-]`
 /// (v1 also keeps `.` and capitals); a plain container's key is its `/name`. Anything else came
 /// from a hand-set label, and it reaches object metadata: refused.
-fn project_name_refusal(name: &str) -> Option<Refusal> {
+pub(crate) fn project_name_refusal(name: &str) -> Option<Refusal> {
     let body = name.strip_prefix('/').unwrap_or(name);
     let ok = !body.is_empty()
         && name.len() <= MAX_PROJECT_NAME
@@ -392,6 +419,36 @@ fn exposed_ports(
 
 /// First service to choose a class (or TLS secret) sets it for the composition; a later service
 /// choosing another one is refused, because one Ingress has one class and one TLS secret.
+/// Fail closed: a composition whose access policy its routes would not carry whole (see
+/// `AccessPolicy::gap`) is refused whole rather than exposed without it. Composition scope only
+/// (the pod scope's proxy enforces its own policies, checked at start-up).
+fn policy_not_carried(
+    access: Option<&str>,
+    backends: &[Backend],
+    settings: &PlanSettings,
+) -> Option<Refusal> {
+    if settings.scope != RouteScope::Composition {
+        return None;
+    }
+    let name = access?;
+    let grpc = backends
+        .iter()
+        .any(|b| b.protocol == Some(AppProtocol::Grpc));
+    let gap = settings
+        .access
+        .named(Some(name))?
+        .gap(settings.route_api, grpc)?;
+    Some(Refusal::composition(
+        Reason::PolicyNotCarried,
+        format!(
+            "the composition's access policy `{name}` would not protect it: {gap}; nothing of \
+             it is exposed (the operator fixes the policy file, or the composition chooses \
+             another policy with {})",
+            labels::ACCESS
+        ),
+    ))
+}
+
 /// The access policy a service gets: its label's, else the operator's default, else public.
 fn effective_access<'a>(exposure: &'a ServiceExposure, settings: &'a PlanSettings) -> &'a str {
     exposure
@@ -642,6 +699,7 @@ mod tests {
                 })
                 .collect(),
             health: Default::default(),
+            created: 1_700_000_000,
         }
     }
 
@@ -1208,6 +1266,65 @@ mod tests {
             &settings(),
         );
         assert_eq!(p.desired.unwrap().access, None);
+    }
+
+    /// Fail closed: a chosen policy the route API would not carry (only Ingress annotations
+    /// under Gateway API; a filter a GRPCRoute cannot take on a gRPC composition) refuses the
+    /// composition whole, where it was exposed without its policy (seen failing with the check
+    /// removed).
+    #[test]
+    fn a_policy_the_routes_would_not_carry_refuses_the_composition() {
+        let mut s = with_policies(
+            "default: sso\npolicies:\n  sso: {traefikMiddlewares: [a]}\n  \
+             annotations: {ingressAnnotations: {example.org/auth: x}}\n  \
+             redirect: {httpRouteFilters: [{type: RequestRedirect}]}\n",
+        );
+        s.route_api = crate::model::RouteApi::Gateway;
+        let one = |labels: &[(&str, &str)], s: &PlanSettings| {
+            plan(
+                &composition(vec![container("a-1", "a", 1, labels, &[(80, TCP, 1000)])]),
+                s,
+            )
+        };
+        let p = one(&[ON, (labels::ACCESS, "annotations")], &s);
+        assert!(p.desired.is_none(), "{:?}", p.desired);
+        assert_eq!(p.refusals[0].reason, Reason::PolicyNotCarried);
+        assert!(
+            p.refusals[0]
+                .message
+                .contains("adds nothing to an HTTPRoute"),
+            "{}",
+            p.refusals[0].message
+        );
+        // A filter an HTTPRoute takes: exposed over HTTP, refused for a gRPC service.
+        assert!(
+            one(&[ON, (labels::ACCESS, "redirect")], &s)
+                .desired
+                .is_some()
+        );
+        let grpc = one(
+            &[ON, (labels::ACCESS, "redirect"), (labels::PROTOCOL, "grpc")],
+            &s,
+        );
+        assert!(grpc.desired.is_none());
+        assert!(
+            grpc.refusals[0].message.contains("RequestRedirect"),
+            "{}",
+            grpc.refusals[0].message
+        );
+        // The default's middlewares are carried by both route kinds.
+        assert!(one(&[ON], &s).desired.is_some());
+        // Under Ingress, the annotations are carried and the filters are not.
+        s.route_api = crate::model::RouteApi::Ingress;
+        assert!(
+            one(&[ON, (labels::ACCESS, "annotations")], &s)
+                .desired
+                .is_some()
+        );
+        assert_eq!(
+            one(&[ON, (labels::ACCESS, "redirect")], &s).refusals[0].reason,
+            Reason::PolicyNotCarried
+        );
     }
 
     #[test]

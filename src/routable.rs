@@ -9,8 +9,13 @@
 //! every EndpointSlice ready (`checked: objects`); the controller may take a moment more. Either
 //! way a service whose container's healthcheck does not pass (health-gated routing) is missing.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+// tokio's clock (std's unless a test pauses it), so that the unit tests can hold a request to
+// its deadline without a wall-clock assert.
+use tokio::time::Instant;
+
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::model::{Backend, Refusal};
@@ -22,8 +27,15 @@ use http_get::Answer;
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(100);
 /// How often a waiting request looks again.
 const POLL: Duration = Duration::from_millis(200);
-/// One probe request's limit.
+/// One probe request's limit (less when the request's own deadline is nearer).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a backend's answer a probe reads: the status and the start of the body are all
+/// it compares, and a job's backend may answer megabytes to each of many waiting requests.
+const PROBE_PREFIX: usize = 4096;
+/// Probes of one request in flight at once: enough for a composition's URLs at the pod's host
+/// cap to be probed in one round, few enough that one request cannot open hundreds of
+/// connections.
+const PROBES_IN_FLIGHT: usize = 16;
 
 /// The ingress controller's address inside the cluster (`--probe-url`).
 #[derive(Debug, Clone)]
@@ -38,7 +50,8 @@ pub struct Probe {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct Doc {
     pub(crate) name: String,
-    /// `routable`, `pending` (not yet, or not exposed yet), or `refused`.
+    /// `routable`, `pending` (not yet, or not exposed yet), `refused`, or `expired` (its
+    /// exposure time is over; `missing` says when).
     pub(crate) state: &'static str,
     /// What "routable" was checked against: `controller` (a request through the ingress
     /// controller reached the container) or `objects` (the Service, its EndpointSlices, ready,
@@ -111,6 +124,10 @@ pub(crate) fn assess(
             doc.refused = reasons.iter().map(refused_view).collect();
             doc.state = "refused";
         }
+        Some(CompositionState::Expired { message }) => {
+            doc.state = "expired";
+            doc.missing = vec![message.clone()];
+        }
         Some(CompositionState::Exposed {
             urls,
             backends,
@@ -162,12 +179,14 @@ pub(crate) fn from_container(answer: &Answer, not_found: Option<&Answer>) -> boo
 }
 
 /// Looks once: the composition's state, and with a probe, a request per URL through the
-/// controller.
+/// controller, all at once and each ending by `deadline` (a slow backend cannot make the
+/// answer late; it is missing).
 pub(crate) async fn check(
     status: &Status,
     probe: Option<&Probe>,
     name: &str,
     service: Option<&str>,
+    deadline: Instant,
 ) -> Doc {
     let state = status.composition(name);
     let state = state.as_ref();
@@ -181,22 +200,24 @@ pub(crate) async fn check(
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let unknown = format!("compose-ingress-probe-{nonce}.{}", probe.domain);
-        let not_found = http_get::get(
-            &probe.addr,
-            &unknown,
-            &format!("{}/", probe.base),
-            PROBE_TIMEOUT,
-        )
-        .await
-        .ok();
-        for b in backends
+        let wanted: Vec<&Backend> = backends
             .iter()
             .filter(|b| b.ready && service.is_none_or(|s| s == b.service))
-        {
-            let path = format!("{}{}", probe.base, b.path);
-            if let Ok(a) = http_get::get(&probe.addr, &b.host, &path, PROBE_TIMEOUT).await
-                && from_container(&a, not_found.as_ref())
-            {
+            .collect();
+        // The controller's not-found answer is asked alongside the URLs, not before them. The
+        // requests are made up front (no closure is held across the await: the spawned HTTP
+        // task must be Send for any lifetime of the borrowed hosts).
+        let mut probes = vec![probe_one(probe, &unknown, "/", deadline)];
+        for b in &wanted {
+            probes.push(probe_one(probe, &b.host, &b.path, deadline));
+        }
+        let mut answers: Vec<Option<Answer>> = futures::stream::iter(probes)
+            .buffered(PROBES_IN_FLIGHT)
+            .collect()
+            .await;
+        let not_found = answers.remove(0);
+        for (b, answer) in wanted.iter().zip(answers) {
+            if answer.is_some_and(|a| from_container(&a, not_found.as_ref())) {
                 answered.push((b.host.clone(), b.path.clone()));
             }
         }
@@ -204,6 +225,27 @@ pub(crate) async fn check(
     assess(name, state, service, "controller", &|b| {
         answered.iter().any(|(h, p)| *h == b.host && *p == b.path)
     })
+}
+
+/// The deadline of a look without waiting (`urls`): one probe's time.
+pub(crate) fn look_deadline() -> Instant {
+    Instant::now() + PROBE_TIMEOUT
+}
+
+/// One probe through the controller: the start of its answer, or `None` when there was none
+/// by `deadline` (or within [`PROBE_TIMEOUT`]).
+async fn probe_one(probe: &Probe, host: &str, path: &str, deadline: Instant) -> Option<Answer> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let path = format!("{}{path}", probe.base);
+    http_get::get_at_most(
+        &probe.addr,
+        host,
+        &path,
+        left.min(PROBE_TIMEOUT),
+        PROBE_PREFIX,
+    )
+    .await
+    .ok()
 }
 
 /// Waits until the composition is routable or refused, or `timeout` passes (then the last look
@@ -217,7 +259,7 @@ pub(crate) async fn wait(
 ) -> Doc {
     let deadline = Instant::now() + timeout.min(MAX_WAIT);
     loop {
-        let doc = check(status, probe, name, service).await;
+        let doc = check(status, probe, name, service, deadline).await;
         if doc.state != "pending" || Instant::now() >= deadline {
             return doc;
         }
@@ -331,6 +373,46 @@ mod tests {
             (doc.state, doc.missing),
             ("pending", vec!["web".to_string()])
         );
+    }
+
+    /// A controller that takes every connection and never answers (as a backend that hangs
+    /// looks through it): a request with four URLs ends at its own deadline, every URL
+    /// missing, where one probe after another took four probe timeouts. On tokio's paused
+    /// clock: the elapsed time is the clock's, not the wall's.
+    #[tokio::test(start_paused = true)]
+    async fn probes_run_at_once_and_a_request_ends_at_its_deadline() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let status = Status::default();
+        status.set_composition(
+            "demo",
+            CompositionState::Exposed {
+                urls: vec![],
+                backends: ["a", "b", "c", "d"].map(|s| backend(s, 80)).to_vec(),
+                refused: vec![],
+            },
+        );
+        let probe = Probe {
+            addr,
+            base: String::new(),
+            domain: "example.com".into(),
+        };
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(3);
+        let doc = check(&status, Some(&probe), "demo", None, deadline).await;
+        assert_eq!(doc.state, "pending");
+        assert_eq!(doc.missing.len(), 4, "{:?}", doc.missing);
+        assert!(
+            Instant::now() <= deadline,
+            "{:?} after the start",
+            start.elapsed()
+        );
+        // Without a nearer deadline, one probe timeout for all of them.
+        let start = Instant::now();
+        let doc = check(&status, Some(&probe), "demo", None, start + MAX_WAIT).await;
+        assert_eq!(doc.missing.len(), 4);
+        assert!(start.elapsed() <= PROBE_TIMEOUT, "{:?}", start.elapsed());
+        drop(silent);
     }
 
     #[test]

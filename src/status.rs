@@ -35,6 +35,11 @@ pub(crate) enum CompositionState {
         refused: Vec<Refusal>,
     },
     PendingDeletion,
+    /// Its exposure time (`--max-exposure`, `compose-ingress.ttl`) is over: its routes are gone,
+    /// its containers run on.
+    Expired {
+        message: String,
+    },
     /// Nothing of the composition is exposed because every candidate was refused.
     Refused {
         #[serde(serialize_with = "serialize_refusals")]
@@ -453,7 +458,9 @@ impl Status {
             .values()
             .map(|s| match s {
                 CompositionState::Exposed { urls, .. } => urls.len(),
-                CompositionState::PendingDeletion | CompositionState::Refused { .. } => 0,
+                CompositionState::PendingDeletion
+                | CompositionState::Expired { .. }
+                | CompositionState::Refused { .. } => 0,
             })
             .sum();
         self.metrics.exposed_compositions.set(exposed as i64);
@@ -500,6 +507,14 @@ impl Status {
             note: format!(
                 "composition {composition}: host {host} is already claimed by pod {holder_pod}; choose another compose-ingress.host"
             ),
+        });
+    }
+    pub(crate) fn event_expired(&self, composition: &str, message: &str) {
+        self.post(PodEvent {
+            type_: "Normal",
+            reason: "Expired",
+            composition: composition.to_string(),
+            note: message.to_string(),
         });
     }
     pub(crate) fn event_deleted(&self, composition: &str, objects: usize) {

@@ -202,10 +202,18 @@ async fn compositions<B>(
     let doc = if wait {
         routable::wait(status, probe, name, service.as_deref(), timeout).await
     } else {
-        routable::check(status, probe, name, service.as_deref()).await
+        routable::check(
+            status,
+            probe,
+            name,
+            service.as_deref(),
+            routable::look_deadline(),
+        )
+        .await
     };
     let code = match doc.state {
         "refused" => StatusCode::UNPROCESSABLE_ENTITY,
+        "expired" => StatusCode::GONE,
         "pending" if wait => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::OK,
     };

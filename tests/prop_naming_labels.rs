@@ -329,6 +329,7 @@ fn plans_route_only_to_hosts_under_the_domain() {
                     .collect(),
                     state: ContainerState::Running,
                     health: Default::default(),
+                    created: 0,
                     published: vec![
                         PublishedPort {
                             container_port: *cport,

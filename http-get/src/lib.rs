@@ -53,12 +53,27 @@ pub fn split_url(url: &str) -> Result<(String, String), GetError> {
     Ok((addr, path.trim_end_matches('/').to_string()))
 }
 
-/// GET `path` from `addr` with `Host: host`, within `timeout`.
+/// GET `path` from `addr` with `Host: host`, within `timeout`; at most [`MAX_ANSWER`] of the
+/// answer is read.
 pub async fn get(
     addr: &str,
     host: &str,
     path: &str,
     timeout: Duration,
+) -> Result<Answer, GetError> {
+    get_at_most(addr, host, path, timeout, MAX_ANSWER as usize).await
+}
+
+/// [`get`], reading at most `limit` bytes of the answer (head included) into one buffer that
+/// grows with what arrives (never past `limit`) and becomes the body in place: a caller that
+/// only needs the status and the start of the body (the routability probe) bounds its memory
+/// per request, whatever the server sends.
+pub async fn get_at_most(
+    addr: &str,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    limit: usize,
 ) -> Result<Answer, GetError> {
     let url = format!("http://{addr}{path} (Host: {host})");
     let request = async {
@@ -75,17 +90,20 @@ pub async fn get(
         // Envoy keeps a connection open after its answer until the client closes it (its
         // delayed close, 1 s by default), and waiting for the close would add that second to
         // every probe through an Envoy-based controller.
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        while (buf.len() as u64) < MAX_ANSWER && !complete(&buf) {
-            let n = stream.read(&mut chunk).await.map_err(io)?;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut filled = 0;
+        while filled < limit && !complete(&buf[..filled]) {
+            if filled == buf.len() {
+                buf.resize(limit.min((buf.len() * 2).max(READ_STEP)), 0);
+            }
+            let n = stream.read(&mut buf[filled..]).await.map_err(io)?;
             if n == 0 {
                 break;
             }
-            buf.extend_from_slice(&chunk[..n]);
+            filled += n;
         }
-        buf.truncate(MAX_ANSWER as usize);
-        parse(&buf).ok_or_else(|| GetError::Malformed { url: url.clone() })
+        buf.truncate(filled);
+        parse_owned(buf).ok_or_else(|| GetError::Malformed { url: url.clone() })
     };
     tokio::time::timeout(timeout, request)
         .await
@@ -93,6 +111,30 @@ pub async fn get(
             url: url.clone(),
             after: timeout,
         })?
+}
+
+/// The first read's room (and the least a buffer grows by).
+const READ_STEP: usize = 4096;
+
+/// [`parse`] of a buffer it may keep: the body is the buffer itself, its head drained off,
+/// with no copy when it is UTF-8.
+fn parse_owned(mut raw: Vec<u8>) -> Option<Answer> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = status_of(&raw[..end])?;
+    raw.drain(..end + 4);
+    let body = String::from_utf8(raw)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    Some(Answer { status, body })
+}
+
+/// The status of an HTTP/1.x answer's head.
+fn status_of(head: &[u8]) -> Option<u16> {
+    let line_end = head.iter().position(|&b| b == b'\r').unwrap_or(head.len());
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    if !line.starts_with("HTTP/1.") {
+        return None;
+    }
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether `buf` holds a whole answer: its head and as many body bytes as its Content-Length
@@ -109,18 +151,9 @@ fn complete(buf: &[u8]) -> bool {
 }
 
 /// Status line and body of a raw HTTP/1.x answer.
+#[cfg(test)]
 fn parse(raw: &[u8]) -> Option<Answer> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status_line = head.lines().next()?;
-    if !status_line.starts_with("HTTP/1.") {
-        return None;
-    }
-    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(Answer {
-        status,
-        body: body.to_string(),
-    })
+    parse_owned(raw.to_vec())
 }
 
 #[cfg(test)]
@@ -175,6 +208,41 @@ mod tests {
         });
         let a = get(&addr, "x", "/", Duration::from_secs(5)).await.unwrap();
         assert_eq!((a.status, a.body.as_str()), (200, "ok"));
+    }
+
+    /// A server that answers a megabyte: at most `limit` of it is read, into one buffer of at
+    /// most `limit` bytes (the body is that buffer).
+    #[tokio::test]
+    async fn a_big_answer_is_read_up_to_the_limit_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut req = [0u8; 1024];
+                    let _ = s.read(&mut req).await;
+                    let body = vec![b'x'; 1024 * 1024];
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                });
+            }
+        });
+        let a = get_at_most(&addr, "x", "/", Duration::from_secs(5), 4096)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+        assert!(
+            !a.body.is_empty() && a.body.len() < 4096,
+            "{}",
+            a.body.len()
+        );
+        assert!(a.body.capacity() <= 4096, "{}", a.body.capacity());
+        let whole = get(&addr, "x", "/", Duration::from_secs(5)).await.unwrap();
+        assert!(
+            whole.body.len() > 1024 * 1024 - 100,
+            "the shared client still reads a megabyte"
+        );
     }
 
     #[test]

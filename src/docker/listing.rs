@@ -35,7 +35,9 @@ pub(super) struct Listed {
     pub(crate) id: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub(crate) names: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Only the labels the sidecar reads ([`crate::labels::READ_PREFIXES`]): a job's
+    /// containers may carry any number of others, each of any size, and none is kept.
+    #[serde(default, deserialize_with = "read_labels")]
     pub(crate) labels: BTreeMap<String, String>,
     /// "running", "created", "exited", ...
     #[serde(default, deserialize_with = "null_as_default")]
@@ -48,6 +50,9 @@ pub(super) struct Listed {
     /// API 1.52+ only.
     #[serde(default)]
     pub(crate) health: Option<ListedHealth>,
+    /// Unix seconds (every API version lists it).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub(crate) created: i64,
 }
 
 /// One port of a container: a published binding when it has a `PublicPort`.
@@ -79,6 +84,76 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Whether the sidecar reads a label of this key.
+pub(super) fn is_read(key: &str) -> bool {
+    crate::labels::READ_PREFIXES
+        .iter()
+        .any(|p| key.starts_with(p))
+}
+
+/// A listing's `Labels` (or `null`), keeping only the keys [`is_read`] takes: the others are
+/// skipped in the JSON without a String built for them.
+fn read_labels<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Labels;
+    impl<'de> serde::de::Visitor<'de> for Labels {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of label keys to values, or null")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut kept = BTreeMap::new();
+            while let Some(key) = map.next_key_seed(ReadKey)? {
+                match key {
+                    Some(key) => {
+                        kept.insert(key, map.next_value::<String>()?);
+                    }
+                    None => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(kept)
+        }
+    }
+    deserializer.deserialize_option(Labels)
+}
+
+/// A label key: `Some` (owned) when [`is_read`] takes it, else `None` with nothing allocated
+/// (unless the key has JSON escapes, which serde unescapes into a scratch buffer first).
+struct ReadKey;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ReadKey {
+    type Value = Option<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for ReadKey {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a label key")
+    }
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(is_read(key).then(|| key.to_string()))
+    }
 }
 
 /// Where the daemon listens, from a `--docker-host` value.
@@ -328,6 +403,32 @@ mod tests {
             listing_path("1.53", &BTreeMap::new()),
             "/v1.53/containers/json?all=1"
         );
+    }
+
+    /// A container labelled by a job with megabytes of labels of its own: only Compose's, ours
+    /// and kompose's are kept (seen failing with every label kept, as before).
+    #[test]
+    fn only_the_labels_the_sidecar_reads_are_kept() {
+        let junk = "x".repeat(64 * 1024);
+        let json = format!(
+            r#"{{"Id":"a","Labels":{{"com.docker.compose.project":"demo","compose-ingress.enable":"true",
+            "kompose.service.expose":"true","org.opencontainers.image.source":"{junk}",
+            "job.\u0061rtifact":"{junk}","compose-ingress.typo":"1"}}}}"#
+        );
+        let listed: Listed = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            listed.labels.keys().collect::<Vec<_>>(),
+            [
+                "com.docker.compose.project",
+                "compose-ingress.enable",
+                "compose-ingress.typo",
+                "kompose.service.expose"
+            ]
+        );
+        let null: Listed = serde_json::from_str(r#"{"Id":"b","Labels":null}"#).unwrap();
+        assert!(null.labels.is_empty());
+        let none: Listed = serde_json::from_str(r#"{"Id":"c"}"#).unwrap();
+        assert!(none.labels.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use tokio::time::Instant;
 use tracing::info;
 
 use super::output::Output;
@@ -146,6 +147,8 @@ impl Reconciler<Objects> {
                 .get(&id)
                 .is_some_and(|o| o.composition == key)
             {
+                // Served again within its grace: the host is kept, no grace runs for it.
+                self.output.lease_grace.remove(lease.name());
                 continue;
             }
             let claim = measured(
@@ -245,7 +248,23 @@ impl Reconciler<Objects> {
             })
             .collect();
         stale.sort_by_key(|o| std::cmp::Reverse(o.kind));
+        let now = Instant::now();
         for o in stale {
+            // A host the composition stopped serving (one of its services stopped) stays its
+            // own for the delete grace, as a whole composition's hosts do: a pod refused for
+            // it gets it when the grace ends (the Lease delete wakes it), not while the
+            // service restarts.
+            if o.kind == Kind::Lease && !self.timings.delete_grace.is_zero() {
+                let until = *self
+                    .output
+                    .lease_grace
+                    .entry(o.name.clone())
+                    .or_insert(now + self.timings.delete_grace);
+                if now < until {
+                    self.queue.schedule_background(key.to_string(), until);
+                    continue;
+                }
+            }
             self.delete_owned(&o).await?;
             wrote = true;
         }
@@ -321,6 +340,10 @@ impl Reconciler<Objects> {
         )
         .await?;
         self.output.owned.remove(&(o.kind, o.name.clone()));
+        if o.kind == Kind::Lease {
+            self.output.lease_grace.remove(&o.name);
+            self.room_for_hosts();
+        }
         Ok(())
     }
 }

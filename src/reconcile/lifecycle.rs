@@ -21,7 +21,16 @@ pub(crate) struct Lifecycle {
     /// The last pass found opted-in services created and not started, within the settle time:
     /// their `start` is expected, so its hint needs no debounce (see `hint_due`).
     pub(crate) expecting_start: bool,
+    /// When the last pass began: a health change is due no sooner than
+    /// [`HEALTH_PASS_INTERVAL`] after it.
+    pub(crate) last_pass: Option<Instant>,
 }
+
+/// The least time between two passes that health changes make due, per composition: a
+/// healthcheck that flaps ten times a second is at most two EndpointSlice writes a second, not
+/// ten. The routed state lags a flap by at most this (plus the pass itself); each pass reads the
+/// containers' health fresh, so the last flap always wins.
+pub(crate) const HEALTH_PASS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What a pass's plan holds, as far as timing goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,16 +73,22 @@ pub(crate) struct HintContext {
     pub(crate) expecting_start: bool,
     /// A container's health changed (`health_status`) and the composition is exposed.
     pub(crate) health_of_exposed: bool,
+    /// When the composition's last pass began ([`Lifecycle::last_pass`]).
+    pub(crate) last_pass: Option<Instant>,
 }
 
 /// When a hint is due. The debounce guesses when a composition has finished coming up; when the
 /// last pass saw which services are still to start, nothing is left to guess: the settle wait
 /// coalesces their starts, so go at once (`--settle-time 0` turns that off, the skip included).
 /// A health change of an exposed composition is due at once too: its containers are up, only an
-/// endpoint's readiness changes, and health-gated routing should follow Docker without a delay.
+/// endpoint's readiness changes, and health-gated routing should follow Docker without a delay,
+/// but no sooner than [`HEALTH_PASS_INTERVAL`] after the last pass (the queue keeps the earliest
+/// deadline, so the flaps in between are one pass).
 pub(crate) fn hint_due(timings: &Timings, hint: HintContext, now: Instant) -> Instant {
     if hint.health_of_exposed {
-        return now;
+        return hint
+            .last_pass
+            .map_or(now, |last| now.max(last + HEALTH_PASS_INTERVAL));
     }
     now + debounce(timings, hint.expecting_start)
 }
@@ -363,6 +378,7 @@ mod tests {
         HintContext {
             expecting_start,
             health_of_exposed: false,
+            last_pass: None,
         }
     }
 
@@ -384,6 +400,7 @@ mod tests {
         let health = HintContext {
             expecting_start: false,
             health_of_exposed: true,
+            last_pass: None,
         };
         assert_eq!(hint_due(&t, health, t0), t0);
         assert_eq!(
@@ -391,6 +408,42 @@ mod tests {
             t0 + DEBOUNCE,
             "any other hint waits"
         );
+    }
+
+    /// A healthcheck flapping every 100 ms for two seconds: the passes it makes due (the queue
+    /// keeps the earliest deadline, a pass clears it) are at least HEALTH_PASS_INTERVAL apart,
+    /// five where every flap was one (seen failing with the interval ignored: 20 passes).
+    #[test]
+    fn health_flaps_make_at_most_one_pass_per_interval() {
+        let t = timings(ms(500));
+        let t0 = Instant::now();
+        let mut queue = super::super::queue::DelayQueue::default();
+        let mut lifecycle = Lifecycle::default();
+        let mut passes = Vec::new();
+        for tick in 0..=200u64 {
+            let now = t0 + ms(tick * 10);
+            if tick % 10 == 0 && tick < 200 {
+                let hint = HintContext {
+                    expecting_start: false,
+                    health_of_exposed: true,
+                    last_pass: lifecycle.last_pass,
+                };
+                queue.schedule("demo", hint_due(&t, hint, now));
+            }
+            if queue.pop_next_due(now).is_some() {
+                lifecycle.last_pass = Some(now);
+                passes.push(now);
+            }
+        }
+        assert!(passes.len() <= 5, "{} passes", passes.len());
+        assert!(
+            passes
+                .windows(2)
+                .all(|w| w[1] - w[0] >= HEALTH_PASS_INTERVAL)
+        );
+        // The last flap (at 1.9 s) is seen within the interval.
+        assert!(*passes.last().unwrap() >= t0 + ms(1900));
+        assert!(*passes.last().unwrap() <= t0 + ms(1900) + HEALTH_PASS_INTERVAL);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{HEARTBEAT, Timings};
 use crate::docker::{CompositionKey, DockerClient, Hint};
-use crate::model::{ObservedComposition, OwnerPod, PlanSettings, Reason};
+use crate::model::{ObservedComposition, OwnerPod, PlanSettings, Reason, Refusal};
 use crate::plan::plan;
 use crate::retry::Retry;
 use crate::status::{CompositionState, Status};
@@ -272,6 +272,7 @@ where
                 let hint = lifecycle::HintContext {
                     expecting_start: expecting,
                     health_of_exposed: health && exposed,
+                    last_pass: state.and_then(|s| s.lifecycle.last_pass),
                 };
                 let due = lifecycle::hint_due(&self.timings, hint, Instant::now());
                 self.queue.schedule(key, due);
@@ -305,6 +306,63 @@ where
                 }
                 self.status.set_docker_connected(false);
             }
+        }
+    }
+
+    /// The operator's maximum exposure (`--max-exposure`) and the labels' (`compose-ingress.ttl`):
+    /// a composition whose exposure time is over has nothing to expose any more, and says why
+    /// (a composition refusal: logged and posted once, kept across passes); its message, for
+    /// `/exposures`, is returned. Before its end, a pass is due at the end: the queue drops a
+    /// key's deadline when it is popped, so every pass schedules it again. Computed from
+    /// Docker's creation times at every pass, so neither a resync nor a restart of the sidecar
+    /// exposes it again.
+    fn expire(&mut self, key: &str, plan: &mut crate::model::Plan) -> Option<String> {
+        let at = plan.expires_at?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        if now < at {
+            let left = Duration::from_secs(u64::try_from(at - now).unwrap_or(0));
+            self.queue.schedule(key.to_string(), Instant::now() + left);
+            return None;
+        }
+        plan.desired.take()?;
+        let message = format!(
+            "composition {key}'s exposure time ended at unix time {at} (--max-exposure, or a \
+             shorter compose-ingress.ttl): its routes are removed and stay removed, its \
+             containers are not touched; recreate its containers for a new exposure"
+        );
+        plan.refusals
+            .push(Refusal::composition(Reason::Expired, message.clone()));
+        Some(message)
+    }
+
+    /// This pod gave up a host (a Lease deleted, a composition gone from the proxy): the
+    /// compositions refused for the pod's host cap may fit now, so they are retried at once
+    /// rather than at the next full resync (refused again, they are logged only if the reason
+    /// changed).
+    fn room_for_hosts(&mut self) {
+        let now = Instant::now();
+        let waiting: Vec<CompositionKey> = self
+            .compositions
+            .iter()
+            .filter(|(_, state)| {
+                state.problems.iter().any(|p| {
+                    matches!(
+                        p,
+                        Problem::Composition {
+                            reason: Reason::TooManyHosts,
+                            ..
+                        }
+                    )
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in waiting {
+            debug!(composition = %key, "the pod gave up a host: retrying a composition refused for the host cap");
+            self.queue.schedule(key, now);
         }
     }
 
@@ -456,18 +514,20 @@ where
         key: &str,
         observed: &ObservedComposition,
     ) -> Result<Outcome, ClusterError> {
-        let plan = plan(observed, &self.settings);
+        let mut plan = plan(observed, &self.settings);
+        let expired = self.expire(key, &mut plan);
         let now = Instant::now();
         let shape = PlanShape {
             exposable: plan.desired.is_some(),
             awaiting_start: !plan.awaiting_start.is_empty(),
         };
-        let settle = self
+        let lifecycle = &mut self
             .compositions
             .entry(key.to_string())
             .or_default()
-            .lifecycle
-            .settle(shape, self.timings.settle_time, now);
+            .lifecycle;
+        lifecycle.last_pass = Some(now);
+        let settle = lifecycle.settle(shape, self.timings.settle_time, now);
         if let Settle::Wait { until } = settle {
             debug!(
                 awaiting = ?plan.awaiting_start,
@@ -496,7 +556,12 @@ where
             .exposure(
                 desired,
                 has_objects,
-                self.timings.delete_grace,
+                // An expired composition's routes go now: the grace is for restarts.
+                if expired.is_some() {
+                    Duration::ZERO
+                } else {
+                    self.timings.delete_grace
+                },
                 Instant::now(),
             );
         let outcome = match exposure {
@@ -532,6 +597,10 @@ where
                 self.status
                     .set_composition(key, CompositionState::Refused { reasons });
             }
+        }
+        if let Some(message) = expired {
+            self.status
+                .set_composition(key, CompositionState::Expired { message });
         }
         Ok(outcome)
     }

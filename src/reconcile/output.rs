@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
+use tokio::time::Instant;
+
 use super::{Outcome, Problem};
 use crate::cluster::{Cluster, ClusterError, OwnedObject};
 use crate::docker::CompositionKey;
@@ -20,6 +22,10 @@ pub struct Objects {
     pub(super) cluster: Cluster,
     /// This pod's live objects, from the last listing plus our own writes since.
     pub(super) owned: BTreeMap<(Kind, String), OwnedObject>,
+    /// Leases of hosts that an exposed composition no longer serves (one of its services
+    /// stopped), by Lease name: each is kept until its own delete grace ends, so that the host
+    /// stays the composition's while the service restarts.
+    pub(super) lease_grace: BTreeMap<String, Instant>,
 }
 
 impl Objects {
@@ -27,6 +33,7 @@ impl Objects {
         Self {
             cluster,
             owned: BTreeMap::new(),
+            lease_grace: BTreeMap::new(),
         }
     }
 }

@@ -96,8 +96,12 @@ impl Output for Reconciler<Proxy> {
         self.unexposed(key, 0);
         // A composition of this pod that was refused one of these hosts gets it now, as a Lease
         // deleted by another pod does in composition scope.
+        let freed = !hosts.is_empty();
         for host in hosts {
             self.on_hint(Hint::HostReleased(Some(host)));
+        }
+        if freed {
+            self.room_for_hosts();
         }
         Ok(())
     }

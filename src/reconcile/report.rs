@@ -40,7 +40,11 @@ impl<O> Reconciler<O> {
                     message: r.message.clone(),
                 }
             };
-            if self.is_new(key, &problem) {
+            if self.is_new(key, &problem) && r.reason == Reason::Expired {
+                info!(target: LOG_TARGET, reason = r.reason.as_str(), "composition expired: {}", r.message);
+                self.status.metrics.refused(r.reason);
+                self.status.event_expired(key, &r.message);
+            } else if self.is_new(key, &problem) {
                 if r.label.is_empty() {
                     warn!(target: LOG_TARGET, reason = r.reason.as_str(), "composition refused: {}", r.message);
                 } else {
@@ -115,8 +119,8 @@ impl<O> Reconciler<O> {
             format!(
                 "composition {key} would expose {} hosts while the pod already exposes \
                  {others}, over the operator's limit of {cap} per pod (--max-hosts-per-pod): \
-                 nothing of it is exposed; it is retried when it changes and at every \
-                 full resync",
+                 nothing of it is exposed; it is retried when it changes, when the pod \
+                 gives up a host, and at every full resync",
                 hosts.len()
             ),
         );

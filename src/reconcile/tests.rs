@@ -47,6 +47,7 @@ fn observed_demochat() -> ObservedComposition {
                 host_ip: "0.0.0.0".into(),
             }],
             health: Default::default(),
+            created: 1_700_000_000,
         }],
     }
 }

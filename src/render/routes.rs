@@ -13,7 +13,8 @@ use serde_json::json;
 use super::metadata::metadata;
 use super::middleware::traefik_middlewares;
 use crate::model::{
-    AppProtocol, Backend, DesiredComposition, OwnerPod, PlanSettings, RateLimitMode,
+    AppProtocol, Backend, DesiredComposition, GRPC_FILTER_TYPES, OwnerPod, PlanSettings,
+    RateLimitMode,
 };
 use crate::naming;
 use crate::objects::{
@@ -74,12 +75,19 @@ pub(super) fn ingress(
         }]
     });
     let mut annotations = BTreeMap::new();
+    let policy = settings.access.named(d.access.as_deref());
+    if let Some(p) = policy {
+        // Operator text from the policy file (validated at start-up), never a label's. First,
+        // so that the rate limit below always wins over a policy annotation of the same key.
+        for (k, v) in &p.ingress_annotations {
+            annotations.insert(k.clone(), v.clone());
+        }
+    }
     if let (RateLimitMode::Annotation(key), Some(rps)) = (&settings.rate_limit, d.rate_limit_rps)
         && !key.is_empty()
     {
         annotations.insert(key.clone(), rps.to_string());
     }
-    let policy = settings.access.named(d.access.as_deref());
     // Traefik names a Middleware of its CRD provider `<namespace>-<name>@kubernetescrd`; the
     // rate limit comes first, so that it also shields an authentication backend.
     let middlewares: Vec<String> = traefik_middlewares(d, settings)
@@ -91,12 +99,6 @@ pub(super) fn ingress(
             TRAEFIK_MIDDLEWARES_ANNOTATION.to_string(),
             middlewares.join(","),
         );
-    }
-    if let Some(p) = policy {
-        // Operator text from the policy file (validated at start-up), never a label's.
-        for (k, v) in &p.ingress_annotations {
-            annotations.insert(k.clone(), v.clone());
-        }
     }
     stamp(Ingress {
         metadata: metadata(d.object_name.clone(), &d.name, settings, owner, annotations),
@@ -153,14 +155,6 @@ pub(super) fn grpc_routes(
 ) -> Vec<DynamicObject> {
     gateway_routes(d, settings, owner, true)
 }
-
-/// The filter types a GRPCRoute rule accepts (Gateway API v1).
-const GRPC_FILTER_TYPES: [&str; 4] = [
-    "RequestHeaderModifier",
-    "ResponseHeaderModifier",
-    "RequestMirror",
-    "ExtensionRef",
-];
 
 /// The Gateway the routes attach to (`--gateway`), as `parentRefs`.
 pub(super) fn parent_refs(settings: &PlanSettings) -> Vec<serde_json::Value> {
@@ -347,6 +341,22 @@ mod tests {
         assert_eq!(spec.ingress_class_name, None);
     }
 
+    /// A policy that sets the rate-limit annotation itself (to lift the limit): the
+    /// composition's limit wins (seen failing with the policy's annotations written last).
+    #[test]
+    fn the_rate_limit_annotation_wins_over_a_policy_s() {
+        let mut s = settings();
+        s.access = crate::policy::parse(
+            "default: open\npolicies:\n  open:\n    ingressAnnotations: {example.com/rps: \"100000\", example.org/auth: x}\n",
+        )
+        .unwrap();
+        let mut d = desired();
+        d.access = Some("open".into());
+        let ann = ingress(&d, &s, &owner()).metadata.annotations.unwrap();
+        assert_eq!(ann["example.com/rps"], "20");
+        assert_eq!(ann["example.org/auth"], "x");
+    }
+
     #[test]
     fn rate_limit_annotation_value() {
         let i = ingress(&desired(), &settings(), &owner());
@@ -459,6 +469,7 @@ mod tests {
             namespace: Some("gw".into()),
             name: "public".into(),
             section_name: Some("https".into()),
+            https: false,
         });
         let d = desired();
         let routes = http_routes(&d, &s, &owner());

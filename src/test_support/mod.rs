@@ -32,5 +32,6 @@ pub fn settings() -> PlanSettings {
         max_ports_per_composition: 20,
         max_hosts_per_pod: 200,
         scope: RouteScope::Composition,
+        max_exposure: None,
     }
 }

@@ -69,6 +69,25 @@ impl<'a> Deployment<'a> {
         }
     }
 
+    /// What an operator makes before installing by other means than deploy/ (the Helm chart):
+    /// the namespace and the wildcard certificate Secret of `overlay`'s settings
+    /// (`deploy.sh tls`). Nothing is deployed; the namespace goes when this is dropped.
+    pub fn prepare(bed: &'a Bed, namespace: &str, overlay: &str) -> Self {
+        let domain = format!("{namespace}.bed.test");
+        let out = Command::new(script())
+            .args(["tls", namespace, overlay, &domain])
+            .env("TESTBED_DIR", &bed.dir)
+            .output()
+            .expect("run tests/testbed/deploy.sh");
+        let env = parse_env(&ok(out, &format!("deploy.sh tls {namespace} {overlay}")));
+        Deployment {
+            bed,
+            namespace: namespace.to_string(),
+            domain,
+            tls_ca: PathBuf::from(&env["TLS_CA"]),
+        }
+    }
+
     /// `kubectl -n NAMESPACE ARGS...`, asserting success; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let mut all = vec!["-n", &self.namespace];
@@ -177,6 +196,53 @@ impl<'a> Deployment<'a> {
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
+    /// A gRPC health check of `service` at HOST over HTTPS (HTTP/2, ALPN) through Traefik's
+    /// websecure entry point, as a gRPC client outside the cluster makes it, with curl: the
+    /// request frame is written here, the answer's status read from its frame (`08 01` is
+    /// SERVING). Returns the status number, or what went wrong.
+    pub fn grpc_health_over_https(&self, host: &str, service: &str) -> Result<u8, String> {
+        // HealthCheckRequest{service}: field 1, length-delimited; in a gRPC frame (no
+        // compression, 4-byte big-endian length).
+        let mut message = vec![
+            0x0a,
+            u8::try_from(service.len()).map_err(|e| e.to_string())?,
+        ];
+        message.extend_from_slice(service.as_bytes());
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(
+            &u32::try_from(message.len())
+                .map_err(|e| e.to_string())?
+                .to_be_bytes(),
+        );
+        frame.extend_from_slice(&message);
+        let mut child = Command::new("curl")
+            .args(["-s", "--http2", "--max-time", "5", "-o", "-", "-X", "POST"])
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .args(["--data-binary", "@-", "--cacert"])
+            .arg(&self.tls_ca)
+            .arg("--resolve")
+            .arg(format!("{host}:443:127.0.0.1"))
+            .arg(format!("https://{host}/grpc.health.v1.Health/Check"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("run curl: {e}"))?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(&frame).map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        // HealthCheckResponse{status}: one frame, field 1 varint.
+        match out.stdout.as_slice() {
+            [0, _, _, _, _, 0x08, status, ..] => Ok(*status),
+            other => Err(format!(
+                "no gRPC answer ({}): {other:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    }
+
     /// Waits until https://HOST/PATH answers 200 through Traefik; returns the body.
     pub async fn answers(&self, host: &str, path: &str) -> String {
         eventually(
@@ -194,6 +260,17 @@ impl<'a> Deployment<'a> {
     pub fn host(&self, label: &str) -> String {
         format!("{label}.{}", self.domain)
     }
+}
+
+/// The sidecar image built from the project's Dockerfile and imported into the node's
+/// containerd (`deploy.sh image`, what `deploy.sh apply` uses): `compose-ingress:<digest>`.
+pub fn sidecar_image(bed: &Bed) -> String {
+    let out = Command::new(script())
+        .arg("image")
+        .env("TESTBED_DIR", &bed.dir)
+        .output()
+        .expect("run tests/testbed/deploy.sh");
+    parse_env(&ok(out, "deploy.sh image"))["SIDECAR_IMAGE"].clone()
 }
 
 /// The namespace goes when the test ends, passed or failed: the next deployment needs the node's
