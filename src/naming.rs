@@ -850,7 +850,13 @@ mod tests {
                 && base.starts_with("ci-")
                 && base.ends_with(&format!("-{pod}"))
         };
-        for project in ["demo", "", "___", &"long-project-".repeat(10), &"Q_".repeat(100)] {
+        for project in [
+            "demo",
+            "",
+            "___",
+            &"long-project-".repeat(10),
+            &"Q_".repeat(100),
+        ] {
             let name = object_name("runner-12", project);
             assert!(name.len() <= 63 && is_dns_label(&name), "{name}");
             assert!(ends_with_pod(&name, "runner-12"), "{project:?}: {name}");
