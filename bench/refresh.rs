@@ -12,13 +12,12 @@ use testbed::RunnerPod;
 use crate::args::Scale;
 use crate::clock::say;
 use crate::cluster::delete_owned;
-use crate::compose::{chosen_host_label, compose_file_labelled, compose_up};
 use crate::controllers::{Controller, ProcCost, contour, traefik};
 use crate::docker::remove_all;
 use crate::fillers::{self, filler_host};
-use crate::http::{until_200, wait_ready};
+use crate::http::wait_ready;
 use crate::machine::{Load, LoadWatch};
-use crate::scope::Scope;
+use crate::scope::{SAMPLE_LIMIT, Scope, sample_in};
 use crate::stats::{Stats, stats};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -90,38 +89,6 @@ const MAX_OTHERS: usize = 200;
 /// How long a controller may take to take in (or drop) a level's fillers before the level is
 /// recorded as not held by the machine.
 const TAKE_IN: Duration = Duration::from_secs(900);
-/// Bound of one sample (up -d → 200).
-const SAMPLE_LIMIT: Duration = Duration::from_secs(120);
-
-/// One composition choosing a host of its own with `labels`, up; the time from `up -d`
-/// returning to the first 200 through `web` (None: not within [`SAMPLE_LIMIT`]). Composition
-/// scope (the isolation part's samples).
-pub async fn sample(
-    pod: &RunnerPod,
-    project: &str,
-    labels: &[(String, String)],
-    web: &str,
-) -> Option<f64> {
-    sample_in(Scope::Composition, pod, project, labels, web).await
-}
-
-/// [`sample`] with a sidecar of `scope` routing `pod`.
-pub async fn sample_in(
-    scope: Scope,
-    pod: &RunnerPod,
-    project: &str,
-    labels: &[(String, String)],
-    web: &str,
-) -> Option<f64> {
-    let host_label = chosen_host_label(project, pod);
-    let file = compose_file_labelled(pod, project, &host_label, labels);
-    compose_up(pod, project, &file);
-    let t0 = Instant::now();
-    let got = until_200(web, &scope.host(&host_label, pod), t0, SAMPLE_LIMIT).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    got
-}
-
 /// A runner pod of one scope with its sidecar's kubeconfig.
 struct ScopePod {
     scope: Scope,

@@ -16,7 +16,8 @@ use testbed::{DOMAIN, POD_SCOPE_RBAC, RunnerPod, Sidecar, bed};
 
 use crate::SIDECAR;
 use crate::clock::now_ns;
-use crate::http::http_get;
+use crate::compose::{chosen_host_label, compose_file_labelled, compose_up};
+use crate::http::{http_get, until_200};
 
 /// The body of the proxy's 404 for an unknown host under the pod (src/proxy/answer.rs).
 const PROXY_NOT_FOUND: &str = "not found";
@@ -103,4 +104,36 @@ impl Scope {
             Scope::Pod => format!("{label}.{}.{DOMAIN}", pod.name),
         }
     }
+}
+
+/// Bound of one sample (up -d → 200).
+pub const SAMPLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// One composition choosing a host of its own with `labels`, up; the time from `up -d`
+/// returning to the first 200 through `web` (None: not within [`SAMPLE_LIMIT`]). Composition
+/// scope (the isolation part's samples).
+pub async fn sample(
+    pod: &RunnerPod,
+    project: &str,
+    labels: &[(String, String)],
+    web: &str,
+) -> Option<f64> {
+    sample_in(Scope::Composition, pod, project, labels, web).await
+}
+
+/// [`sample`] with a sidecar of `scope` routing `pod`.
+pub async fn sample_in(
+    scope: Scope,
+    pod: &RunnerPod,
+    project: &str,
+    labels: &[(String, String)],
+    web: &str,
+) -> Option<f64> {
+    let host_label = chosen_host_label(project, pod);
+    let file = compose_file_labelled(pod, project, &host_label, labels);
+    compose_up(pod, project, &file);
+    let t0 = Instant::now();
+    let got = until_200(web, &scope.host(&host_label, pod), t0, SAMPLE_LIMIT).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    got
 }
