@@ -12,6 +12,7 @@ use kube::api::{
 };
 use tracing::debug;
 
+use crate::api_reach::describe;
 use crate::managed_fields;
 use crate::model::DryRun;
 use crate::objects::{
@@ -58,7 +59,7 @@ pub(crate) struct OwnedObject {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot {verb} {kind} {namespace}/{name}: {source}")]
+    #[error("cannot {verb} {kind} {namespace}/{name}: {}", describe(source))]
     Api {
         verb: &'static str,
         kind: Kind,
@@ -77,7 +78,8 @@ pub enum ClusterError {
         pod: String,
     },
     #[error(
-        "cannot read pod {namespace}/{name}: {source} ({})",
+        "cannot read pod {namespace}/{name}: {}{}",
+        describe(source),
         pod_read_hint(source)
     )]
     Pod {
@@ -89,17 +91,14 @@ pub enum ClusterError {
     Encode(#[from] EncodeError),
 }
 
-/// What to do about a failed read of the sidecar's own pod, by what the apiserver said.
+/// What to do about a failed read of the sidecar's own pod, beyond what [`describe`] says of
+/// every request.
 fn pod_read_hint(e: &kube::Error) -> &'static str {
     match e {
-        kube::Error::Api(s) if s.code == 401 => {
-            "the ServiceAccount token was refused: check the projected token volume of the sidecar"
-        }
-        kube::Error::Api(s) if s.code == 403 => "the Role must allow get on pods",
         kube::Error::Api(s) if s.code == 404 => {
-            "no such pod: POD_NAME and POD_NAMESPACE must be the pod's own, from the downward API"
+            "; fix: POD_NAME and POD_NAMESPACE must be the pod's own, from the downward API"
         }
-        _ => "the apiserver did not answer as expected; retried",
+        _ => "",
     }
 }
 

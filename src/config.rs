@@ -13,12 +13,29 @@ use crate::model::{
 };
 use crate::naming;
 
+/// What `--help` adds after the flags: a CI job needs these two commands of the same binary, and
+/// the flags above are the sidecar's, not the job's (src/cli.rs).
+const JOB_COMMANDS: &str = "\
+Commands for a CI job in the runner pod (they ask this sidecar, at http://127.0.0.1:9102):
+  compose-ingress wait PROJECT [--service S] [--timeout 2m] [--format text|json|dotenv|github]
+      wait until the composition's URLs are routable, then print them
+      (exit 0; 1 sidecar not reachable, 3 refused, 4 timed out)
+  compose-ingress urls PROJECT    print the URLs now, routable or not
+  compose-ingress wait --help     all of their options (docs/ci-jobs.md)";
+
 /// Expose docker-compose projects of this runner pod's Docker daemon through a Kubernetes Service
 /// and an Ingress (or Gateway API HTTPRoute) per composition.
 ///
 /// Every flag also reads an environment variable (shown as [env: ...]).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "compose-ingress", version, about, long_about = None, args_override_self = true)]
+#[command(
+    name = "compose-ingress",
+    version,
+    about,
+    long_about = None,
+    args_override_self = true,
+    after_help = JOB_COMMANDS
+)]
 pub struct Args {
     /// Domain every host lives under, e.g. composition.example.com (wildcard DNS points here).
     #[arg(long, env = "COMPOSE_INGRESS_DOMAIN")]
@@ -504,6 +521,7 @@ fn parse_gateway(text: &str) -> Result<GatewayRef, ConfigError> {
         namespace,
         name,
         section_name: section,
+        https: false,
     })
 }
 

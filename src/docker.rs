@@ -7,6 +7,7 @@
 
 mod json_array;
 mod listing;
+mod reach;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -66,12 +67,10 @@ type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error(
-        "cannot connect to Docker at {host}: {source} (check --docker-host / DOCKER_HOST and that dind is running)"
-    )]
+    #[error("cannot connect to Docker at {host}: {}", reach::explain(host, source.as_ref()))]
     Connect { host: String, source: Cause },
     /// The exchange broke, timed out, or bollard's request failed.
-    #[error("Docker request {what} failed: {source} (is the Docker daemon at {host} up?)")]
+    #[error("Docker request {what} to {host} failed: {}", reach::explain(host, source.as_ref()))]
     Request {
         host: String,
         what: &'static str,

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::api_reach::describe;
 use crate::status::{PodEvent, Status};
 
 /// The `reportingController` of every Event.
@@ -287,10 +288,10 @@ pub async fn run(
             }
             Ok(Err(e)) => {
                 status.metrics.kube_event(event.reason, "error");
-                let message = e.to_string();
+                let message = describe(&e);
                 if last_error.as_deref() != Some(message.as_str()) {
                     warn!(error = %message, reason = event.reason, composition = %event.composition,
-                        "cannot post a Kubernetes Event on the pod (needs create on events.k8s.io/events); dropping it");
+                        "cannot post a Kubernetes Event on the pod; dropping it");
                 }
                 last_error = Some(message);
             }

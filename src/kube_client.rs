@@ -19,10 +19,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower::BoxError;
+
+use crate::api_reach::{ApiServer, ReachLayer, Source};
 
 /// A Kubernetes API request that got no answer within `--api-timeout`.
 #[derive(Debug, thiserror::Error)]
@@ -37,26 +40,64 @@ pub(crate) struct ApiTimedOut {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot configure a Kubernetes client: {0} (run in a pod with a ServiceAccount token \
-         mounted, or set KUBECONFIG)"
+        "cannot configure a Kubernetes client: no usable kubeconfig ({kubeconfig}) and no \
+         in-cluster settings ({in_cluster}); fix: run in a pod with its ServiceAccount token \
+         mounted (deploy/ does), or set KUBECONFIG to a kubeconfig file"
     )]
-    Config(#[from] kube::config::InferConfigError),
-    #[error("cannot build a Kubernetes client: {0}")]
-    Build(#[from] kube::Error),
+    Config {
+        kubeconfig: kube::config::KubeconfigError,
+        in_cluster: kube::config::InClusterError,
+    },
+    #[error("cannot build a Kubernetes client for {url}: {source}")]
+    Build { url: String, source: kube::Error },
 }
 
-/// The client of the sidecar: in-cluster config (or `KUBECONFIG`), every request bounded by
-/// `api_timeout` (see the module's doc).
+/// The client of the sidecar: a kubeconfig (`KUBECONFIG`, `~/.kube/config`) or else the pod's
+/// in-cluster settings, as kube's `Config::infer` chooses, every request bounded by
+/// `api_timeout` (see the module's doc), its failures explained with the address and where it
+/// came from (src/api_reach.rs).
 pub async fn client(api_timeout: Duration) -> Result<kube::Client, ClientError> {
-    let mut config = kube::Config::infer().await?;
+    let (mut config, source) =
+        match kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default()).await {
+            Ok(config) => (config, Source::Kubeconfig(kubeconfig_path())),
+            Err(kubeconfig) => match kube::Config::incluster() {
+                Ok(config) => (config, Source::InCluster),
+                Err(in_cluster) => {
+                    return Err(ClientError::Config {
+                        kubeconfig,
+                        in_cluster,
+                    });
+                }
+            },
+        };
+    config.apply_debug_overrides();
+    let server = Arc::new(ApiServer {
+        url: config.cluster_url.to_string(),
+        source,
+    });
     let backstop = api_timeout.saturating_add(Duration::from_secs(1));
     config.connect_timeout = Some(backstop);
     config.write_timeout = Some(backstop);
     config.read_timeout = Some(backstop);
     config.reset_reader_on_write = true;
-    Ok(kube::client::ClientBuilder::try_from(config)?
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(|source| ClientError::Build {
+            url: server.url.clone(),
+            source,
+        })?;
+    Ok(builder
         .with_layer(&ApiTimeoutLayer(api_timeout))
+        .with_layer(&ReachLayer(server))
         .build())
+}
+
+/// The kubeconfig kube reads: `KUBECONFIG` as set (a list of files kube merges), else
+/// `~/.kube/config`.
+fn kubeconfig_path() -> String {
+    match std::env::var("KUBECONFIG") {
+        Ok(list) if !list.is_empty() => list,
+        _ => "~/.kube/config".to_string(),
+    }
 }
 
 /// Fails a request that has no answer after the limit with [`ApiTimedOut`].

@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::api_reach::describe;
 use crate::docker::Hint;
 use crate::objects::{HOST_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::retry::Retry;
@@ -64,7 +65,7 @@ pub async fn run(
         if last_problem.as_deref() != Some(problem.as_str()) {
             warn!(
                 retry_in_ms = delay.as_millis() as u64,
-                "watching host Leases failed: {problem} (the Role needs watch on leases); a composition refused for a taken host is retried at the next full resync meanwhile"
+                "watching host Leases failed: {problem}; a composition refused for a taken host is retried at the next full resync meanwhile"
             );
         } else {
             debug!(
@@ -97,7 +98,7 @@ async fn watch_once(
             let list = api
                 .list_metadata(&ListParams::default().labels(selector).limit(1))
                 .await
-                .map_err(|e| format!("cannot list leases: {e}"))?;
+                .map_err(|e| format!("cannot list leases: {}", describe(&e)))?;
             let v = list.metadata.resource_version.unwrap_or_default();
             // Deletions before this point were not seen: any refused host may be free now.
             let _ = hints.send(Hint::HostReleased(None));
@@ -110,7 +111,7 @@ async fn watch_once(
         .timeout(watch_seconds);
     let stream = api.watch_metadata(&params, &from).await.map_err(|e| {
         *version = None;
-        format!("cannot watch leases: {e}")
+        format!("cannot watch leases: {}", describe(&e))
     })?;
     futures::pin_mut!(stream);
     loop {
@@ -149,7 +150,7 @@ async fn watch_once(
             }
             Some(Err(e)) => {
                 *version = None;
-                return Err(format!("watch stream broke: {e}"));
+                return Err(format!("watch stream broke: {}", describe(&e)));
             }
         }
     }

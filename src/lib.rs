@@ -12,6 +12,7 @@
 mod variants;
 
 mod accept;
+pub(crate) mod api_reach;
 
 pub mod cli;
 pub mod cluster;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod conn_limits;
 pub mod docker;
 pub mod events;
+pub mod gateway_listener;
 pub mod kube_client;
 pub mod labels;
 #[cfg(test)]

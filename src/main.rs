@@ -12,13 +12,13 @@ use compose_ingress::cluster::Cluster;
 use compose_ingress::config::{Args, CleanupOnExit, Config};
 use compose_ingress::docker::DockerClient;
 use compose_ingress::events;
-use compose_ingress::model::{DryRun, RateLimitMode};
+use compose_ingress::model::{DryRun, RateLimitMode, RouteApi};
 use compose_ingress::proxy::PodProxy;
 use compose_ingress::reconcile::{Proxy, Reconciler, delete_all_owned};
 use compose_ingress::status::Status;
 use compose_ingress::{
-    kube_client, lease_watch, logging, pod_route, probe_socket, retry, routable, shutdown,
-    telemetry,
+    gateway_listener, kube_client, lease_watch, logging, pod_route, probe_socket, retry, routable,
+    shutdown, telemetry,
 };
 
 // One thread runs every task. The sidecar's work is I/O: a serial reconciler, one Docker event
@@ -174,6 +174,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut settings = settings;
     settings.pod_ip = pod_ip;
+    // Gateway mode: the URLs' scheme is the listener's, before any URL is handed out.
+    if let (Some(cluster), RouteApi::Gateway, Some(gateway)) =
+        (&cluster, settings.route_api, settings.gateway.as_mut())
+    {
+        let https = gateway_listener::https_or_warn(
+            cluster.client(),
+            gateway,
+            &settings.namespace,
+            &settings.domain,
+            &cancel,
+        )
+        .await;
+        gateway.set_https(https);
+    }
     for warning in &config.obsolete {
         warn!("{warning}");
     }

@@ -384,6 +384,15 @@ pub struct GatewayRef {
     pub(crate) namespace: Option<String>,
     pub(crate) name: String,
     pub(crate) section_name: Option<String>,
+    /// Whether the listener serves HTTPS, which makes the URLs https: not part of the flag, read
+    /// from the Gateway at start-up (src/gateway_listener.rs).
+    pub(crate) https: bool,
+}
+
+impl GatewayRef {
+    pub fn set_https(&mut self, https: bool) {
+        self.https = https;
+    }
 }
 
 /// Parses `500ms`, `10s`, `5m`, `1h` (or a bare number of seconds).

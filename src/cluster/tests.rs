@@ -295,9 +295,21 @@ async fn list_owned_fails_when_a_later_page_fails() {
 async fn a_failed_read_of_the_own_pod_says_what_to_fix_by_its_status() {
     for (code, reason, says) in [
         (401, "Unauthorized", "token was refused"),
-        (403, "Forbidden", "the Role must allow get on pods"),
-        (404, "NotFound", "no such pod: POD_NAME and POD_NAMESPACE"),
-        (500, "InternalError", "did not answer as expected; retried"),
+        (
+            403,
+            "Forbidden",
+            "fix: this pod's ServiceAccount needs the Role",
+        ),
+        (
+            404,
+            "NotFound",
+            "fix: POD_NAME and POD_NAMESPACE must be the pod's own",
+        ),
+        (
+            500,
+            "InternalError",
+            "500 InternalError: mock: InternalError",
+        ),
     ] {
         let (cluster, handle) = mock_cluster();
         let scenario =

@@ -98,14 +98,15 @@ pub(crate) fn not_routed(d: &DesiredComposition) -> BTreeSet<(String, &'static s
         .collect()
 }
 
-/// The URLs users get: https when the operator configured a TLS secret (Ingress only: a
-/// Gateway's listener decides its own scheme).
+/// The URLs users get: https when the Ingress has a TLS secret, or when the Gateway's listener
+/// serves HTTPS (read from the Gateway at start-up: TLS is the listener's there, and a route's
+/// TLS secret means nothing to it).
 pub(crate) fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<String> {
-    let scheme = if d.tls_secret.is_some() && settings.route_api == RouteApi::Ingress {
-        "https"
-    } else {
-        "http"
+    let https = match settings.route_api {
+        RouteApi::Ingress => d.tls_secret.is_some(),
+        RouteApi::Gateway => settings.gateway.as_ref().is_some_and(|g| g.https),
     };
+    let scheme = if https { "https" } else { "http" };
     let mut urls: Vec<String> = d
         .backends
         .iter()
@@ -119,7 +120,7 @@ pub(crate) fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Backend, Health};
+    use crate::model::{Backend, GatewayRef, Health};
     use crate::naming;
     use crate::objects::{Kind, SPEC_HASH_ANNOTATION, spec_hash, spec_hash_of, stamp};
     use crate::test_support::settings;
@@ -232,6 +233,21 @@ mod tests {
             "{:?}",
             gw.urls
         );
+        // The listener's scheme, whatever the composition's TLS secret.
+        gateway.gateway = Some(GatewayRef {
+            namespace: None,
+            name: "public".into(),
+            section_name: Some("https".into()),
+            https: true,
+        });
+        for tls in [false, true] {
+            let gw = composition(&desired(tls), &gateway, &owner()).expect("render");
+            assert!(
+                gw.urls.iter().all(|u| u.starts_with("https://")),
+                "{:?}",
+                gw.urls
+            );
+        }
         assert_eq!(
             plain.not_routed.into_iter().collect::<Vec<_>>(),
             [("api".to_string(), "starting")]

@@ -148,6 +148,7 @@ mod tests {
             namespace: None,
             name: "public".into(),
             section_name: Some("https".into()),
+            https: false,
         });
         s
     }

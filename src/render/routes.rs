@@ -469,6 +469,7 @@ mod tests {
             namespace: Some("gw".into()),
             name: "public".into(),
             section_name: Some("https".into()),
+            https: false,
         });
         let d = desired();
         let routes = http_routes(&d, &s, &owner());

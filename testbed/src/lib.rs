@@ -32,10 +32,10 @@ pub use objects::{
     ingress_hosts, ingresses_of, project_selector, services_of, target_ports, wait_exposed,
     wait_gone,
 };
-pub use pod::{ComposeVersion, RunnerPod, unique_namespace};
+pub use pod::{ComposeVersion, RunnerPod, pod_bound_token, unique_namespace};
 pub use proxy::ApiProxy;
 pub use sidecar::{
-    DOMAIN, Launch, POD_PROXY_PORT, Sidecar, TRAEFIK_RBAC, domain, free_port, sidecar_kubeconfig,
-    sidecar_kubeconfig_via, stop_process,
+    DOMAIN, Launch, POD_PROXY_PORT, POD_SCOPE_RBAC, Sidecar, TRAEFIK_RBAC, domain, free_port,
+    sidecar_kubeconfig, sidecar_kubeconfig_via, stop_process,
 };
 pub use wait::{CONVERGE, eventually};

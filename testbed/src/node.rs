@@ -196,6 +196,53 @@ impl<'a> Deployment<'a> {
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
+    /// A gRPC health check of `service` at HOST over HTTPS (HTTP/2, ALPN) through Traefik's
+    /// websecure entry point, as a gRPC client outside the cluster makes it, with curl: the
+    /// request frame is written here, the answer's status read from its frame (`08 01` is
+    /// SERVING). Returns the status number, or what went wrong.
+    pub fn grpc_health_over_https(&self, host: &str, service: &str) -> Result<u8, String> {
+        // HealthCheckRequest{service}: field 1, length-delimited; in a gRPC frame (no
+        // compression, 4-byte big-endian length).
+        let mut message = vec![
+            0x0a,
+            u8::try_from(service.len()).map_err(|e| e.to_string())?,
+        ];
+        message.extend_from_slice(service.as_bytes());
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(
+            &u32::try_from(message.len())
+                .map_err(|e| e.to_string())?
+                .to_be_bytes(),
+        );
+        frame.extend_from_slice(&message);
+        let mut child = Command::new("curl")
+            .args(["-s", "--http2", "--max-time", "5", "-o", "-", "-X", "POST"])
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .args(["--data-binary", "@-", "--cacert"])
+            .arg(&self.tls_ca)
+            .arg("--resolve")
+            .arg(format!("{host}:443:127.0.0.1"))
+            .arg(format!("https://{host}/grpc.health.v1.Health/Check"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("run curl: {e}"))?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(&frame).map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        // HealthCheckResponse{status}: one frame, field 1 varint.
+        match out.stdout.as_slice() {
+            [0, _, _, _, _, 0x08, status, ..] => Ok(*status),
+            other => Err(format!(
+                "no gRPC answer ({}): {other:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    }
+
     /// Waits until https://HOST/PATH answers 200 through Traefik; returns the body.
     pub async fn answers(&self, host: &str, path: &str) -> String {
         eventually(

@@ -13,6 +13,7 @@ mod deploy;
 mod disruptive;
 mod engines;
 mod field_manager;
+mod first_errors;
 mod frozen_apiserver;
 mod hardening;
 mod health;

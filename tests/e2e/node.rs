@@ -7,11 +7,12 @@
 //!
 //! The node's CPU holds one deployment at a time: every test here holds `node_lock()`.
 
+use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Resource;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 
 use testbed::{
     CONVERGE, DIND_CONTAINER, Deployment, ENABLE, SIDECAR_CONTAINER, bed, compose_file, container,
@@ -123,6 +124,42 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
     // The sidecar's token (what the kubelet projected for it) is nowhere in dind's file system,
     // nor in a job's container that mounts all of it.
     let token = projected_token(bed, &pod);
+    // The kubelet's token is pod-bound: its user info names the pod, which the admission guard
+    // (deploy/admission) ties every object the token writes to.
+    let review: TokenReview = serde_json::from_value(serde_json::json!({
+        "spec": {"token": token.trim()}
+    }))
+    .expect("a TokenReview");
+    let reviewed = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("review the sidecar's token");
+    let user = reviewed
+        .status
+        .and_then(|s| s.user)
+        .expect("the token is valid");
+    let extra = user.extra.unwrap_or_default();
+    assert_eq!(
+        extra.get("authentication.kubernetes.io/pod-name"),
+        Some(&vec!["runner-0".to_string()]),
+        "the sidecar's token is bound to its pod"
+    );
+    // deploy/'s NetworkPolicy for :9102 is applied with the rest, and selects the runner pods
+    // (the bed's CNI does not enforce it; docs/security.md says what does).
+    let policy = d.kubectl(&[
+        "get",
+        "networkpolicy",
+        "runner-sidecar-api",
+        "-o",
+        "jsonpath={.spec.podSelector.matchLabels}",
+    ]);
+    let selector: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&policy).expect("the NetworkPolicy's selector");
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    assert!(
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the NetworkPolicy selects runner-0: {selector:?} vs {labels:?}"
+    );
     let payload = token.split('.').nth(1).expect("the token is a JWT");
     let search = d.exec_dind(
         "runner-0",
@@ -364,21 +401,79 @@ async fn scaling_the_statefulset_down_removes_the_objects_of_the_removed_pod() {
     );
 }
 
+/// deploy/overlays/gateway as users run it (issue 29, item 4): its own Gateway (an HTTPS
+/// listener) carries an HTTP service and a gRPC one (`compose-ingress.protocol: grpc`, a
+/// GRPCRoute, which a listener that lists only HTTPRoute refuses), both over TLS through
+/// Traefik; the URLs the sidecar hands out say https, as that listener serves.
 #[tokio::test]
-async fn the_gateway_overlay_routes_through_the_gateway() {
+async fn the_gateway_overlay_routes_http_and_grpc_through_its_https_gateway() {
     let bed = bed();
     let _node = node_lock().await;
     let ns = unique_namespace("node-gw");
     let d = Deployment::apply(bed, &ns, "gateway");
-    d.wait_ready("runner-0").await;
+    let pod = d.wait_ready("runner-0").await;
     d.load_test_image("runner-0");
-    d.compose_up("runner-0", "app", &one_web("through the gateway"));
+    let compose = compose_file(&[
+        web("web", "through the gateway", 80, "80", &[ENABLE]),
+        crate::policies::protoecho("api", "grpc-page", 50051, "grpc"),
+    ]);
+    d.compose_up("runner-0", "app", &compose);
     let page = d.answers(&d.host("web-80-app-runner-0"), "/").await;
     assert_eq!(page.trim(), "through the gateway");
     let routes = d.kubectl(&["get", "httproutes", "-l", MANAGED, "-o", "name"]);
     assert_eq!(routes.lines().count(), 1, "{routes}");
     let ingresses = d.kubectl(&["get", "ingresses", "-o", "name"]);
     assert!(ingresses.trim().is_empty(), "{ingresses}");
+
+    // The GRPCRoute is accepted by the overlay's Gateway, and a gRPC call over HTTPS reaches
+    // the container's gRPC server (its own health service name answers SERVING).
+    let accepted = eventually("the Gateway accepts the GRPCRoute", CONVERGE, || async {
+        let out = d.kubectl(&[
+            "get",
+            "grpcroutes.gateway.networking.k8s.io",
+            "-l",
+            MANAGED,
+            "-o",
+            "jsonpath={.items[*].status.parents[*].conditions[?(@.type==\"Accepted\")].status}",
+        ]);
+        (!out.trim().is_empty()).then(|| out.trim().to_string())
+    })
+    .await;
+    assert_eq!(
+        accepted,
+        "True",
+        "GRPCRoute status: {}",
+        d.kubectl(&["get", "grpcroutes.gateway.networking.k8s.io", "-o", "yaml"])
+    );
+    let grpc_host = d.host("api-50051-app-runner-0");
+    let status = eventually("a gRPC call over HTTPS answers", CONVERGE, || async {
+        d.grpc_health_over_https(&grpc_host, "grpc-page").ok()
+    })
+    .await;
+    assert_eq!(status, 1, "SERVING");
+
+    // The URLs the sidecar hands out: https, the scheme of the Gateway's listener.
+    let (code, body) = http_get(
+        &format!("http://{}:9102/v1/compositions/app", pod_ip(&pod)),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("composition document");
+    let mut urls: Vec<&str> = doc["urls"]
+        .as_array()
+        .expect("urls")
+        .iter()
+        .filter_map(|u| u["url"].as_str())
+        .collect();
+    urls.sort();
+    assert_eq!(
+        urls,
+        [
+            format!("https://{grpc_host}/"),
+            format!("https://{}/", d.host("web-80-app-runner-0"))
+        ],
+        "{body}"
+    );
 }
 
 /// deploy/overlays/pod-scope on the node: a composition's URL answers over HTTPS through the
