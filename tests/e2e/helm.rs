@@ -287,7 +287,7 @@ fn every_option_renders_objects_the_apiserver_accepts() {
     for kind in [
         "statefulset.apps/runner",
         "gateway.gateway.networking.k8s.io/compose-ingress",
-        "networkpolicy.networking.k8s.io/runner",
+        "networkpolicy.networking.k8s.io/runner-sidecar-api",
     ] {
         assert!(applied.contains(kind), "{kind} not in:\n{applied}");
     }
