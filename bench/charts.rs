@@ -173,6 +173,13 @@ pub fn plot_refresh(
     root.fill(&WHITE)?;
     let xmax = points.iter().map(|p| p.fillers).max().unwrap_or(0).max(100) as f64 * 1.05;
     let ymax = points.iter().map(|p| p.stats.p99_ms).fold(1000.0, f64::max) * 1.5;
+    // The pod scope's points may lie far below the composition scope's.
+    let ymin = points
+        .iter()
+        .map(|p| p.stats.p50_ms)
+        .filter(|v| *v > 0.0)
+        .fold(20.0, f64::min)
+        * 0.7;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "New composition: `up -d` returns → first 200 through the controller",
@@ -181,7 +188,7 @@ pub fn plot_refresh(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..xmax, (20f64..ymax).log_scale())?;
+        .build_cartesian_2d(0f64..xmax, (ymin..ymax).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("routes (Ingresses of its class) the controller holds")
@@ -190,9 +197,11 @@ pub fn plot_refresh(
         .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 15))
         .draw()?;
-    let mut series: Vec<(String, String)> = Vec::new();
+    // One series per controller, scope and run (points kept from an earlier run are drawn as
+    // their own line: another run, another load on the machine).
+    let mut series: Vec<(String, String, bool)> = Vec::new();
     for p in points {
-        let key = (p.controller.clone(), p.scope.clone());
+        let key = (p.controller.clone(), p.scope.clone(), p.earlier_run);
         if !series.contains(&key) {
             series.push(key);
         }
@@ -202,13 +211,21 @@ pub fn plot_refresh(
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
         RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
     ];
-    for ((controller, scope), color) in series.iter().zip(palette.iter().cycle()) {
+    for ((controller, scope, earlier), color) in series.iter().zip(palette.iter().cycle()) {
         let color = *color;
         let ps: Vec<&RefreshPoint> = points
             .iter()
-            .filter(|p| &p.controller == controller && &p.scope == scope && p.stats.n > 0)
+            .filter(|p| {
+                &p.controller == controller
+                    && &p.scope == scope
+                    && p.earlier_run == *earlier
+                    && p.stats.n > 0
+            })
             .collect();
+        let run = if *earlier { ", earlier run" } else { "" };
         for (which, dashed) in [("p50", false), ("p99", true)] {
             let pts: Vec<(f64, f64)> = ps
                 .iter()
@@ -228,7 +245,7 @@ pub fn plot_refresh(
             };
             chart
                 .draw_series(LineSeries::new(pts.clone(), style))?
-                .label(format!("{controller} ({scope} scope) {which}"))
+                .label(format!("{controller} ({scope} scope{run}) {which}"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
             chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
         }

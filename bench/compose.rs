@@ -81,6 +81,20 @@ pub fn compose_file_labelled(
     path
 }
 
+/// A one-service composition of the bed's protoecho (Go's net/http: keep-alive, WebSocket echo
+/// on /ws) on port 80, published on the pod IP, choosing `host_label`: the backend of the proxy
+/// phases, where busybox httpd (one request per connection) would measure itself.
+pub fn compose_file_echo(pod: &RunnerPod, project: &str, host_label: &str) -> PathBuf {
+    let yaml = format!(
+        "services:\n  web:\n    image: {}\n    stop_signal: SIGKILL\n    command: [\"protoecho\", \"serve\", \"--http-port\", \"80\", \"--page\", \"{project}\"]\n    ports: [\"{}::80\"]\n    labels:\n      compose-ingress.enable: \"true\"\n      compose-ingress.host: \"{host_label}\"\nnetworks:\n  default:\n    name: benchnet0\n    external: true\n",
+        bed().get("TEST_IMAGE"),
+        pod.ip
+    );
+    let path = pod.dir.join(format!("{project}.compose.yml"));
+    std::fs::write(&path, yaml).expect("write compose file");
+    path
+}
+
 /// `docker-compose-v2 -p P -f F up -d`; returns when it returns.
 pub fn compose_up(pod: &RunnerPod, project: &str, file: &Path) {
     let out = Command::new(bed().get("COMPOSE_V2"))

@@ -206,3 +206,20 @@ pub fn watch_start_events(docker: Docker) -> (StartEvents, tokio::task::JoinHand
     });
     (ev, task)
 }
+
+/// The host port Docker published container port 80 of `container` on.
+pub async fn published_port(docker: &Docker, container: &str) -> u16 {
+    let info = docker
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inspect {container}: {e}"));
+    info.network_settings
+        .and_then(|n| n.ports)
+        .and_then(|p| p.get("80/tcp").cloned().flatten())
+        .and_then(|b| b.first().and_then(|b| b.host_port.clone()))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{container} publishes no port 80"))
+}

@@ -20,7 +20,7 @@ use crate::controllers::{Controller, ProcCost};
 use crate::docker::remove_all;
 use crate::fillers::{self, filler_host};
 use crate::http::wait_ready;
-use crate::refresh::sample;
+use crate::scope::sample;
 use crate::stats::{Stats, stats};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

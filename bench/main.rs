@@ -2,7 +2,8 @@
 //!
 //!   cargo bench --bench bench                      # every phase, full size (~53 min)
 //!   cargo bench --bench bench -- --smoke           # tiny run of every phase (CI keeps it alive)
-//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o hol routable refresh reload side burst restart ratelimit wait health
+//!   cargo bench --bench bench -- --only e2o,burst  # some phases: e2o hol routable refresh reload side proxy proxy-rss pod-route burst restart ratelimit wait health
+//!   cargo bench --bench bench -- --only refresh --refresh-scopes pod --levels 0,2000,10000 --no-isolation
 //!   cargo bench --bench bench -- --replot          # redraw the plots from results.json
 //!
 //! `cargo bench` builds the sidecar with the release settings (the bench profile inherits them)
@@ -30,15 +31,20 @@ mod health;
 mod hol;
 mod http;
 mod isolation;
+mod load;
 mod machine;
+mod pod_route;
 mod pods;
 mod process;
+mod proxy_cost;
+mod proxy_rss;
 mod ratelimit;
 mod refresh;
 mod reload;
 mod reload_conf;
 mod restart_cost;
 mod routable;
+mod scope;
 mod side_by_side;
 mod stats;
 mod steady;
@@ -129,7 +135,13 @@ fn main() {
             save(&results);
         }
         if args.runs("refresh") {
-            let r = Box::pin(refresh::phase_refresh(&scale)).await;
+            let mut r = Box::pin(refresh::phase_refresh(&scale)).await;
+            if let Some(earlier) = results
+                .get("refresh")
+                .and_then(|v| serde_json::from_value::<refresh::RefreshResult>(v.clone()).ok())
+            {
+                r.keep_earlier(earlier);
+            }
             if let Err(e) = plot_refresh(&r.points, &out.join("refresh.png")) {
                 say(format!("plot refresh: {e}"));
             }
@@ -147,6 +159,21 @@ fn main() {
         if args.runs("side") {
             let r = Box::pin(side_by_side::phase_side(&scale)).await;
             results.insert("side_by_side".into(), json!(r));
+            save(&results);
+        }
+        if args.runs("proxy") {
+            let r = Box::pin(proxy_cost::phase_proxy(&scale)).await;
+            results.insert("proxy".into(), json!(r));
+            save(&results);
+        }
+        if args.runs("proxy-rss") {
+            let r = Box::pin(proxy_rss::phase_proxy_rss(&scale)).await;
+            results.insert("proxy_rss".into(), json!(r));
+            save(&results);
+        }
+        if args.runs("pod-route") {
+            let r = Box::pin(pod_route::phase_pod_route(&scale)).await;
+            results.insert("pod_route".into(), json!(r));
             save(&results);
         }
         if args.runs("burst") {

@@ -7,44 +7,18 @@
 
 use std::time::{Duration, Instant};
 
-use testbed::{DOMAIN, RunnerPod, Sidecar};
+use testbed::RunnerPod;
 
-use crate::SIDECAR;
 use crate::args::Scale;
 use crate::clock::say;
 use crate::cluster::delete_owned;
-use crate::compose::{chosen_host_label, compose_file_labelled, compose_up};
 use crate::controllers::{Controller, ProcCost, contour, traefik};
 use crate::docker::remove_all;
 use crate::fillers::{self, filler_host};
-use crate::http::{until_200, wait_ready};
+use crate::http::wait_ready;
+use crate::machine::{Load, LoadWatch};
+use crate::scope::{SAMPLE_LIMIT, Scope, sample_in};
 use crate::stats::{Stats, stats};
-
-/// How the sidecar routes compositions. Only the composition scope exists at this commit: the
-/// pod scope (one wildcard route per runner pod, `--route-scope pod`) is not built yet, and
-/// becomes a variant here with its flags once it is; the phase loops over [`SCOPES`].
-#[derive(Clone, Copy, Debug)]
-pub enum Scope {
-    /// One Service + EndpointSlices + Ingress per composition (the sidecar's default).
-    Composition,
-}
-
-impl Scope {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::Composition => "composition",
-        }
-    }
-    fn sidecar_flags(self) -> &'static [&'static str] {
-        match self {
-            Scope::Composition => &[],
-        }
-    }
-}
-
-/// The scopes this phase measures, and those it names as not built yet (results.json says so).
-pub const SCOPES: &[Scope] = &[Scope::Composition];
-pub const SCOPES_NOT_BUILT: &[&str] = &["pod"];
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RefreshPoint {
@@ -63,6 +37,9 @@ pub struct RefreshPoint {
     pub idle: Vec<ProcCost>,
     /// The same over the window of the samples (new compositions arriving one by one).
     pub busy: Vec<ProcCost>,
+    /// Kept from an earlier run's results.json: this run did not measure its scope.
+    #[serde(default)]
+    pub earlier_run: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -70,9 +47,40 @@ pub struct RefreshResult {
     /// Routes of others (tests on a shared bed) present when the phase began.
     pub routes_of_others: usize,
     pub scopes: Vec<String>,
+    /// Scopes not built when the run was made (runs before the pod scope existed say "pod").
+    #[serde(default)]
     pub scopes_not_built: Vec<String>,
     pub points: Vec<RefreshPoint>,
     pub isolation: Vec<crate::isolation::IsolationPoint>,
+    #[serde(default)]
+    pub load: Load,
+}
+
+impl RefreshResult {
+    /// Keeps the points of an earlier run (results.json) that this run did not measure (another
+    /// scope, or a level it left out), marked as such, and its isolation part if this run
+    /// skipped it: a run of some scopes or levels adds to the curve instead of erasing the rest.
+    pub fn keep_earlier(&mut self, earlier: RefreshResult) {
+        let measured = |p: &RefreshPoint| {
+            self.points.iter().any(|q| {
+                (q.controller.as_str(), q.scope.as_str(), q.fillers)
+                    == (p.controller.as_str(), p.scope.as_str(), p.fillers)
+            })
+        };
+        let kept: Vec<RefreshPoint> = earlier
+            .points
+            .into_iter()
+            .filter(|p| !measured(p))
+            .map(|mut p| {
+                p.earlier_run = true;
+                p
+            })
+            .collect();
+        self.points.extend(kept);
+        if self.isolation.is_empty() {
+            self.isolation = earlier.isolation;
+        }
+    }
 }
 
 /// Routes of others the phase tolerates (see [`fillers::routes_of_others`]).
@@ -81,122 +89,161 @@ const MAX_OTHERS: usize = 200;
 /// How long a controller may take to take in (or drop) a level's fillers before the level is
 /// recorded as not held by the machine.
 const TAKE_IN: Duration = Duration::from_secs(900);
-/// Bound of one sample (up -d → 200).
-const SAMPLE_LIMIT: Duration = Duration::from_secs(120);
-
-/// One composition choosing a host of its own with `labels`, up; the time from `up -d`
-/// returning to the first 200 through `web` (None: not within [`SAMPLE_LIMIT`]).
-pub async fn sample(
-    pod: &RunnerPod,
-    project: &str,
-    labels: &[(String, String)],
-    web: &str,
-) -> Option<f64> {
-    let host_label = chosen_host_label(project, pod);
-    let file = compose_file_labelled(pod, project, &host_label, labels);
-    compose_up(pod, project, &file);
-    let t0 = Instant::now();
-    let got = until_200(web, &format!("{host_label}.{DOMAIN}"), t0, SAMPLE_LIMIT).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    got
+/// A runner pod of one scope with its sidecar's kubeconfig.
+struct ScopePod {
+    scope: Scope,
+    pod: RunnerPod,
+    kubeconfig: std::path::PathBuf,
 }
 
 pub async fn phase_refresh(scale: &Scale) -> RefreshResult {
+    let watch = LoadWatch::start();
+    // The fillers' namespace and backend; the composition scope's pod too.
     let (pod, kubeconfig) = crate::pods::phase_pod("refresh").await;
     let _guard = fillers::NamespaceGuard(pod.namespace.clone());
-    let docker = pod.docker();
-    crate::docker::ensure_networks(&docker, 1).await;
     let admin = testbed::bed().admin().await;
     // A shared bed may hold a few routes of other people's tests: recorded, and tolerated up
     // to a bound far below the levels measured.
     let others = fillers::routes_of_others(&admin, "refresh", MAX_OTHERS, scale.smoke).await;
     fillers::prepare_backend(&admin, &pod).await;
+    let fill_ns = pod.namespace.clone();
+    let mut pods = vec![ScopePod {
+        scope: Scope::Composition,
+        pod,
+        kubeconfig,
+    }];
+    // The pod scope's sidecar in a pod (and namespace, for its Role) of its own: two sidecars
+    // of one pod would each take the other's objects for orphans.
+    if scale.refresh_scopes.contains(&Scope::Pod) {
+        let (pod, kubeconfig) = Scope::Pod.pod("refresh").await;
+        pods.push(ScopePod {
+            scope: Scope::Pod,
+            pod,
+            kubeconfig,
+        });
+    }
+    let _guard_pod = pods
+        .get(1)
+        .map(|p| fillers::NamespaceGuard(p.pod.namespace.clone()));
+    for p in &pods {
+        crate::docker::ensure_networks(&p.pod.docker(), 1).await;
+    }
     let controllers: Vec<Controller> = std::iter::once(traefik()).chain(contour()).collect();
     if controllers.len() < 2 {
         say("refresh: the bed has no Contour (contour.sh): Traefik only, no isolation");
     }
     let mut result = RefreshResult {
         routes_of_others: others,
-        scopes: SCOPES.iter().map(|s| s.name().to_string()).collect(),
-        scopes_not_built: SCOPES_NOT_BUILT.iter().map(|s| s.to_string()).collect(),
+        scopes: scale
+            .refresh_scopes
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect(),
         ..RefreshResult::default()
     };
-    for &scope in SCOPES {
-        for ctl in &controllers {
-            let points = curve(ctl, scope, &pod, &kubeconfig, &admin, scale).await;
-            result.points.extend(points);
-        }
+    let measured: Vec<&ScopePod> = pods
+        .iter()
+        .filter(|p| scale.refresh_scopes.contains(&p.scope))
+        .collect();
+    for ctl in &controllers {
+        let points = Box::pin(curve(ctl, &measured, &fill_ns, &admin, scale)).await;
+        result.points.extend(points);
     }
-    if let [shared, dedicated] = &controllers[..] {
+    if let [shared, dedicated] = &controllers[..]
+        && scale.refresh_isolation
+    {
+        let p = &pods[0];
         result.isolation =
-            crate::isolation::measure(shared, dedicated, &pod, &kubeconfig, &admin, scale).await;
+            crate::isolation::measure(shared, dedicated, &p.pod, &p.kubeconfig, &admin, scale)
+                .await;
     }
     for p in &result.points {
         say(format!(
-            "refresh/{}/{} at {} routes: p50 {:.0} / p99 {:.0} / max {:.0} ms ({} failed)",
+            "refresh/{}/{} at {} routes: p50 {:.0} / p99 {:.0} / max {:.0} ms (n {}, {} failed)",
             p.controller,
             p.scope,
             p.fillers,
             p.stats.p50_ms,
             p.stats.p99_ms,
             p.stats.max_ms,
+            p.stats.n,
             p.failed
         ));
     }
-    crate::pods::finish_pod(&pod);
+    for p in &pods {
+        crate::pods::finish_pod(&p.pod);
+    }
+    result.load = watch.finish();
     result
 }
 
-/// One controller's curve in one scope: its own sidecar, the levels of fillers one after
-/// another, then everything deleted (fillers, compositions, objects) and dropped by the
+/// One controller's curve in every scope measured: a sidecar per scope (each in its pod), the
+/// levels of fillers one after another (each scope sampled at each level, on the same
+/// fillers), then everything deleted (fillers, compositions, objects) and dropped by the
 /// controller before the next curve starts.
 async fn curve(
     ctl: &Controller,
-    scope: Scope,
-    pod: &RunnerPod,
-    kubeconfig: &std::path::Path,
+    pods: &[&ScopePod],
+    fill_ns: &str,
     admin: &kube::Client,
     scale: &Scale,
 ) -> Vec<RefreshPoint> {
-    let tag = format!("{}/{}", ctl.name, scope.name());
-    let mut flags = vec!["--ingress-class", ctl.class.as_str()];
-    flags.extend(scope.sidecar_flags().iter().copied());
-    let side = Sidecar::start_with_kubeconfig(
-        &SIDECAR,
-        pod,
-        kubeconfig,
-        &flags,
-        &format!("sidecar-refresh-{}-{}", ctl.name, scope.name()),
-    );
-    wait_ready(&side, Duration::from_secs(60)).await;
+    let mut sidecars = Vec::new();
+    for p in pods {
+        let side = p.scope.start(
+            &p.pod,
+            &p.kubeconfig,
+            &["--ingress-class", ctl.class.as_str()],
+            &format!("sidecar-refresh-{}-{}", ctl.name, p.scope.name()),
+        );
+        wait_ready(&side, Duration::from_secs(60)).await;
+        match p
+            .scope
+            .pod_route_routed(&ctl.web, &p.pod, SAMPLE_LIMIT)
+            .await
+        {
+            Some(ms) => {
+                say(format!(
+                    "refresh/{}/{}: routed {ms:.0} ms after ready",
+                    ctl.name,
+                    p.scope.name()
+                ));
+                sidecars.push((*p, side));
+            }
+            None => say(format!(
+                "refresh/{}/{}: the controller never routed the pod's hosts to the sidecar within {SAMPLE_LIMIT:?}: no points of this scope",
+                ctl.name,
+                p.scope.name()
+            )),
+        }
+    }
     let prefix = format!("fill-{}", ctl.name);
-    let (mut have, mut own) = (0, 0);
+    let largest = scale.refresh_levels.iter().copied().max().unwrap_or(0);
+    let mut own = vec![0usize; sidecars.len()];
+    let mut have = 0;
     let mut points = Vec::new();
     for &level in &scale.refresh_levels {
         let mut take_in_s = None;
         if level > have {
-            say(format!("refresh/{tag}: creating fillers {have}..{level}"));
+            say(format!(
+                "refresh/{}: creating fillers {have}..{level}",
+                ctl.name
+            ));
             let t = Instant::now();
-            fillers::create(
-                admin,
-                &pod.namespace,
-                "Ingress",
-                &ctl.class,
-                &prefix,
-                have..level,
-            )
-            .await;
+            fillers::create(admin, fill_ns, "Ingress", &ctl.class, &prefix, have..level).await;
             let created = t.elapsed().as_secs_f64();
             have = level;
             take_in_s =
                 fillers::wait_routed(&ctl.web, &filler_host(&prefix, level - 1), true, TAKE_IN)
                     .await;
             say(format!(
-                "refresh/{tag}: {level} fillers created in {created:.1} s, routed {take_in_s:?} s later"
+                "refresh/{}: {level} fillers created in {created:.1} s, routed {take_in_s:?} s later",
+                ctl.name
             ));
             if take_in_s.is_none() {
                 say(format!(
-                    "refresh/{tag}: {level} routes not taken in within {TAKE_IN:?}: the machine does not hold this level; stopping this curve"
+                    "refresh/{}: {level} routes not taken in within {TAKE_IN:?}: the machine does not hold this level; stopping this curve",
+                    ctl.name
                 ));
                 break;
             }
@@ -204,43 +251,57 @@ async fn curve(
         let w = ctl.window();
         tokio::time::sleep(scale.refresh_idle).await;
         let idle = ctl.cost_since(&w);
-        let w = ctl.window();
-        let (mut samples, mut failed) = (Vec::new(), 0);
-        for k in 0..scale.refresh_samples {
-            let project = format!("rf-{}-{level}-{k}", ctl.name);
-            match sample(pod, &project, &[], &ctl.web).await {
-                Some(ms) => samples.push(ms),
-                None => failed += 1,
+        let n = if level == largest {
+            scale.refresh_samples_largest
+        } else {
+            scale.refresh_samples
+        };
+        for (i, (p, _)) in sidecars.iter().enumerate() {
+            let tag = format!("{}/{}", ctl.name, p.scope.name());
+            let w = ctl.window();
+            let (mut samples, mut failed) = (Vec::new(), 0);
+            for k in 0..n {
+                let project = format!("rf-{}-{}-{level}-{k}", ctl.name, p.scope.name());
+                match sample_in(p.scope, &p.pod, &project, &[], &ctl.web).await {
+                    Some(ms) => samples.push(ms),
+                    None => failed += 1,
+                }
             }
+            let busy = ctl.cost_since(&w);
+            let st = stats(&samples);
+            say(format!(
+                "refresh/{tag} at {level}: {st:?} failed {failed}; idle {idle:?}; busy {busy:?}"
+            ));
+            points.push(RefreshPoint {
+                controller: ctl.name.to_string(),
+                scope: p.scope.name().to_string(),
+                fillers: level,
+                own_before: own[i],
+                take_in_s,
+                stats: st,
+                failed,
+                samples_ms: samples,
+                idle: idle.clone(),
+                busy,
+                earlier_run: false,
+            });
+            own[i] += n;
         }
-        let busy = ctl.cost_since(&w);
-        let st = stats(&samples);
-        say(format!(
-            "refresh/{tag} at {level}: {st:?} failed {failed}; idle {idle:?}; busy {busy:?}"
-        ));
-        points.push(RefreshPoint {
-            controller: ctl.name.to_string(),
-            scope: scope.name().to_string(),
-            fillers: level,
-            own_before: own,
-            take_in_s,
-            stats: st,
-            failed,
-            samples_ms: samples,
-            idle,
-            busy,
-        });
-        own += scale.refresh_samples;
     }
-    side.stop();
-    remove_all(&pod.docker()).await;
-    fillers::delete_all(admin, &pod.namespace, "Ingress").await;
-    delete_owned(admin, &pod.namespace).await;
+    for (p, side) in sidecars {
+        side.stop();
+        remove_all(&p.pod.docker()).await;
+    }
+    fillers::delete_all(admin, fill_ns, "Ingress").await;
+    for p in pods {
+        delete_owned(admin, &p.pod.namespace).await;
+    }
     if have > 0 {
         let gone =
             fillers::wait_routed(&ctl.web, &filler_host(&prefix, have - 1), false, TAKE_IN).await;
         say(format!(
-            "refresh/{tag}: fillers deleted, dropped by the controller after {gone:?} s"
+            "refresh/{}: fillers deleted, dropped by the controller after {gone:?} s",
+            ctl.name
         ));
     }
     points

@@ -15,9 +15,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use tower::BoxError;
 
-use crate::kube_client::ApiTimedOut;
+/// A Kubernetes API request that got no answer within `--api-timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no answer from the Kubernetes API server within {limit:?} (--api-timeout): it is overloaded \
+     or unreachable; retried with backoff (raise --api-timeout if the apiserver is only slow)"
+)]
+pub(crate) struct ApiTimedOut {
+    pub(crate) limit: Duration,
+}
 
 /// Where the client's settings came from: the fix names what to edit.
 #[derive(Debug, Clone, PartialEq, Eq)]

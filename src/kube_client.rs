@@ -25,17 +25,7 @@ use std::time::Duration;
 
 use tower::BoxError;
 
-use crate::api_reach::{ApiServer, ReachLayer, Source};
-
-/// A Kubernetes API request that got no answer within `--api-timeout`.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "no answer from the Kubernetes API server within {limit:?} (--api-timeout): it is overloaded \
-     or unreachable; retried with backoff (raise --api-timeout if the apiserver is only slow)"
-)]
-pub(crate) struct ApiTimedOut {
-    pub(crate) limit: Duration,
-}
+use crate::api_reach::{ApiServer, ApiTimedOut, ReachLayer, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -280,10 +280,11 @@ pub fn render_host_label(
 /// keeps it as it is (`demochat`, `my-app`), else its sanitized form and a short hash of the raw
 /// name (`my_app` -> `my-app-1a2b3c4d`). Sanitizing folds `my_app`, `my-app`, `My.App` and
 /// `my--app` into one label: without the hash two such compositions of one pod would get the
-/// same host, and the second would be refused as taken.
+/// same host, and the second would be refused as taken. A plain container's key (`/name`,
+/// `--expose-plain-containers`) is judged by its name: the `/` only marks it as a container.
 pub(crate) fn host_project(project: &str) -> String {
     let clean = sanitize(project);
-    if clean == project {
+    if clean == project.strip_prefix('/').unwrap_or(project) {
         return clean;
     }
     let hash = short_hash(project);
@@ -465,9 +466,13 @@ impl HostShape {
 
 /// Name of the Service and the route objects of one composition: unique per (pod, project),
 /// readable (`ci-<project>-<pod>-<hash>`), an RFC 1035 label. The hash is always there, because
-/// sanitizing alone maps `a_b` and `a-b` onto the same name.
+/// sanitizing alone maps `a_b` and `a-b` onto the same name. A long project name is shortened,
+/// never the pod's: the admission guard (deploy/admission) tells a pod's objects, and the
+/// Services its EndpointSlices and routes may name, by the `-<pod>-<hash>` that ends the name.
 pub fn object_name(pod: &str, project: &str) -> String {
-    let base = sanitize(&format!("ci-{project}-{pod}"));
+    let pod_part = sanitize(pod);
+    let room = (MAX_LABEL_LEN - HASH_SUFFIX_LEN).saturating_sub("ci--".len() + pod_part.len());
+    let base = sanitize(&format!("ci-{}-{pod_part}", cut(sanitize(project), room)));
     with_hash(base, &format!("{pod}/{project}"))
 }
 
@@ -645,6 +650,10 @@ mod tests {
         assert_eq!(host("my_app"), host("my_app"), "stable");
         assert!(hosts.iter().all(|h| is_dns_label(h)));
         assert!(is_dns_label(&host("___")));
+        // A plain container's key keeps the readable host its name gives (seen failing with
+        // the key's '/' taken for a folded character: a hash in every plain container's host).
+        assert_eq!(host("/plainweb"), "web-80-plainweb-runner-0");
+        assert_ne!(host("/plain_web"), host("/plain-web"));
     }
 
     #[test]
@@ -829,6 +838,40 @@ mod tests {
         let long = object_name(&"p".repeat(200), &"Q".repeat(200));
         assert!(long.len() <= 63 && is_dns_label(&long), "{long}");
         assert!(long.starts_with("ci-"));
+    }
+
+    #[test]
+    fn object_name_keeps_the_pod_when_the_project_is_shortened() {
+        // What the admission guard matches: ci-[<project>-]<pod>-<8 hex>.
+        let ends_with_pod = |name: &str, pod: &str| {
+            let (base, hash) = name.split_at(name.len() - HASH_SUFFIX_LEN);
+            hash.len() == 9
+                && hash[1..].bytes().all(|b| b.is_ascii_hexdigit())
+                && base.starts_with("ci-")
+                && base.ends_with(&format!("-{pod}"))
+        };
+        for project in [
+            "demo",
+            "",
+            "___",
+            &"long-project-".repeat(10),
+            &"Q_".repeat(100),
+        ] {
+            let name = object_name("runner-12", project);
+            assert!(name.len() <= 63 && is_dns_label(&name), "{name}");
+            assert!(ends_with_pod(&name, "runner-12"), "{project:?}: {name}");
+        }
+        // Names that fitted are unchanged (no object of an upgraded sidecar is renamed).
+        assert_eq!(
+            object_name("runner-3", "demochat"),
+            format!("ci-demochat-runner-3-{}", short_hash("runner-3/demochat"))
+        );
+        // Two long projects that share a prefix stay apart.
+        let a = "a".repeat(80);
+        assert_ne!(
+            object_name("runner-0", &format!("{a}1")),
+            object_name("runner-0", &format!("{a}2"))
+        );
     }
 
     #[test]

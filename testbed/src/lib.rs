@@ -8,6 +8,7 @@
 
 mod bed;
 mod compose;
+mod helm;
 mod http;
 mod node;
 mod objects;
@@ -18,22 +19,23 @@ mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
+pub use helm::{chart_dir, helm, helm_ok};
 pub use http::{
     LoadResult, http_get, load, raw_get, through_controller, through_ingress,
     through_ingress_within, traefik_addr,
 };
 pub use node::{
     DIND_CONTAINER, Deployment, SIDECAR_CONTAINER, container, kill_container, node_lock, pod_ready,
-    projected_token,
+    projected_token, sidecar_image,
 };
 pub use objects::{
     ingress_hosts, ingresses_of, project_selector, services_of, target_ports, wait_exposed,
     wait_gone,
 };
-pub use pod::{ComposeVersion, RunnerPod, unique_namespace};
+pub use pod::{ComposeVersion, RunnerPod, pod_bound_token, unique_namespace};
 pub use proxy::ApiProxy;
 pub use sidecar::{
-    DOMAIN, Launch, POD_PROXY_PORT, Sidecar, TRAEFIK_RBAC, domain, free_port, sidecar_kubeconfig,
-    sidecar_kubeconfig_via, stop_process,
+    DOMAIN, Launch, POD_PROXY_PORT, POD_SCOPE_RBAC, Sidecar, TRAEFIK_RBAC, domain, free_port,
+    sidecar_kubeconfig, sidecar_kubeconfig_via, stop_process,
 };
 pub use wait::{CONVERGE, eventually};

@@ -69,6 +69,25 @@ impl<'a> Deployment<'a> {
         }
     }
 
+    /// What an operator makes before installing by other means than deploy/ (the Helm chart):
+    /// the namespace and the wildcard certificate Secret of `overlay`'s settings
+    /// (`deploy.sh tls`). Nothing is deployed; the namespace goes when this is dropped.
+    pub fn prepare(bed: &'a Bed, namespace: &str, overlay: &str) -> Self {
+        let domain = format!("{namespace}.bed.test");
+        let out = Command::new(script())
+            .args(["tls", namespace, overlay, &domain])
+            .env("TESTBED_DIR", &bed.dir)
+            .output()
+            .expect("run tests/testbed/deploy.sh");
+        let env = parse_env(&ok(out, &format!("deploy.sh tls {namespace} {overlay}")));
+        Deployment {
+            bed,
+            namespace: namespace.to_string(),
+            domain,
+            tls_ca: PathBuf::from(&env["TLS_CA"]),
+        }
+    }
+
     /// `kubectl -n NAMESPACE ARGS...`, asserting success; returns stdout.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let mut all = vec!["-n", &self.namespace];
@@ -241,6 +260,17 @@ impl<'a> Deployment<'a> {
     pub fn host(&self, label: &str) -> String {
         format!("{label}.{}", self.domain)
     }
+}
+
+/// The sidecar image built from the project's Dockerfile and imported into the node's
+/// containerd (`deploy.sh image`, what `deploy.sh apply` uses): `compose-ingress:<digest>`.
+pub fn sidecar_image(bed: &Bed) -> String {
+    let out = Command::new(script())
+        .arg("image")
+        .env("TESTBED_DIR", &bed.dir)
+        .output()
+        .expect("run tests/testbed/deploy.sh");
+    parse_env(&ok(out, "deploy.sh image"))["SIDECAR_IMAGE"].clone()
 }
 
 /// The namespace goes when the test ends, passed or failed: the next deployment needs the node's

@@ -182,26 +182,12 @@ impl RunnerPod {
     }
 
     /// Sets up the sidecar's ServiceAccount, Role and RoleBinding from `deploy/base/rbac.yaml`
-    /// in this pod's namespace and returns a token for that ServiceAccount.
+    /// in this pod's namespace and returns a token for that ServiceAccount, bound to this pod as
+    /// the kubelet's projected token is (its user info names the pod, which the admission guard
+    /// of deploy/admission checks).
     pub async fn sidecar_token(&self, admin: &kube::Client) -> String {
         self.grant(admin, "deploy/base/rbac.yaml").await;
-        let pp = PostParams::default();
-        let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), &self.namespace);
-        let request = k8s_openapi::api::authentication::v1::TokenRequest {
-            spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
-                expiration_seconds: Some(24 * 3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let token = api
-            .create_token_request("compose-ingress", &pp, &request)
-            .await
-            .expect("token request for the sidecar's ServiceAccount");
-        token
-            .status
-            .and_then(|s| s.token)
-            .expect("token in the TokenRequest status")
+        pod_bound_token(admin, &self.namespace, &self.name, &self.uid).await
     }
 
     /// Creates the ServiceAccount, Roles and RoleBindings of one of deploy/'s RBAC files (path
@@ -308,4 +294,40 @@ impl Bed {
             netns: env["NETNS"].clone(),
         }
     }
+}
+
+/// A token of the sidecar's ServiceAccount (`compose-ingress`) bound to the Pod `pod` (uid
+/// `uid`) of `namespace`, as `kubectl create token --bound-object-kind Pod` makes one: valid while
+/// that pod exists, its user info carrying the pod's name and uid.
+pub async fn pod_bound_token(
+    admin: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+) -> String {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(24 * 3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".to_string()),
+                kind: Some("Pod".to_string()),
+                name: Some(pod.to_string()),
+                uid: Some(uid.to_string()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = api
+        .create_token_request("compose-ingress", &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token of compose-ingress bound to pod {pod}: {e}"));
+    token
+        .status
+        .and_then(|s| s.token)
+        .expect("token in the TokenRequest status")
 }

@@ -265,6 +265,7 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
 
         let sts = statefulset(&docs);
         assert_sidecar(&sts, dir);
+        assert_api_port_policy(&docs, &sts, dir);
         match dir {
             "overlays/ingress" => {
                 let c = sidecar(&sts);
@@ -308,6 +309,80 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
     ok(
         kubectl(bed, &["delete", "namespace", &ns, "--wait=false"], None),
         "delete namespace",
+    );
+}
+
+/// The NetworkPolicy of the sidecar's port: it selects the runner pods, leaves every other port
+/// open to all, and opens the sidecar's port (its containerPort `metrics`) to one selected peer
+/// only (the operator's monitoring). The bed's CNI does not enforce NetworkPolicy, so this is
+/// what can be checked: the object, accepted by the apiserver with the rest, and its selectors.
+fn assert_api_port_policy(docs: &[serde_json::Value], sts: &StatefulSet, dir: &str) {
+    let policies = of_kind(docs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "deploy/{dir}: one NetworkPolicy");
+    let spec = &policies[0]["spec"];
+    let labels = serde_json::to_value(
+        sts.spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .expect("pod template labels"),
+    )
+    .expect("labels");
+    let selected = spec["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("a podSelector by labels");
+    assert!(
+        selected.iter().all(|(k, v)| labels[k] == *v),
+        "deploy/{dir}: the NetworkPolicy selects the runner pods ({labels})"
+    );
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    let api_port = sidecar(sts)
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("the sidecar's metrics port")
+        .container_port;
+    let covers = |port: &serde_json::Value| {
+        let start = port["port"].as_i64().expect("a numbered port");
+        let end = port["endPort"].as_i64().unwrap_or(start);
+        port["protocol"] == "TCP" && (start..=end).contains(&i64::from(api_port))
+    };
+    let rules = spec["ingress"].as_array().expect("ingress rules");
+    for rule in rules {
+        let ports = rule["ports"]
+            .as_array()
+            .expect("every rule names its ports");
+        if ports.iter().any(covers) {
+            let from = rule["from"]
+                .as_array()
+                .expect("the API port only from selected peers");
+            assert!(
+                !from.is_empty() && from.iter().all(|f| f.get("ipBlock").is_none()),
+                "deploy/{dir}: port {api_port} from selected pods only: {rule}"
+            );
+        }
+    }
+    // Every other TCP port stays open to all (a composition's published port, the proxy).
+    let open = |port: i32| {
+        rules.iter().any(|r| {
+            r.get("from").is_none()
+                && r["ports"].as_array().is_some_and(|ps| {
+                    ps.iter().any(|p| {
+                        let start = p["port"].as_i64().unwrap_or(0);
+                        let end = p["endPort"].as_i64().unwrap_or(start);
+                        p["protocol"] == "TCP" && (start..=end).contains(&i64::from(port))
+                    })
+                })
+        })
+    };
+    for port in [1, 80, 9101, 9103, 9180, 32768, 65535] {
+        assert!(open(port), "deploy/{dir}: TCP port {port} open to all");
+    }
+    assert!(
+        !open(api_port),
+        "deploy/{dir}: port {api_port} not open to all"
     );
 }
 

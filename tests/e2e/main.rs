@@ -17,6 +17,7 @@ mod first_errors;
 mod frozen_apiserver;
 mod hardening;
 mod health;
+mod helm;
 mod node;
 mod operability;
 mod pod_scope;

@@ -7,11 +7,12 @@
 //!
 //! The node's CPU holds one deployment at a time: every test here holds `node_lock()`.
 
+use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Resource;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 
 use testbed::{
     CONVERGE, DIND_CONTAINER, Deployment, ENABLE, SIDECAR_CONTAINER, bed, compose_file, container,
@@ -123,6 +124,42 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
     // The sidecar's token (what the kubelet projected for it) is nowhere in dind's file system,
     // nor in a job's container that mounts all of it.
     let token = projected_token(bed, &pod);
+    // The kubelet's token is pod-bound: its user info names the pod, which the admission guard
+    // (deploy/admission) ties every object the token writes to.
+    let review: TokenReview = serde_json::from_value(serde_json::json!({
+        "spec": {"token": token.trim()}
+    }))
+    .expect("a TokenReview");
+    let reviewed = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("review the sidecar's token");
+    let user = reviewed
+        .status
+        .and_then(|s| s.user)
+        .expect("the token is valid");
+    let extra = user.extra.unwrap_or_default();
+    assert_eq!(
+        extra.get("authentication.kubernetes.io/pod-name"),
+        Some(&vec!["runner-0".to_string()]),
+        "the sidecar's token is bound to its pod"
+    );
+    // deploy/'s NetworkPolicy for :9102 is applied with the rest, and selects the runner pods
+    // (the bed's CNI does not enforce it; docs/security.md says what does).
+    let policy = d.kubectl(&[
+        "get",
+        "networkpolicy",
+        "runner-sidecar-api",
+        "-o",
+        "jsonpath={.spec.podSelector.matchLabels}",
+    ]);
+    let selector: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&policy).expect("the NetworkPolicy's selector");
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    assert!(
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the NetworkPolicy selects runner-0: {selector:?} vs {labels:?}"
+    );
     let payload = token.split('.').nth(1).expect("the token is a JWT");
     let search = d.exec_dind(
         "runner-0",

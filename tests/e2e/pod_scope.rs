@@ -20,7 +20,7 @@ use crate::policies::{protoecho, protoecho_client};
 const V2: ComposeVersion = ComposeVersion::V2;
 
 /// The host of a composition's port in pod scope: one label under the pod's.
-fn host(service: &str, port: u16, project: &str, pod: &RunnerPod) -> String {
+pub(crate) fn host(service: &str, port: u16, project: &str, pod: &RunnerPod) -> String {
     format!(
         "{service}-{port}-{project}.{}.{}",
         pod.name,
@@ -42,7 +42,7 @@ fn through_traefik(host: &str, path: &str) -> (u16, String) {
 }
 
 /// Waits until Traefik answers `host` with `status`; returns the body.
-async fn answers(host: &str, status: u16) -> String {
+pub(crate) async fn answers(host: &str, status: u16) -> String {
     eventually(
         &format!("Traefik answers {host} with {status}"),
         CONVERGE,
@@ -100,7 +100,7 @@ fn sidecar_writes(ns: &str) -> Vec<String> {
         .collect()
 }
 
-async fn start(pod: &RunnerPod, flags: &[&str]) -> Sidecar {
+pub(crate) async fn start(pod: &RunnerPod, flags: &[&str]) -> Sidecar {
     let trusted = controller_address(pod);
     let mut all = vec!["--trusted-proxies", trusted.as_str()];
     all.extend_from_slice(flags);

@@ -4,7 +4,7 @@
 # versions (go.mod + go.sum + Go version). A warm run finds them and builds nothing; a cold
 # run (fresh machine) builds everything, which takes minutes: progress is printed.
 #
-# usage: build.sh [kube|etcd|traefik|contour|compose|containerd|moby|runc|protoecho ...]   (default: kube etcd traefik)
+# usage: build.sh [kube|etcd|traefik|contour|compose|containerd|moby|runc|protoecho|helm ...]   (default: kube etcd traefik)
 # prints nothing on stdout but "NAME=DIR" lines, one per component, DIR holding its binaries.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,7 +35,10 @@ packages_of() {
     runc) echo github.com/opencontainers/runc ;;
     # The bed's own gRPC (h2c) and WebSocket backend and client (tests/testbed/go/protoecho).
     protoecho) echo . ;;
-    *) log "unknown component '$1' (known: kube etcd traefik contour compose containerd moby runc protoecho)"; exit 2 ;;
+    # deploy/helm's chart is linted, rendered and installed with it (tests/e2e/helm.rs). Only the
+    # command: the cold CI budget has no room for more of Helm's module.
+    helm) echo helm.sh/helm/v4/cmd/helm ;;
+    *) log "unknown component '$1' (known: kube etcd traefik contour compose containerd moby runc protoecho helm)"; exit 2 ;;
   esac
 }
 
@@ -80,6 +83,8 @@ ldflags_of() {
     # `contour version` prints it (BENCHMARKS.md records it).
     contour) echo "-X github.com/projectcontour/contour/internal/build.Version=$(version_in contour github.com/projectcontour/contour)" ;;
     runc) echo "-X main.version=$(version_in runc github.com/opencontainers/runc | sed 's/^v//')" ;;
+    # Without it `helm version` says v4.3 (the module's default), not the release pinned.
+    helm) echo "-X helm.sh/helm/v4/internal/version.version=$(version_in helm helm.sh/helm/v4) -X helm.sh/helm/v4/internal/version.gitTreeState=clean" ;;
     *) echo "" ;;
   esac
 }

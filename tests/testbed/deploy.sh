@@ -10,6 +10,9 @@
 #       what a user changes: the image references, the domain and the ingress class; plus the
 #       wildcard certificate Secret a user creates (self-signed here). Applied with
 #       `kubectl kustomize DIR | kubectl apply -n NAMESPACE -f -`, as docs/install.md says.
+#   deploy.sh tls NAMESPACE OVERLAY DOMAIN
+#       only the namespace and the wildcard certificate Secret apply creates (for a Helm install);
+#       prints TLS_CA=<the certificate>
 #   deploy.sh delete NAMESPACE     deletes the namespace (and waits for it to be gone)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -85,9 +88,19 @@ YAML
     - {op: replace, path: /spec/listeners/0/hostname, value: "*.$domain"}
 YAML
   fi
+  tls "$ns" "$overlay" "$domain"
+  kubectl_bed kustomize "$dir" | kubectl_bed apply -n "$ns" -f - >&2
+  echo "TLS_CA=$dir/tls.crt"
+}
+
+# The namespace and the wildcard certificate a user creates (e.g. with cert-manager);
+# self-signed here. Pod scope: one certificate listing *.<pod>.<domain> for every ordinal of the
+# overlay's StatefulSet. Also what a Helm install (tests/e2e/helm.rs) needs before `helm install`.
+tls() {
+  local ns=$1 overlay=$2 domain=$3
+  local dir=$TESTBED_DIR/deploy/$ns
+  mkdir -p "$dir"
   kubectl_bed get namespace "$ns" >/dev/null 2>&1 || kubectl_bed create namespace "$ns" >/dev/null
-  # The wildcard certificate a user creates (e.g. with cert-manager); self-signed here. Pod scope:
-  # one certificate listing *.<pod>.<domain> for every ordinal of the overlay's StatefulSet.
   local secret=wildcard-composition-tls names="DNS:*.$domain" cn="*.$domain"
   if [ "$overlay" = pod-scope ]; then
     secret=wildcard-pods-tls names="DNS:*.runner-0.$domain,DNS:*.runner-1.$domain" cn="*.runner-0.$domain"
@@ -97,13 +110,12 @@ YAML
       -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
     kubectl_bed -n "$ns" create secret tls "$secret" --cert "$dir/tls.crt" --key "$dir/tls.key" >/dev/null
   fi
-  kubectl_bed kustomize "$dir" | kubectl_bed apply -n "$ns" -f - >&2
-  echo "TLS_CA=$dir/tls.crt"
 }
 
 case ${1:-} in
   image) image ;;
   apply) [ $# -eq 4 ] || die "usage: deploy.sh apply NAMESPACE OVERLAY DOMAIN"; apply "$2" "$3" "$4" ;;
+  tls) [ $# -eq 4 ] || die "usage: deploy.sh tls NAMESPACE OVERLAY DOMAIN"; tls "$2" "$3" "$4"; echo "TLS_CA=$TESTBED_DIR/deploy/$2/tls.crt" ;;
   delete) [ $# -eq 2 ] || die "usage: deploy.sh delete NAMESPACE"; kubectl_bed delete namespace "$2" --wait=true --timeout=300s >/dev/null; rm -rf "$TESTBED_DIR/deploy/$2" ;;
-  *) die "usage: deploy.sh image | apply NAMESPACE OVERLAY DOMAIN | delete NAMESPACE" ;;
+  *) die "usage: deploy.sh image | apply NAMESPACE OVERLAY DOMAIN | tls NAMESPACE OVERLAY DOMAIN | delete NAMESPACE" ;;
 esac

@@ -98,6 +98,10 @@ create() {
     [ $SECONDS -lt $sa_deadline ] || die "namespace $ns got no default ServiceAccount within 120s (is kube-controller-manager running? $LOGS/kube-controller-manager.log)"
     sleep 0.2
   done
+  # The pod runs as the sidecar's ServiceAccount, as deploy/'s StatefulSet does: the sidecar's
+  # token is bound to this pod (testbed/src/pod.rs), and only a pod of the account gets one.
+  kubectl_bed -n "$ns" get serviceaccount compose-ingress >/dev/null 2>&1 \
+    || kubectl_bed -n "$ns" create serviceaccount compose-ingress >/dev/null 2>&1 || true
   kubectl_bed apply -f - >/dev/null <<POD
 apiVersion: v1
 kind: Pod
@@ -107,6 +111,7 @@ metadata:
   labels: {app.kubernetes.io/name: runner, statefulset.kubernetes.io/pod-name: $pod}
 spec:
   nodeName: $NODE_NAME
+  serviceAccountName: compose-ingress
   automountServiceAccountToken: false
   containers:
   - {name: dind, image: "docker:dind"}

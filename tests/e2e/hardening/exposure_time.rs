@@ -97,3 +97,35 @@ async fn a_composition_is_unrouted_at_the_end_of_its_ttl_and_stays_so() {
     .await;
     assert_eq!(refused["reasons"][0]["reason"], "invalid-ttl", "{refused}");
 }
+
+/// The pod scope shares the plan and its timing: at the end of `--max-exposure` the proxy
+/// stops serving the composition (its host is then unknown to it: 404), `/exposures` says
+/// `expired`. Seen failing on the old code: the flag did not exist (and with the expiry
+/// disabled the host kept answering 200).
+#[tokio::test]
+async fn in_pod_scope_the_proxy_stops_serving_at_the_end_of_the_maximum_exposure() {
+    let ns = testbed::unique_namespace("pod-ttl");
+    let pod = bed().runner_pod(&ns, "runner-0");
+    let sidecar = crate::pod_scope::start(&pod, &["--max-exposure", "30s"]).await;
+    pod.compose(
+        "brief",
+        &compose_file(&[web("web", "brief-page", 80, "80", &[ENABLE])]),
+        &["up", "-d"],
+    );
+    let url = crate::pod_scope::host("web", 80, "brief", &pod);
+    assert_eq!(
+        crate::pod_scope::answers(&url, 200).await.trim(),
+        "brief-page"
+    );
+    crate::pod_scope::answers(&url, 404).await;
+    let state = eventually("expired in /exposures", CONVERGE, || async {
+        state_of(&sidecar.exposures(), "brief").filter(|s| s["state"] == "expired")
+    })
+    .await;
+    assert!(
+        state["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exposure time ended")),
+        "{state}"
+    );
+}

@@ -1,8 +1,12 @@
 //! Issue #27 (sections 2-4), on the bed: rules that held only on paper before. Each test was
 //! seen failing on the code before its fix (the commit that added it says how).
 
+mod bounds;
 mod exposure_time;
+mod flaps;
 mod hosts;
+mod policies;
+mod probes;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};

@@ -1,0 +1,73 @@
+//! Every field a job controls that reaches a log line, a refusal or the hint channel is
+//! bounded: a long unknown label key and an over-long project name.
+
+use testbed::{CONVERGE, Sidecar, bed, eventually};
+
+use super::setup;
+use crate::SIDECAR;
+use crate::operability::Endpoints;
+
+/// A container with an unknown `compose-ingress.*` key of 4 KiB, and one whose project label
+/// is 2 KiB long: the refusal's log line shows the key cut to 80 characters, and the
+/// composition's key in the log lines and `/exposures` is a shortened one (start, marker,
+/// hash), refused as a name. Seen failing with the raw key and name (4 KiB in the log line).
+#[tokio::test]
+async fn long_label_keys_and_project_names_are_bounded_in_logs_and_exposures() {
+    let (_ns, pod, _admin) = setup("bounds").await;
+    let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
+    let long_key = format!("compose-ingress.{}", "k".repeat(4096));
+    let long_project = "p".repeat(2048);
+    for (name, labels) in [
+        (
+            "typo",
+            vec![
+                "com.docker.compose.project=typo".to_string(),
+                "com.docker.compose.service=web".to_string(),
+                "compose-ingress.enable=true".to_string(),
+                format!("{long_key}=1"),
+            ],
+        ),
+        (
+            "longname",
+            vec![
+                format!("com.docker.compose.project={long_project}"),
+                "com.docker.compose.service=web".to_string(),
+                "compose-ingress.enable=true".to_string(),
+            ],
+        ),
+    ] {
+        let mut args = vec!["run", "-d", "--name", name, "-p", "80"];
+        for l in &labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        args.extend(["compose-ingress-test/busybox:1", "sleep", "3600"]);
+        let out = pod.docker_cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = sidecar.wait_log("label refused").await;
+    let label = line["label"].as_str().expect("a label field");
+    assert!(label.starts_with("compose-ingress.kkk"), "{line}");
+    assert!(label.chars().count() <= 80, "{} characters", label.len());
+    let refused = eventually("the long name refused", CONVERGE, || async {
+        sidecar.exposures()["compositions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("ppp")))
+            .cloned()
+    })
+    .await;
+    let key = refused["name"].as_str().unwrap_or_default();
+    assert!(key.len() < 100, "a {}-byte key in /exposures", key.len());
+    assert_eq!(
+        refused["reasons"][0]["reason"], "invalid-project-name",
+        "{refused}"
+    );
+    assert!(
+        sidecar.logs().lines().all(|l| l.len() < 4096),
+        "no log line carries the 4 KiB key or the 2 KiB name"
+    );
+}
