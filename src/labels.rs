@@ -79,9 +79,12 @@ pub struct ServiceExposure {
     pub(crate) enabled: bool,
     /// `None`: every published TCP port.
     pub(crate) ports: Option<Vec<u16>>,
-    /// Empty: hosts come from the template. kompose allows several hosts, hence a list; the
-    /// planner only accepts chosen hosts for a service with exactly one exposed port.
+    /// Empty: hosts come from the template. kompose allows several hosts, hence a list; as in
+    /// kompose, chosen hosts route to the service's first exposed port.
     pub hosts: Vec<ChosenHost>,
+    /// The template hosts too, beside chosen ones: kompose's `true` entry in a host list
+    /// (`kompose.service.expose: "true,host1"`), its rule without a host.
+    pub(crate) template_hosts: bool,
     /// Path prefix for template hosts and for `compose-ingress.host`.
     pub path: String,
     pub rate_limit_rps: Option<u32>,
@@ -110,6 +113,7 @@ impl ServiceExposure {
             enabled: false,
             ports: None,
             hosts: Vec::new(),
+            template_hosts: true,
             path: "/".to_string(),
             rate_limit_rps: None,
             class: None,
@@ -279,16 +283,27 @@ fn parse_host(ctx: &mut Ctx<'_>, value: &str, domain: &str) -> Option<String> {
     None
 }
 
-/// `kompose.service.expose=host[/path][,host[/path]...]`, every host `<label>.<domain>`.
+/// `kompose.service.expose=host[/path][,host[/path]...]`, every host `<label>.<domain>`; a
+/// `true` entry asks for the template hosts too (kompose: a rule without a host). Entries are
+/// split as kompose splits them (commas, with any spaces and empty entries between them).
+/// Returns the chosen hosts and whether a `true` entry was among them.
 fn parse_kompose_hosts(
     ctx: &mut Ctx<'_>,
     value: &str,
     domain: &str,
     default_path: &str,
-) -> Vec<ChosenHost> {
+) -> (Vec<ChosenHost>, bool) {
     let mut hosts = Vec::new();
+    let mut template = false;
     for entry in value.split(',') {
         let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        if parse_bool(entry) == Some(true) {
+            template = true;
+            continue;
+        }
         let (host, path) = match entry.find('/') {
             Some(i) => (&entry[..i], entry[i..].to_string()),
             None => (entry, default_path.to_string()),
@@ -320,7 +335,7 @@ fn parse_kompose_hosts(
             }
         }
     }
-    hosts
+    (hosts, template)
 }
 
 fn parse_rps(ctx: &mut Ctx<'_>, value: &str, max: Option<u32>) -> Option<u32> {
@@ -541,10 +556,14 @@ pub fn parse_service_labels(
             source: HOST,
         });
     }
+    let mut template_hosts = hosts.is_empty();
     if let Some(v) = kompose_expose
         && parse_bool(v).is_none()
     {
-        hosts.extend(parse_kompose_hosts(&mut ctx, v, &settings.domain, &path));
+        let (chosen, template) = parse_kompose_hosts(&mut ctx, v, &settings.domain, &path);
+        // `true,host1`: the template hosts and host1; `host1`: host1 only.
+        template_hosts = (template_hosts && chosen.is_empty()) || template;
+        hosts.extend(chosen);
     }
     hosts.sort();
     hosts.dedup_by(|a, b| a.label == b.label && a.path == b.path);
@@ -596,7 +615,19 @@ pub fn parse_service_labels(
 
     let tls_secret = value(KOMPOSE_TLS_SECRET).and_then(|v| {
         let v = v.trim();
-        if settings.allowed_tls_secrets.iter().any(|s| s == v) {
+        // kompose's `true`: TLS with the default certificate, here the operator's.
+        if v == "true" {
+            if settings.tls_secret.is_none() {
+                ctx.refuse(
+                    KOMPOSE_TLS_SECRET,
+                    v,
+                    Reason::TlsSecretNotAllowed,
+                    "`true` asks for the operator's default TLS secret, and the operator set none \
+                     (--tls-secret); name a secret of the allow-list, or remove the label",
+                );
+            }
+            settings.tls_secret.clone()
+        } else if settings.allowed_tls_secrets.iter().any(|s| s == v) {
             Some(v.to_string())
         } else {
             let fix = if settings.allowed_tls_secrets.is_empty() {
@@ -660,6 +691,7 @@ pub fn parse_service_labels(
         enabled,
         ports,
         hosts,
+        template_hosts,
         path,
         rate_limit_rps,
         class,
@@ -902,13 +934,17 @@ mod tests {
     #[test]
     fn kompose_expose_true_and_hosts() {
         let e = parse(&[(KOMPOSE_EXPOSE, "true")]).unwrap();
-        assert!(e.enabled && e.hosts.is_empty());
+        assert!(e.enabled && e.hosts.is_empty() && e.template_hosts);
+        // kompose's list with `true`: the template hosts and the chosen ones.
+        let e = parse(&[(KOMPOSE_EXPOSE, "true,a.composition.example.com")]).unwrap();
+        assert!(e.template_hosts);
+        assert_eq!(e.hosts.len(), 1);
         let e = parse(&[(
             KOMPOSE_EXPOSE,
             "a.composition.example.com/api, b.composition.example.com",
         )])
         .unwrap();
-        assert!(e.enabled);
+        assert!(e.enabled && !e.template_hosts);
         assert_eq!(
             e.hosts,
             vec![
@@ -944,6 +980,23 @@ mod tests {
             (KOMPOSE_TLS_SECRET, "kube-system-secret"),
         ]);
         assert_eq!(r[0].reason, Reason::TlsSecretNotAllowed);
+        // kompose's `true`: TLS with the default certificate, the operator's.
+        let e = parse(&[(KOMPOSE_EXPOSE, "true"), (KOMPOSE_TLS_SECRET, "true")]).unwrap();
+        assert_eq!(e.tls_secret.as_deref(), Some("wildcard-tls"));
+    }
+
+    #[test]
+    fn tls_secret_true_without_an_operator_default_is_refused_with_the_fix() {
+        let mut s = settings();
+        s.tls_secret = None;
+        let labels: BTreeMap<String, String> =
+            [(KOMPOSE_EXPOSE, "true"), (KOMPOSE_TLS_SECRET, "true")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let r = parse_service_labels("c", "web", &labels, &s).expect_err("no default secret");
+        assert_eq!(r[0].reason, Reason::TlsSecretNotAllowed);
+        assert!(r[0].message.contains("--tls-secret"), "{}", r[0].message);
     }
 
     #[test]

@@ -493,16 +493,15 @@ crate::variants::with_all! {
         RateLimitAboveMax,
         /// A class outside the operator's allow-list.
         ClassNotAllowed,
-        /// Two services (or two labels) choose different classes for the one route object.
+        /// Two labels of one service choose different classes, or a service wants another class
+        /// than a service routed on the same host (one host, one controller).
         ClassConflict,
         /// A TLS secret outside the operator's allow-list.
         TlsSecretNotAllowed,
-        /// Two services choose different TLS secrets for the one route object.
+        /// A service wants another TLS secret than a service routed on the same host.
         TlsSecretConflict,
         /// `compose-ingress.ports` names a port that is not published over TCP.
         PortNotPublished,
-        /// A chosen host on a service that exposes several ports.
-        HostNeedsOnePort,
         /// The operator's `--host-template` does not render to a DNS label for this service.
         InvalidHostTemplate,
         /// Another service of the same composition already routes this host and path.
@@ -562,7 +561,6 @@ impl Reason {
             Reason::TlsSecretNotAllowed => "tls-secret-not-allowed",
             Reason::TlsSecretConflict => "tls-secret-conflict",
             Reason::PortNotPublished => "port-not-published",
-            Reason::HostNeedsOnePort => "host-needs-one-port",
             Reason::InvalidHostTemplate => "invalid-host-template",
             Reason::HostTakenInComposition => "host-taken-in-composition",
             Reason::HostTaken => "host-taken",
@@ -707,6 +705,12 @@ pub struct Backend {
     pub(crate) ready: bool,
     /// The container's health as Docker reports it (for `/exposures` and `wait`).
     pub(crate) health: Health,
+    /// The ingress class of its route: its service's label, else the operator's
+    /// (`--ingress-class`). Per service, as in kompose: services of one composition that differ
+    /// get an Ingress each.
+    pub(crate) class: Option<String>,
+    /// The TLS secret of its route: its service's label, else the operator's (`--tls-secret`).
+    pub(crate) tls_secret: Option<String>,
 }
 
 /// Everything one composition needs in the cluster, or nothing when `backends` is empty.
@@ -714,14 +718,12 @@ pub struct Backend {
 pub struct DesiredComposition {
     /// The composition's name as Docker reports it (the compose project name, raw).
     pub name: String,
-    /// Deterministic object name shared by the Service and the Ingress/HTTPRoute.
+    /// Deterministic object name shared by the Service and the (first) Ingress/HTTPRoute.
     pub object_name: String,
     /// Sorted by (service, container_port, ...); (host, path) pairs unique. One host may carry
     /// several paths, and one (service, container port) several hosts (kompose host lists).
     pub backends: Vec<Backend>,
-    pub(crate) class: Option<String>,
     pub(crate) rate_limit_rps: Option<u32>,
-    pub(crate) tls_secret: Option<String>,
     /// The access policy of the composition (a name of `PlanSettings::access`); `None`: public.
     pub(crate) access: Option<String>,
 }

@@ -36,12 +36,14 @@ pub(crate) const TEMPLATE_SOURCE: &str = "--host-template";
 /// - Only published TCP ports count. A service without one is simply not exposed.
 /// - Opted-in services with a created but not yet started container and no running one are
 ///   listed in `awaiting_start` (Compose v2 creates every container before it starts them).
-/// - Hosts come from the template unless a label chose one; a chosen host needs exactly one
-///   exposed port. When two backends claim the same host and path, the first in (service,
-///   container port) order keeps it and the others are refused.
-/// - The composition's class and TLS secret are the ones labels chose if all exposing services
-///   agree (later disagreeing services are refused), else the operator's; the rate limit is the
-///   minimum of the operator's default and every label.
+/// - Hosts come from the template unless a label chose one (or kompose's `true` entry asks for
+///   both); a chosen host routes to the service's first exposed port, as in kompose. When two
+///   backends claim the same host and path, the first in (service, container port) order keeps
+///   it and the others are refused.
+/// - Class and TLS secret are per service, as in kompose (the label's, else the operator's):
+///   services that differ get route objects of their own; backends on one host must agree
+///   (the first keeps the host). The rate limit is the minimum of the operator's default and
+///   every label.
 pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan {
     if let Some(refusal) = project_name_refusal(&composition.name) {
         return Plan {
@@ -53,8 +55,6 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
     }
     let mut refusals = Vec::new();
     let mut accepted: Vec<Accepted> = Vec::new();
-    let mut class: Option<(String, String)> = None; // (class, service that chose it)
-    let mut tls: Option<(String, String)> = None;
     let mut access: Option<(String, String)> = None;
 
     let running = group_services(composition, settings, ContainerState::Running);
@@ -79,29 +79,9 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
         match exposed_ports(&service, container, &exposure, settings.pod_ip) {
             Ok(ports) if ports.is_empty() => continue,
             Ok(ports) => {
-                if let Some(r) = agree(
-                    &mut class,
-                    exposure.class.as_deref(),
-                    &service,
-                    container,
-                    "class",
-                ) {
-                    refusals.push(r);
-                    continue;
-                }
-                if let Some(r) = agree(
-                    &mut tls,
-                    exposure.tls_secret.as_deref(),
-                    &service,
-                    container,
-                    "tls",
-                ) {
-                    refusals.push(r);
-                    continue;
-                }
-                // Unlike the class, a service without the label does not take another's
-                // choice: it wants the default, so that one `public` label cannot open its
-                // neighbours.
+                // The route has one access policy, and a service without the label does not
+                // take another's choice: it wants the default, so that one `public` label
+                // cannot open its neighbours. (Class and TLS secret are per service: below.)
                 if let Some(r) = agree(
                     &mut access,
                     Some(effective_access(&exposure, settings)),
@@ -152,9 +132,21 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
             // passes, unless its service opted out.
             b.ready = !a.exposure.health_gate
                 || matches!(a.container.health, Health::None | Health::Healthy);
+            // Per service, as kompose has them: the service's choice, else the operator's.
+            b.class = a
+                .exposure
+                .class
+                .clone()
+                .or_else(|| settings.ingress_class.clone());
+            b.tls_secret = a
+                .exposure
+                .tls_secret
+                .clone()
+                .or_else(|| settings.tls_secret.clone());
         }
     }
     refusals.append(&mut host_refusals);
+    refusals.append(&mut one_route_per_host(&mut backends, &accepted));
     refusals.sort_by(|a, b| {
         (
             &a.service,
@@ -193,8 +185,6 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
         .filter_map(|e| e.rate_limit_rps)
         .chain(settings.default_rps)
         .min();
-    let chosen_class = live_exposures().find_map(|e| e.class.clone());
-    let chosen_tls = live_exposures().find_map(|e| e.tls_secret.clone());
     let access = live_exposures()
         .map(|e| effective_access(e, settings))
         .find(|a| *a != PUBLIC_POLICY)
@@ -228,9 +218,7 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
             name: composition.name.clone(),
             object_name: naming::object_name(&settings.pod_name, &composition.name),
             backends,
-            class: chosen_class.or_else(|| settings.ingress_class.clone()),
             rate_limit_rps,
-            tls_secret: chosen_tls.or_else(|| settings.tls_secret.clone()),
             access,
         }),
         refusals,
@@ -394,31 +382,9 @@ fn exposed_ports(
                 .collect()
         }
     };
-    if let Some(first) = exposure.hosts.first()
-        && ports.len() > 1
-    {
-        let list: Vec<String> = ports.iter().map(|(c, _)| c.to_string()).collect();
-        return Err(Box::new(labels::refusal(
-            &container.name,
-            service,
-            first.source,
-            container
-                .labels
-                .get(first.source)
-                .map_or("", String::as_str),
-            Reason::HostNeedsOnePort,
-            &format!(
-                "a chosen host routes to one port, but this service exposes ports {}; set {}=<one of them>",
-                list.join(", "),
-                labels::PORTS
-            ),
-        )));
-    }
     Ok(ports)
 }
 
-/// First service to choose a class (or TLS secret) sets it for the composition; a later service
-/// choosing another one is refused, because one Ingress has one class and one TLS secret.
 /// Fail closed: a composition whose access policy its routes would not carry whole (see
 /// `AccessPolicy::gap`) is refused whole rather than exposed without it. Composition scope only
 /// (the pod scope's proxy enforces its own policies, checked at start-up).
@@ -458,6 +424,8 @@ fn effective_access<'a>(exposure: &'a ServiceExposure, settings: &'a PlanSetting
         .unwrap_or(PUBLIC_POLICY)
 }
 
+/// The first service's access policy is the composition's; a later service wanting another
+/// is refused, because the route has one policy.
 fn agree(
     current: &mut Option<(String, String)>,
     wanted: Option<&str>,
@@ -472,35 +440,61 @@ fn agree(
             None
         }
         Some((have, _)) if have == wanted => None,
-        Some((have, owner)) => {
-            let (label, reason, noun) = if what == "class" {
-                let label = if container.labels.contains_key(labels::CLASS) {
-                    labels::CLASS
-                } else {
-                    labels::KOMPOSE_CLASS
-                };
-                (label, Reason::ClassConflict, "class")
-            } else if what == "access" {
-                (labels::ACCESS, Reason::AccessConflict, "access policy")
-            } else {
-                (
-                    labels::KOMPOSE_TLS_SECRET,
-                    Reason::TlsSecretConflict,
-                    "TLS secret",
-                )
-            };
-            Some(labels::refusal(
-                &container.name,
-                service,
-                label,
-                wanted,
-                reason,
-                &format!(
-                    "the composition has one {noun} and service `{owner}` already chose `{have}`; use the same {noun} in every service or remove the label"
-                ),
-            ))
-        }
+        Some((have, owner)) => Some(labels::refusal(
+            &container.name,
+            service,
+            labels::ACCESS,
+            wanted,
+            Reason::AccessConflict,
+            &format!(
+                "the composition has one {what} and service `{owner}` already chose `{have}`; use the same {what} in every service or remove the label"
+            ),
+        )),
     }
+}
+
+/// One host is served by one controller with one certificate: the backends of a host must have
+/// one class and one TLS secret. The first backend of a host (in (service, port) order) keeps
+/// it; a later one of a service that wants another class or secret is refused (services on
+/// different hosts may differ: each (class, secret) gets a route object of its own).
+fn one_route_per_host(backends: &mut Vec<Backend>, accepted: &[Accepted<'_>]) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    let mut first: BTreeMap<String, (Option<String>, Option<String>, String)> = BTreeMap::new();
+    backends.retain(|b| {
+        let (class, tls, owner) = first
+            .entry(b.host.clone())
+            .or_insert_with(|| (b.class.clone(), b.tls_secret.clone(), b.service.clone()))
+            .clone();
+        if class == b.class && tls == b.tls_secret {
+            return true;
+        }
+        let container = accepted.iter().find(|a| a.service == b.service).map(|a| a.container);
+        let has = |label: &str| container.is_some_and(|c| c.labels.contains_key(label));
+        let (label, reason, noun, theirs, ours) = if class != b.class {
+            let label = if has(labels::CLASS) { labels::CLASS } else { labels::KOMPOSE_CLASS };
+            (label, Reason::ClassConflict, "class", class, b.class.clone())
+        } else {
+            (labels::KOMPOSE_TLS_SECRET, Reason::TlsSecretConflict, "TLS secret", tls, b.tls_secret.clone())
+        };
+        let shown = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
+        refusals.push(labels::refusal(
+            container.map_or("", |c| c.name.as_str()),
+            &b.service,
+            label,
+            container
+                .and_then(|c| c.labels.get(label))
+                .map_or("", String::as_str),
+            reason,
+            &format!(
+                "host {} is routed to service `{owner}` with {noun} `{}`, and one host has one {noun}; this service wants `{}`: give it another host, or the same {noun}",
+                b.host,
+                shown(theirs),
+                shown(ours)
+            ),
+        ));
+        false
+    });
+    refusals
 }
 
 /// A backend before host claims: (service, container port, host port, host, path, the label
@@ -518,8 +512,8 @@ fn claim_hosts(
     // (service, container port, host port, host, path, source label or None for the template)
     let mut candidates: Vec<Candidate<'_>> = Vec::new();
     for a in accepted {
-        for &(container_port, host_port) in &a.ports {
-            if a.exposure.hosts.is_empty() {
+        for (index, &(container_port, host_port)) in a.ports.iter().enumerate() {
+            if a.exposure.template_hosts {
                 match naming::render_host_label(
                     &settings.host_template,
                     &a.service,
@@ -544,7 +538,9 @@ fn claim_hosts(
                         &format!("{e}; the operator must fix --host-template"),
                     )),
                 }
-            } else {
+            }
+            // kompose's rule: a chosen host routes to the service's first port.
+            if index == 0 {
                 for h in &a.exposure.hosts {
                     candidates.push((
                         &a.service,
@@ -632,6 +628,8 @@ fn claim_hosts(
                     protocol: None,
                     ready: true,
                     health: Health::None,
+                    class: None,
+                    tls_secret: None,
                 })
             },
         )
@@ -748,8 +746,8 @@ mod tests {
         assert!(!b.chosen_host);
         assert!((1024..61024).contains(&b.service_port));
         assert_eq!(d.object_name, naming::object_name("runner-3", "demochat"));
-        assert_eq!(d.class.as_deref(), Some("public"));
-        assert_eq!(d.tls_secret.as_deref(), Some("wildcard-tls"));
+        assert_eq!(b.class.as_deref(), Some("public"));
+        assert_eq!(b.tls_secret.as_deref(), Some("wildcard-tls"));
         assert_eq!(d.rate_limit_rps, Some(100));
     }
 
@@ -987,23 +985,34 @@ mod tests {
         );
     }
 
+    /// kompose's rule (its Ingress routes `svc.Spec.Ports[0]`): a chosen host on a service
+    /// with several ports routes to the first (the lowest), and the other ports are not routed.
     #[test]
-    fn chosen_host_needs_one_port() {
-        let p = plan(
-            &composition(vec![container(
-                "web-1",
-                "web",
-                1,
-                &[ON, (labels::HOST, "chat")],
-                &[(80, TCP, 1000), (443, TCP, 1001)],
-            )]),
-            &settings(),
-        );
-        assert_eq!(p.desired, None);
-        assert_eq!(p.refusals[0].reason, Reason::HostNeedsOnePort);
-        assert_eq!(p.refusals[0].label, labels::HOST);
-        assert!(p.refusals[0].message.contains(labels::PORTS));
-
+    fn a_chosen_host_on_several_ports_routes_the_first_as_kompose_does() {
+        for labels in [
+            vec![ON, (labels::HOST, "chat")],
+            vec![(labels::KOMPOSE_EXPOSE, "chat.composition.example.com")],
+        ] {
+            let p = plan(
+                &composition(vec![container(
+                    "web-1",
+                    "web",
+                    1,
+                    &labels,
+                    &[(443, TCP, 1001), (80, TCP, 1000)],
+                )]),
+                &settings(),
+            );
+            assert!(p.refusals.is_empty(), "{:?}", p.refusals);
+            let d = p.desired.unwrap();
+            let routes: Vec<_> = d
+                .backends
+                .iter()
+                .map(|b| (b.host.as_str(), b.container_port, b.chosen_host))
+                .collect();
+            assert_eq!(routes, [("chat.composition.example.com", 80, true)]);
+        }
+        // compose-ingress.ports picks which port is first.
         let p = plan(
             &composition(vec![container(
                 "web-1",
@@ -1016,7 +1025,44 @@ mod tests {
         );
         let d = p.desired.unwrap();
         assert_eq!(d.backends[0].host, "chat.composition.example.com");
-        assert!(d.backends[0].chosen_host);
+        assert_eq!(d.backends[0].container_port, 443);
+    }
+
+    /// `kompose.service.expose: "true,host1,host2"`: kompose's rule without a host (here the
+    /// template hosts) and the two chosen hosts.
+    #[test]
+    fn kompose_true_in_a_host_list_adds_the_template_hosts() {
+        let p = plan(
+            &composition(vec![container(
+                "web-1",
+                "web",
+                1,
+                &[(
+                    labels::KOMPOSE_EXPOSE,
+                    "true, chat.composition.example.com ,,www.composition.example.com/app",
+                )],
+                &[(80, TCP, 1000), (8080, TCP, 1001)],
+            )]),
+            &settings(),
+        );
+        assert!(p.refusals.is_empty(), "{:?}", p.refusals);
+        let routes: Vec<(String, String, u16)> = p
+            .desired
+            .unwrap()
+            .backends
+            .iter()
+            .map(|b| (b.host.clone(), b.path.clone(), b.container_port))
+            .collect();
+        let template = |port: u16| format!("web-{port}-demochat-runner-3.composition.example.com");
+        assert_eq!(
+            routes,
+            [
+                ("chat.composition.example.com".into(), "/".into(), 80),
+                (template(80), "/".into(), 80),
+                ("www.composition.example.com".into(), "/app".into(), 80),
+                (template(8080), "/".into(), 8080),
+            ]
+        );
     }
 
     #[test]
@@ -1124,15 +1170,21 @@ mod tests {
         assert_eq!(p.refusals[0].label, TEMPLATE_SOURCE);
     }
 
+    /// Class and TLS secret per service, as kompose has them: a service without the label gets
+    /// the operator's, not its neighbour's choice; only services sharing a host must agree.
     #[test]
-    fn class_conflict_refuses_later_services() {
+    fn class_and_tls_secret_are_per_service_and_one_per_host() {
         let p = plan(
             &composition(vec![
                 container(
                     "a-1",
                     "a",
                     1,
-                    &[ON, (labels::CLASS, "heavy")],
+                    &[
+                        ON,
+                        (labels::CLASS, "heavy"),
+                        (labels::KOMPOSE_TLS_SECRET, "other-tls"),
+                    ],
                     &[(80, TCP, 1000)],
                 ),
                 container(
@@ -1146,13 +1198,65 @@ mod tests {
             ]),
             &settings(),
         );
-        assert_eq!(p.refusals.len(), 1);
+        assert!(p.refusals.is_empty(), "{:?}", p.refusals);
+        let d = p.desired.unwrap();
+        let per_service: Vec<_> = d
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    b.service.as_str(),
+                    b.class.as_deref(),
+                    b.tls_secret.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            per_service,
+            [
+                ("a", Some("heavy"), Some("other-tls")),
+                ("b", Some("public"), Some("wildcard-tls")),
+                ("c", Some("public"), Some("wildcard-tls")),
+            ]
+        );
+
+        // One host, two services (paths): the later one wanting another class is refused.
+        let p = plan(
+            &composition(vec![
+                container(
+                    "a-1",
+                    "a",
+                    1,
+                    &[ON, (labels::HOST, "shop"), (labels::PATH, "/api")],
+                    &[(80, TCP, 1000)],
+                ),
+                container(
+                    "b-1",
+                    "b",
+                    1,
+                    &[ON, (labels::HOST, "shop"), (labels::CLASS, "heavy")],
+                    &[(80, TCP, 1001)],
+                ),
+            ]),
+            &settings(),
+        );
+        assert_eq!(p.refusals.len(), 1, "{:?}", p.refusals);
         assert_eq!(p.refusals[0].service, "b");
         assert_eq!(p.refusals[0].reason, Reason::ClassConflict);
-        let d = p.desired.unwrap();
-        assert_eq!(d.class.as_deref(), Some("heavy"));
-        let services: Vec<_> = d.backends.iter().map(|b| b.service.as_str()).collect();
-        assert_eq!(services, vec!["a", "c"]);
+        assert_eq!(p.refusals[0].label, labels::CLASS);
+        assert!(
+            p.refusals[0]
+                .message
+                .contains("shop.composition.example.com")
+        );
+        let services: Vec<_> = p
+            .desired
+            .unwrap()
+            .backends
+            .iter()
+            .map(|b| b.service.clone())
+            .collect();
+        assert_eq!(services, ["a"]);
     }
 
     #[test]
@@ -1182,7 +1286,8 @@ mod tests {
         );
         let d = p.desired.unwrap();
         assert_eq!(d.rate_limit_rps, Some(30));
-        assert_eq!(d.tls_secret.as_deref(), Some("other-tls"));
+        let tls: Vec<_> = d.backends.iter().map(|b| b.tls_secret.as_deref()).collect();
+        assert_eq!(tls, [Some("wildcard-tls"), Some("other-tls")]);
 
         let mut s = settings();
         s.default_rps = None;

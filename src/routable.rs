@@ -285,6 +285,8 @@ mod tests {
             protocol: None,
             ready: true,
             health: Health::None,
+            class: None,
+            tls_secret: None,
         }
     }
 

@@ -445,6 +445,8 @@ mod tests {
                     protocol: None,
                     ready: true,
                     health: crate::model::Health::None,
+                    class: None,
+                    tls_secret: None,
                 }],
                 refused: vec![],
             },

@@ -271,6 +271,8 @@ mod tests {
             protocol: None,
             ready: true,
             health: Health::None,
+            class: None,
+            tls_secret: None,
         }
     }
 
@@ -279,9 +281,7 @@ mod tests {
             name: name.into(),
             object_name: format!("ci-{name}"),
             backends,
-            class: None,
             rate_limit_rps: Some(5),
-            tls_secret: None,
             access: None,
         }
     }

@@ -124,6 +124,8 @@ fn backend_at(service: &str, host: &str, port: u16) -> Backend {
         protocol: None,
         ready: true,
         health: Health::None,
+        class: None,
+        tls_secret: None,
     }
 }
 
@@ -132,9 +134,7 @@ fn composition(name: &str, backends: Vec<Backend>, rps: Option<u32>) -> DesiredC
         name: name.into(),
         object_name: format!("ci-{name}"),
         backends,
-        class: None,
         rate_limit_rps: rps,
-        tls_secret: None,
         access: None,
     }
 }

@@ -399,3 +399,73 @@ fn every_outcome_has_an_honest_metric_label() {
         assert_eq!(outcome.metric_label(), label, "{outcome:?}");
     }
 }
+
+/// `observed_demochat()` with a second service, `api`, of another class and TLS secret (per
+/// service, as kompose has them).
+fn observed_two_classes() -> ObservedComposition {
+    let mut p = observed_demochat();
+    let mut api = p.containers[0].clone();
+    api.id = "id-api".into();
+    api.name = "demochat-api-1".into();
+    api.labels
+        .insert(COMPOSE_SERVICE.to_string(), "api".to_string());
+    api.labels
+        .insert(labels::KOMPOSE_CLASS.to_string(), "heavy".to_string());
+    api.labels.insert(
+        labels::KOMPOSE_TLS_SECRET.to_string(),
+        "other-tls".to_string(),
+    );
+    api.published[0].host_port = 32769;
+    p.containers.push(api);
+    p
+}
+
+/// Services of one composition that differ in class get an Ingress each, and a composition
+/// whose objects are all in place (both Ingresses included) makes no write at all.
+#[tokio::test]
+async fn an_unchanged_composition_of_two_classes_makes_no_write() {
+    let settings = settings();
+    let d = plan::plan(&observed_two_classes(), &settings)
+        .desired
+        .expect("exposed");
+    let rendered = render::composition(&d, &settings, &owner()).expect("rendered");
+    let of = |kind: Kind| -> Vec<&DesiredObject> {
+        rendered.objects.iter().filter(|o| o.kind == kind).collect()
+    };
+    let ingresses = of(Kind::Ingress);
+    assert_eq!(ingresses.len(), 2, "one Ingress per class");
+    let classes: Vec<Value> = ingresses
+        .iter()
+        .map(|i| i.object.data["spec"]["ingressClassName"].clone())
+        .collect();
+    assert_eq!(classes, [json!("heavy"), json!("public")]);
+    let leases: Vec<Value> = d
+        .backends
+        .iter()
+        .map(|b| {
+            let lease = render::host_lease(&b.host, PROJECT, &owner(), &settings);
+            listed(
+                &DesiredObject::new(Kind::Lease, &lease).expect("lease"),
+                "uid-lease",
+            )
+        })
+        .collect();
+    let listed_all = |kind: Kind| -> Vec<Value> {
+        of(kind)
+            .into_iter()
+            .map(|o| listed(o, &format!("uid-{}", o.name())))
+            .collect()
+    };
+    let scenario = full_listing(
+        leases,
+        listed_all(Kind::Service),
+        listed_all(Kind::EndpointSlice),
+        listed_all(Kind::Ingress),
+    );
+    resyncs(
+        mock_reconciler(),
+        vec![snapshot_of(vec![observed_two_classes()])],
+        scenario,
+    )
+    .await;
+}

@@ -34,6 +34,8 @@ pub(super) fn backend(service: &str, port: u16, host: &str, path: &str, host_por
         protocol: None,
         ready: true,
         health: Health::None,
+        class: Some("public".into()),
+        tls_secret: Some("wildcard-tls".into()),
     }
 }
 
@@ -47,10 +49,8 @@ pub(super) fn desired() -> DesiredComposition {
             backend("web", 80, "www.composition.example.com", "/", 32000),
             backend("web", 443, "web-443.composition.example.com", "/", 32002),
         ],
-        class: Some("public".into()),
         access: None,
         rate_limit_rps: Some(20),
-        tls_secret: Some("wildcard-tls".into()),
     }
 }
 

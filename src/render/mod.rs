@@ -32,7 +32,9 @@ use self::endpoints::endpoint_slices;
 pub(crate) use self::lease::host_lease;
 use self::middleware::rate_limit_middleware;
 pub(crate) use self::pod_route::pod_route;
-use self::routes::{grpc_routes, http_routes, ingress};
+#[cfg(test)]
+use self::routes::ingress;
+use self::routes::{grpc_routes, http_routes, ingresses};
 use self::service::service;
 
 /// What one pass writes and reports for an exposed composition.
@@ -67,10 +69,11 @@ pub(crate) fn composition(
         objects.push(DesiredObject::new(Kind::Middleware, &m)?);
     }
     match settings.route_api {
-        RouteApi::Ingress => objects.push(DesiredObject::new(
-            Kind::Ingress,
-            &ingress(d, settings, owner),
-        )?),
+        RouteApi::Ingress => {
+            for i in ingresses(d, settings, owner) {
+                objects.push(DesiredObject::new(Kind::Ingress, &i)?);
+            }
+        }
         RouteApi::Gateway => {
             for r in http_routes(d, settings, owner) {
                 objects.push(DesiredObject::new(Kind::HttpRoute, &r)?);
@@ -98,19 +101,22 @@ pub(crate) fn not_routed(d: &DesiredComposition) -> BTreeSet<(String, &'static s
         .collect()
 }
 
-/// The URLs users get: https when the Ingress has a TLS secret, or when the Gateway's listener
-/// serves HTTPS (read from the Gateway at start-up: TLS is the listener's there, and a route's
-/// TLS secret means nothing to it).
+/// The URLs users get: https when the backend's Ingress has a TLS secret (its service's, or
+/// the operator's), or when the Gateway's listener serves HTTPS (read from the Gateway at
+/// start-up: TLS is the listener's there, and a route's TLS secret means nothing to it).
 pub(crate) fn urls_of(d: &DesiredComposition, settings: &PlanSettings) -> Vec<String> {
-    let https = match settings.route_api {
-        RouteApi::Ingress => d.tls_secret.is_some(),
-        RouteApi::Gateway => settings.gateway.as_ref().is_some_and(|g| g.https),
-    };
-    let scheme = if https { "https" } else { "http" };
+    let listener_https = settings.gateway.as_ref().is_some_and(|g| g.https);
     let mut urls: Vec<String> = d
         .backends
         .iter()
-        .map(|b| format!("{scheme}://{}{}", b.host, b.path))
+        .map(|b| {
+            let https = match settings.route_api {
+                RouteApi::Ingress => b.tls_secret.is_some(),
+                RouteApi::Gateway => listener_https,
+            };
+            let scheme = if https { "https" } else { "http" };
+            format!("{scheme}://{}{}", b.host, b.path)
+        })
         .collect();
     urls.sort();
     urls.dedup();
@@ -145,11 +151,13 @@ mod tests {
             protocol: None,
             ready,
             health,
+            class: None,
+            tls_secret: None,
         }
     }
 
     fn desired(tls: bool) -> DesiredComposition {
-        DesiredComposition {
+        let mut d = DesiredComposition {
             name: "shop".into(),
             object_name: naming::object_name("runner-0", "shop"),
             backends: vec![
@@ -169,11 +177,13 @@ mod tests {
                 ),
                 backend("web", "b.composition.example.com", "/", true, Health::None),
             ],
-            class: None,
             access: None,
             rate_limit_rps: Some(5),
-            tls_secret: tls.then(|| "wildcard".to_string()),
+        };
+        for b in &mut d.backends {
+            b.tls_secret = tls.then(|| "wildcard".to_string());
         }
+        d
     }
 
     #[test]

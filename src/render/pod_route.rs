@@ -58,15 +58,15 @@ pub(crate) fn pod_route_composition(
             }),
             ready: true,
             health: Health::None,
+            class: settings.ingress_class.clone(),
+            tls_secret: settings.tls_secret.clone(),
         })
         .collect();
     DesiredComposition {
         name: POD_ROUTE.to_string(),
         object_name: naming::object_name(&settings.pod_name, POD_ROUTE),
         backends,
-        class: settings.ingress_class.clone(),
         rate_limit_rps: None,
-        tls_secret: settings.tls_secret.clone(),
         access: None,
     }
 }

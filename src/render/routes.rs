@@ -1,5 +1,5 @@
-//! The composition's route objects: one Ingress, or (Gateway API) one HTTPRoute and one
-//! GRPCRoute per host.
+//! The composition's route objects: an Ingress per class and TLS secret of its services, or
+//! (Gateway API) one HTTPRoute and one GRPCRoute per host.
 
 use std::collections::BTreeMap;
 
@@ -34,14 +34,76 @@ fn by_host(d: &DesiredComposition) -> BTreeMap<&str, Vec<&Backend>> {
     hosts
 }
 
-/// One Ingress per composition, one rule per host. Backends reference the Service port by
-/// *name*, so a new host port after a container restart changes only the Service (an endpoint
-/// update) and never the Ingress (a full reload in some controllers).
+/// The composition's Ingresses: one per (class, TLS secret) of its backends, since both are per
+/// service (as in kompose) and an Ingress has one of each. One Ingress is named like the
+/// Service (as before per-service classes: no rename for any composition of one class); of
+/// several, the one of the operator's class and secret keeps that name and each other gets the
+/// hash of its class and secret as a suffix, so that a service coming or going renames nothing.
+pub(super) fn ingresses(
+    d: &DesiredComposition,
+    settings: &PlanSettings,
+    owner: &OwnerPod,
+) -> Vec<Ingress> {
+    let mut groups: BTreeMap<(Option<&str>, Option<&str>), Vec<Backend>> = BTreeMap::new();
+    for b in &d.backends {
+        groups
+            .entry((b.class.as_deref(), b.tls_secret.as_deref()))
+            .or_default()
+            .push(b.clone());
+    }
+    let default = (
+        settings.ingress_class.as_deref(),
+        settings.tls_secret.as_deref(),
+    );
+    let single = groups.len() == 1;
+    groups
+        .into_iter()
+        .map(|((class, tls), backends)| {
+            let name = if single || (class, tls) == default {
+                d.object_name.clone()
+            } else {
+                format!(
+                    "{}-{}",
+                    d.object_name,
+                    naming::short_hash(&format!(
+                        "{}\n{}",
+                        class.unwrap_or_default(),
+                        tls.unwrap_or_default()
+                    ))
+                )
+            };
+            let part = DesiredComposition {
+                backends,
+                ..d.clone()
+            };
+            ingress_named(&part, name, settings, owner)
+        })
+        .collect()
+}
+
+/// One Ingress of the composition's backends, named like the Service, of the first backend's
+/// class and secret (the pod's route; [`ingresses`] for a composition's, whose services may
+/// differ).
 pub(super) fn ingress(
     d: &DesiredComposition,
     settings: &PlanSettings,
     owner: &OwnerPod,
 ) -> Ingress {
+    ingress_named(d, d.object_name.clone(), settings, owner)
+}
+
+/// One Ingress, one rule per host, of the class and TLS secret of `d`'s backends (one of each:
+/// [`ingresses`] groups them). Backends reference the Service port by *name*, so a new host
+/// port after a container restart changes only the Service (an endpoint update) and never the
+/// Ingress (a full reload in some controllers).
+fn ingress_named(
+    d: &DesiredComposition,
+    name: String,
+    settings: &PlanSettings,
+    owner: &OwnerPod,
+) -> Ingress {
+    let class = d.backends.first().and_then(|b| b.class.clone());
+    let tls_secret = d.backends.first().and_then(|b| b.tls_secret.clone());
     let hosts = by_host(d);
     let rules: Vec<IngressRule> = hosts
         .iter()
@@ -68,7 +130,7 @@ pub(super) fn ingress(
             }),
         })
         .collect();
-    let tls = d.tls_secret.as_ref().map(|secret| {
+    let tls = tls_secret.as_ref().map(|secret| {
         vec![IngressTLS {
             hosts: Some(hosts.keys().map(|h| (*h).to_string()).collect()),
             secret_name: Some(secret.clone()),
@@ -101,9 +163,9 @@ pub(super) fn ingress(
         );
     }
     stamp(Ingress {
-        metadata: metadata(d.object_name.clone(), &d.name, settings, owner, annotations),
+        metadata: metadata(name, &d.name, settings, owner, annotations),
         spec: Some(IngressSpec {
-            ingress_class_name: d.class.clone(),
+            ingress_class_name: class,
             rules: Some(rules),
             tls,
             default_backend: None,
@@ -331,8 +393,10 @@ mod tests {
         );
         let mut d = desired();
         d.rate_limit_rps = None;
-        d.tls_secret = None;
-        d.class = None;
+        for b in &mut d.backends {
+            b.tls_secret = None;
+            b.class = None;
+        }
         let i = ingress(&d, &settings(), &owner());
         let ann = i.metadata.annotations.unwrap();
         assert_eq!(ann.len(), 2);
@@ -355,6 +419,98 @@ mod tests {
         let ann = ingress(&d, &s, &owner()).metadata.annotations.unwrap();
         assert_eq!(ann["example.com/rps"], "20");
         assert_eq!(ann["example.org/auth"], "x");
+    }
+
+    /// Class and TLS secret are per service: a composition whose services differ gets an
+    /// Ingress per (class, secret); the operator's keeps the Service's name, so that a service
+    /// with a class of its own coming or going never renames the others' Ingress.
+    #[test]
+    fn ingresses_one_per_class_and_secret_the_operators_named_like_the_service() {
+        let s = settings();
+        let mut d = desired();
+        assert_eq!(ingresses(&d, &s, &owner()).len(), 1);
+        // (one host has one class: the planner keeps services that differ on hosts of their own)
+        for b in d.backends.iter_mut().filter(|b| b.service == "api") {
+            b.host = "api.composition.example.com".into();
+            b.class = Some("heavy".into());
+            b.tls_secret = Some("other-tls".into());
+        }
+        let all = ingresses(&d, &s, &owner());
+        assert_eq!(all.len(), 2);
+        // (name, class, hosts, TLS secret) of each Ingress.
+        type View = (String, Option<String>, Vec<String>, Option<String>);
+        let view: Vec<View> = all
+            .iter()
+            .map(|i| {
+                let spec = i.spec.clone().unwrap_or_default();
+                let hosts = spec
+                    .rules
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|r| r.host)
+                    .collect();
+                let secret = spec
+                    .tls
+                    .unwrap_or_default()
+                    .first()
+                    .and_then(|t| t.secret_name.clone());
+                (
+                    i.metadata.name.clone().unwrap_or_default(),
+                    spec.ingress_class_name,
+                    hosts,
+                    secret,
+                )
+            })
+            .collect();
+        let suffixed = format!(
+            "{}-{}",
+            d.object_name,
+            naming::short_hash("heavy\nother-tls")
+        );
+        assert_eq!(
+            view,
+            [
+                (
+                    suffixed,
+                    Some("heavy".into()),
+                    vec!["api.composition.example.com".into()],
+                    Some("other-tls".into())
+                ),
+                (
+                    d.object_name.clone(),
+                    Some("public".into()),
+                    vec![
+                        "chat.composition.example.com".into(),
+                        "web-443.composition.example.com".into(),
+                        "www.composition.example.com".into()
+                    ],
+                    Some("wildcard-tls".into())
+                ),
+            ]
+        );
+        // Every Ingress routes to the one Service.
+        for i in &all {
+            for rule in i.spec.clone().unwrap_or_default().rules.unwrap_or_default() {
+                for p in rule.http.unwrap_or_default().paths {
+                    assert_eq!(
+                        p.backend.service.map(|s| s.name),
+                        Some(d.object_name.clone())
+                    );
+                }
+            }
+        }
+        // All of the services on another class than the operator's: one Ingress, the
+        // Service's name.
+        for b in &mut d.backends {
+            b.class = Some("heavy".into());
+            b.tls_secret = Some("other-tls".into());
+        }
+        let one = ingresses(&d, &s, &owner());
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            one[0].metadata.name.as_deref(),
+            Some(d.object_name.as_str())
+        );
     }
 
     #[test]
