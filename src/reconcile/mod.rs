@@ -283,22 +283,10 @@ where
             }
             Hint::HostReleased(host) => {
                 // A composition refused for that host is retried now, not at the next resync.
-                let now = Instant::now();
-                let waiting: Vec<CompositionKey> = self
-                    .compositions
-                    .iter()
-                    .filter(|(_, state)| {
-                        state.problems.iter().any(|p| {
-                            matches!(p, Problem::HostTaken { host: taken, .. }
-                                if host.as_deref().is_none_or(|h| h == taken))
-                        })
-                    })
-                    .map(|(key, _)| key.clone())
-                    .collect();
-                for key in waiting {
-                    debug!(composition = %key, host = ?host, "a host it was refused may be free: retrying");
-                    self.queue.schedule(key, now);
-                }
+                self.retry_refused("a host it was refused may be free", |p| {
+                    matches!(p, Problem::HostTaken { host: taken, .. }
+                        if host.as_deref().is_none_or(|h| h == taken))
+                });
             }
             Hint::DockerDown => {
                 if self.status.docker_connected() {
@@ -343,25 +331,28 @@ where
     /// rather than at the next full resync (refused again, they are logged only if the reason
     /// changed).
     fn room_for_hosts(&mut self) {
+        self.retry_refused("the pod gave up a host, refused for the host cap", |p| {
+            matches!(
+                p,
+                Problem::Composition {
+                    reason: Reason::TooManyHosts,
+                    ..
+                }
+            )
+        });
+    }
+
+    /// Schedules now every composition with a problem that `refused` picks.
+    fn retry_refused(&mut self, why: &str, refused: impl Fn(&Problem) -> bool) {
         let now = Instant::now();
         let waiting: Vec<CompositionKey> = self
             .compositions
             .iter()
-            .filter(|(_, state)| {
-                state.problems.iter().any(|p| {
-                    matches!(
-                        p,
-                        Problem::Composition {
-                            reason: Reason::TooManyHosts,
-                            ..
-                        }
-                    )
-                })
-            })
+            .filter(|(_, state)| state.problems.iter().any(&refused))
             .map(|(key, _)| key.clone())
             .collect();
         for key in waiting {
-            debug!(composition = %key, "the pod gave up a host: retrying a composition refused for the host cap");
+            debug!(composition = %key, "{why}: retrying");
             self.queue.schedule(key, now);
         }
     }
