@@ -8,6 +8,7 @@
 
 mod bed;
 mod compose;
+mod docker_proxy;
 mod helm;
 mod http;
 mod node;
@@ -19,6 +20,7 @@ mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
+pub use docker_proxy::DockerEventsProxy;
 pub use helm::{chart_dir, helm, helm_ok};
 pub use http::{
     LoadResult, http_get, load, raw_get, through_controller, through_ingress,

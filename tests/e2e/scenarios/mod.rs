@@ -138,6 +138,11 @@ async fn plain_containers_are_exposed_only_with_the_flag() {
 }
 
 #[tokio::test]
+async fn a_start_event_that_never_reaches_the_sidecar_still_exposes_the_composition() {
+    lifecycle::a_start_event_that_never_reaches_the_sidecar_still_exposes_the_composition().await
+}
+
+#[tokio::test]
 async fn compositions_over_a_cap_are_refused_whole_with_a_reason() {
     labels::compositions_over_a_cap_are_refused_whole_with_a_reason().await
 }
