@@ -15,6 +15,7 @@ mod objects;
 mod pod;
 mod proxy;
 mod sidecar;
+mod tls;
 mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
@@ -38,4 +39,5 @@ pub use sidecar::{
     DOMAIN, Launch, POD_PROXY_PORT, POD_SCOPE_RBAC, Sidecar, TRAEFIK_RBAC, domain, free_port,
     sidecar_kubeconfig, sidecar_kubeconfig_via, stop_process,
 };
+pub use tls::{SelfSigned, create_tls_secret, https_get, self_signed, served_certificate};
 pub use wait::{CONVERGE, eventually};
