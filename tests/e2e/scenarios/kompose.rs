@@ -287,21 +287,19 @@ async fn tls_secret_true_serves_the_operators_and_without_one_is_refused_alone()
     assert_not_routed(&host_of(&ns, "secure", 80, "kn", "runner-1"), "/");
 }
 
-/// The resourceVersions of a composition's Services and Ingresses.
+/// `Kind/name=resourceVersion` of a composition's Services and Ingresses.
 async fn versions(admin: &kube::Client, ns: &str, project: &str) -> BTreeSet<String> {
+    let entry = |kind: &str, m: &kube::api::ObjectMeta| {
+        let name = m.name.clone().unwrap_or_default();
+        let version = m.resource_version.clone().unwrap_or_default();
+        format!("{kind}/{name}={version}")
+    };
     let services = services_of(admin, ns, "runner-0", project).await;
     let ingresses = ingresses_of(admin, ns, "runner-0", project).await;
     services
         .iter()
-        .map(|s| &s.metadata)
-        .chain(ingresses.iter().map(|i| &i.metadata))
-        .map(|m| {
-            format!(
-                "{}={}",
-                m.name.clone().unwrap_or_default(),
-                m.resource_version.clone().unwrap_or_default()
-            )
-        })
+        .map(|s| entry("Service", &s.metadata))
+        .chain(ingresses.iter().map(|i| entry("Ingress", &i.metadata)))
         .collect()
 }
 
