@@ -8,6 +8,7 @@
 
 mod bed;
 mod compose;
+mod docs;
 mod helm;
 mod http;
 mod node;
@@ -20,6 +21,11 @@ mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
+pub use docs::{
+    Block, Inline, OUTPUT_MARK, TEST_MARK, blocks_of, doc_block, doc_blocks, doc_commands,
+    doc_inline, doc_inline_commands, inline_commands_of, is_command, run_doc_line, run_doc_line_ok,
+    substitute,
+};
 pub use helm::{chart_dir, helm, helm_ok};
 pub use http::{
     LoadResult, http_get, load, raw_get, through_controller, through_ingress,
