@@ -33,7 +33,7 @@ pub use http::{
 };
 pub use node::{
     DIND_CONTAINER, Deployment, SIDECAR_CONTAINER, container, kill_container, node_lock, pod_ready,
-    projected_token, sidecar_image,
+    projected_token, runner_image, sidecar_image,
 };
 pub use objects::{
     ingress_hosts, ingresses_of, project_selector, services_of, target_ports, wait_exposed,
