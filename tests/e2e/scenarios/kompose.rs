@@ -109,7 +109,7 @@ async fn expose_hosts_route_each_host_and_its_path_prefix() {
         &[pages(
             "web",
             "page",
-            &["api", "other"],
+            &["api", "api/deep", "other"],
             &[(EXPOSE, &expose)],
         )],
     );
@@ -122,9 +122,9 @@ async fn expose_hosts_route_each_host_and_its_path_prefix() {
     .await;
     assert_eq!(api.trim(), "page-api");
     assert_eq!(
-        traefik(&two, "/api/x/").0,
-        404,
-        "the backend's 404 under /api"
+        traefik(&two, "/api/deep/"),
+        (200, "page-api/deep\n".into()),
+        "a prefix: the paths under it route too"
     );
     assert_not_routed(&two, "/other/");
     assert_not_routed(&two, "/");
