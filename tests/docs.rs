@@ -17,21 +17,12 @@ use testbed::{Block, doc_blocks, doc_inline_commands, repo_root};
 /// Blocks no test reads yet: (file, id). Shrinks as tests bind them.
 const PENDING_BLOCKS: &[(&str, &str)] = &[
     ("README.md", "readme-commands"),
-    ("README.md", "readme-install"),
     ("README.md", "readme-label"),
-    ("README.md", "readme-up-wait"),
-    ("docs/ci-jobs.md", "ci-wait-urls"),
-    ("docs/ci-jobs.md", "ci-gitlab"),
-    ("docs/ci-jobs.md", "ci-github"),
     ("docs/controllers.md", "controllers-allowed-classes"),
     ("docs/controllers.md", "controllers-class-label"),
     ("docs/getting-started.md", "demo"),
-    ("docs/helm.md", "helm-values"),
-    ("docs/helm.md", "helm-install"),
     ("docs/helm.md", "helm-sidecar-only"),
     ("docs/install.md", "install-certificate"),
-    ("docs/install.md", "install-apply"),
-    ("docs/install.md", "install-uninstall"),
     ("docs/labels.md", "labels-examples"),
     ("docs/operability.md", "exposures-json"),
     ("docs/operability.md", "log-line-json"),
@@ -64,19 +55,10 @@ const PENDING_INLINE: &[(&str, &str)] = &[
         "docs/getting-started.md",
         "kubectl exec … docker compose up -d",
     ),
-    ("docs/helm.md", "helm uninstall"),
     ("docs/install.md", "./demo"),
     (
         "docs/install.md",
         "docker build -t REGISTRY/compose-ingress:0.1.0 .",
-    ),
-    (
-        "docs/install.md",
-        "kubectl -n ci get all,ingress,lease,endpointslices -l app.kubernetes.io/managed-by=compose-ingress",
-    ),
-    (
-        "docs/install.md",
-        "kubectl exec runner-0 -c dind -- docker ps",
     ),
     (
         "docs/install.md",

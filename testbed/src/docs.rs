@@ -216,9 +216,11 @@ pub fn doc_commands(file: &str, id: &str, substitutions: &[(&str, &str)]) -> Vec
         .collect()
 }
 
-/// Runs a doc's command line with `sh -c` as a user's shell would, against the bed: the bed's
-/// kubectl and helm on PATH, its kubeconfig, Helm's state under the bed (not asserted).
-pub fn run_doc_line(bed: &Bed, line: &str, cwd: &Path) -> Output {
+/// Runs a doc's command line with `sh -c` as a user's shell would, in `cwd` with `env`, against
+/// the bed: the bed's kubectl and helm on PATH, its kubeconfig, Helm's state under the bed, and
+/// `docker compose` as the bed's Compose v2 plugin (not asserted). A `PATH` in `env` goes in
+/// front of that PATH (where the job finds `compose-ingress`).
+pub fn run_doc_line(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -> Output {
     let bin = Path::new(bed.get("BIN"));
     let mut path = bin.display().to_string();
     // Only a Helm line builds (or finds in the cache) the helm binary.
@@ -227,16 +229,46 @@ pub fn run_doc_line(bed: &Bed, line: &str, cwd: &Path) -> Output {
         path = format!("{path}:{}", helm_dir.display());
     }
     let path = format!("{path}:{}", std::env::var("PATH").unwrap_or_default());
+    let path = match env.iter().find(|(k, _)| *k == "PATH") {
+        Some((_, front)) => format!("{front}:{path}"),
+        None => path,
+    };
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(line).current_dir(cwd).env("PATH", path);
+    cmd.arg("-c")
+        .arg(line)
+        .current_dir(cwd)
+        .env("PATH", path)
+        .env("TESTBED_DIR", &bed.dir)
+        .env("DOCKER_CONFIG", docker_config(bed));
     helm::state_env(bed, &mut cmd);
+    cmd.envs(env.iter().copied().filter(|(k, _)| *k != "PATH"));
     cmd.output()
         .unwrap_or_else(|e| panic!("run `{line}` with sh: {e}"))
 }
 
+/// A Docker CLI config directory whose one plugin is the bed's Compose v2, so that a doc's
+/// `docker compose …` runs as written (the host's docker CLI has no compose plugin).
+fn docker_config(bed: &Bed) -> std::path::PathBuf {
+    let dir = bed.dir.join("doc-docker-config");
+    let plugins = dir.join("cli-plugins");
+    let plugin = plugins.join("docker-compose");
+    if !plugin.exists() {
+        std::fs::create_dir_all(&plugins).expect("create the Docker CLI plugin directory");
+        let compose = bed.get("COMPOSE_V2");
+        // Another test may have made it in the meantime: then it is there, which is the point.
+        if let Err(e) = std::os::unix::fs::symlink(compose, &plugin) {
+            assert!(
+                plugin.exists(),
+                "link {compose} as a Docker CLI plugin: {e}"
+            );
+        }
+    }
+    dir
+}
+
 /// [`run_doc_line`] asserting success; returns stdout.
-pub fn run_doc_line_ok(bed: &Bed, line: &str, cwd: &Path) -> String {
-    let out = run_doc_line(bed, line, cwd);
+pub fn run_doc_line_ok(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -> String {
+    let out = run_doc_line(bed, line, cwd, env);
     assert!(
         out.status.success(),
         "the doc's command `{line}` failed ({}):\n{}{}",
