@@ -13,6 +13,7 @@ use kube::api::Api;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bed::{Bed, parse_env, repo_root};
+use crate::docs::{doc_commands, run_doc_line_ok};
 use crate::wait::{CONVERGE, eventually};
 
 /// The node's CPU fits one StatefulSet of deploy/ at a time (dind requests 500m per pod, the
@@ -39,6 +40,43 @@ fn script() -> PathBuf {
     repo_root().join("tests/testbed/deploy.sh")
 }
 
+/// Where the docs' install lines name the overlay, the bed applies the user's kustomization over
+/// it (`deploy.sh kustomization`: only images, domain and class changed); this placeholder is
+/// replaced by its directory.
+const KUSTOMIZATION: &str = "<the user's kustomization over the overlay>";
+
+/// The bed's substitutions for docs/install.md's install and uninstall lines: the test's
+/// namespace for the user's `ci`, the user's kustomization for the overlay they apply
+/// (`namespace ci` only where the block creates it).
+fn install_substitutions(namespace: &str, create: bool) -> Vec<(&'static str, String)> {
+    let mut subs = vec![
+        ("-n ci", format!("-n {namespace}")),
+        ("deploy/overlays/ingress", KUSTOMIZATION.to_string()),
+    ];
+    if create {
+        subs.push(("namespace ci", format!("namespace {namespace}")));
+    }
+    subs
+}
+
+fn as_strs<'s>(subs: &'s [(&'static str, String)]) -> Vec<(&'static str, &'s str)> {
+    subs.iter().map(|(a, b)| (*a, b.as_str())).collect()
+}
+
+/// docs/install.md's `install-apply` lines with the bed's substitutions; the README's quick
+/// start says the same apply line (asserted: the two docs cannot drift apart).
+fn install_lines(namespace: &str) -> Vec<String> {
+    let subs = install_substitutions(namespace, true);
+    let subs = as_strs(&subs);
+    let readme = doc_commands("README.md", "readme-install", &[]);
+    let install = doc_commands("docs/install.md", "install-apply", &[]);
+    assert!(
+        readme.len() == 1 && install.contains(&readme[0]),
+        "README.md's quick start ({readme:?}) is not docs/install.md's apply line ({install:?})"
+    );
+    doc_commands("docs/install.md", "install-apply", &subs)
+}
+
 fn ok(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -51,21 +89,45 @@ fn ok(out: Output, what: &str) -> String {
 }
 
 impl<'a> Deployment<'a> {
-    /// `deploy.sh apply NAMESPACE OVERLAY DOMAIN`; the domain is the namespace's own, so that
-    /// hosts never meet another test's.
+    /// deploy/'s OVERLAY installed as docs/install.md says (step 6, `install-apply`, the README's
+    /// quick start the same line): its command lines run as written but for
+    /// [`install_substitutions`], over the kustomization a user writes (`deploy.sh
+    /// kustomization`: images, domain, class, the certificate). The domain is the namespace's
+    /// own, so that hosts never meet another test's.
     pub fn apply(bed: &'a Bed, namespace: &str, overlay: &str) -> Self {
         let domain = format!("{namespace}.bed.test");
+        let lines = install_lines(namespace);
+        let [create, apply, check] = lines.as_slice() else {
+            panic!("docs/install.md install-apply: expected create, apply, get: {lines:?}");
+        };
+        run_doc_line_ok(bed, create, &repo_root(), &[]);
         let out = Command::new(script())
-            .args(["apply", namespace, overlay, &domain])
+            .args(["kustomization", namespace, overlay, &domain])
             .env("TESTBED_DIR", &bed.dir)
             .output()
             .expect("run tests/testbed/deploy.sh");
-        let env = parse_env(&ok(out, &format!("deploy.sh apply {namespace} {overlay}")));
+        let env = parse_env(&ok(
+            out,
+            &format!("deploy.sh kustomization {namespace} {overlay}"),
+        ));
+        let apply = apply.replace(KUSTOMIZATION, &env["KUSTOMIZATION"]);
+        run_doc_line_ok(bed, &apply, &repo_root(), &[]);
+        run_doc_line_ok(bed, check, &repo_root(), &[]);
         Deployment {
             bed,
             namespace: namespace.to_string(),
             domain,
             tls_ca: PathBuf::from(&env["TLS_CA"]),
+        }
+    }
+
+    /// docs/install.md's uninstall (`install-uninstall`), with [`install_substitutions`].
+    pub fn uninstall(&self) {
+        let dir = self.bed.dir.join("deploy").join(&self.namespace);
+        let subs = install_substitutions(&self.namespace, false);
+        for line in doc_commands("docs/install.md", "install-uninstall", &as_strs(&subs)) {
+            let line = line.replace(KUSTOMIZATION, &dir.to_string_lossy());
+            run_doc_line_ok(self.bed, &line, &repo_root(), &[]);
         }
     }
 
@@ -101,6 +163,12 @@ impl<'a> Deployment<'a> {
     /// `kubectl exec -i POD -c dind -- ARGS...` with `stdin`: what a person does to run docker
     /// in a runner pod. Returns the output (not asserted).
     pub fn exec_dind(&self, pod: &str, args: &[&str], stdin: &[u8]) -> Output {
+        self.exec_in(pod, DIND_CONTAINER, args, stdin)
+    }
+
+    /// `kubectl exec -i POD -c CONTAINER -- ARGS...` with `stdin` (not asserted): a runner pod
+    /// another chart makes names its Docker client's container otherwise (GitLab's `build`).
+    pub fn exec_in(&self, pod: &str, container: &str, args: &[&str], stdin: &[u8]) -> Output {
         let mut child = Command::new(Path::new(self.bed.get("BIN")).join("kubectl"))
             .arg("--kubeconfig")
             .arg(self.bed.kubeconfig())
@@ -111,7 +179,7 @@ impl<'a> Deployment<'a> {
                 "-i",
                 pod,
                 "-c",
-                DIND_CONTAINER,
+                container,
                 "--",
             ])
             .args(args)
@@ -271,6 +339,17 @@ pub fn sidecar_image(bed: &Bed) -> String {
         .output()
         .expect("run tests/testbed/deploy.sh");
     parse_env(&ok(out, "deploy.sh image"))["SIDECAR_IMAGE"].clone()
+}
+
+/// The stand-in for the CI runner images other charts put next to dind (ARC's actions-runner,
+/// GitLab Runner's build and helper images), which the node cannot pull:
+/// `tests/testbed/runner-image.sh` builds it offline and imports it into the node's containerd.
+pub fn runner_image(bed: &Bed) -> String {
+    let out = Command::new(repo_root().join("tests/testbed/runner-image.sh"))
+        .env("TESTBED_DIR", &bed.dir)
+        .output()
+        .expect("run tests/testbed/runner-image.sh");
+    parse_env(&ok(out, "runner-image.sh"))["RUNNER_IMAGE"].clone()
 }
 
 /// The namespace goes when the test ends, passed or failed: the next deployment needs the node's

@@ -16,8 +16,9 @@ use kube::api::{Api, ListParams, PostParams};
 
 use testbed::{
     CONVERGE, DIND_CONTAINER, Deployment, ENABLE, SIDECAR_CONTAINER, bed, compose_file, container,
-    eventually, http_get, ingress_hosts, ingresses_of, kill_container, node_lock, pod_ready,
-    projected_token, repo_root, services_of, unique_namespace, wait_exposed, web,
+    doc_inline, eventually, http_get, ingress_hosts, ingresses_of, kill_container, node_lock,
+    pod_ready, projected_token, repo_root, run_doc_line_ok, services_of, substitute,
+    unique_namespace, wait_exposed, web,
 };
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=compose-ingress";
@@ -210,6 +211,40 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
         !String::from_utf8_lossy(&job.stdout).contains(payload),
         "a job's container read the sidecar's token"
     );
+
+    // docs/install.md's commands after the install, as written but for the namespace: docker in
+    // dind lists the example's containers; the uninstall leaves none of the sidecar's objects.
+    let in_ns = format!("-n {ns}");
+    let ps = substitute(
+        "docs/install.md",
+        &doc_inline(
+            "docs/install.md",
+            "kubectl exec runner-0 -c dind -- docker ps",
+        ),
+        &[("kubectl", &format!("kubectl {in_ns}"))],
+    );
+    let listed = run_doc_line_ok(bed, &ps, &repo_root(), &[]);
+    assert!(listed.contains("demo"), "{ps}: {listed}");
+    d.uninstall();
+    let left = substitute(
+        "docs/install.md",
+        &doc_inline(
+            "docs/install.md",
+            "kubectl -n ci get all,ingress,lease,endpointslices -l app.kubernetes.io/managed-by=compose-ingress",
+        ),
+        &[("-n ci", &in_ns)],
+    );
+    eventually(
+        "nothing of the sidecar's left after the uninstall",
+        CONVERGE,
+        || async {
+            run_doc_line_ok(bed, &left, &repo_root(), &[])
+                .trim()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
