@@ -2,8 +2,9 @@
 //! stream into composition hints. The event reader never does I/O besides reading the stream: the
 //! daemon drops events for a subscriber slower than 100 ms, so it only pushes keys into a queue.
 //!
-//! Version negotiation and the event stream go through bollard; the container listing is our
-//! own request ([`listing`]), parsed into only the fields the sidecar reads.
+//! Version negotiation goes through bollard; the container listing ([`listing`]), parsed into
+//! only the fields the sidecar reads, and the event stream ([`events`]), split into events on
+//! every newline whatever its framing, are our own requests.
 
 mod events;
 mod json_array;
