@@ -100,9 +100,17 @@ impl<'a> Deployment<'a> {
         let [create, apply, check] = lines.as_slice() else {
             panic!("docs/install.md install-apply: expected create, apply, get: {lines:?}");
         };
+        // Made before the first line runs: a line that fails still has the namespace deleted
+        // (Drop), so the node is free for the next test.
+        let mut deployment = Deployment {
+            bed,
+            namespace: namespace.to_string(),
+            domain,
+            tls_ca: PathBuf::new(),
+        };
         run_doc_line_ok(bed, create, &repo_root(), &[]);
         let out = Command::new(script())
-            .args(["kustomization", namespace, overlay, &domain])
+            .args(["kustomization", namespace, overlay, &deployment.domain])
             .env("TESTBED_DIR", &bed.dir)
             .output()
             .expect("run tests/testbed/deploy.sh");
@@ -110,15 +118,11 @@ impl<'a> Deployment<'a> {
             out,
             &format!("deploy.sh kustomization {namespace} {overlay}"),
         ));
+        deployment.tls_ca = PathBuf::from(&env["TLS_CA"]);
         let apply = apply.replace(KUSTOMIZATION, &env["KUSTOMIZATION"]);
         run_doc_line_ok(bed, &apply, &repo_root(), &[]);
         run_doc_line_ok(bed, check, &repo_root(), &[]);
-        Deployment {
-            bed,
-            namespace: namespace.to_string(),
-            domain,
-            tls_ca: PathBuf::from(&env["TLS_CA"]),
-        }
+        deployment
     }
 
     /// docs/install.md's uninstall (`install-uninstall`), with [`install_substitutions`].

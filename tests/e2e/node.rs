@@ -16,9 +16,9 @@ use kube::api::{Api, ListParams, PostParams};
 
 use testbed::{
     CONVERGE, DIND_CONTAINER, Deployment, ENABLE, SIDECAR_CONTAINER, bed, compose_file, container,
-    doc_inline, eventually, http_get, ingress_hosts, ingresses_of, kill_container, node_lock,
-    pod_ready, projected_token, repo_root, run_doc_line_ok, services_of, substitute,
-    unique_namespace, wait_exposed, web,
+    doc_commands, doc_inline, eventually, http_get, ingress_hosts, ingresses_of, kill_container,
+    node_lock, pod_ready, projected_token, repo_root, run_doc_line, run_doc_line_ok, services_of,
+    substitute, unique_namespace, wait_exposed, web,
 };
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=compose-ingress";
@@ -597,16 +597,33 @@ async fn pod_scope_deploy_serves_https_through_one_route_per_pod_and_a_sidecar_r
 async fn the_demo_runs_as_the_readme_says_and_goes_away() {
     let bed = bed();
     let _node = node_lock().await;
-    let run = |args: &[&str]| {
-        std::process::Command::new(repo_root().join("demo"))
-            .args(args)
-            .current_dir(repo_root())
-            .env("TESTBED_DIR", &bed.dir)
-            .env("KEEP_TESTBED", "1")
-            .output()
-            .expect("run ./demo")
+    // docs/getting-started.md's two lines as written, but for the bed's one substitution: the
+    // demo's teardown keeps the shared bed (the doc's own comment names KEEP_TESTBED=1). The
+    // README's first command and the docs' inline `./demo` are the same line.
+    let lines = doc_commands(
+        "docs/getting-started.md",
+        "demo",
+        &[("./demo down", "KEEP_TESTBED=1 ./demo down")],
+    );
+    let [demo, demo_down] = lines.as_slice() else {
+        panic!("docs/getting-started.md demo: expected ./demo and ./demo down: {lines:?}");
     };
-    let up = run(&[]);
+    let readme = doc_commands("README.md", "readme-commands", &[]);
+    for (what, line) in [
+        (
+            "README.md's first command",
+            readme.first().cloned().unwrap_or_default(),
+        ),
+        ("README.md's inline", doc_inline("README.md", "./demo")),
+        (
+            "docs/install.md's inline",
+            doc_inline("docs/install.md", "./demo"),
+        ),
+    ] {
+        assert_eq!(&line, demo, "{what} is getting-started's demo line");
+    }
+    let run = |line: &str| run_doc_line(bed, line, &repo_root(), &[]);
+    let up = run(demo);
     let out = String::from_utf8_lossy(&up.stdout);
     assert!(
         up.status.success(),
@@ -622,7 +639,7 @@ async fn the_demo_runs_as_the_readme_says_and_goes_away() {
         out.contains("\"service\":\"api\""),
         "the api over HTTPS: {out}"
     );
-    let down = run(&["down"]);
+    let down = run(demo_down);
     assert!(
         down.status.success(),
         "./demo down failed:\n{}{}",
