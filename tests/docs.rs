@@ -24,7 +24,6 @@ const PENDING_BLOCKS: &[(&str, &str)] = &[
     ("docs/pod-scope.md", "pod-scope-certificate-per-pod"),
     ("docs/policies.md", "policies-file"),
     ("docs/policies.md", "policies-mount"),
-    ("docs/policies.md", "policies-middlewares"),
     ("docs/security.md", "admission-apply"),
 ];
 
