@@ -24,7 +24,6 @@ const PENDING_BLOCKS: &[(&str, &str)] = &[
     ("docs/pod-scope.md", "pod-scope-certificate-per-pod"),
     ("docs/policies.md", "policies-file"),
     ("docs/policies.md", "policies-mount"),
-    ("docs/security.md", "admission-apply"),
 ];
 
 /// Inline commands no test reads yet: (file, exact text of the code span).
