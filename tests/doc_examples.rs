@@ -2,7 +2,7 @@
 //! checked for what they claim; the checker that every block is read by some test is
 //! tests/docs.rs. Plain `cargo test`, no root.
 
-use testbed::{doc_commands, doc_inline, repo_root};
+use testbed::{doc_block, doc_commands, doc_inline, repo_root};
 
 fn read(file: &str) -> String {
     std::fs::read_to_string(repo_root().join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"))
@@ -37,5 +37,83 @@ fn the_readmes_commands_are_ci_and_the_plain_cargo_test() {
     assert!(
         manifest.contains("name = \"e2e\"\npath = \"tests/e2e/main.rs\"\ntest = false"),
         "Cargo.toml's e2e target must say `test = false`: plain `cargo test` runs no bed"
+    );
+}
+
+/// The value of `env`'s entry `name` in an overlay's sidecar-env.yaml (a kustomize patch of
+/// `- name: X` / `value: Y` lines).
+fn overlay_env(overlay: &str, name: &str) -> String {
+    let file = format!("deploy/overlays/{overlay}/sidecar-env.yaml");
+    let text = read(&file);
+    let mut lines = text.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line == format!("- name: {name}") {
+            let value = lines.next().and_then(|l| l.strip_prefix("value: "));
+            return value
+                .unwrap_or_else(|| panic!("{file}: {name} has no value"))
+                .to_string();
+        }
+    }
+    panic!("{file} sets no {name}");
+}
+
+fn yaml(text: &str) -> serde_json::Value {
+    serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
+}
+
+/// The certificates the docs tell operators to request (cert-manager is not on the bed): each
+/// fills the Secret the overlay's sidecar names, for the names its hosts take: the composition
+/// scope's `*.<domain>`, the pod scope's `*.<pod>.<domain>` for every ordinal of deploy/base's
+/// StatefulSet, or one pod's with `--tls-secret 'wildcard-{pod}-tls'`.
+#[test]
+fn the_certificates_the_docs_show_cover_the_hosts_of_their_overlay() {
+    let domain = overlay_env("ingress", "COMPOSE_INGRESS_DOMAIN");
+    let cert = yaml(&doc_block("docs/install.md", "install-certificate"));
+    assert_eq!(cert["kind"], "Certificate");
+    assert_eq!(
+        cert["spec"]["secretName"],
+        overlay_env("ingress", "COMPOSE_INGRESS_TLS_SECRET").as_str()
+    );
+    assert_eq!(strings(&cert["spec"]["dnsNames"]), [format!("*.{domain}")]);
+
+    let pods = overlay_env("pod-scope", "COMPOSE_INGRESS_DOMAIN");
+    let base = read("deploy/base/statefulset.yaml");
+    let replicas: usize = base
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("replicas: "))
+        .and_then(|n| n.parse().ok())
+        .expect("deploy/base's StatefulSet has replicas");
+    let all = yaml(&doc_block(
+        "docs/pod-scope.md",
+        "pod-scope-certificate-ordinals",
+    ));
+    assert_eq!(
+        all["spec"]["secretName"],
+        overlay_env("pod-scope", "COMPOSE_INGRESS_TLS_SECRET").as_str()
+    );
+    let wanted: Vec<String> = (0..replicas)
+        .map(|n| format!("*.runner-{n}.{pods}"))
+        .collect();
+    assert_eq!(strings(&all["spec"]["dnsNames"]), wanted);
+
+    let one = yaml(&doc_block(
+        "docs/pod-scope.md",
+        "pod-scope-certificate-per-pod",
+    ));
+    assert_eq!(
+        one["spec"]["secretName"],
+        "wildcard-{pod}-tls".replace("{pod}", "runner-0").as_str()
+    );
+    assert_eq!(
+        strings(&one["spec"]["dnsNames"]),
+        [format!("*.runner-0.{pods}")]
     );
 }

@@ -18,10 +18,7 @@ use testbed::{Block, doc_blocks, doc_inline_commands, repo_root};
 const PENDING_BLOCKS: &[(&str, &str)] = &[
     ("README.md", "readme-label"),
     ("docs/helm.md", "helm-sidecar-only"),
-    ("docs/install.md", "install-certificate"),
     ("docs/labels.md", "labels-examples"),
-    ("docs/pod-scope.md", "pod-scope-certificate-ordinals"),
-    ("docs/pod-scope.md", "pod-scope-certificate-per-pod"),
     ("docs/policies.md", "policies-file"),
     ("docs/policies.md", "policies-mount"),
 ];
