@@ -225,6 +225,51 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
     );
     let listed = run_doc_line_ok(bed, &ps, &repo_root(), &[]);
     assert!(listed.contains("demo"), "{ps}: {listed}");
+    // What docs/operability.md and docs/troubleshooting.md tell an operator to look at, as
+    // written but for the bed's substitutions (the test's namespace and pod): the sidecar's
+    // log, the pod's description and Events, the Ingresses with their class.
+    let runner = [("runner-3", "runner-0")];
+    let with_ns = |line: String| line.replacen("kubectl ", &format!("kubectl {in_ns} "), 1);
+    let looks = [
+        (
+            substitute(
+                "docs/troubleshooting.md",
+                &doc_inline(
+                    "docs/troubleshooting.md",
+                    "kubectl -n ci logs runner-3 -c compose-ingress",
+                ),
+                &[("-n ci", &in_ns), runner[0]],
+            ),
+            "compose-ingress starting",
+        ),
+        (
+            with_ns(substitute(
+                "docs/operability.md",
+                &doc_inline("docs/operability.md", "kubectl describe pod runner-3"),
+                &runner,
+            )),
+            "compose-ingress",
+        ),
+        (
+            with_ns(substitute(
+                "docs/operability.md",
+                &doc_inline("docs/operability.md", "kubectl events --for pod/runner-3"),
+                &runner,
+            )),
+            "Started",
+        ),
+        (
+            with_ns(doc_inline(
+                "docs/troubleshooting.md",
+                "kubectl get ingress -o wide",
+            )),
+            "traefik",
+        ),
+    ];
+    for (line, says) in looks {
+        let out = run_doc_line_ok(bed, &line, &repo_root(), &[]);
+        assert!(out.contains(says), "`{line}` does not say {says:?}:\n{out}");
+    }
     d.uninstall();
     let left = substitute(
         "docs/install.md",
