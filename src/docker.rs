@@ -6,6 +6,7 @@
 //! own request ([`listing`]), parsed into only the fields the sidecar reads.
 
 mod json_array;
+mod lag;
 mod listing;
 mod reach;
 
@@ -337,6 +338,8 @@ impl DockerClient {
                 ..Default::default()
             };
             let client = self.client();
+            // Events logged before this are the replay (see `lag::lag`).
+            let subscribed = SystemTime::now();
             let mut stream = client.events(Some(options));
             // The API version every request of this connection carries (bollard puts it in the
             // path): the client's own unless the daemon is older, then the daemon's.
@@ -358,7 +361,19 @@ impl DockerClient {
                     Some(Ok(event)) => {
                         if let Some((action, key)) = hint_of(&event, self.expose_plain) {
                             events_seen(action);
-                            debug!(action, project = %key, "docker event");
+                            let lag = lag::lag(event.time_nano, subscribed, SystemTime::now());
+                            let lag_ms = lag.map(|l| l.as_millis() as u64);
+                            debug!(action, project = %key, lag_ms, "docker event");
+                            if lag.is_some_and(|l| l >= lag::LATE_EVENT) {
+                                info!(
+                                    action,
+                                    project = %key,
+                                    lag_ms,
+                                    "a Docker event reached the sidecar late: the sidecar's view \
+                                     of Docker lagged (a loaded machine, or a stalled event \
+                                     stream); passes re-read Docker, so it costs time, not state"
+                                );
+                            }
                             let hint = if action == HEALTH_ACTION {
                                 Hint::Health(key)
                             } else {

@@ -16,6 +16,7 @@ mod objects;
 mod pod;
 mod proxy;
 mod sidecar;
+mod tls;
 mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
@@ -32,7 +33,7 @@ pub use http::{
 };
 pub use node::{
     DIND_CONTAINER, Deployment, SIDECAR_CONTAINER, container, kill_container, node_lock, pod_ready,
-    projected_token, sidecar_image,
+    projected_token, runner_image, sidecar_image,
 };
 pub use objects::{
     ingress_hosts, ingresses_of, project_selector, services_of, target_ports, wait_exposed,
@@ -44,4 +45,5 @@ pub use sidecar::{
     DOMAIN, Launch, POD_PROXY_PORT, POD_SCOPE_RBAC, Sidecar, TRAEFIK_RBAC, domain, free_port,
     sidecar_kubeconfig, sidecar_kubeconfig_via, stop_process,
 };
+pub use tls::{SelfSigned, create_tls_secret, https_get, self_signed, served_certificate};
 pub use wait::{CONVERGE, eventually};

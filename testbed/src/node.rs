@@ -167,6 +167,12 @@ impl<'a> Deployment<'a> {
     /// `kubectl exec -i POD -c dind -- ARGS...` with `stdin`: what a person does to run docker
     /// in a runner pod. Returns the output (not asserted).
     pub fn exec_dind(&self, pod: &str, args: &[&str], stdin: &[u8]) -> Output {
+        self.exec_in(pod, DIND_CONTAINER, args, stdin)
+    }
+
+    /// `kubectl exec -i POD -c CONTAINER -- ARGS...` with `stdin` (not asserted): a runner pod
+    /// another chart makes names its Docker client's container otherwise (GitLab's `build`).
+    pub fn exec_in(&self, pod: &str, container: &str, args: &[&str], stdin: &[u8]) -> Output {
         let mut child = Command::new(Path::new(self.bed.get("BIN")).join("kubectl"))
             .arg("--kubeconfig")
             .arg(self.bed.kubeconfig())
@@ -177,7 +183,7 @@ impl<'a> Deployment<'a> {
                 "-i",
                 pod,
                 "-c",
-                DIND_CONTAINER,
+                container,
                 "--",
             ])
             .args(args)
@@ -337,6 +343,17 @@ pub fn sidecar_image(bed: &Bed) -> String {
         .output()
         .expect("run tests/testbed/deploy.sh");
     parse_env(&ok(out, "deploy.sh image"))["SIDECAR_IMAGE"].clone()
+}
+
+/// The stand-in for the CI runner images other charts put next to dind (ARC's actions-runner,
+/// GitLab Runner's build and helper images), which the node cannot pull:
+/// `tests/testbed/runner-image.sh` builds it offline and imports it into the node's containerd.
+pub fn runner_image(bed: &Bed) -> String {
+    let out = Command::new(repo_root().join("tests/testbed/runner-image.sh"))
+        .env("TESTBED_DIR", &bed.dir)
+        .output()
+        .expect("run tests/testbed/runner-image.sh");
+    parse_env(&ok(out, "runner-image.sh"))["RUNNER_IMAGE"].clone()
 }
 
 /// The namespace goes when the test ends, passed or failed: the next deployment needs the node's

@@ -16,7 +16,7 @@ use testbed::{
     sidecar_image, substitute, unique_namespace, wait_exposed, web,
 };
 
-const RELEASE: &str = "ci";
+pub(crate) const RELEASE: &str = "ci";
 
 /// The labels Helm's conventions add to every object's metadata (the chart's
 /// `compose-ingress.labels`); the only difference from deploy/ the comparison allows.
@@ -34,7 +34,7 @@ fn values(name: &str) -> String {
         .to_string()
 }
 
-fn yaml_docs(yaml: &str) -> Vec<Value> {
+pub(crate) fn yaml_docs(yaml: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(yaml)
         .map(|d| serde::Deserialize::deserialize(d).expect("a rendered YAML document"))
         .filter(|v: &Value| !v.is_null())
@@ -456,7 +456,7 @@ fn bed_values(bed: &Bed) -> String {
 }
 
 /// The rate limits (requests/s) of the sidecar's Traefik Middlewares in the namespace.
-fn middleware_limits(d: &Deployment<'_>) -> Vec<String> {
+pub(crate) fn middleware_limits(d: &Deployment<'_>) -> Vec<String> {
     let out = d.kubectl(&[
         "get",
         "middlewares.traefik.io",
@@ -486,7 +486,7 @@ fn sidecar_env(pod: &k8s_openapi::api::core::v1::Pod, name: &str) -> Option<Stri
 /// What is in the namespace, as kind/name, besides what every namespace holds (the default
 /// ServiceAccount, kube-root-ca.crt), the operator's own certificate Secret, and Events (reports
 /// that expire by themselves, not objects anyone owns).
-fn objects_in(d: &Deployment<'_>) -> Vec<String> {
+pub(crate) fn objects_in(d: &Deployment<'_>) -> Vec<String> {
     let kinds = d.kubectl(&[
         "api-resources",
         "--verbs=list",

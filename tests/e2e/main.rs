@@ -19,6 +19,7 @@ mod frozen_apiserver;
 mod hardening;
 mod health;
 mod helm;
+mod helm_sidecar_only;
 mod monitoring;
 mod node;
 mod operability;

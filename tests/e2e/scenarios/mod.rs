@@ -8,6 +8,7 @@
 
 mod cli;
 mod exposure;
+mod kompose;
 mod labels;
 mod lifecycle;
 mod ownership;
