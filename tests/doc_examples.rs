@@ -21,6 +21,7 @@ fn the_readmes_commands_are_ci_and_the_plain_cargo_test() {
         "README.md readme-commands"
     );
     assert_eq!(doc_inline("README.md", "./test"), lines[1]);
+    assert_eq!(doc_inline("docs/labels.md", "./test"), lines[1]);
     let ci = read(".ci/run");
     assert!(
         ci.lines().any(|l| l.trim() == "exec ./test"),
