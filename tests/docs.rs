@@ -16,7 +16,6 @@ use testbed::{Block, doc_blocks, doc_inline_commands, repo_root};
 
 /// Blocks no test reads yet: (file, id). Shrinks as tests bind them.
 const PENDING_BLOCKS: &[(&str, &str)] = &[
-    ("docs/helm.md", "helm-sidecar-only"),
     ("docs/labels.md", "labels-examples"),
     ("docs/policies.md", "policies-file"),
     ("docs/policies.md", "policies-mount"),
