@@ -118,3 +118,55 @@ fn the_certificates_the_docs_show_cover_the_hosts_of_their_overlay() {
         [format!("*.runner-0.{pods}")]
     );
 }
+
+/// docs/policies.md's mount patch and policy file, read together: the patch mounts the
+/// ConfigMap its own comment creates (from `policies.yaml`) where the sidecar's variable points,
+/// under a variable `--help` lists; the policy file names the Middlewares the page's Middleware
+/// examples define. (The file's rules are enforced by the sidecar's parser: policies.rs and
+/// pod_scope.rs run the page's Middlewares and pod-scope.md's file on the bed.)
+#[test]
+fn the_policy_mount_and_file_fit_together_and_the_sidecar() {
+    let patch_text = doc_block("docs/policies.md", "policies-mount");
+    let create = patch_text
+        .lines()
+        .find_map(|l| l.strip_prefix("# "))
+        .expect("the patch's kubectl comment");
+    assert!(
+        create
+            .contains("create configmap compose-ingress-access-policies --from-file=policies.yaml"),
+        "{create}"
+    );
+    let patch = yaml(&patch_text);
+    let spec = &patch["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["volumes"][0]["configMap"]["name"],
+        "compose-ingress-access-policies"
+    );
+    let sidecar = &spec["initContainers"][0];
+    assert_eq!(sidecar["name"], "compose-ingress");
+    let env = &sidecar["env"][0];
+    assert_eq!(env["name"], "COMPOSE_INGRESS_ACCESS_POLICIES");
+    let mount = sidecar["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .expect("a mount path");
+    assert_eq!(env["value"], format!("{mount}/policies.yaml").as_str());
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_compose-ingress"))
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("run compose-ingress --help");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("COMPOSE_INGRESS_ACCESS_POLICIES"));
+
+    let file = yaml(&doc_block("docs/policies.md", "policies-file"));
+    let defined = doc_block("docs/policies.md", "policies-middlewares");
+    let policies = file["policies"].as_object().expect("policies");
+    assert!(policies.contains_key(file["default"].as_str().expect("a default")));
+    for (name, policy) in policies {
+        for m in strings(&policy["traefikMiddlewares"]) {
+            assert!(
+                defined.contains(&format!("metadata: {{name: {m}, ")),
+                "policy {name}'s Middleware {m} is not among the page's examples"
+            );
+        }
+    }
+}
