@@ -13,7 +13,7 @@ use kube::api::Api;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bed::{Bed, parse_env, repo_root};
-use crate::docs::{doc_commands, run_doc_line_ok};
+use crate::docs::{doc_commands, doc_inline, run_doc_line_ok};
 use crate::wait::{CONVERGE, eventually};
 
 /// The node's CPU fits one StatefulSet of deploy/ at a time (dind requests 500m per pod, the
@@ -73,6 +73,15 @@ fn install_lines(namespace: &str) -> Vec<String> {
     assert!(
         readme.len() == 1 && install.contains(&readme[0]),
         "README.md's quick start ({readme:?}) is not docs/install.md's apply line ({install:?})"
+    );
+    // The upgrade section's short form is the same line with the overlay left out.
+    let upgrade = doc_inline(
+        "docs/install.md",
+        "kubectl kustomize … | kubectl apply -n ci -f -",
+    );
+    assert!(
+        install.contains(&upgrade.replace('…', "deploy/overlays/ingress")),
+        "docs/install.md's upgrade line ({upgrade}) is not its apply line ({install:?})"
     );
     doc_commands("docs/install.md", "install-apply", &subs)
 }
