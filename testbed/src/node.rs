@@ -13,7 +13,7 @@ use kube::api::Api;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bed::{Bed, parse_env, repo_root};
-use crate::docs::{doc_commands, run_doc_line_ok};
+use crate::docs::{doc_commands, doc_inline, run_doc_line_ok};
 use crate::wait::{CONVERGE, eventually};
 
 /// The node's CPU fits one StatefulSet of deploy/ at a time (dind requests 500m per pod, the
@@ -74,6 +74,15 @@ fn install_lines(namespace: &str) -> Vec<String> {
         readme.len() == 1 && install.contains(&readme[0]),
         "README.md's quick start ({readme:?}) is not docs/install.md's apply line ({install:?})"
     );
+    // The upgrade section's short form is the same line with the overlay left out.
+    let upgrade = doc_inline(
+        "docs/install.md",
+        "kubectl kustomize … | kubectl apply -n ci -f -",
+    );
+    assert!(
+        install.contains(&upgrade.replace('…', "deploy/overlays/ingress")),
+        "docs/install.md's upgrade line ({upgrade}) is not its apply line ({install:?})"
+    );
     doc_commands("docs/install.md", "install-apply", &subs)
 }
 
@@ -100,9 +109,17 @@ impl<'a> Deployment<'a> {
         let [create, apply, check] = lines.as_slice() else {
             panic!("docs/install.md install-apply: expected create, apply, get: {lines:?}");
         };
+        // Made before the first line runs: a line that fails still has the namespace deleted
+        // (Drop), so the node is free for the next test.
+        let mut deployment = Deployment {
+            bed,
+            namespace: namespace.to_string(),
+            domain,
+            tls_ca: PathBuf::new(),
+        };
         run_doc_line_ok(bed, create, &repo_root(), &[]);
         let out = Command::new(script())
-            .args(["kustomization", namespace, overlay, &domain])
+            .args(["kustomization", namespace, overlay, &deployment.domain])
             .env("TESTBED_DIR", &bed.dir)
             .output()
             .expect("run tests/testbed/deploy.sh");
@@ -110,15 +127,11 @@ impl<'a> Deployment<'a> {
             out,
             &format!("deploy.sh kustomization {namespace} {overlay}"),
         ));
+        deployment.tls_ca = PathBuf::from(&env["TLS_CA"]);
         let apply = apply.replace(KUSTOMIZATION, &env["KUSTOMIZATION"]);
         run_doc_line_ok(bed, &apply, &repo_root(), &[]);
         run_doc_line_ok(bed, check, &repo_root(), &[]);
-        Deployment {
-            bed,
-            namespace: namespace.to_string(),
-            domain,
-            tls_ca: PathBuf::from(&env["TLS_CA"]),
-        }
+        deployment
     }
 
     /// docs/install.md's uninstall (`install-uninstall`), with [`install_substitutions`].

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use testbed::{
     ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, doc_block, doc_commands, domain,
-    http_get, run_doc_line, unique_namespace, web,
+    http_get, run_doc_line, substitute, unique_namespace, web,
 };
 
 use crate::SIDECAR;
@@ -49,8 +49,8 @@ async fn wait_hands_over_urls_that_answer_at_once_and_fails_fast_on_refusal() {
     let slow = "  web:\n    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
                 command: [\"sh\", \"-c\", \"sleep 4; echo job-page > /www/index.html; exec httpd -f -p 5000 -h /www\"]\n    \
                 ports: [\"5000\"]\n    labels: {compose-ingress.enable: \"true\"}\n";
-    // The job's commands as the docs write them, in a job's working directory with its compose
-    // file: the README's quick start, then docs/ci-jobs.md's. The job's environment is what a
+    // The job's commands as docs/ci-jobs.md writes them, in a job's working directory with its
+    // compose file. The job's environment is what a
     // runner gives it (its id, DOCKER_HOST), `compose-ingress` on PATH, and the sidecar's address
     // in its documented variable (the test's sidecar listens on a port of its own).
     let work = pod.dir.join("job");
@@ -74,12 +74,11 @@ async fn wait_hands_over_urls_that_answer_at_once_and_fails_fast_on_refusal() {
     ];
     let host = format!("web-5000-jobapp-runner-0.{}", domain(&ns));
     let url = format!("http://{host}/");
-    let readme = doc_commands("README.md", "readme-up-wait", &[]);
     let docs = doc_commands("docs/ci-jobs.md", "ci-wait-urls", &[]);
     let [.., urls] = docs.as_slice() else {
         panic!("docs/ci-jobs.md ci-wait-urls: expected up, wait, urls: {docs:?}");
     };
-    for line in readme.iter().chain(&docs) {
+    for line in &docs {
         let out = run_doc_line(bed(), line, &work, &env);
         assert_eq!(out.status.code(), Some(0), "`{line}`: {}", show(&out));
         if line == urls {
@@ -96,6 +95,47 @@ async fn wait_hands_over_urls_that_answer_at_once_and_fails_fast_on_refusal() {
             assert_eq!((code, body.trim()), (200, "job-page"));
         }
     }
+
+    // The README's quick start: its compose file (the bed has no registry: busybox's httpd for
+    // nginx, on nginx's port) and its two job lines, as another job.
+    let quick = pod.dir.join("quick");
+    std::fs::create_dir_all(&quick).expect("the quick start's directory");
+    let compose = substitute(
+        "README.md readme-label",
+        &doc_block("README.md", "readme-label"),
+        &[(
+            "    image: nginx\n",
+            "    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    \
+             command: [\"sh\", \"-c\", \"echo quick-page > /www/index.html && exec httpd -f -p 80 -h /www\"]\n",
+        )],
+    );
+    std::fs::write(quick.join("compose.yml"), compose).expect("the README's compose file");
+    let quick_env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|&(k, v)| {
+            if k == "CI_JOB_ID" {
+                (k, "quick")
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    for line in doc_commands("README.md", "readme-up-wait", &[]) {
+        let out = run_doc_line(bed(), &line, &quick, &quick_env);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "README `{line}`: {}",
+            show(&out)
+        );
+    }
+    let quick_host = format!("web-80-quick-runner-0.{}", domain(&ns));
+    assert_eq!(
+        std::fs::read_to_string(quick.join("urls.env")).expect("the README's urls.env"),
+        format!("WEB_80_URL=http://{quick_host}/\n")
+    );
+    let (code, body) = http_get(&format!("{}/", bed().get("TRAEFIK_WEB")), Some(&quick_host));
+    assert_eq!((code, body.trim()), (200, "quick-page"));
 
     // The GitLab recipe: its script as written; the dotenv report it names defines the
     // variable its environment's URL uses.
