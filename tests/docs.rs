@@ -27,11 +27,6 @@ const PENDING_INLINE: &[(&str, &str)] = &[
         "docker run --add-host sidecar:host-gateway ...",
     ),
     (
-        "docs/configuration.md",
-        "compose-ingress probe healthz\\|readyz",
-    ),
-    ("docs/design.md", "compose-ingress probe healthz\\|readyz"),
-    (
         "docs/getting-started.md",
         "kubectl exec … docker compose up -d",
     ),
@@ -51,12 +46,8 @@ const PENDING_INLINE: &[(&str, &str)] = &[
     ),
     ("docs/monitoring.md", "kubectl describe pod"),
     ("docs/monitoring.md", "kubectl events --for pod/<pod>"),
-    ("docs/operability.md", "compose-ingress probe healthz"),
-    ("docs/operability.md", "compose-ingress probe readyz"),
     ("docs/operability.md", "kubectl edit"),
-    ("docs/security.md", "compose-ingress probe healthz|readyz"),
     ("docs/security.md", "kubectl edit"),
-    ("docs/troubleshooting.md", "curl localhost:9102/exposures"),
     (
         "docs/troubleshooting.md",
         "docker compose -p <letters, digits, - _ .>",
@@ -65,6 +56,7 @@ const PENDING_INLINE: &[(&str, &str)] = &[
         "docs/troubleshooting.md",
         "docker compose up -d --force-recreate",
     ),
+    ("docs/troubleshooting.md", "curl localhost:9102/exposures"),
     ("docs/troubleshooting.md", "docker ps"),
     (
         "docs/troubleshooting.md",

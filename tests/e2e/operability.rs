@@ -974,8 +974,17 @@ async fn no_ci_job_can_starve_the_kubelet_s_probes() {
     let bed = bed();
     let ns = unique_namespace("starve");
     let pod = bed.runner_pod(&ns, "runner-0");
+    // deploy/base's exec probes ask this socket (src/probe_socket.rs), which no job can reach.
+    let probe_socket = pod.dir.join("probe.sock");
+    let probe_socket = probe_socket.to_str().expect("UTF-8 pod directory");
     // The node's address here: a loopback address nobody else uses.
-    let sidecar = Sidecar::start(&SIDECAR, bed, &pod, &["--host-ip", "127.0.0.2"]).await;
+    let sidecar = Sidecar::start(
+        &SIDECAR,
+        bed,
+        &pod,
+        &["--host-ip", "127.0.0.2", "--probe-socket", probe_socket],
+    )
+    .await;
     sidecar.wait_status("/readyz", 200).await;
     let server = sidecar.listen.clone();
 
@@ -1014,6 +1023,18 @@ async fn no_ci_job_can_starve_the_kubelet_s_probes() {
         Some(200),
         "the node's probe is never starved"
     );
+    // With every TCP slot held, the docs' exec probes still answer (exit 0: healthy, ready).
+    for line in doc_probe_lines() {
+        testbed::run_doc_line_ok(
+            bed,
+            &line,
+            &pod.dir,
+            &[
+                ("PATH", binary_dir()),
+                ("COMPOSE_INGRESS_PROBE_SOCKET", probe_socket),
+            ],
+        );
+    }
     drop(held);
     // Slots come back when the connections end.
     let answered = eventually("slots free again", CONVERGE, || async {
@@ -1021,4 +1042,48 @@ async fn no_ci_job_can_starve_the_kubelet_s_probes() {
     })
     .await;
     assert_eq!(answered, 200);
+}
+
+/// The exec probes as the docs write them; `healthz|readyz` (`healthz\|readyz` in a table's
+/// cell) is both commands.
+fn doc_probe_lines() -> Vec<String> {
+    let both = |text: String| {
+        let (front, whiches) = text.rsplit_once(' ').expect("probe WHICH");
+        whiches
+            .replace("\\|", "|")
+            .split('|')
+            .map(|w| format!("{front} {w}"))
+            .collect::<Vec<_>>()
+    };
+    [
+        vec![testbed::doc_inline(
+            "docs/operability.md",
+            "compose-ingress probe healthz",
+        )],
+        vec![testbed::doc_inline(
+            "docs/operability.md",
+            "compose-ingress probe readyz",
+        )],
+        both(testbed::doc_inline(
+            "docs/security.md",
+            "compose-ingress probe healthz|readyz",
+        )),
+        both(testbed::doc_inline(
+            "docs/configuration.md",
+            "compose-ingress probe healthz\\|readyz",
+        )),
+        both(testbed::doc_inline(
+            "docs/design.md",
+            "compose-ingress probe healthz\\|readyz",
+        )),
+    ]
+    .concat()
+}
+
+/// Where the job's and the kubelet's `compose-ingress` is: the binary under test.
+fn binary_dir() -> &'static str {
+    Path::new(SIDECAR.binary)
+        .parent()
+        .and_then(Path::to_str)
+        .expect("the binary's directory")
 }
