@@ -485,6 +485,30 @@ async fn exposures_match_the_objects_in_the_cluster() {
     assert_eq!(doc["namespace"], ns.as_str());
     assert_eq!(doc["ready"], true);
 
+    // docs/troubleshooting.md's own command reads the same document (the port-forward before it
+    // is what puts the sidecar on localhost; here it listens at its own address).
+    let curl = testbed::substitute(
+        "docs/troubleshooting.md",
+        &testbed::doc_inline("docs/troubleshooting.md", "curl localhost:9102/exposures"),
+        &[("localhost:9102", sidecar.listen.as_str())],
+    );
+    let out = testbed::run_doc_line_ok(bed, &curl, &pod.dir, &[]);
+    let read: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("`{curl}` printed no JSON ({e}): {out}"));
+    assert_eq!(
+        (
+            state_of(&read, "shop"),
+            state_of(&read, "bad"),
+            &read["pod"]
+        ),
+        (
+            Some("exposed".to_string()),
+            Some("refused".to_string()),
+            &doc["pod"]
+        ),
+        "`{curl}` shows what the sidecar exposes"
+    );
+
     // Same hosts as the Ingress rules, same host ports as the Service's target ports.
     let shop = composition(&doc, "shop").expect("shop");
     let backends = shop["backends"].as_array().expect("backends");
