@@ -31,6 +31,7 @@ mod health;
 mod hol;
 mod http;
 mod isolation;
+mod late;
 mod load;
 mod machine;
 mod pod_route;

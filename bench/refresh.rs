@@ -5,7 +5,7 @@
 //! compositions one after another through the real sidecar, `docker-compose up -d` returning →
 //! the first 200 through that controller, and the controller's memory and CPU.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use testbed::RunnerPod;
 
@@ -16,6 +16,7 @@ use crate::controllers::{Controller, ProcCost, contour, traefik};
 use crate::docker::remove_all;
 use crate::fillers::{self, filler_host};
 use crate::http::wait_ready;
+use crate::late::{late_exposures, traced};
 use crate::machine::{Load, LoadWatch};
 use crate::scope::{SAMPLE_LIMIT, Scope, sample_in};
 use crate::stats::{Stats, stats};
@@ -32,6 +33,10 @@ pub struct RefreshPoint {
     pub take_in_s: Option<f64>,
     pub stats: Stats,
     pub failed: usize,
+    /// Samples the sidecar exposed more than `late::LATE_EXPOSURE` after their `up -d`, or never
+    /// (from its log; runs before this count have none).
+    #[serde(default)]
+    pub late: usize,
     pub samples_ms: Vec<f64>,
     /// The controller's processes after taking the fillers in, quiet (no new composition).
     pub idle: Vec<ProcCost>,
@@ -190,7 +195,8 @@ async fn curve(
 ) -> Vec<RefreshPoint> {
     let mut sidecars = Vec::new();
     for p in pods {
-        let side = p.scope.start(
+        let side = p.scope.start_as(
+            &traced(crate::SIDECAR),
             &p.pod,
             &p.kubeconfig,
             &["--ingress-class", ctl.class.as_str()],
@@ -256,12 +262,14 @@ async fn curve(
         } else {
             scale.refresh_samples
         };
-        for (i, (p, _)) in sidecars.iter().enumerate() {
+        for (i, (p, side)) in sidecars.iter().enumerate() {
             let tag = format!("{}/{}", ctl.name, p.scope.name());
             let w = ctl.window();
             let (mut samples, mut failed) = (Vec::new(), 0);
+            let mut started = Vec::new();
             for k in 0..n {
                 let project = format!("rf-{}-{}-{level}-{k}", ctl.name, p.scope.name());
+                started.push((project.clone(), SystemTime::now()));
                 match sample_in(p.scope, &p.pod, &project, &[], &ctl.web).await {
                     Some(ms) => samples.push(ms),
                     None => failed += 1,
@@ -269,8 +277,9 @@ async fn curve(
             }
             let busy = ctl.cost_since(&w);
             let st = stats(&samples);
+            let late = late_exposures(side, &started);
             say(format!(
-                "refresh/{tag} at {level}: {st:?} failed {failed}; idle {idle:?}; busy {busy:?}"
+                "refresh/{tag} at {level}: {st:?} failed {failed} late {late}; idle {idle:?}; busy {busy:?}"
             ));
             points.push(RefreshPoint {
                 controller: ctl.name.to_string(),
@@ -280,6 +289,7 @@ async fn curve(
                 take_in_s,
                 stats: st,
                 failed,
+                late,
                 samples_ms: samples,
                 idle: idle.clone(),
                 busy,

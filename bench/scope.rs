@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use testbed::{DOMAIN, POD_SCOPE_RBAC, RunnerPod, Sidecar, bed};
+use testbed::{DOMAIN, Launch, POD_SCOPE_RBAC, RunnerPod, Sidecar, bed};
 
 use crate::SIDECAR;
 use crate::clock::now_ns;
@@ -63,11 +63,23 @@ impl Scope {
 
     /// Starts this scope's sidecar for `pod` with the bench's settings and `flags`.
     pub fn start(self, pod: &RunnerPod, kubeconfig: &Path, flags: &[&str], name: &str) -> Sidecar {
+        self.start_as(&SIDECAR, pod, kubeconfig, flags, name)
+    }
+
+    /// [`Scope::start`] with other settings (e.g. [`crate::late::traced`]'s log filter).
+    pub fn start_as(
+        self,
+        launch: &Launch,
+        pod: &RunnerPod,
+        kubeconfig: &Path,
+        flags: &[&str],
+        name: &str,
+    ) -> Sidecar {
         match self {
             Scope::Composition => {
-                Sidecar::start_with_kubeconfig(&SIDECAR, pod, kubeconfig, flags, name)
+                Sidecar::start_with_kubeconfig(launch, pod, kubeconfig, flags, name)
             }
-            Scope::Pod => Sidecar::start_in_pod_with(&SIDECAR, pod, Some(kubeconfig), flags, name),
+            Scope::Pod => Sidecar::start_in_pod_with(launch, pod, Some(kubeconfig), flags, name),
         }
     }
 

@@ -2,21 +2,25 @@
 //! stream into composition hints. The event reader never does I/O besides reading the stream: the
 //! daemon drops events for a subscriber slower than 100 ms, so it only pushes keys into a queue.
 //!
-//! Version negotiation and the event stream go through bollard; the container listing is our
-//! own request ([`listing`]), parsed into only the fields the sidecar reads.
+//! Version negotiation goes through bollard; the container listing ([`listing`]), parsed into
+//! only the fields the sidecar reads, and the event stream ([`events`]), split into events on
+//! every newline whatever its framing, are our own requests.
 
+mod events;
 mod json_array;
+mod lag;
 mod listing;
 mod reach;
+#[cfg(test)]
+mod stream_tests;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::EventMessage;
-use bollard::query_parameters::EventsOptions;
 use bollard::{BollardRequest, Docker};
-use futures::StreamExt;
 use hyper::Uri;
 use hyper::http::uri::PathAndQuery;
 use tokio::sync::mpsc::UnboundedSender;
@@ -331,16 +335,10 @@ impl DockerClient {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let options = EventsOptions {
-                since: Some(since.to_string()),
-                filters: Some(event_filters(self.expose_plain)),
-                ..Default::default()
-            };
-            let client = self.client();
-            let mut stream = client.events(Some(options));
-            // The API version every request of this connection carries (bollard puts it in the
-            // path): the client's own unless the daemon is older, then the daemon's.
-            let api_version = client.client_version();
+            // The API version every request carries: the client's own unless the daemon is
+            // older, then the daemon's (`negotiate`).
+            let api_version = self.api_version();
+            let path = events::events_path(&api_version, since, &event_filters(self.expose_plain));
             if connected_once {
                 info!(docker_host = %self.host, %api_version, "reconnected to Docker; full resync");
             } else {
@@ -351,33 +349,46 @@ impl DockerClient {
                 break;
             }
             reconnect.connected(Instant::now());
-            loop {
-                let next =
-                    tokio::select! { n = stream.next() => n, _ = cancel.cancelled() => return };
-                match next {
-                    Some(Ok(event)) => {
-                        if let Some((action, key)) = hint_of(&event, self.expose_plain) {
-                            events_seen(action);
-                            debug!(action, project = %key, "docker event");
-                            let hint = if action == HEALTH_ACTION {
-                                Hint::Health(key)
-                            } else {
-                                Hint::Composition(key)
-                            };
-                            if hints.send(hint).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Some(Err(e)) => {
-                        warn!(error = %e, "Docker event stream broke; reconnecting");
-                        break;
-                    }
-                    None => {
-                        warn!("Docker event stream ended; reconnecting");
-                        break;
-                    }
+            // Events logged before this are the replay (see `lag::lag`).
+            let subscribed = SystemTime::now();
+            let on_event = |event: EventMessage| {
+                let Some((action, key)) = hint_of(&event, self.expose_plain) else {
+                    return ControlFlow::Continue(());
+                };
+                events_seen(action);
+                let lag = lag::lag(event.time_nano, subscribed, SystemTime::now());
+                let lag_ms = lag.map(|l| l.as_millis() as u64);
+                debug!(action, project = %key, lag_ms, "docker event");
+                if lag.is_some_and(|l| l >= lag::LATE_EVENT) {
+                    info!(
+                        action,
+                        project = %key,
+                        lag_ms,
+                        "a Docker event reached the sidecar late: the sidecar's view of Docker \
+                         lagged (a loaded machine, or a stalled event stream); passes re-read \
+                         Docker, so it costs time, not state"
+                    );
                 }
+                let hint = if action == HEALTH_ACTION {
+                    Hint::Health(key)
+                } else {
+                    Hint::Composition(key)
+                };
+                // The reconciler is gone: stop reading.
+                if hints.send(hint).is_err() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            };
+            let ended = tokio::select! {
+                ended = events::stream(&self.host, &path, on_event) => ended,
+                _ = cancel.cancelled() => return,
+            };
+            match ended {
+                Ok(events::StreamEnd::Stopped) => return,
+                Ok(events::StreamEnd::Ended) => warn!("Docker event stream ended; reconnecting"),
+                Err(e) => warn!(error = %e, "Docker event stream broke; reconnecting"),
             }
             let _ = hints.send(Hint::DockerDown);
             let delay = reconnect.failed(Instant::now());

@@ -539,7 +539,8 @@ fn claim_hosts(
                     )),
                 }
             }
-            // kompose's rule: a chosen host routes to the service's first port.
+            // A chosen host routes one port, as in kompose; kompose takes the compose file's first,
+            // which Docker does not keep (ports come as a map), so ours is the lowest (sorted).
             if index == 0 {
                 for h in &a.exposure.hosts {
                     candidates.push((
@@ -985,10 +986,10 @@ mod tests {
         );
     }
 
-    /// kompose's rule (its Ingress routes `svc.Spec.Ports[0]`): a chosen host on a service
-    /// with several ports routes to the first (the lowest), and the other ports are not routed.
+    /// kompose routes a chosen host to one port (`svc.Spec.Ports[0]`, the file's first); Docker
+    /// does not keep the file's order, so here it is the lowest, and the other ports are not routed.
     #[test]
-    fn a_chosen_host_on_several_ports_routes_the_first_as_kompose_does() {
+    fn a_chosen_host_on_several_ports_routes_the_lowest_one() {
         for labels in [
             vec![ON, (labels::HOST, "chat")],
             vec![(labels::KOMPOSE_EXPOSE, "chat.composition.example.com")],

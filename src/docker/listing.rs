@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -178,7 +179,7 @@ fn endpoint(host: &str) -> Endpoint<'_> {
 }
 
 /// `s` percent-encoded for a query string (everything but RFC 3986's unreserved characters).
-fn query_escape(s: &str) -> String {
+pub(super) fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -204,7 +205,7 @@ fn listing_path(api_version: &str, filters: &BTreeMap<&str, Vec<String>>) -> Str
 }
 
 /// Error bodies are short (`{"message": "..."}`); more than this of one is not kept.
-const MAX_ERROR_BODY: usize = 64 * 1024;
+pub(super) const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Every container of the daemon at `host` matching `filters`, all states, asked with API
 /// version `api_version` ("1.53"). Parsed one container at a time as the body arrives
@@ -227,10 +228,10 @@ pub(super) async fn list_containers(
         if !status.is_success() {
             let room = MAX_ERROR_BODY.saturating_sub(error_body.len());
             error_body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            return;
+            return ControlFlow::Continue(());
         }
         if failure.is_some() {
-            return;
+            return ControlFlow::Continue(());
         }
         let parsed = elements.feed(chunk, &mut |element: &[u8]| {
             listed.push(serde_json::from_slice(element)?);
@@ -241,10 +242,11 @@ pub(super) async fn list_containers(
             Err(Ok(e)) => Some(decode(e.into())),
             Err(Err(e)) => Some(decode(e.into())),
         };
+        ControlFlow::Continue(())
     };
     let status = tokio::time::timeout(
         TIMEOUT,
-        get(host, &listing_path(api_version, filters), on_chunk),
+        get(host, WHAT, &listing_path(api_version, filters), on_chunk),
     )
     .await
     .map_err(|_| DockerError::Request {
@@ -268,7 +270,7 @@ pub(super) async fn list_containers(
 }
 
 /// The `message` of Docker's error body (`{"message": "..."}`), else the body's start as text.
-fn error_message(body: &[u8]) -> String {
+pub(super) fn error_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Message {
         message: String,
@@ -287,12 +289,14 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-/// `GET path_and_query` on the daemon: the answer's status; its body goes to `on_chunk` as it
-/// arrives.
-async fn get(
+/// `GET path_and_query` on the daemon (`what` names the request in errors): the answer's
+/// status; its body goes to `on_chunk` as it arrives, until the body ends or `on_chunk` says
+/// stop (an endless answer, the event stream, ends only so).
+pub(super) async fn get(
     host: &str,
+    what: &'static str,
     path_and_query: &str,
-    on_chunk: impl FnMut(StatusCode, &[u8]),
+    on_chunk: impl FnMut(StatusCode, &[u8]) -> ControlFlow<()>,
 ) -> Result<StatusCode, DockerError> {
     let dial = |e: std::io::Error| DockerError::Connect {
         host: host.to_string(),
@@ -300,7 +304,7 @@ async fn get(
     };
     let exchange_error = |e: hyper::Error| DockerError::Request {
         host: host.to_string(),
-        what: WHAT,
+        what,
         source: e.into(),
     };
     let (io, authority) = match endpoint(host) {
@@ -322,7 +326,7 @@ async fn get(
         .body(Empty::<Bytes>::new())
         .map_err(|e| DockerError::Request {
             host: host.to_string(),
-            what: WHAT,
+            what,
             source: format!("cannot build the request {path_and_query}: {e}").into(),
         })?;
     match io {
@@ -338,12 +342,12 @@ enum Io {
 }
 
 /// One request on a fresh HTTP/1.1 connection over `io`, driving the connection until the
-/// whole answer is read (the connection closes when this returns); the body's chunks go to
-/// `on_chunk` with the status.
+/// whole answer is read or `on_chunk` says stop (the connection closes when this returns); the
+/// body's chunks go to `on_chunk` with the status.
 async fn exchange<T>(
     io: T,
     request: Request<Empty<Bytes>>,
-    mut on_chunk: impl FnMut(StatusCode, &[u8]),
+    mut on_chunk: impl FnMut(StatusCode, &[u8]) -> ControlFlow<()>,
 ) -> Result<StatusCode, hyper::Error>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin,
@@ -354,8 +358,10 @@ where
         let status = response.status();
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                on_chunk(status, &data);
+            if let Ok(data) = frame?.into_data()
+                && on_chunk(status, &data).is_break()
+            {
+                break;
             }
         }
         Ok::<_, hyper::Error>(status)

@@ -24,7 +24,17 @@ pub(crate) struct Lifecycle {
     /// When the last pass began: a health change is due no sooner than
     /// [`HEALTH_PASS_INTERVAL`] after it.
     pub(crate) last_pass: Option<Instant>,
+    /// Passes in a row, past the settle wait, that found opted-in services created and not
+    /// started: how far off the next re-check is (see [`Lifecycle::start_recheck`]).
+    pub(crate) start_rechecks: u32,
 }
+
+/// The first look again at a composition whose services are still to start, should their
+/// `start` event not come; each further one waits twice as long, up to [`START_RECHECK_MAX`].
+pub(crate) const START_RECHECK_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two such looks: a composition only ever created (`compose create`)
+/// costs one container listing a minute.
+pub(crate) const START_RECHECK_MAX: Duration = Duration::from_secs(60);
 
 /// The least time between two passes that health changes make due, per composition: a
 /// healthcheck that flaps ten times a second is at most two EndpointSlice writes a second, not
@@ -161,19 +171,39 @@ impl Lifecycle {
         }
     }
 
+    /// When to look at the composition again after a pass (past the settle wait) that found
+    /// opted-in services created and not started, or `None` when it found none. Their `start`
+    /// event makes the next pass due at once; this is the deadline if the event does not come
+    /// (a pass is level-triggered: an event only makes it sooner). Without it, a start event
+    /// that reached the sidecar late, or not at all, left the composition unexposed until some
+    /// other event of it or the next full resync (a bench sample exposed 120 s late). 1 s after
+    /// the first such pass, twice as long after each further one, at most a minute.
+    pub(crate) fn start_recheck(&mut self, awaiting_start: bool, now: Instant) -> Option<Instant> {
+        if !awaiting_start {
+            self.start_rechecks = 0;
+            return None;
+        }
+        let delay = START_RECHECK_FIRST
+            .saturating_mul(1u32 << self.start_rechecks.min(16))
+            .min(START_RECHECK_MAX);
+        self.start_rechecks = self.start_rechecks.saturating_add(1);
+        Some(now + delay)
+    }
+
     /// The objects are deleted: the grace is done.
     pub(crate) fn deleted(&mut self) {
         self.grace_until = None;
     }
 
     /// Whether the composition's state can be forgotten after a pass with `outcome`: nothing of it
-    /// is left in the cluster, and nothing is pending (a grace, a start, problems to log only
-    /// once).
+    /// is left in the cluster, and nothing is pending (a grace, a start, a re-check whose
+    /// backoff must not start over, problems to log only once).
     pub(crate) fn forgettable(&self, outcome: &Outcome, has_problems: bool) -> bool {
         matches!(outcome, Outcome::Deleted | Outcome::Nothing)
             && self.grace_until.is_none()
             && !has_problems
             && !self.expecting_start
+            && self.start_rechecks == 0
     }
 }
 
@@ -358,6 +388,33 @@ mod tests {
                 "problems"
             );
         }
+    }
+
+    /// A pass past the settle wait that finds services still to start sets a deadline to look
+    /// again, in case their start event never reaches the sidecar: 1 s, then twice as long each
+    /// time, at most a minute; a pass that finds none awaited clears it and starts over (seen
+    /// failing with `start_recheck` returning `None`: the pass set no deadline at all).
+    #[test]
+    fn a_composition_still_to_start_is_looked_at_again_later_and_later() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::default();
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            let at = l
+                .start_recheck(true, now)
+                .expect("a re-check while awaited");
+            delays.push((at - now).as_secs());
+            now = at;
+        }
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert!(
+            !l.forgettable(&Outcome::Nothing, false),
+            "its backoff is kept"
+        );
+        assert_eq!(l.start_recheck(false, now), None, "all started");
+        assert!(l.forgettable(&Outcome::Nothing, false));
+        assert_eq!(l.start_recheck(true, now), Some(now + START_RECHECK_FIRST));
     }
 
     // When a hint is due (`hint_due`).

@@ -529,6 +529,14 @@ where
             self.queue.schedule(key.to_string(), until);
             return Ok(Outcome::Waiting);
         }
+        if let Some(at) = lifecycle.start_recheck(shape.awaiting_start, now) {
+            debug!(
+                awaiting = ?plan.awaiting_start,
+                recheck_in_ms = at.saturating_duration_since(now).as_millis() as u64,
+                "services created and not started yet; looking again then if no start event comes"
+            );
+            self.queue.schedule(key.to_string(), at);
+        }
         let mut problems = self.label_problems(key, &plan.refusals);
         let desired = match plan.desired {
             Some(d) => self.claim_hosts(key, d, &mut problems).await?,

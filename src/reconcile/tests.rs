@@ -469,3 +469,58 @@ async fn an_unchanged_composition_of_two_classes_makes_no_write() {
     )
     .await;
 }
+
+/// demochat with its one container created and not started (`compose up` between its create
+/// and its start, or `compose create`).
+fn observed_demochat_created() -> ObservedComposition {
+    let mut observed = observed_demochat();
+    for c in &mut observed.containers {
+        c.state = ContainerState::Created;
+        // A created container lists no published ports.
+        c.published.clear();
+    }
+    observed
+}
+
+/// The bench's composition exposed 120 s late: a pass found its container created and not
+/// started, and its start event, the only thing that would have made another pass, came only
+/// with the next composition's events. A pass that finds services still to start now sets a
+/// deadline of its own (1 s, then doubling), so a late or lost start event costs a second, and
+/// keeps the composition's state for the backoff even with `--settle-time 0` (the mock's).
+/// Seen failing before the re-check: no deadline after the pass, and the state forgotten.
+#[tokio::test(start_paused = true)]
+async fn a_pass_that_finds_its_services_still_to_start_looks_again_without_an_event() {
+    let (mut reconciler, _handle) = mock_reconciler();
+    let created = observed_demochat_created();
+    let t0 = tokio::time::Instant::now();
+    reconciler.reconcile_composition(PROJECT, &created).await;
+    assert_eq!(
+        reconciler.queue.deadline(PROJECT),
+        Some(t0 + Duration::from_secs(1)),
+        "looked at again within a second, whether or not a start event comes"
+    );
+    assert!(reconciler.compositions.contains_key(PROJECT));
+    // Still not started at the re-check: the next one waits longer.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        reconciler
+            .queue
+            .pop_next_due(tokio::time::Instant::now())
+            .as_deref(),
+        Some(PROJECT)
+    );
+    reconciler.reconcile_composition(PROJECT, &created).await;
+    assert_eq!(
+        reconciler.queue.deadline(PROJECT),
+        Some(t0 + Duration::from_secs(3))
+    );
+    // Its containers are gone (`compose down`): nothing is awaited, nothing is due, forgotten.
+    reconciler.queue.remove(PROJECT);
+    let gone = ObservedComposition {
+        name: PROJECT.into(),
+        containers: Vec::new(),
+    };
+    reconciler.reconcile_composition(PROJECT, &gone).await;
+    assert_eq!(reconciler.queue.deadline(PROJECT), None);
+    assert!(!reconciler.compositions.contains_key(PROJECT));
+}

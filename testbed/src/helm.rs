@@ -14,7 +14,7 @@ pub fn chart_dir() -> PathBuf {
 }
 
 /// The `helm` binary: `build.sh helm` once per test run (a cache hit after the first build).
-fn binary() -> &'static Path {
+pub(crate) fn binary() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
     HELM.get_or_init(|| {
         let out = Command::new(repo_root().join("tests/testbed/build.sh"))
@@ -31,17 +31,21 @@ fn binary() -> &'static Path {
     })
 }
 
-/// `helm ARGS...` against the bed (not asserted).
-pub fn helm(bed: &Bed, args: &[&str]) -> Output {
+/// The bed's kubeconfig and Helm's state (cache, config, data) under the bed, for `cmd`.
+pub(crate) fn state_env(bed: &Bed, cmd: &mut Command) {
     let home = bed.dir.join("helm");
-    Command::new(binary())
-        .args(args)
-        .env("KUBECONFIG", bed.kubeconfig())
+    cmd.env("KUBECONFIG", bed.kubeconfig())
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("run helm")
+        .env("HELM_DATA_HOME", home.join("data"));
+}
+
+/// `helm ARGS...` against the bed (not asserted).
+pub fn helm(bed: &Bed, args: &[&str]) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args);
+    state_env(bed, &mut cmd);
+    cmd.output().expect("run helm")
 }
 
 /// `helm ARGS...`, asserting success; returns stdout.

@@ -8,6 +8,8 @@
 
 mod bed;
 mod compose;
+mod docker_proxy;
+mod docs;
 mod helm;
 mod http;
 mod node;
@@ -15,10 +17,17 @@ mod objects;
 mod pod;
 mod proxy;
 mod sidecar;
+mod tls;
 mod wait;
 
 pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
+pub use docker_proxy::DockerEventsProxy;
+pub use docs::{
+    Block, Inline, OUTPUT_MARK, TEST_MARK, blocks_of, doc_block, doc_blocks, doc_commands,
+    doc_inline, doc_inline_commands, inline_commands_of, is_command, run_doc_line, run_doc_line_ok,
+    substitute,
+};
 pub use helm::{chart_dir, helm, helm_ok};
 pub use http::{
     LoadResult, http_get, load, raw_get, through_controller, through_ingress,
@@ -38,4 +47,5 @@ pub use sidecar::{
     DOMAIN, Launch, POD_PROXY_PORT, POD_SCOPE_RBAC, Sidecar, TRAEFIK_RBAC, domain, free_port,
     sidecar_kubeconfig, sidecar_kubeconfig_via, stop_process,
 };
+pub use tls::{SelfSigned, create_tls_secret, https_get, self_signed, served_certificate};
 pub use wait::{CONVERGE, eventually};

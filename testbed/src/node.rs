@@ -13,6 +13,7 @@ use kube::api::Api;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bed::{Bed, parse_env, repo_root};
+use crate::docs::{doc_commands, doc_inline, run_doc_line_ok};
 use crate::wait::{CONVERGE, eventually};
 
 /// The node's CPU fits one StatefulSet of deploy/ at a time (dind requests 500m per pod, the
@@ -39,6 +40,52 @@ fn script() -> PathBuf {
     repo_root().join("tests/testbed/deploy.sh")
 }
 
+/// Where the docs' install lines name the overlay, the bed applies the user's kustomization over
+/// it (`deploy.sh kustomization`: only images, domain and class changed); this placeholder is
+/// replaced by its directory.
+const KUSTOMIZATION: &str = "<the user's kustomization over the overlay>";
+
+/// The bed's substitutions for docs/install.md's install and uninstall lines: the test's
+/// namespace for the user's `ci`, the user's kustomization for the overlay they apply
+/// (`namespace ci` only where the block creates it).
+fn install_substitutions(namespace: &str, create: bool) -> Vec<(&'static str, String)> {
+    let mut subs = vec![
+        ("-n ci", format!("-n {namespace}")),
+        ("deploy/overlays/ingress", KUSTOMIZATION.to_string()),
+    ];
+    if create {
+        subs.push(("namespace ci", format!("namespace {namespace}")));
+    }
+    subs
+}
+
+fn as_strs<'s>(subs: &'s [(&'static str, String)]) -> Vec<(&'static str, &'s str)> {
+    subs.iter().map(|(a, b)| (*a, b.as_str())).collect()
+}
+
+/// docs/install.md's `install-apply` lines with the bed's substitutions; the README's quick
+/// start says the same apply line (asserted: the two docs cannot drift apart).
+fn install_lines(namespace: &str) -> Vec<String> {
+    let subs = install_substitutions(namespace, true);
+    let subs = as_strs(&subs);
+    let readme = doc_commands("README.md", "readme-install", &[]);
+    let install = doc_commands("docs/install.md", "install-apply", &[]);
+    assert!(
+        readme.len() == 1 && install.contains(&readme[0]),
+        "README.md's quick start ({readme:?}) is not docs/install.md's apply line ({install:?})"
+    );
+    // The upgrade section's short form is the same line with the overlay left out.
+    let upgrade = doc_inline(
+        "docs/install.md",
+        "kubectl kustomize … | kubectl apply -n ci -f -",
+    );
+    assert!(
+        install.contains(&upgrade.replace('…', "deploy/overlays/ingress")),
+        "docs/install.md's upgrade line ({upgrade}) is not its apply line ({install:?})"
+    );
+    doc_commands("docs/install.md", "install-apply", &subs)
+}
+
 fn ok(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -51,21 +98,49 @@ fn ok(out: Output, what: &str) -> String {
 }
 
 impl<'a> Deployment<'a> {
-    /// `deploy.sh apply NAMESPACE OVERLAY DOMAIN`; the domain is the namespace's own, so that
-    /// hosts never meet another test's.
+    /// deploy/'s OVERLAY installed as docs/install.md says (step 6, `install-apply`, the README's
+    /// quick start the same line): its command lines run as written but for
+    /// [`install_substitutions`], over the kustomization a user writes (`deploy.sh
+    /// kustomization`: images, domain, class, the certificate). The domain is the namespace's
+    /// own, so that hosts never meet another test's.
     pub fn apply(bed: &'a Bed, namespace: &str, overlay: &str) -> Self {
         let domain = format!("{namespace}.bed.test");
-        let out = Command::new(script())
-            .args(["apply", namespace, overlay, &domain])
-            .env("TESTBED_DIR", &bed.dir)
-            .output()
-            .expect("run tests/testbed/deploy.sh");
-        let env = parse_env(&ok(out, &format!("deploy.sh apply {namespace} {overlay}")));
-        Deployment {
+        let lines = install_lines(namespace);
+        let [create, apply, check] = lines.as_slice() else {
+            panic!("docs/install.md install-apply: expected create, apply, get: {lines:?}");
+        };
+        // Made before the first line runs: a line that fails still has the namespace deleted
+        // (Drop), so the node is free for the next test.
+        let mut deployment = Deployment {
             bed,
             namespace: namespace.to_string(),
             domain,
-            tls_ca: PathBuf::from(&env["TLS_CA"]),
+            tls_ca: PathBuf::new(),
+        };
+        run_doc_line_ok(bed, create, &repo_root(), &[]);
+        let out = Command::new(script())
+            .args(["kustomization", namespace, overlay, &deployment.domain])
+            .env("TESTBED_DIR", &bed.dir)
+            .output()
+            .expect("run tests/testbed/deploy.sh");
+        let env = parse_env(&ok(
+            out,
+            &format!("deploy.sh kustomization {namespace} {overlay}"),
+        ));
+        deployment.tls_ca = PathBuf::from(&env["TLS_CA"]);
+        let apply = apply.replace(KUSTOMIZATION, &env["KUSTOMIZATION"]);
+        run_doc_line_ok(bed, &apply, &repo_root(), &[]);
+        run_doc_line_ok(bed, check, &repo_root(), &[]);
+        deployment
+    }
+
+    /// docs/install.md's uninstall (`install-uninstall`), with [`install_substitutions`].
+    pub fn uninstall(&self) {
+        let dir = self.bed.dir.join("deploy").join(&self.namespace);
+        let subs = install_substitutions(&self.namespace, false);
+        for line in doc_commands("docs/install.md", "install-uninstall", &as_strs(&subs)) {
+            let line = line.replace(KUSTOMIZATION, &dir.to_string_lossy());
+            run_doc_line_ok(self.bed, &line, &repo_root(), &[]);
         }
     }
 

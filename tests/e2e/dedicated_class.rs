@@ -9,8 +9,8 @@
 //! serve (each controller reads Ingresses from one ordered watch), so it has seen that Ingress.
 
 use testbed::{
-    CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_file, domain, eventually, http_get,
-    ingresses_of, through_controller, unique_namespace, web,
+    CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_file, doc_block, doc_commands, domain,
+    eventually, http_get, ingresses_of, through_controller, unique_namespace, web,
 };
 
 use crate::SIDECAR;
@@ -53,14 +53,21 @@ async fn a_class_label_picks_the_dedicated_controller_and_the_shared_one_never_s
     let ns = unique_namespace("dedicated");
     let pod = b.runner_pod(&ns, "runner-0");
     let admin = b.admin().await;
-    // The operator's configuration: the shared class by default, the dedicated one allowed.
-    let sidecar = Sidecar::start(
-        &SIDECAR,
-        b,
-        &pod,
-        &["--ingress-class", "traefik", "--allowed-classes", dedicated],
-    )
-    .await;
+    // The operator's configuration, docs/controllers.md's command line: the shared class by
+    // default, the dedicated one allowed. The bed's substitution: the test's own domain (the
+    // sidecar runner sets it) instead of the doc's.
+    let line = doc_commands(
+        "docs/controllers.md",
+        "controllers-allowed-classes",
+        &[("compose-ingress ", ""), ("--domain ci.example.com ", "")],
+    );
+    let flags: Vec<&str> = line.iter().flat_map(|l| l.split_whitespace()).collect();
+    assert_eq!(
+        flags,
+        ["--ingress-class", "traefik", "--allowed-classes", dedicated],
+        "the doc's flags name the bed's two classes"
+    );
+    let sidecar = Sidecar::start(&SIDECAR, b, &pod, &flags).await;
 
     // 1. The default class: the shared controller routes it.
     up(&pod, "shared", &[ENABLE]);
@@ -68,8 +75,19 @@ async fn a_class_label_picks_the_dedicated_controller_and_the_shared_one_never_s
     assert_eq!(body.trim(), "shared-page");
     assert_eq!(class_of(&admin, &ns, "shared").await, "traefik");
 
-    // 2. The dedicated class, chosen by label: its own controller routes it...
-    up(&pod, "heavy", &[ENABLE, (CLASS, dedicated)]);
+    // 2. The dedicated class, chosen by docs/controllers.md's labels: its own controller routes
+    // it...
+    let example: serde_json::Value =
+        serde_yaml_ng::from_str(&doc_block("docs/controllers.md", "controllers-class-label"))
+            .expect("docs/controllers.md's compose example is YAML");
+    let labels: Vec<(&str, &str)> = example["services"]["web"]["labels"]
+        .as_object()
+        .expect("the example's labels")
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().expect("a label value")))
+        .collect();
+    assert!(labels.contains(&(CLASS, dedicated)), "{labels:?}");
+    up(&pod, "heavy", &labels);
     let body = through_controller("Contour", contour, &host(&ns, "heavy"), CONVERGE).await;
     assert_eq!(body.trim(), "heavy-page");
     assert_eq!(class_of(&admin, &ns, "heavy").await, dedicated);

@@ -663,7 +663,9 @@ async fn container_image_exposes_a_composition() {
     let ns = unique_namespace("image");
     let pod = bed.runner_pod(&ns, "runner-0");
 
-    let out = Command::new(repo_root().join("tests/testbed/image.sh"))
+    // The offline build docs/install.md names (step 1), run as it says.
+    let script = testbed::doc_inline("docs/install.md", "tests/testbed/image.sh");
+    let out = Command::new(repo_root().join(script))
         .arg(IMAGE)
         .env("DOCKER_HOST", &pod.docker_host)
         .output()

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use testbed::{
-    Bed, CONVERGE, Deployment, ENABLE, bed, chart_dir, compose_file, eventually, helm, helm_ok,
-    node_lock, pod_ready, repo_root, sidecar_image, unique_namespace, wait_exposed, web,
+    Bed, CONVERGE, Deployment, ENABLE, bed, chart_dir, compose_file, doc_block, doc_commands,
+    doc_inline, eventually, helm, helm_ok, node_lock, pod_ready, repo_root, run_doc_line_ok,
+    sidecar_image, substitute, unique_namespace, wait_exposed, web,
 };
 
 pub(crate) const RELEASE: &str = "ci";
@@ -426,34 +427,32 @@ fn sidecar_only_hands_runner_charts_the_statefulsets_own_sidecar() {
     );
 }
 
-/// What an operator writes for `helm install`: their registry's images, their domain, their
-/// controller's class and certificate; upgrades between jobs (OnDelete); the NetworkPolicy on.
-fn operator_values(bed: &Bed, d: &Deployment<'_>, sidecar_image: &str) -> String {
+/// The values file docs/helm.md shows an operator (`helm-values`), with the bed's
+/// substitutions: the bed's sidecar image for their registry's, the test's own domain, one
+/// replica (the node fits one runner pod).
+fn operator_values(d: &Deployment<'_>, sidecar_image: &str) -> String {
     let (repository, tag) = sidecar_image
         .split_once(':')
         .expect("the sidecar image has a tag");
-    let dind = bed.get("DIND_IMAGE");
-    let (dind_repository, dind_tag) = dind.rsplit_once(':').expect("the dind image has a tag");
-    format!(
-        r#"image:
-  repository: {repository}
-  tag: "{tag}"
-domain: {domain}
-ingressClass: traefik
-tlsSecret: wildcard-composition-tls
-rateLimit:
-  defaultRps: 50
-  maxRps: 50
-runner:
-  replicas: 1
-  updateStrategy: {{type: OnDelete}}
-  dind:
-    image: {{repository: {dind_repository}, tag: "{dind_tag}"}}
-networkPolicy:
-  enabled: true
-"#,
-        domain = d.domain
+    let tag = format!("tag: \"{tag}\"");
+    substitute(
+        "docs/helm.md helm-values",
+        &doc_block("docs/helm.md", "helm-values"),
+        &[
+            ("registry.example.com/compose-ingress", repository),
+            ("tag: \"0.1.0\"", &tag),
+            ("composition.example.com", &d.domain),
+            ("replicas: 2", "replicas: 1"),
+        ],
     )
+}
+
+/// What the bed adds to the operator's values: its dind image (no registry is reachable, the
+/// node has it loaded), a second `-f` file so that the doc's own file stays as written.
+fn bed_values(bed: &Bed) -> String {
+    let dind = bed.get("DIND_IMAGE");
+    let (repository, tag) = dind.rsplit_once(':').expect("the dind image has a tag");
+    format!("runner:\n  dind:\n    image: {{repository: {repository}, tag: \"{tag}\"}}\n")
 }
 
 /// The rate limits (requests/s) of the sidecar's Traefik Middlewares in the namespace.
@@ -528,11 +527,33 @@ async fn helm_install_upgrade_and_uninstall_on_the_node() {
     let _node = node_lock().await;
     let ns = unique_namespace("helm-node");
     let d = Deployment::prepare(bed, &ns, "ingress");
-    let file: PathBuf = bed.dir.join("deploy").join(&ns).join("values.yaml");
-    std::fs::write(&file, operator_values(bed, &d, &sidecar_image(bed))).expect("values file");
-    let file = file.to_string_lossy().to_string();
-    let dir = chart_dir().to_string_lossy().to_string();
-    helm_ok(bed, &["install", RELEASE, &dir, "-n", &ns, "-f", &file]);
+    let dir: PathBuf = bed.dir.join("deploy").join(&ns);
+    let file = dir.join("my-values.yaml");
+    std::fs::write(&file, operator_values(&d, &sidecar_image(bed))).expect("values file");
+    let extra = dir.join("bed-values.yaml");
+    std::fs::write(&extra, bed_values(bed)).expect("the bed's values file");
+    // docs/helm.md's commands as written, in the repository's root (the chart's path is
+    // relative), with the bed's substitutions: the test's namespace, the two values files.
+    let files = format!("-f {} -f {}", file.display(), extra.display());
+    let namespace = format!("-n {ns}");
+    let lines = doc_commands(
+        "docs/helm.md",
+        "helm-install",
+        &[("-n ci", &namespace), ("-f my-values.yaml", &files)],
+    );
+    let [install, upgrade, uninstall] = lines.as_slice() else {
+        panic!("docs/helm.md helm-install: expected install, upgrade, uninstall: {lines:?}");
+    };
+    let uninstall_words = doc_inline("docs/helm.md", "helm uninstall");
+    for (line, starts) in [
+        (install, "helm install ci "),
+        (upgrade, "helm upgrade ci "),
+        (uninstall, uninstall_words.as_str()),
+    ] {
+        assert!(line.starts_with(starts), "{line:?} is not {starts:?}…");
+    }
+    let root = repo_root();
+    run_doc_line_ok(bed, install, &root, &[]);
 
     let pod = d.wait_ready("runner-0").await;
     d.load_test_image("runner-0");
@@ -545,22 +566,8 @@ async fn helm_install_upgrade_and_uninstall_on_the_node() {
     assert_eq!(middleware_limits(&d), ["50"]);
 
     // A flag changes: the StatefulSet carries it, the pod that runs keeps its route.
-    helm_ok(
-        bed,
-        &[
-            "upgrade",
-            RELEASE,
-            &dir,
-            "-n",
-            &ns,
-            "-f",
-            &file,
-            "--set",
-            "rateLimit.defaultRps=20",
-            "--set",
-            "rateLimit.maxRps=20",
-        ],
-    );
+    // The doc's upgrade: the rate limit 50 → 20.
+    run_doc_line_ok(bed, upgrade, &root, &[]);
     let template = d.kubectl(&[
         "get",
         "statefulset",
@@ -597,7 +604,7 @@ async fn helm_install_upgrade_and_uninstall_on_the_node() {
     })
     .await;
 
-    helm_ok(bed, &["uninstall", RELEASE, "-n", &ns]);
+    run_doc_line_ok(bed, uninstall, &root, &[]);
     // The pod's sidecar deletes its objects at SIGTERM, the garbage collector what it owns:
     // polled until the namespace is clean, within the bound every convergence here has.
     let deadline = std::time::Instant::now() + CONVERGE;

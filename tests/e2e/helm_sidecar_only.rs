@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 
 use testbed::{
     Bed, CONVERGE, Deployment, ENABLE, SIDECAR_CONTAINER, bed, chart_dir, compose_file, container,
-    helm_ok, node_lock, pod_ready, projected_token, repo_root, runner_image, sidecar_image,
-    unique_namespace, wait_exposed, web,
+    doc_commands, helm_ok, node_lock, pod_ready, projected_token, repo_root, run_doc_line_ok,
+    runner_image, sidecar_image, unique_namespace, wait_exposed, web,
 };
 
 use crate::helm::{RELEASE, middleware_limits, objects_in, yaml_docs};
@@ -290,9 +290,39 @@ async fn helm_sidecar_only_runs_in_an_arc_runner_pod_on_the_node() {
     let image = sidecar_image(bed);
     let values = write(bed, &d, "values.yaml", &operator_values(&d, &image));
     let dir = chart_dir().to_string_lossy().to_string();
-    helm_ok(bed, &["install", RELEASE, &dir, "-n", &ns, "-f", &values]);
+    // docs/helm.md's sidecar-only lines, run as written (in the repository's root) but for the
+    // bed's substitutions: the test's release name, namespace and domain, and the operator's
+    // values file (the bed's image) after the doc's --set flags. The GitLab line is the same
+    // read in GitLab Runner's namespace: run in this one, it hands out the GitLab snippet.
+    let in_ns = format!("-n {ns}");
+    let domain = format!("--set domain={} -f {values}", d.domain);
+    let lines = doc_commands(
+        "docs/helm.md",
+        "helm-sidecar-only",
+        &[
+            ("helm install compose-ingress ", "helm install ci "),
+            ("-n arc-runners", &in_ns),
+            ("-n gitlab-runner", &in_ns),
+            ("--set domain=composition.example.com", &domain),
+        ],
+    );
+    let [install, arc, gitlab] = lines.as_slice() else {
+        panic!("docs/helm.md helm-sidecar-only: expected install, ARC, GitLab: {lines:?}");
+    };
+    assert!(
+        install.starts_with(&format!("helm install {RELEASE} ")),
+        "{install}"
+    );
+    run_doc_line_ok(bed, install, &repo_root(), &[]);
+    let gitlab_snippet = run_doc_line_ok(bed, gitlab, &repo_root(), &[]);
+    assert!(
+        gitlab_snippet.contains("service_account = \"compose-ingress\""),
+        "`{gitlab}`: {gitlab_snippet}"
+    );
+    let arc_snippet = run_doc_line_ok(bed, arc, &repo_root(), &[]);
+    assert_eq!(arc_snippet, snippet(&d, "arc-values.yaml"), "`{arc}`");
 
-    let mut spec = arc_runner_spec(bed, &d, &snippet(&d, "arc-values.yaml"));
+    let mut spec = arc_runner_spec(bed, &d, &arc_snippet);
     bed_images(bed, &mut spec, &image);
     let pod = run_pod(bed, &d, ARC_POD, spec).await;
     // A job's steps in ARC's runner use dind's socket; here, as the other node tests, through

@@ -11,6 +11,7 @@ mod compose_v2;
 mod dedicated_class;
 mod deploy;
 mod disruptive;
+mod doc_samples;
 mod engines;
 mod field_manager;
 mod first_errors;

@@ -16,8 +16,9 @@ use kube::api::{Api, ListParams, PostParams};
 
 use testbed::{
     CONVERGE, DIND_CONTAINER, Deployment, ENABLE, SIDECAR_CONTAINER, bed, compose_file, container,
-    eventually, http_get, ingress_hosts, ingresses_of, kill_container, node_lock, pod_ready,
-    projected_token, repo_root, services_of, unique_namespace, wait_exposed, web,
+    doc_commands, doc_inline, eventually, http_get, ingress_hosts, ingresses_of, kill_container,
+    node_lock, pod_ready, projected_token, repo_root, run_doc_line, run_doc_line_ok, services_of,
+    substitute, unique_namespace, wait_exposed, web,
 };
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=compose-ingress";
@@ -210,6 +211,85 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
         !String::from_utf8_lossy(&job.stdout).contains(payload),
         "a job's container read the sidecar's token"
     );
+
+    // docs/install.md's commands after the install, as written but for the namespace: docker in
+    // dind lists the example's containers; the uninstall leaves none of the sidecar's objects.
+    let in_ns = format!("-n {ns}");
+    let ps = substitute(
+        "docs/install.md",
+        &doc_inline(
+            "docs/install.md",
+            "kubectl exec runner-0 -c dind -- docker ps",
+        ),
+        &[("kubectl", &format!("kubectl {in_ns}"))],
+    );
+    let listed = run_doc_line_ok(bed, &ps, &repo_root(), &[]);
+    assert!(listed.contains("demo"), "{ps}: {listed}");
+    // What docs/operability.md and docs/troubleshooting.md tell an operator to look at, as
+    // written but for the bed's substitutions (the test's namespace and pod): the sidecar's
+    // log, the pod's description and Events, the Ingresses with their class.
+    let runner = [("runner-3", "runner-0")];
+    let with_ns = |line: String| line.replacen("kubectl ", &format!("kubectl {in_ns} "), 1);
+    let looks = [
+        (
+            substitute(
+                "docs/troubleshooting.md",
+                &doc_inline(
+                    "docs/troubleshooting.md",
+                    "kubectl -n ci logs runner-3 -c compose-ingress",
+                ),
+                &[("-n ci", &in_ns), runner[0]],
+            ),
+            "compose-ingress starting",
+        ),
+        (
+            with_ns(substitute(
+                "docs/operability.md",
+                &doc_inline("docs/operability.md", "kubectl describe pod runner-3"),
+                &runner,
+            )),
+            "compose-ingress",
+        ),
+        (
+            with_ns(substitute(
+                "docs/operability.md",
+                &doc_inline("docs/operability.md", "kubectl events --for pod/runner-3"),
+                &runner,
+            )),
+            "Started",
+        ),
+        (
+            with_ns(doc_inline(
+                "docs/troubleshooting.md",
+                "kubectl get ingress -o wide",
+            )),
+            "traefik",
+        ),
+    ];
+    for (line, says) in looks {
+        let out = run_doc_line_ok(bed, &line, &repo_root(), &[]);
+        assert!(out.contains(says), "`{line}` does not say {says:?}:\n{out}");
+    }
+    d.uninstall();
+    let left = substitute(
+        "docs/install.md",
+        &doc_inline(
+            "docs/install.md",
+            "kubectl -n ci get all,ingress,lease,endpointslices -l app.kubernetes.io/managed-by=compose-ingress",
+        ),
+        &[("-n ci", &in_ns)],
+    );
+    eventually(
+        "nothing of the sidecar's left after the uninstall",
+        CONVERGE,
+        || async {
+            run_doc_line_ok(bed, &left, &repo_root(), &[])
+                .trim()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -562,16 +642,33 @@ async fn pod_scope_deploy_serves_https_through_one_route_per_pod_and_a_sidecar_r
 async fn the_demo_runs_as_the_readme_says_and_goes_away() {
     let bed = bed();
     let _node = node_lock().await;
-    let run = |args: &[&str]| {
-        std::process::Command::new(repo_root().join("demo"))
-            .args(args)
-            .current_dir(repo_root())
-            .env("TESTBED_DIR", &bed.dir)
-            .env("KEEP_TESTBED", "1")
-            .output()
-            .expect("run ./demo")
+    // docs/getting-started.md's two lines as written, but for the bed's one substitution: the
+    // demo's teardown keeps the shared bed (the doc's own comment names KEEP_TESTBED=1). The
+    // README's first command and the docs' inline `./demo` are the same line.
+    let lines = doc_commands(
+        "docs/getting-started.md",
+        "demo",
+        &[("./demo down", "KEEP_TESTBED=1 ./demo down")],
+    );
+    let [demo, demo_down] = lines.as_slice() else {
+        panic!("docs/getting-started.md demo: expected ./demo and ./demo down: {lines:?}");
     };
-    let up = run(&[]);
+    let readme = doc_commands("README.md", "readme-commands", &[]);
+    for (what, line) in [
+        (
+            "README.md's first command",
+            readme.first().cloned().unwrap_or_default(),
+        ),
+        ("README.md's inline", doc_inline("README.md", "./demo")),
+        (
+            "docs/install.md's inline",
+            doc_inline("docs/install.md", "./demo"),
+        ),
+    ] {
+        assert_eq!(&line, demo, "{what} is getting-started's demo line");
+    }
+    let run = |line: &str| run_doc_line(bed, line, &repo_root(), &[]);
+    let up = run(demo);
     let out = String::from_utf8_lossy(&up.stdout);
     assert!(
         up.status.success(),
@@ -587,7 +684,7 @@ async fn the_demo_runs_as_the_readme_says_and_goes_away() {
         out.contains("\"service\":\"api\""),
         "the api over HTTPS: {out}"
     );
-    let down = run(&["down"]);
+    let down = run(demo_down);
     assert!(
         down.status.success(),
         "./demo down failed:\n{}{}",

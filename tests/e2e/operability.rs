@@ -18,6 +18,7 @@ use kube::api::{Api, ListParams};
 use testbed::{Bed, CONVERGE, Sidecar, bed, domain, eventually, repo_root, unique_namespace};
 
 use crate::SIDECAR;
+use crate::doc_samples::{assert_exposures_like_the_doc, assert_log_line_like_the_doc};
 
 /// Generous bound for Docker reconnects (the sidecar's reconnect backoff reaches 30 s).
 const RECONNECT: Duration = Duration::from_secs(120);
@@ -571,12 +572,22 @@ async fn exposures_match_the_objects_in_the_cluster() {
     );
 
     // Down: pending deletion during the grace, then gone from /exposures and from the cluster.
+    // The log line the doc shows for this moment, keys for keys.
+    let exposed = sidecar
+        .log_lines("composition exposed")
+        .into_iter()
+        .find(|l| l["span"]["composition"] == "shop")
+        .expect("a `composition exposed` line for shop");
+    assert_log_line_like_the_doc(&exposed);
+
     pod.compose("shop", two, &["down"]);
-    eventually("shop pending deletion", CONVERGE, || async {
-        (state_of(&sidecar.exposures(), "shop").as_deref() == Some("pending-deletion"))
-            .then_some(())
+    let pending = eventually("shop pending deletion", CONVERGE, || async {
+        let doc = sidecar.exposures();
+        (state_of(&doc, "shop").as_deref() == Some("pending-deletion")).then_some(doc)
     })
     .await;
+    // The doc's sample /exposures has the keys of what this test saw in each state.
+    assert_exposures_like_the_doc(&[&doc, &pending]);
     eventually("shop gone from /exposures", CONVERGE, || async {
         state_of(&sidecar.exposures(), "shop")
             .is_none()

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use testbed::{
-    CONVERGE, ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, domain, eventually,
-    http_get, load, traefik_addr, unique_namespace, web,
+    CONVERGE, ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, doc_block, domain,
+    eventually, http_get, load, substitute, traefik_addr, unique_namespace, web,
 };
 
 use crate::SIDECAR;
@@ -439,13 +439,22 @@ async fn pod_scope_enforces_basic_auth_and_the_allow_list() {
     let hash = bcrypt::hash("ci-password", 4).expect("bcrypt");
     let htpasswd = pod.dir.join("htpasswd");
     std::fs::write(&htpasswd, format!("ci:{hash}\n")).expect("write htpasswd");
+    // docs/pod-scope.md's policy file, with the bed's substitutions: the test's htpasswd file,
+    // and one policy more that lets the bed's own client (127.0.0.1) through.
+    let htpasswd_file = format!("htpasswdFile: {}", htpasswd.display());
     let policies = pod.dir.join("access-policies.yaml");
     std::fs::write(
         &policies,
-        format!(
-            "default: login\nallowPublic: true\npolicies:\n  login:\n    basicAuth: {{htpasswdFile: {}, realm: previews}}\n  \
-             office:\n    ipAllowList: [192.0.2.0/24]\n  bed:\n    ipAllowList: [127.0.0.1]\n",
-            htpasswd.display()
+        substitute(
+            "docs/pod-scope.md pod-scope-policies",
+            &doc_block("docs/pod-scope.md", "pod-scope-policies"),
+            &[
+                ("htpasswdFile: /etc/compose-ingress/htpasswd", &htpasswd_file),
+                (
+                    "    ipAllowList: [192.0.2.0/24, 2001:db8::/32]\n",
+                    "    ipAllowList: [192.0.2.0/24, 2001:db8::/32]\n  bed:\n    ipAllowList: [127.0.0.1]\n",
+                ),
+            ],
         ),
     )
     .expect("write policies");
@@ -666,19 +675,28 @@ async fn pod_scope_follows_docker_restarting_under_it() {
 async fn pod_scope_without_kubernetes_credentials_routes_through_the_operators_route() {
     let ns = unique_namespace("pod-nokube");
     let pod = bed().runner_pod(&ns, "runner-0");
+    // docs/pod-scope.md's Service and Ingress, applied into the test's namespace, with the
+    // bed's substitutions: the test's domain, and no TLS block (the test reaches the route over
+    // Traefik's plain-HTTP entry point; the doc's certificate Secret does not exist here).
     let wildcard = format!("*.runner-0.{}", domain(&ns));
-    let objects = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: runner-0-proxy, namespace: {ns}}}\nspec:\n  \
-         selector: {{statefulset.kubernetes.io/pod-name: runner-0}}\n  publishNotReadyAddresses: true\n  \
-         ports:\n  - {{name: http, port: 80, targetPort: {port}, appProtocol: http}}\n---\n\
-         apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: runner-0, namespace: {ns}}}\nspec:\n  \
-         ingressClassName: traefik\n  rules:\n  - host: \"{wildcard}\"\n    http:\n      paths:\n      \
-         - path: /\n        pathType: Prefix\n        backend: {{service: {{name: runner-0-proxy, port: {{name: http}}}}}}\n",
-        port = testbed::POD_PROXY_PORT
+    let objects = substitute(
+        "docs/pod-scope.md pod-scope-no-kubernetes",
+        &doc_block("docs/pod-scope.md", "pod-scope-no-kubernetes"),
+        &[
+            (
+                "  tls: [{hosts: [\"*.runner-0.composition.example.com\"], secretName: wildcard-pods-tls}]\n",
+                "",
+            ),
+            ("*.runner-0.composition.example.com", &wildcard),
+            (
+                "targetPort: 9180",
+                &format!("targetPort: {}", testbed::POD_PROXY_PORT),
+            ),
+        ],
     );
     let file = pod.dir.join("operator-route.yaml");
     std::fs::write(&file, objects).expect("write the operator's route");
-    let out = bed().kubectl(&["apply", "-f", file.to_str().expect("path")]);
+    let out = bed().kubectl(&["apply", "-n", &ns, "-f", file.to_str().expect("path")]);
     assert!(
         out.status.success(),
         "{}",

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use testbed::{
-    CONVERGE, ComposeVersion, ENABLE, LoadResult, RunnerPod, Sidecar, bed, compose_file, domain,
-    eventually, load, through_ingress, traefik_addr, unique_namespace, web,
+    CONVERGE, ComposeVersion, ENABLE, LoadResult, RunnerPod, Sidecar, bed, compose_file, doc_block,
+    domain, eventually, load, substitute, through_ingress, traefik_addr, unique_namespace, web,
 };
 
 use crate::SIDECAR;
@@ -233,11 +233,12 @@ fn operator_policies(ns: &str, pod: &RunnerPod) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let middlewares = format!(
-        "apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {{name: basic-auth, namespace: {ns}}}\n\
-         spec: {{basicAuth: {{secret: ci-basic-auth}}}}\n---\n\
-         apiVersion: traefik.io/v1alpha1\nkind: Middleware\nmetadata: {{name: office-only, namespace: {ns}}}\n\
-         spec: {{ipAllowList: {{sourceRange: [192.0.2.0/24]}}}}\n"
+    // docs/policies.md's Middlewares as written, in the test's namespace (the forward-auth one
+    // is applied but used by no policy here: the bed runs no oauth2-proxy).
+    let middlewares = substitute(
+        "docs/policies.md policies-middlewares",
+        &doc_block("docs/policies.md", "policies-middlewares"),
+        &[("namespace: ci}", &format!("namespace: {ns}}}"))],
     );
     let path = pod.dir.join("middlewares.yaml");
     std::fs::write(&path, middlewares).expect("write middlewares");
@@ -251,7 +252,7 @@ fn operator_policies(ns: &str, pod: &RunnerPod) -> String {
     std::fs::write(
         &file,
         "default: basic\nallowPublic: false\npolicies:\n  basic:\n    traefikMiddlewares: [basic-auth]\n  \
-         office:\n    traefikMiddlewares: [office-only]\n",
+         office:\n    traefikMiddlewares: [office-ip-allow-list]\n",
     )
     .expect("write policy file");
     file.to_str().expect("path").to_string()

@@ -10,6 +10,10 @@
 #       what a user changes: the image references, the domain and the ingress class; plus the
 #       wildcard certificate Secret a user creates (self-signed here). Applied with
 #       `kubectl kustomize DIR | kubectl apply -n NAMESPACE -f -`, as docs/install.md says.
+#   deploy.sh kustomization NAMESPACE OVERLAY DOMAIN
+#       apply's kustomization and certificate without the apply: the integration tests run
+#       docs/install.md's own command lines on it (testbed/src/node.rs); prints KUSTOMIZATION=<dir>
+#       and TLS_CA=<the certificate>
 #   deploy.sh tls NAMESPACE OVERLAY DOMAIN
 #       only the namespace and the wildcard certificate Secret apply creates (for a Helm install);
 #       prints TLS_CA=<the certificate>
@@ -43,7 +47,7 @@ image() {
   echo "SIDECAR_IMAGE=$ref"
 }
 
-apply() {
+kustomization() {
   local ns=$1 overlay=$2 domain=$3
   [ -d "$repo/deploy/overlays/$overlay" ] || die "no overlay deploy/overlays/$overlay"
   local sidecar; sidecar=$(image | sed -n 's/^SIDECAR_IMAGE=//p')
@@ -89,6 +93,12 @@ YAML
 YAML
   fi
   tls "$ns" "$overlay" "$domain"
+  echo "KUSTOMIZATION=$dir"
+  echo "TLS_CA=$dir/tls.crt"
+}
+apply() {
+  local ns=$1 dir=$TESTBED_DIR/deploy/$1
+  kustomization "$@" >/dev/null
   kubectl_bed kustomize "$dir" | kubectl_bed apply -n "$ns" -f - >&2
   echo "TLS_CA=$dir/tls.crt"
 }
@@ -115,7 +125,8 @@ tls() {
 case ${1:-} in
   image) image ;;
   apply) [ $# -eq 4 ] || die "usage: deploy.sh apply NAMESPACE OVERLAY DOMAIN"; apply "$2" "$3" "$4" ;;
+  kustomization) [ $# -eq 4 ] || die "usage: deploy.sh kustomization NAMESPACE OVERLAY DOMAIN"; kustomization "$2" "$3" "$4" ;;
   tls) [ $# -eq 4 ] || die "usage: deploy.sh tls NAMESPACE OVERLAY DOMAIN"; tls "$2" "$3" "$4"; echo "TLS_CA=$TESTBED_DIR/deploy/$2/tls.crt" ;;
   delete) [ $# -eq 2 ] || die "usage: deploy.sh delete NAMESPACE"; kubectl_bed delete namespace "$2" --wait=true --timeout=300s >/dev/null; rm -rf "$TESTBED_DIR/deploy/$2" ;;
-  *) die "usage: deploy.sh image | apply NAMESPACE OVERLAY DOMAIN | tls NAMESPACE OVERLAY DOMAIN | delete NAMESPACE" ;;
+  *) die "usage: deploy.sh image | apply NAMESPACE OVERLAY DOMAIN | kustomization NAMESPACE OVERLAY DOMAIN | tls NAMESPACE OVERLAY DOMAIN | delete NAMESPACE" ;;
 esac

@@ -19,17 +19,25 @@ use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use tokio::sync::OnceCell;
 
-use testbed::{Bed, CONVERGE, RunnerPod, bed, domain, eventually, repo_root, unique_namespace};
+use testbed::{
+    Bed, CONVERGE, RunnerPod, bed, doc_commands, domain, eventually, repo_root, run_doc_line_ok,
+    unique_namespace,
+};
 
 /// Renders `deploy/admission` with the test's settings: its documents, the ConfigMap first.
 fn render_guard(bed: &Bed, ns: &str) -> Vec<String> {
-    let dir = repo_root().join("deploy/admission");
-    let rendered = bed.kubectl(&["kustomize", &dir.to_string_lossy()]);
-    assert!(
-        rendered.status.success(),
-        "kubectl kustomize deploy/admission"
-    );
-    let mut yaml = String::from_utf8_lossy(&rendered.stdout).to_string();
+    // docs/security.md's command: its render half runs as written (in the repository's root);
+    // its apply half is what kubectl_apply runs, with the test's namespace for `ci`, one
+    // document at a time (the ConfigMap first).
+    let lines = doc_commands("docs/security.md", "admission-apply", &[]);
+    let [line] = lines.as_slice() else {
+        panic!("docs/security.md admission-apply: expected one line: {lines:?}");
+    };
+    let (render, apply) = line
+        .split_once(" | ")
+        .unwrap_or_else(|| panic!("docs/security.md admission-apply: not a pipe: {line}"));
+    assert_eq!(apply, "kubectl apply -n ci -f -", "what kubectl_apply runs");
+    let mut yaml = run_doc_line_ok(bed, render, &repo_root(), &[]);
     // The bed's pod addresses: runner pods 198.18.<n>.2, the kubelet node's 198.18.232.0/24.
     let settings = [
         ("domain", "composition.example.com", domain(ns)),

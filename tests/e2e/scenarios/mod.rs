@@ -8,6 +8,7 @@
 
 mod cli;
 mod exposure;
+mod kompose;
 mod labels;
 mod lifecycle;
 mod ownership;
@@ -135,6 +136,11 @@ for_each_compose!(
 #[tokio::test]
 async fn plain_containers_are_exposed_only_with_the_flag() {
     exposure::plain_containers_are_exposed_only_with_the_flag().await
+}
+
+#[tokio::test]
+async fn a_start_event_that_never_reaches_the_sidecar_still_exposes_the_composition() {
+    lifecycle::a_start_event_that_never_reaches_the_sidecar_still_exposes_the_composition().await
 }
 
 #[tokio::test]
