@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 
 use testbed::{
     Bed, CONVERGE, Deployment, ENABLE, SIDECAR_CONTAINER, bed, chart_dir, compose_file, container,
-    doc_commands, eventually, helm_ok, node_lock, pod_ready, projected_token, repo_root,
-    run_doc_line_ok, runner_image, sidecar_image, unique_namespace, wait_exposed, web,
+    doc_commands, helm_ok, node_lock, pod_ready, projected_token, repo_root, run_doc_line_ok,
+    runner_image, sidecar_image, unique_namespace, wait_exposed, web,
 };
 
 use crate::helm::{RELEASE, middleware_limits, objects_in, yaml_docs};
@@ -185,17 +185,45 @@ async fn run_pod(bed: &Bed, d: &Deployment<'_>, name: &str, spec: Value) -> Pod 
     api.create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
-    eventually(
-        &format!("pod {}/{name} Ready with its sidecar", d.namespace),
-        CONVERGE,
-        || async {
-            let pod = d.pod(name).await?;
-            let ready =
-                pod_ready(&pod) && container(&pod, SIDECAR_CONTAINER).is_some_and(|c| c.ready);
-            ready.then_some(pod)
-        },
-    )
-    .await
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        if let Some(pod) = d.pod(name).await
+            && pod_ready(&pod)
+            && container(&pod, SIDECAR_CONTAINER).is_some_and(|c| c.ready)
+        {
+            return pod;
+        }
+        if std::time::Instant::now() > deadline {
+            // What an operator looks at next: the containers' states and the sidecar's log.
+            let status = bed.kubectl(&[
+                "-n",
+                &d.namespace,
+                "get",
+                "pod",
+                name,
+                "-o",
+                "jsonpath={.status}",
+            ]);
+            let log = bed.kubectl(&[
+                "-n",
+                &d.namespace,
+                "logs",
+                name,
+                "-c",
+                SIDECAR_CONTAINER,
+                "--tail",
+                "20",
+            ]);
+            panic!(
+                "pod {}/{name} not Ready with its sidecar within {CONVERGE:?}:\n{}\nsidecar log:\n{}{}",
+                d.namespace,
+                String::from_utf8_lossy(&status.stdout),
+                String::from_utf8_lossy(&log.stdout),
+                String::from_utf8_lossy(&log.stderr)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// The env value of the sidecar container in a pod spec (JSON).
@@ -369,4 +397,161 @@ async fn helm_sidecar_only_runs_in_an_arc_runner_pod_on_the_node() {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     };
     assert!(left.is_empty(), "left after the runner pod went: {left:?}");
+}
+
+/// A GitLab Runner job pod's name as its Kubernetes executor makes it
+/// (`runner-<token>-project-<id>-concurrent-<n>-<random>`).
+const GITLAB_POD: &str = "runner-t3stbed1-project-7-concurrent-0-ab12cd34";
+
+/// The job pod GitLab Runner's Kubernetes executor builds for a job with `image: docker:29`,
+/// `services: [docker:dind]` and the variables GitLab's docs give for Docker-in-Docker without
+/// TLS (`DOCKER_HOST: tcp://docker:2375`, `DOCKER_TLS_CERTDIR: ""`): the build container (the
+/// job's image, the executor's shell detection on an attached stdin), the helper, the service
+/// as svc-0 (privileged: `runners.kubernetes.privileged`), the service's alias on 127.0.0.1,
+/// the build volumes; `service_account` from config.toml.
+fn gitlab_job_pod(service_account: &str) -> Value {
+    let variables = json!([
+        {"name": "CI_JOB_ID", "value": "7"},
+        {"name": "DOCKER_HOST", "value": "tcp://docker:2375"},
+        {"name": "DOCKER_TLS_CERTDIR", "value": ""},
+    ]);
+    let mounts = json!([
+        {"name": "repo", "mountPath": "/builds"},
+        {"name": "scripts", "mountPath": "/scripts-7-7"},
+        {"name": "logs", "mountPath": "/logs-7-7"},
+    ]);
+    let detect_shell = "if [ -x /usr/local/bin/bash ]; then\n\texec /usr/local/bin/bash \nelif [ -x /usr/bin/bash ]; then\n\texec /usr/bin/bash \nelif [ -x /bin/bash ]; then\n\texec /bin/bash \nelif [ -x /usr/local/bin/sh ]; then\n\texec /usr/local/bin/sh \nelif [ -x /usr/bin/sh ]; then\n\texec /usr/bin/sh \nelif [ -x /bin/sh ]; then\n\texec /bin/sh \nelse\n\techo shell not found\n\texit 1\nfi\n\n";
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": GITLAB_POD, "labels": {"pod": GITLAB_POD}},
+        "spec": {
+            "serviceAccountName": service_account,
+            "restartPolicy": "Never",
+            "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["docker"]}],
+            "containers": [
+                {
+                    "name": "build",
+                    "image": "docker:29",
+                    "command": ["sh", "-c", detect_shell],
+                    "stdin": true,
+                    "env": variables,
+                    "volumeMounts": mounts,
+                },
+                {
+                    "name": "helper",
+                    "image": "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-latest",
+                    "stdin": true,
+                    "env": variables,
+                    "volumeMounts": mounts,
+                },
+                {
+                    "name": "svc-0",
+                    "image": "docker:dind",
+                    "securityContext": {"privileged": true},
+                    "env": variables,
+                    "volumeMounts": mounts,
+                },
+            ],
+            "volumes": [
+                {"name": "repo", "emptyDir": {}},
+                {"name": "scripts", "emptyDir": {}},
+                {"name": "logs", "emptyDir": {}},
+            ],
+        },
+    })
+}
+
+/// What docker:dind's entrypoint runs with `DOCKER_TLS_CERTDIR` empty (dockerd also on
+/// tcp://0.0.0.0:2375, `--tls=false`); the bed's dind entrypoint serves only its unix socket
+/// (tests/testbed/node/dind-entrypoint.sh), so the service gets these as its arguments. With
+/// [`bed_images`], the only change to the executor's pod.
+fn bed_dind_service(spec: &mut Value) {
+    for c in spec["containers"].as_array_mut().into_iter().flatten() {
+        if c["name"] == "svc-0" {
+            c["args"] = json!(["--host=tcp://0.0.0.0:2375", "--tls=false"]);
+        }
+    }
+}
+
+/// GitLab Runner (Kubernetes executor): the config.toml snippet's `service_account` and its
+/// strategic-merge `pod_spec` patch, applied to the executor's job pod with kubectl's strategic
+/// merge; the pod runs on the node and a composition the job's build container starts through
+/// the docker:dind service answers through Traefik over HTTPS; the token stays in the sidecar.
+#[tokio::test]
+async fn helm_sidecar_only_runs_in_a_gitlab_runner_job_pod_on_the_node() {
+    let bed = bed();
+    let _node = node_lock().await;
+    let ns = unique_namespace("helm-gitlab");
+    let d = Deployment::prepare(bed, &ns, "ingress");
+    let image = sidecar_image(bed);
+    let values = write(bed, &d, "values.yaml", &operator_values(&d, &image));
+    let dir = chart_dir().to_string_lossy().to_string();
+    helm_ok(bed, &["install", RELEASE, &dir, "-n", &ns, "-f", &values]);
+
+    let toml = snippet(&d, "gitlab-runner-config.toml");
+    let service_account = toml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("service_account = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no service_account in {toml}"));
+    let patch = toml
+        .split("'''")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no ''' pod_spec patch in {toml}"));
+    let job = write(
+        bed,
+        &d,
+        "job-pod.json",
+        &gitlab_job_pod(&service_account).to_string(),
+    );
+    // The executor applies the patch to the pod's spec (a PodSpec), kubectl to the object it is
+    // given: the patch goes under `spec`.
+    let patch: Value = serde_yaml_ng::from_str(patch).expect("the pod_spec patch is YAML");
+    let patch = json!({ "spec": patch }).to_string();
+    let patched = d.kubectl(&[
+        "patch",
+        "--local",
+        "--type",
+        "strategic",
+        "-f",
+        &job,
+        "-p",
+        &patch,
+        "-o",
+        "json",
+    ]);
+    let patched: Value = serde_json::from_str(&patched).expect("the patched pod");
+    let mut spec = patched["spec"].clone();
+    bed_images(bed, &mut spec, &image);
+    bed_dind_service(&mut spec);
+    let pod = run_pod(bed, &d, GITLAB_POD, spec).await;
+
+    // The job's script in the build container: docker (DOCKER_HOST=tcp://docker:2375) loads an
+    // image and starts a composition in the service's daemon.
+    let tar = std::fs::read(bed.dir.join("busybox-rootfs.tar")).expect("busybox tar");
+    let test_image = bed.get("TEST_IMAGE");
+    sh(
+        &d,
+        GITLAB_POD,
+        "build",
+        &format!("docker import - {test_image}"),
+        &tar,
+    );
+    let page = compose_file(&[web("web", "in a GitLab job", 80, "80", &[ENABLE])]);
+    sh(
+        &d,
+        GITLAB_POD,
+        "build",
+        "cat > /builds/compose.yml && docker compose -p app -f /builds/compose.yml up -d",
+        page.as_bytes(),
+    );
+    let host = d.host(&format!("web-80-app-{GITLAB_POD}"));
+    assert_eq!(d.answers(&host, "/").await.trim(), "in a GitLab job");
+
+    let token = projected_token(bed, &pod);
+    let payload = token.split('.').nth(1).expect("the token is a JWT");
+    for c in ["build", "helper", "svc-0"] {
+        token_not_in(&d, GITLAB_POD, c, payload);
+    }
 }
