@@ -56,7 +56,6 @@ const PENDING_INLINE: &[(&str, &str)] = &[
         "docs/troubleshooting.md",
         "docker compose up -d --force-recreate",
     ),
-    ("docs/troubleshooting.md", "docker ps"),
     (
         "docs/troubleshooting.md",
         "kubectl -n ci port-forward runner-3 9102",

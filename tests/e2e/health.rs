@@ -50,6 +50,22 @@ fn docker_health(pod: &RunnerPod, container: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The container's row of docs/troubleshooting.md's `docker ps`, run in the runner (its
+/// dockerd) as a user there runs it: where the doc says a gated container's health shows.
+fn docker_ps_row(pod: &RunnerPod, container: &str) -> String {
+    let line = testbed::doc_inline("docs/troubleshooting.md", "docker ps");
+    let out = testbed::run_doc_line_ok(
+        bed(),
+        &line,
+        &pod.dir,
+        &[("DOCKER_HOST", pod.docker_host.as_str())],
+    );
+    out.lines()
+        .find(|l| l.split_whitespace().last() == Some(container))
+        .unwrap_or_else(|| panic!("`{line}` lists no {container}:\n{out}"))
+        .to_string()
+}
+
 /// What Traefik answers for `host`: (status, body).
 fn through_traefik(host: &str) -> (u16, String) {
     let (code, body) = http_get(&format!("{}/", bed().get("TRAEFIK_WEB")), Some(host));
@@ -116,6 +132,8 @@ async fn health_gates_routing() {
     let direct = http_get(&format!("http://{}:{web_port}/", pod.ip), None);
     assert_eq!((direct.0, direct.1.trim()), (200, "gated-page"));
     assert_eq!(docker_health(&pod, &web), "starting");
+    let row = docker_ps_row(&pod, &web);
+    assert!(row.contains("(health: starting)"), "docker ps: {row}");
     let (code, body) = through_traefik(&web_host);
     assert_ne!(body, "gated-page", "a starting container got traffic");
     assert!(
@@ -169,6 +187,8 @@ async fn health_gates_routing() {
     })
     .await;
     assert_eq!(docker_health(&pod, &web), "unhealthy");
+    let row = docker_ps_row(&pod, &web);
+    assert!(row.contains("(unhealthy)"), "docker ps: {row}");
     assert!(
         slice_readiness(&admin, &ns, &service_name)
             .await
