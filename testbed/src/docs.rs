@@ -9,7 +9,8 @@
 //! failure a test reports.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Output, Stdio};
 
 use crate::bed::{Bed, repo_root};
 use crate::helm;
@@ -221,6 +222,25 @@ pub fn doc_commands(file: &str, id: &str, substitutions: &[(&str, &str)]) -> Vec
 /// `docker compose` as the bed's Compose v2 plugin (not asserted). A `PATH` in `env` goes in
 /// front of that PATH (where the job finds `compose-ingress`).
 pub fn run_doc_line(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -> Output {
+    doc_line_command(bed, line, cwd, env)
+        .output()
+        .unwrap_or_else(|e| panic!("run `{line}` with sh: {e}"))
+}
+
+/// Starts a doc's command line that runs until stopped (`kubectl port-forward …`) as
+/// [`run_doc_line`] runs one, its output piped: the caller kills it.
+pub fn spawn_doc_line(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -> Child {
+    doc_line_command(bed, line, cwd, env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that killing it also stops what `sh -c` started.
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start `{line}` with sh: {e}"))
+}
+
+fn doc_line_command(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -> Command {
     let bin = Path::new(bed.get("BIN"));
     let mut path = bin.display().to_string();
     // Only a Helm line builds (or finds in the cache) the helm binary.
@@ -242,8 +262,7 @@ pub fn run_doc_line(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -> 
         .env("DOCKER_CONFIG", docker_config(bed));
     helm::state_env(bed, &mut cmd);
     cmd.envs(env.iter().copied().filter(|(k, _)| *k != "PATH"));
-    cmd.output()
-        .unwrap_or_else(|e| panic!("run `{line}` with sh: {e}"))
+    cmd
 }
 
 /// A Docker CLI config directory whose one plugin is the bed's Compose v2, so that a doc's

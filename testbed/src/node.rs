@@ -343,7 +343,7 @@ impl<'a> Deployment<'a> {
     }
 }
 
-/// The sidecar image built from the project's Dockerfile and imported into the node's
+/// The sidecar image (the Dockerfile's runtime stage around the static binary) imported into the node's
 /// containerd (`deploy.sh image`, what `deploy.sh apply` uses): `compose-ingress:<digest>`.
 pub fn sidecar_image(bed: &Bed) -> String {
     let out = Command::new(script())

@@ -653,7 +653,7 @@ services:
       compose-ingress.enable: "true"
 "#;
 
-/// The image from the Dockerfile (runtime-prebuilt stage around the static release binary), run
+/// The image of the Dockerfile's runtime stage around the static release binary, run
 /// in a runner pod's dockerd like the sidecar in a real pod: non-root, read-only, no
 /// capabilities, the pod's Docker socket mounted, the sidecar ServiceAccount's kubeconfig. It
 /// exposes a composition, routable through Traefik.

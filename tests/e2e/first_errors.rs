@@ -17,7 +17,8 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use testbed::{
-    CONVERGE, RunnerPod, Sidecar, bed, eventually, sidecar_kubeconfig, unique_namespace,
+    CONVERGE, RunnerPod, Sidecar, bed, doc_inline, eventually, run_doc_line_ok, sidecar_kubeconfig,
+    substitute, unique_namespace,
 };
 
 use crate::SIDECAR;
@@ -207,6 +208,28 @@ async fn a_token_the_apiserver_refuses_is_a_401_with_the_credentials_to_fix() {
     )
     .await;
     assert!(lines.iter().all(|l| !l.contains("Role")), "{lines:#?}");
+    sidecar.stop();
+
+    // docs/troubleshooting.md's fix for this line, as written but for the namespace: a token of
+    // this cluster's compose-ingress ServiceAccount (deploy/'s RBAC) in the same kubeconfig.
+    pod.grant(&bed.admin().await, "deploy/base/rbac.yaml").await;
+    let create = substitute(
+        "docs/troubleshooting.md",
+        &doc_inline(
+            "docs/troubleshooting.md",
+            "kubectl create token compose-ingress",
+        ),
+        &[("kubectl ", &format!("kubectl -n {ns} "))],
+    );
+    let token = run_doc_line_ok(bed, &create, &pod.dir, &[]);
+    let path = kubeconfig(&pod, "created-token", &server, &ca, token.trim());
+    let sidecar = start(&pod, &path, &[]);
+    sidecar.wait_resyncs(1).await;
+    let refused = problems(&sidecar)
+        .into_iter()
+        .filter(|l| l.contains("401"))
+        .collect::<Vec<_>>();
+    assert!(refused.is_empty(), "`{create}`'s token: {refused:#?}");
     sidecar.stop();
 }
 

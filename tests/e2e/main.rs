@@ -17,6 +17,7 @@ mod field_manager;
 mod first_errors;
 mod frozen_apiserver;
 mod hardening;
+mod image_build;
 mod health;
 mod helm;
 mod helm_sidecar_only;

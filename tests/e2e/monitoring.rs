@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use testbed::{
-    CONVERGE, ENABLE, POD_PROXY_PORT, Sidecar, bed, compose_file, domain, eventually, http_get,
-    repo_root, unique_namespace, web,
+    CONVERGE, ENABLE, POD_PROXY_PORT, Sidecar, bed, compose_file, doc_inline, domain, eventually,
+    http_get, repo_root, run_doc_line_ok, substitute, unique_namespace, web,
 };
 
 use crate::SIDECAR;
@@ -152,5 +152,75 @@ async fn the_dashboard_and_alert_rules_use_only_metrics_a_real_sidecar_exports()
     assert!(!targets.is_empty(), "the dashboard has no queries");
     for t in targets {
         assert_eq!(t["datasource"]["uid"], "${datasource}", "{t}");
+    }
+}
+
+/// The Prometheus Operator release whose CRDs the bed installs for deploy/monitoring's objects
+/// (from its Go module, as the bed takes every other tool).
+const PROMETHEUS_OPERATOR: &str = "v0.85.0";
+
+/// docs/monitoring.md's two `kubectl apply` lines, as written but for the namespace, against the
+/// Prometheus Operator's own CRDs: the apiserver validates each object against the CRD's schema
+/// (kubectl's field validation is strict: an unknown or misspelt field is refused, not pruned).
+/// No Prometheus Operator runs on the bed: that it scrapes and loads them is not tested here.
+#[tokio::test]
+async fn the_podmonitor_and_prometheusrule_apply_against_the_prometheus_operators_crds() {
+    let bed = bed();
+    let module = format!("github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR}");
+    let download = std::process::Command::new("go")
+        .args(["mod", "download", "-json", &module])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("go mod download {module}: {e}"));
+    let info: Value = serde_json::from_slice(&download.stdout).unwrap_or_else(|e| {
+        panic!(
+            "go mod download {module} ({e}): {}",
+            String::from_utf8_lossy(&download.stderr)
+        )
+    });
+    let crds = std::path::Path::new(info["Dir"].as_str().expect("the module's Dir"))
+        .join("example/prometheus-operator-crd");
+    for crd in ["podmonitors", "prometheusrules"] {
+        let file = crds.join(format!("monitoring.coreos.com_{crd}.yaml"));
+        let file = file.display().to_string();
+        let out = bed.kubectl(&["apply", "--server-side", "-f", &file]);
+        assert!(out.status.success(), "apply {file}: {out:?}");
+        let name = format!("crd/{crd}.monitoring.coreos.com");
+        let out = bed.kubectl(&["wait", "--for", "condition=Established", "--timeout", "60s", &name]);
+        assert!(out.status.success(), "{name} not Established: {out:?}");
+    }
+
+    let ns = unique_namespace("monitoring-apply");
+    let out = bed.kubectl(&["create", "namespace", &ns]);
+    assert!(out.status.success(), "create namespace {ns}: {out:?}");
+    for (line, kind) in [
+        (
+            doc_inline(
+                "docs/monitoring.md",
+                "kubectl -n ci apply -f deploy/monitoring/podmonitor.yaml",
+            ),
+            "podmonitor",
+        ),
+        (
+            doc_inline(
+                "docs/monitoring.md",
+                "kubectl -n ci apply -f deploy/monitoring/prometheusrule.yaml",
+            ),
+            "prometheusrule",
+        ),
+    ] {
+        let line = substitute("docs/monitoring.md", &line, &[("-n ci", &format!("-n {ns}"))]);
+        let out = run_doc_line_ok(bed, &line, &repo_root(), &[]);
+        assert!(out.contains("created"), "`{line}`: {out}");
+        let back = bed.kubectl(&["-n", &ns, "get", kind, "compose-ingress", "-o", "json"]);
+        assert!(back.status.success(), "get {kind}: {back:?}");
+        let back: Value = serde_json::from_slice(&back.stdout).expect("JSON");
+        // What the file says is what the apiserver kept (nothing pruned by the schema).
+        let file = line.rsplit(' ').next().expect("the file");
+        let wrote: Value = serde_yaml_ng::from_str(&read(
+            file.trim_start_matches("deploy/monitoring/"),
+        ))
+        .expect("yaml");
+        assert_eq!(back["spec"], wrote["spec"], "`{line}`: the apiserver kept another spec");
     }
 }

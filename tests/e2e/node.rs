@@ -18,6 +18,7 @@ use testbed::{
     CONVERGE, DIND_CONTAINER, Deployment, ENABLE, SIDECAR_CONTAINER, bed, compose_file, container,
     doc_commands, doc_inline, eventually, http_get, ingress_hosts, ingresses_of, kill_container,
     node_lock, pod_ready, projected_token, repo_root, run_doc_line, run_doc_line_ok, services_of,
+    spawn_doc_line,
     substitute, unique_namespace, wait_exposed, web,
 };
 
@@ -270,6 +271,58 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
         let out = run_doc_line_ok(bed, &line, &repo_root(), &[]);
         assert!(out.contains(says), "`{line}` does not say {says:?}:\n{out}");
     }
+    // docs/monitoring.md's alerts point at the same two looks for a pod the alert names.
+    let alerted = [("<pod>", "runner-0")];
+    for (line, says) in [
+        (
+            doc_inline("docs/monitoring.md", "kubectl describe pod <pod>"),
+            "compose-ingress",
+        ),
+        (
+            doc_inline("docs/monitoring.md", "kubectl events --for pod/<pod>"),
+            "Started",
+        ),
+    ] {
+        let line = with_ns(substitute("docs/monitoring.md", &line, &alerted));
+        let out = run_doc_line_ok(bed, &line, &repo_root(), &[]);
+        assert!(out.contains(says), "`{line}` does not say {says:?}:\n{out}");
+    }
+    // docs/troubleshooting.md's first look, as written but for the namespace and pod: the
+    // port-forward puts the sidecar's port on this machine's localhost, where the curl reads
+    // /exposures (through the kubelet and containerd, not the pod's address).
+    let forward = substitute(
+        "docs/troubleshooting.md",
+        &doc_inline(
+            "docs/troubleshooting.md",
+            "kubectl -n ci port-forward runner-3 9102",
+        ),
+        &[("-n ci", &in_ns), runner[0]],
+    );
+    let mut forwarding = spawn_doc_line(bed, &forward, &repo_root(), &[]);
+    let curl = doc_inline("docs/troubleshooting.md", "curl localhost:9102/exposures");
+    let read = eventually(
+        &format!("`{curl}` answers through `{forward}`"),
+        CONVERGE,
+        || async {
+            let out = run_doc_line(bed, &curl, &repo_root(), &[]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            serde_json::from_str::<serde_json::Value>(&text).ok()
+        },
+    )
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &format!("-{}", forwarding.id())])
+        .status();
+    let _ = forwarding.wait();
+    let demo = read["compositions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "demo"))
+        .unwrap_or_else(|| panic!("`{curl}` lists no composition demo: {read}"));
+    assert_eq!(
+        (&read["pod"], &demo["state"]),
+        (&serde_json::json!("runner-0"), &serde_json::json!("exposed")),
+        "`{curl}` through the port-forward: {read}"
+    );
     d.uninstall();
     let left = substitute(
         "docs/install.md",

@@ -2,8 +2,8 @@
 # deploy/ on the bed's kubelet node, applied as a user applies it.
 #
 #   deploy.sh image
-#       builds the sidecar image from the project's Dockerfile (tests/testbed/image.sh: the static
-#       binary and the `runtime-prebuilt` target) in a builder runner pod's dockerd, and imports
+#       builds the sidecar image (tests/testbed/image.sh: the static binary in the Dockerfile's
+#       runtime stage, tests/testbed/prebuilt.Dockerfile) in a builder runner pod's dockerd, and imports
 #       it into the node's containerd; prints SIDECAR_IMAGE=compose-ingress:<binary digest>
 #   deploy.sh apply NAMESPACE OVERLAY DOMAIN
 #       a user's kustomization over deploy/overlays/OVERLAY (ingress|gateway) that changes only

@@ -2,8 +2,8 @@
 # Builds the compose-ingress container image offline, in a runner pod's dockerd:
 #   1. a statically linked release binary on this machine (glibc with crt-static; separate target
 #      dir target/static, so it never fights the debug build), copied to target/static/compose-ingress;
-#   2. the Dockerfile's `runtime-prebuilt` stage (FROM scratch + that binary) with the dockerd at
-#      $DOCKER_HOST (a runner pod's, from `tests/testbed/pod.sh create`).
+#   2. tests/testbed/prebuilt.Dockerfile (the Dockerfile's runtime stage: FROM scratch + that
+#      binary) with the dockerd at $DOCKER_HOST (a runner pod's, from `tests/testbed/pod.sh create`).
 # Prints the image size. Usage:
 #   DOCKER_HOST=unix://.../docker.sock tests/testbed/image.sh [IMAGE_TAG]   (default compose-ingress:dev)
 #   tests/testbed/image.sh --binary-only     (step 1 only; ./test runs it before the tests)
@@ -34,16 +34,16 @@ fi
 cp "$bin" "$out/compose-ingress"
 if [ $binary_only = 1 ]; then log "static binary: $out/compose-ingress ($(stat -c %s "$out/compose-ingress") bytes)"; exit 0; fi
 
-# A minimal build context: the Dockerfile, .dockerignore and the binary (not the whole target/).
+# A minimal build context: prebuilt.Dockerfile and the binary (not the whole target/).
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/target/static"
-cp "$repo/Dockerfile" "$repo/.dockerignore" "$ctx/"
+cp "$here/prebuilt.Dockerfile" "$ctx/Dockerfile"
 cp "$out/compose-ingress" "$ctx/target/static/compose-ingress"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)
-log "building image $tag (Dockerfile target runtime-prebuilt) with the dockerd at $DOCKER_HOST"
+log "building image $tag (tests/testbed/prebuilt.Dockerfile) with the dockerd at $DOCKER_HOST"
 # The classic builder: the machine's docker client has no buildx, and no registry is reachable.
-DOCKER_BUILDKIT=0 docker build --quiet --target runtime-prebuilt --build-arg "VERSION=$version" -t "$tag" "$ctx" >/dev/null
+DOCKER_BUILDKIT=0 docker build --quiet --build-arg "VERSION=$version" -t "$tag" "$ctx" >/dev/null
 size=$(docker image inspect "$tag" --format '{{.Size}}')
 log "image $tag: $size bytes ($((size / 1024 / 1024)) MiB); binary $(stat -c %s "$out/compose-ingress") bytes"
 echo "IMAGE=$tag"
