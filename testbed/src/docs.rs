@@ -8,8 +8,8 @@
 //! The readers panic with the file and what is missing: they are test code, a panic is the
 //! failure a test reports.
 
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 use crate::bed::{Bed, repo_root};
@@ -238,6 +238,20 @@ pub fn spawn_doc_line(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("start `{line}` with sh: {e}"))
+}
+
+/// Stops a line [`spawn_doc_line`] started: SIGTERM to its process group (`sh` and what it
+/// runs), then waits for it; returns what it printed.
+pub fn stop_doc_line(mut child: Child) -> Output {
+    // `kill -TERM -PGID` is read by procps' kill as something else, and does nothing.
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill")
+        .args(["-s", "TERM", "--", &group])
+        .status();
+    let _ = child.kill();
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for a doc line's process group {group}: {e}"))
 }
 
 fn doc_line_command(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -> Command {

@@ -26,7 +26,7 @@ pub use docker_proxy::DockerEventsProxy;
 pub use docs::{
     Block, Inline, OUTPUT_MARK, TEST_MARK, blocks_of, doc_block, doc_blocks, doc_commands,
     doc_inline, doc_inline_commands, inline_commands_of, is_command, run_doc_line, run_doc_line_ok,
-    spawn_doc_line, substitute,
+    spawn_doc_line, stop_doc_line, substitute,
 };
 pub use helm::{chart_dir, helm, helm_ok};
 pub use http::{

@@ -32,7 +32,13 @@ fn ok(out: Output, what: &str) -> String {
 fn clean_clone(dir: &Path) {
     let repo = repo_root();
     let files = Command::new("git")
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .current_dir(&repo)
         .output()
         .expect("run git ls-files");

@@ -166,7 +166,8 @@ const PROMETHEUS_OPERATOR: &str = "v0.85.0";
 #[tokio::test]
 async fn the_podmonitor_and_prometheusrule_apply_against_the_prometheus_operators_crds() {
     let bed = bed();
-    let module = format!("github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR}");
+    let module =
+        format!("github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR}");
     let download = std::process::Command::new("go")
         .args(["mod", "download", "-json", &module])
         .current_dir(std::env::temp_dir())
@@ -186,7 +187,14 @@ async fn the_podmonitor_and_prometheusrule_apply_against_the_prometheus_operator
         let out = bed.kubectl(&["apply", "--server-side", "-f", &file]);
         assert!(out.status.success(), "apply {file}: {out:?}");
         let name = format!("crd/{crd}.monitoring.coreos.com");
-        let out = bed.kubectl(&["wait", "--for", "condition=Established", "--timeout", "60s", &name]);
+        let out = bed.kubectl(&[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout",
+            "60s",
+            &name,
+        ]);
         assert!(out.status.success(), "{name} not Established: {out:?}");
     }
 
@@ -209,7 +217,11 @@ async fn the_podmonitor_and_prometheusrule_apply_against_the_prometheus_operator
             "prometheusrule",
         ),
     ] {
-        let line = substitute("docs/monitoring.md", &line, &[("-n ci", &format!("-n {ns}"))]);
+        let line = substitute(
+            "docs/monitoring.md",
+            &line,
+            &[("-n ci", &format!("-n {ns}"))],
+        );
         let out = run_doc_line_ok(bed, &line, &repo_root(), &[]);
         assert!(out.contains("created"), "`{line}`: {out}");
         let back = bed.kubectl(&["-n", &ns, "get", kind, "compose-ingress", "-o", "json"]);
@@ -217,10 +229,12 @@ async fn the_podmonitor_and_prometheusrule_apply_against_the_prometheus_operator
         let back: Value = serde_json::from_slice(&back.stdout).expect("JSON");
         // What the file says is what the apiserver kept (nothing pruned by the schema).
         let file = line.rsplit(' ').next().expect("the file");
-        let wrote: Value = serde_yaml_ng::from_str(&read(
-            file.trim_start_matches("deploy/monitoring/"),
-        ))
-        .expect("yaml");
-        assert_eq!(back["spec"], wrote["spec"], "`{line}`: the apiserver kept another spec");
+        let wrote: Value =
+            serde_yaml_ng::from_str(&read(file.trim_start_matches("deploy/monitoring/")))
+                .expect("yaml");
+        assert_eq!(
+            back["spec"], wrote["spec"],
+            "`{line}`: the apiserver kept another spec"
+        );
     }
 }

@@ -18,8 +18,7 @@ use testbed::{
     CONVERGE, DIND_CONTAINER, Deployment, ENABLE, SIDECAR_CONTAINER, bed, compose_file, container,
     doc_commands, doc_inline, eventually, http_get, ingress_hosts, ingresses_of, kill_container,
     node_lock, pod_ready, projected_token, repo_root, run_doc_line, run_doc_line_ok, services_of,
-    spawn_doc_line,
-    substitute, unique_namespace, wait_exposed, web,
+    spawn_doc_line, stop_doc_line, substitute, unique_namespace, wait_exposed, web,
 };
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=compose-ingress";
@@ -298,7 +297,7 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
         ),
         &[("-n ci", &in_ns), runner[0]],
     );
-    let mut forwarding = spawn_doc_line(bed, &forward, &repo_root(), &[]);
+    let forwarding = spawn_doc_line(bed, &forward, &repo_root(), &[]);
     let curl = doc_inline("docs/troubleshooting.md", "curl localhost:9102/exposures");
     let read = eventually(
         &format!("`{curl}` answers through `{forward}`"),
@@ -310,17 +309,22 @@ async fn deploy_runs_on_the_node_and_a_composition_answers_through_traefik() {
         },
     )
     .await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &format!("-{}", forwarding.id())])
-        .status();
-    let _ = forwarding.wait();
+    let forwarded = stop_doc_line(forwarding);
+    let said = String::from_utf8_lossy(&forwarded.stdout);
+    assert!(
+        said.contains("Forwarding from 127.0.0.1:9102"),
+        "`{forward}` said: {said}"
+    );
     let demo = read["compositions"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["name"] == "demo"))
         .unwrap_or_else(|| panic!("`{curl}` lists no composition demo: {read}"));
     assert_eq!(
         (&read["pod"], &demo["state"]),
-        (&serde_json::json!("runner-0"), &serde_json::json!("exposed")),
+        (
+            &serde_json::json!("runner-0"),
+            &serde_json::json!("exposed")
+        ),
         "`{curl}` through the port-forward: {read}"
     );
     d.uninstall();
