@@ -54,10 +54,6 @@ const PENDING_INLINE: &[(&str, &str)] = &[
     ),
     (
         "docs/troubleshooting.md",
-        "docker compose up -d --force-recreate",
-    ),
-    (
-        "docs/troubleshooting.md",
         "kubectl -n ci port-forward runner-3 9102",
     ),
     (
