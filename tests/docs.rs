@@ -50,10 +50,6 @@ const PENDING_INLINE: &[(&str, &str)] = &[
     ("docs/security.md", "kubectl edit"),
     (
         "docs/troubleshooting.md",
-        "docker compose -p <letters, digits, - _ .>",
-    ),
-    (
-        "docs/troubleshooting.md",
         "kubectl -n ci port-forward runner-3 9102",
     ),
     (
