@@ -34,7 +34,6 @@ const PENDING_INLINE: &[(&str, &str)] = &[
         "docs/install.md",
         "docker build -t REGISTRY/compose-ingress:0.1.0 .",
     ),
-    ("docs/labels.md", "docker compose up --scale web=3"),
     ("docs/labels.md", "docker compose up"),
     (
         "docs/monitoring.md",
