@@ -21,7 +21,6 @@ const PENDING_BLOCKS: &[(&str, &str)] = &[("docs/labels.md", "labels-examples")]
 const PENDING_INLINE: &[(&str, &str)] = &[
     // Not a command: the log table's name for what Docker sends (`docker events` is the command).
     ("docs/operability.md", "docker event"),
-    ("docs/ci-jobs.md", "docker compose up -d"),
     (
         "docs/ci-jobs.md",
         "docker run --add-host sidecar:host-gateway ...",
