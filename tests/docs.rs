@@ -22,10 +22,6 @@ const PENDING_INLINE: &[(&str, &str)] = &[
     // Not a command: the log table's name for what Docker sends (`docker events` is the command).
     ("docs/operability.md", "docker event"),
     (
-        "docs/ci-jobs.md",
-        "docker run --add-host sidecar:host-gateway ...",
-    ),
-    (
         "docs/getting-started.md",
         "kubectl exec … docker compose up -d",
     ),
