@@ -50,10 +50,6 @@ const PENDING_INLINE: &[(&str, &str)] = &[
         "docs/troubleshooting.md",
         "kubectl create token compose-ingress",
     ),
-    (
-        "docs/troubleshooting.md",
-        "kubectl get endpointslices -l kubernetes.io/service-name=…",
-    ),
 ];
 
 /// The reader calls whose first two string literals name what a test reads.
