@@ -40,8 +40,6 @@ const PENDING_INLINE: &[(&str, &str)] = &[
     ),
     ("docs/monitoring.md", "kubectl describe pod"),
     ("docs/monitoring.md", "kubectl events --for pod/<pod>"),
-    ("docs/operability.md", "kubectl edit"),
-    ("docs/security.md", "kubectl edit"),
     (
         "docs/troubleshooting.md",
         "kubectl -n ci port-forward runner-3 9102",
