@@ -217,6 +217,24 @@ pub fn doc_commands(file: &str, id: &str, substitutions: &[(&str, &str)]) -> Vec
         .collect()
 }
 
+/// The arguments of a doc's `docker compose …` line after `docker compose`, for
+/// [`crate::RunnerPod::compose_as`] (which gives Compose the test's project and file with its own
+/// `-p` and `-f`). Panics when the line is not a `docker compose` command, or names a project or
+/// file itself: such a line is run as written, with [`run_doc_line`].
+pub fn compose_args(line: &str) -> Vec<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let ["docker", "compose", rest @ ..] = words.as_slice() else {
+        panic!("`{line}` is not a `docker compose …` command");
+    };
+    assert!(
+        !rest
+            .iter()
+            .any(|w| ["-p", "--project-name", "-f", "--file"].contains(w)),
+        "`{line}` names its own project or file: run it as written (run_doc_line)"
+    );
+    rest.iter().map(|w| w.to_string()).collect()
+}
+
 /// Runs a doc's command line with `sh -c` as a user's shell would, in `cwd` with `env`, against
 /// the bed: the bed's kubectl and helm on PATH, its kubeconfig, Helm's state under the bed, and
 /// `docker compose` as the bed's Compose v2 plugin (not asserted). A `PATH` in `env` goes in
@@ -325,6 +343,24 @@ mod tests {
         assert_eq!(b[1].id.as_deref(), Some("two"));
         assert_eq!(b[1].text, "k: v\n");
         assert_eq!((b[2].id.clone(), b[2].lang.as_str()), (None, "text"));
+    }
+
+    #[test]
+    fn compose_args_are_the_words_after_docker_compose() {
+        assert_eq!(
+            compose_args("docker compose up -d --scale web=3"),
+            ["up", "-d", "--scale", "web=3"]
+        );
+        for bad in [
+            "docker-compose up",
+            "docker compose -p x up",
+            "kubectl get pods",
+        ] {
+            assert!(
+                std::panic::catch_unwind(|| compose_args(bad)).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

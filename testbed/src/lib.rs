@@ -24,9 +24,9 @@ pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
 pub use compose::{ENABLE, compose_file, web};
 pub use docker_proxy::DockerEventsProxy;
 pub use docs::{
-    Block, Inline, OUTPUT_MARK, TEST_MARK, blocks_of, doc_block, doc_blocks, doc_commands,
-    doc_inline, doc_inline_commands, inline_commands_of, is_command, run_doc_line, run_doc_line_ok,
-    spawn_doc_line, stop_doc_line, substitute,
+    Block, Inline, OUTPUT_MARK, TEST_MARK, blocks_of, compose_args, doc_block, doc_blocks,
+    doc_commands, doc_inline, doc_inline_commands, inline_commands_of, is_command, run_doc_line,
+    run_doc_line_ok, spawn_doc_line, stop_doc_line, substitute,
 };
 pub use helm::{chart_dir, helm, helm_ok};
 pub use http::{

@@ -4,8 +4,8 @@
 use std::process::{Command, Output};
 
 use testbed::{
-    ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, doc_block, doc_commands, domain,
-    http_get, run_doc_line, substitute, unique_namespace, web,
+    ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, doc_block, doc_commands,
+    doc_inline, domain, http_get, run_doc_line, substitute, unique_namespace, web,
 };
 
 use crate::SIDECAR;
@@ -202,6 +202,34 @@ async fn wait_hands_over_urls_that_answer_at_once_and_fails_fast_on_refusal() {
         std::fs::read_to_string(&outputs).expect("GITHUB_OUTPUT written"),
         format!("web_5000_url={url}\n")
     );
+
+    // The page's first line: "Right after `docker compose up -d` a job wants its URLs". As
+    // written, in a job directory of its own: Compose names the project after the directory,
+    // the name `wait` then asks for.
+    let plain = pod.dir.join("plainjob");
+    std::fs::create_dir_all(&plain).expect("the job's directory");
+    std::fs::write(
+        plain.join("compose.yml"),
+        compose_file(&[web("web", "plain-page", 5000, "5000", &[ENABLE])]),
+    )
+    .expect("the job's compose file");
+    let up = doc_inline("docs/ci-jobs.md", "docker compose up -d");
+    let out = run_doc_line(bed(), &up, &plain, &env);
+    assert_eq!(out.status.code(), Some(0), "`{up}`: {}", show(&out));
+    let out = job(&sidecar, &["wait", "plainjob", "--timeout", "2m"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "wait after `{up}`: {}",
+        show(&out)
+    );
+    let plain_host = format!("web-5000-plainjob-runner-0.{}", domain(&ns));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("web 5000 http://{plain_host}/\n")
+    );
+    let (code, body) = http_get(&format!("{}/", bed().get("TRAEFIK_WEB")), Some(&plain_host));
+    assert_eq!((code, body.trim()), (200, "plain-page"));
 
     // A composition refused by a bad label: `wait` fails with the reason, not at its timeout.
     pod.compose_as(

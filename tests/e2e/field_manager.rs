@@ -201,7 +201,8 @@ async fn versions(admin: &kube::Client, ns: &str, service: &str, ingress: &str) 
 /// changed host, an added annotation, an EndpointSlice pointed elsewhere, an added label; and
 /// objects nobody edited are not written, before or after (the restart budget's rule: no write
 /// to an unchanged object). The edits are made as an admin with its own field manager, as
-/// `kubectl edit` and `kubectl patch` do. Before, only the spec-hash annotation was compared,
+/// `kubectl edit` and `kubectl patch` do: the Service's by the docs' `kubectl edit` itself (its
+/// editor a sed), the others as patches under `kubectl edit`'s field manager. Before, only the spec-hash annotation was compared,
 /// and every one of these edits stayed.
 #[tokio::test]
 async fn hand_edits_are_set_back_at_the_next_resync_and_untouched_objects_are_not_written() {
@@ -283,14 +284,27 @@ async fn hand_edits_are_set_back_at_the_next_resync_and_untouched_objects_are_no
         .await
         .expect("edit the slice");
     let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
-    services
-        .patch(
-            &service_name,
-            &edit,
-            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"edited": "by-hand"}}})),
-        )
-        .await
-        .expect("edit the service");
+    // The Service's label: a real `kubectl edit` as docs/security.md and docs/operability.md
+    // name it, its editor a sed that adds the label to the file kubectl opens.
+    let kubectl_edit = testbed::doc_inline("docs/security.md", "kubectl edit");
+    assert_eq!(
+        testbed::doc_inline("docs/operability.md", "kubectl edit"),
+        kubectl_edit
+    );
+    let line = format!("{kubectl_edit} -n {ns} service/{service_name}");
+    let editor = r"sed -i 's/^  labels:$/&\n    edited: by-hand/'";
+    // What kubectl says once it wrote the change (a resync may set it back any moment after).
+    let out = testbed::run_doc_line_ok(
+        bed(),
+        &line,
+        &testbed::repo_root(),
+        &[("KUBE_EDITOR", editor)],
+    );
+    assert_eq!(
+        out.trim(),
+        format!("service/{service_name} edited"),
+        "`{line}` with KUBE_EDITOR={editor}"
+    );
 
     // Set back, same objects.
     let pod_ip = pod.ip.to_string();

@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 use testbed::{
     CONVERGE, ComposeVersion, RunnerPod, Sidecar, bed, compose_file, domain, eventually, http_get,
-    on_engine, unique_namespace,
+    on_engine, repo_root, unique_namespace,
 };
 
 use crate::SIDECAR;
@@ -64,6 +64,21 @@ fn docker_ps_row(pod: &RunnerPod, container: &str) -> String {
         .find(|l| l.split_whitespace().last() == Some(container))
         .unwrap_or_else(|| panic!("`{line}` lists no {container}:\n{out}"))
         .to_string()
+}
+
+/// What docs/troubleshooting.md's EndpointSlice command prints for the composition's Service
+/// (the namespace and the Service's name substituted): where the doc says a gated endpoint
+/// shows `ready: false`.
+fn doc_slices(ns: &str, service: &str) -> String {
+    let line = testbed::substitute(
+        "docs/troubleshooting.md",
+        &testbed::doc_inline(
+            "docs/troubleshooting.md",
+            "kubectl -n ci get endpointslices -l kubernetes.io/service-name=… -o yaml",
+        ),
+        &[("-n ci", &format!("-n {ns}")), ("…", service)],
+    );
+    testbed::run_doc_line_ok(bed(), &line, &repo_root(), &[])
 }
 
 /// What Traefik answers for `host`: (status, body).
@@ -195,6 +210,11 @@ async fn health_gates_routing() {
             .contains(&Some(false)),
         "the web slice is not ready"
     );
+    let shown = doc_slices(&ns, &service_name);
+    assert!(
+        shown.contains("ready: false"),
+        "the doc's kubectl shows the gated endpoint: {shown}"
+    );
     // The opted-out neighbour is untouched.
     assert_eq!(
         through_traefik(&admin_host),
@@ -215,6 +235,11 @@ async fn health_gates_routing() {
     assert_eq!(
         slice_readiness(&admin, &ns, &service_name).await,
         vec![Some(true), Some(true)]
+    );
+    let shown = doc_slices(&ns, &service_name);
+    assert!(
+        shown.contains("ready: true") && !shown.contains("ready: false"),
+        "the doc's kubectl shows every endpoint ready again: {shown}"
     );
     pod.compose_as(v2, "healthapp", &file, &["down"]);
     testbed::wait_gone(&admin, &ns, "runner-0", "healthapp").await;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use testbed::{
-    CONVERGE, ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, doc_block, domain,
-    eventually, http_get, load, substitute, traefik_addr, unique_namespace, web,
+    CONVERGE, ComposeVersion, ENABLE, RunnerPod, Sidecar, bed, compose_file, doc_block, doc_inline,
+    domain, eventually, http_get, load, substitute, traefik_addr, unique_namespace, web,
 };
 
 use crate::SIDECAR;
@@ -776,6 +776,44 @@ async fn pod_scope_wait_hands_over_urls_routable_through_the_controller() {
         String::from_utf8_lossy(&out.stdout).contains(&url_host),
         "{}",
         show(&out)
+    );
+    // docs/ci-jobs.md's job inside dind (a container the runner starts): `--add-host
+    // sidecar:host-gateway` puts the sidecar, listening in the pod, at `sidecar`; the job asks
+    // it with the API the page gives (busybox's wget for the elided image and command).
+    let in_dind = substitute(
+        "docs/ci-jobs.md",
+        &doc_inline(
+            "docs/ci-jobs.md",
+            "docker run --add-host sidecar:host-gateway ...",
+        ),
+        &[(
+            "...",
+            "--rm compose-ingress-test/busybox:1 wget -qO- \
+             'http://sidecar:9102/v1/compositions/jobapp?wait=routable&timeout=60s'",
+        )],
+    );
+    let answer = testbed::run_doc_line_ok(
+        bed(),
+        &in_dind,
+        &pod.dir,
+        &[("DOCKER_HOST", pod.docker_host.as_str())],
+    );
+    let answer: serde_json::Value = serde_json::from_str(&answer)
+        .unwrap_or_else(|e| panic!("`{in_dind}` printed no JSON ({e}): {answer}"));
+    assert_eq!(
+        (
+            &answer["name"],
+            &answer["state"],
+            &answer["checked"],
+            &answer["urls"][0]["url"]
+        ),
+        (
+            &serde_json::json!("jobapp"),
+            &serde_json::json!("routable"),
+            &serde_json::json!("controller"),
+            &serde_json::json!(format!("http://{url_host}/"))
+        ),
+        "`{in_dind}`: {answer}"
     );
     pod.compose_as(
         V2,

@@ -1,8 +1,8 @@
 //! A public URL has a bounded life (`--max-exposure`, `compose-ingress.ttl`).
 
 use testbed::{
-    CONVERGE, ENABLE, Sidecar, bed, compose_file, eventually, ingress_hosts, services_of,
-    through_ingress, wait_exposed, wait_gone, web,
+    CONVERGE, ComposeVersion, ENABLE, Sidecar, bed, compose_args, compose_file, eventually,
+    ingress_hosts, services_of, through_ingress, wait_exposed, wait_gone, web,
 };
 
 use super::{setup, state_of};
@@ -11,25 +11,25 @@ use crate::operability::Endpoints;
 
 /// A composition with a short TTL is routed, then unrouted at its end (an `Expired` line, its
 /// container still running), `/exposures` and `wait` say `expired`; neither a full resync nor
-/// a restart of the sidecar exposes it again. A TTL over the operator's maximum is refused.
-/// Seen failing on the old code: the composition stayed exposed (the label was refused as
+/// a restart of the sidecar exposes it again; docs/troubleshooting.md's fix, recreating its
+/// containers, does (a new exposure: routed and `wait` answers 200 again). A TTL over the
+/// operator's maximum is refused. Seen failing on the old code: the composition stayed exposed (the label was refused as
 /// unknown, the rest exposed without a bound).
 #[tokio::test]
 async fn a_composition_is_unrouted_at_the_end_of_its_ttl_and_stays_so() {
     let (ns, pod, admin) = setup("ttl").await;
     let flags = ["--max-exposure", "1h", "--resync-interval", "3s"];
     let sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &flags).await;
-    pod.compose(
+    // Compose v2: the `docker compose` whose recreate docs/troubleshooting.md gives as the fix.
+    let v2 = ComposeVersion::V2;
+    let brief = compose_file(&[web(
+        "web",
         "brief",
-        &compose_file(&[web(
-            "web",
-            "brief",
-            80,
-            "80",
-            &[ENABLE, ("compose-ingress.ttl", "25s")],
-        )]),
-        &["up", "-d"],
-    );
+        80,
+        "80",
+        &[ENABLE, ("compose-ingress.ttl", "25s")],
+    )]);
+    pod.compose_as(v2, "brief", &brief, &["up", "-d"]);
     let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "brief").await;
     assert!(
         through_ingress(&ingress_hosts(&ingress)[0])
@@ -96,6 +96,27 @@ async fn a_composition_is_unrouted_at_the_end_of_its_ttl_and_stays_so() {
     })
     .await;
     assert_eq!(refused["reasons"][0]["reason"], "invalid-ttl", "{refused}");
+
+    // docs/troubleshooting.md's fix for `composition expired`: recreate its containers, a new
+    // exposure (its time counts from the new container's creation).
+    let recreate = testbed::doc_inline(
+        "docs/troubleshooting.md",
+        "docker compose up -d --force-recreate",
+    );
+    let args = compose_args(&recreate);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    pod.compose_as(v2, "brief", &brief, &args);
+    let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "brief").await;
+    assert!(
+        through_ingress(&ingress_hosts(&ingress)[0])
+            .await
+            .contains("brief"),
+        "`{recreate}` exposes it again"
+    );
+    let (code, body) = restarted
+        .get("/v1/compositions/brief?wait=routable&timeout=20s")
+        .expect("the sidecar answers");
+    assert_eq!(code, 200, "`wait` after `{recreate}`: {body}");
 }
 
 /// The pod scope shares the plan and its timing: at the end of `--max-exposure` the proxy

@@ -235,19 +235,36 @@ pub(super) async fn nothing_is_created_for_services_that_do_not_qualify(compose:
     }
 }
 
+/// docs/labels.md's "Scaled services": of the replicas of its `up --scale web=3`, the one
+/// numbered 1 is exposed, on one Service port.
 pub(super) async fn scaled_service_exposes_its_first_replica(compose: ComposeVersion) {
     let (ns, pod, admin) = setup("scaled").await;
     let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &[]).await;
+    // docs/labels.md's command (with the test's -p and -f).
+    let scale = testbed::doc_inline("docs/labels.md", "docker compose up -d --scale web=3");
+    let args = testbed::compose_args(&scale);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     pod.compose_as(
         compose,
         "scaled",
         &compose_file(&[web("web", "replica", 80, "80", &[ENABLE])]),
-        &["up", "-d", "--scale", "web=3"],
+        &args,
     );
     let (_, ingress) = wait_exposed(&admin, &ns, "runner-0", "scaled").await;
     assert_eq!(
         ingress_hosts(&ingress),
         vec![host_of(&ns, "web", 80, "scaled", "runner-0")]
+    );
+    let running = pod.docker_cli(&[
+        "ps",
+        "-q",
+        "--filter",
+        "label=com.docker.compose.project=scaled",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&running.stdout).lines().count(),
+        3,
+        "`{scale}` runs three replicas"
     );
     let first = pod.docker_cli(&[
         "port",

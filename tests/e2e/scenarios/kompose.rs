@@ -64,12 +64,12 @@ fn up(pod: &RunnerPod, project: &str, services: &[String]) {
 }
 
 /// (status, body) of GET `path` with `Host: host` through Traefik's plain-HTTP entry point.
-fn traefik(host: &str, path: &str) -> (u16, String) {
+pub(super) fn traefik(host: &str, path: &str) -> (u16, String) {
     http_get(&format!("{}{path}", bed().get("TRAEFIK_WEB")), Some(host))
 }
 
 /// Traefik's own 404 (Go's `http.NotFound`), not a backend's: the path has no route.
-fn assert_not_routed(host: &str, path: &str) {
+pub(super) fn assert_not_routed(host: &str, path: &str) {
     let (code, body) = traefik(host, path);
     assert_eq!(
         (code, body.trim()),
@@ -161,7 +161,7 @@ async fn operator_wildcard(admin: &kube::Client, ns: &str, pod: &RunnerPod) -> S
 /// The body `host` answers over HTTPS when only `cert` is trusted, once it does: Traefik reads
 /// Secrets and Ingresses from watches of their own, so a route can answer before its
 /// certificate is loaded. Panics naming the certificate Traefik served instead.
-async fn https_trusting(host: &str, cert: &SelfSigned) -> String {
+pub(super) async fn https_trusting(host: &str, cert: &SelfSigned) -> String {
     let served = std::cell::RefCell::new(String::new());
     let answered = tokio::time::timeout(CONVERGE, async {
         loop {

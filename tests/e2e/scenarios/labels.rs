@@ -375,3 +375,135 @@ pub(super) async fn compositions_over_a_cap_are_refused_whole_with_a_reason() {
         );
     }
 }
+
+/// The busybox stand-in for an image of docs/labels.md's examples (the bed reaches no
+/// registry): `script` (ending in a foreground httpd) as its command.
+fn stand_in(script: &str) -> String {
+    format!(
+        "    image: compose-ingress-test/busybox:1\n    stop_signal: SIGKILL\n    command: [\"sh\", \"-c\", {}]\n",
+        serde_json::Value::String(script.to_string())
+    )
+}
+
+/// The URL in the comment of service `name`'s line of a compose file (`  web:   # http://…`).
+fn commented_url(file: &str, name: &str) -> String {
+    let line = file
+        .lines()
+        .find(|l| l.starts_with(&format!("  {name}:")))
+        .unwrap_or_else(|| panic!("no service {name} in:\n{file}"));
+    let (_, comment) = line
+        .split_once('#')
+        .unwrap_or_else(|| panic!("no comment on {line:?}"));
+    let at = comment
+        .find("http")
+        .unwrap_or_else(|| panic!("no URL in the comment {comment:?}"));
+    comment[at..]
+        .split_whitespace()
+        .next()
+        .expect("a URL")
+        .to_string()
+}
+
+/// docs/labels.md's "Examples" compose file, run as project `demo` in pod `runner-0` (the
+/// names its comments' URLs use): each service answers at the URL its comment gives. The images
+/// are the bed's busybox (my/api serving a page of its own on 8080 and on 9000, my/docs on
+/// 8000), the domain the test's; the TLS secret the kompose-style service names is the
+/// operator's to allow (`--allowed-tls-secrets`), here a self-signed wildcard of the domain.
+pub(super) async fn the_label_examples_answer_at_the_urls_their_comments_give() {
+    let (ns, pod, admin) = setup("labelexamples").await;
+    let dom = domain(&ns);
+    let file = testbed::substitute(
+        "docs/labels.md labels-examples",
+        &testbed::doc_block("docs/labels.md", "labels-examples"),
+        &[
+            (
+                "    image: nginx\n",
+                &stand_in("echo web-page > /www/index.html && exec httpd -f -p 80 -h /www"),
+            ),
+            (
+                "    image: my/api\n",
+                &stand_in(
+                    "mkdir -p /w8080 /w9000 && echo api-root > /w8080/index.html \
+                     && echo api-8080 > /w8080/api && echo api-9000 > /w9000/api \
+                     && echo api-9000-root > /w9000/index.html && httpd -p 9000 -h /w9000 \
+                     && exec httpd -f -p 8080 -h /w8080",
+                ),
+            ),
+            (
+                "    image: my/docs\n",
+                &stand_in("echo docs-page > /www/index.html && exec httpd -f -p 8000 -h /www"),
+            ),
+            ("composition.example.com", &dom),
+        ],
+    );
+    let yaml: serde_json::Value = serde_yaml_ng::from_str(&file).expect("the examples are YAML");
+    let secret = yaml["services"]["docs"]["labels"]["kompose.service.expose.tls-secret"]
+        .as_str()
+        .expect("the docs service names a TLS secret");
+    let wildcard = format!("*.{dom}");
+    let cert = testbed::self_signed(&pod.dir, "examples", "examples-wildcard", &[&wildcard]);
+    testbed::create_tls_secret(&admin, &ns, secret, &cert).await;
+    let _sidecar = Sidecar::start(&SIDECAR, bed(), &pod, &["--allowed-tls-secrets", secret]).await;
+    pod.compose_as(ComposeVersion::V2, "demo", &file, &["up", "-d"]);
+
+    // web: its template host, over plain HTTP (the operator set no --tls-secret).
+    let web_url = commented_url(&file, "web");
+    assert_eq!(
+        web_url,
+        format!("http://{}/", host_of(&ns, "web", 80, "demo", "runner-0"))
+    );
+    let web_host = web_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    assert_eq!(through_ingress(&web_host).await.trim(), "web-page");
+
+    // api: the chosen host at the chosen path, only to port 8080.
+    let api_url = commented_url(&file, "api");
+    let (api_host, api_path) = api_url
+        .trim_start_matches("http://")
+        .split_once('/')
+        .map(|(h, p)| (h.to_string(), format!("/{p}")))
+        .expect("a host and a path");
+    let api = eventually(&format!("Traefik routes {api_url}"), CONVERGE, || async {
+        let (code, body) = super::kompose::traefik(&api_host, &api_path);
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(api.trim(), "api-8080", "{api_url} is port 8080's");
+    // The composition's routes are in, web's and api's: what is not routed is not.
+    super::kompose::assert_not_routed(&api_host, "/");
+    super::kompose::assert_not_routed(&host_of(&ns, "api", 9000, "demo", "runner-0"), "/");
+    super::kompose::assert_not_routed(&host_of(&ns, "api", 8080, "demo", "runner-0"), "/");
+
+    // docs: kompose's host, over HTTPS with the secret its label names.
+    let docs_url = commented_url(&file, "docs");
+    let docs_host = docs_url
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("{docs_url} is an https URL"))
+        .trim_end_matches('/')
+        .to_string();
+    assert_eq!(
+        super::kompose::https_trusting(&docs_host, &cert)
+            .await
+            .trim(),
+        "docs-page"
+    );
+    let served = testbed::served_certificate(&docs_host);
+    assert!(served.contains("CN = examples-wildcard"), "{served}");
+
+    let hosts: BTreeSet<String> = ingresses_of(&admin, &ns, "runner-0", "demo")
+        .await
+        .iter()
+        .flat_map(ingress_hosts)
+        .collect();
+    assert_eq!(
+        hosts,
+        BTreeSet::from([
+            web_host.clone(),
+            api_host.clone(),
+            format!("docs-demo.{dom}")
+        ]),
+        "one host per service, none for api's 9000 (docs' Ingress, with its TLS, answered above)"
+    );
+}

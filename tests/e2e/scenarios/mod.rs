@@ -144,6 +144,11 @@ async fn a_start_event_that_never_reaches_the_sidecar_still_exposes_the_composit
 }
 
 #[tokio::test]
+async fn the_label_examples_answer_at_the_urls_their_comments_give() {
+    labels::the_label_examples_answer_at_the_urls_their_comments_give().await
+}
+
+#[tokio::test]
 async fn compositions_over_a_cap_are_refused_whole_with_a_reason() {
     labels::compositions_over_a_cap_are_refused_whole_with_a_reason().await
 }
