@@ -231,8 +231,9 @@ pub fn plan(composition: &ObservedComposition, settings: &PlanSettings) -> Plan 
 /// every object). Compose's own names are far shorter.
 pub(crate) const MAX_PROJECT_NAME: usize = 128;
 
-/// Why the project name cannot be used, if it cannot. Compose gives names of `[a-z0-9_-]`
-/// (v1 also keeps `.` and capitals); a plain container's key is its `/name`. Anything else came
+/// Why the project name cannot be used, if it cannot. Compose v2 gives and accepts names of
+/// `[a-z0-9_-]` only (its `-p` refuses `.` and capitals), so the fix names that set; a plain
+/// container's key is its `/name`. Anything else came
 /// from a hand-set label, and it reaches object metadata: refused.
 pub(crate) fn project_name_refusal(name: &str) -> Option<Refusal> {
     let body = name.strip_prefix('/').unwrap_or(name);
@@ -247,8 +248,9 @@ pub(crate) fn project_name_refusal(name: &str) -> Option<Refusal> {
             Reason::InvalidProjectName,
             format!(
                 "composition name {:?} ({} bytes) is not exposed: a name must be 1 to \
-                 {MAX_PROJECT_NAME} characters of letters, digits, '-', '_' and '.' (set \
-                 com.docker.compose.project, or docker compose -p, to such a name)",
+                 {MAX_PROJECT_NAME} characters of letters, digits, '-', '_' and '.' (name the \
+                 project with docker compose -p and lowercase letters, digits, '-' and '_', \
+                 which Compose v2 also accepts)",
                 shown,
                 name.len()
             ),

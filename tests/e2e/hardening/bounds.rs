@@ -67,6 +67,14 @@ async fn long_label_keys_and_project_names_are_bounded_in_logs_and_exposures() {
         refused["reasons"][0]["reason"], "invalid-project-name",
         "{refused}"
     );
+    // The fix it gives is one Compose v2 takes (its -p refuses '.' and capitals).
+    let message = refused["reasons"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("docker compose -p and lowercase letters, digits, '-' and '_'"),
+        "{message}"
+    );
     assert!(
         sidecar.logs().lines().all(|l| l.len() < 4096),
         "no log line carries the 4 KiB key or the 2 KiB name"
