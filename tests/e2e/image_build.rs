@@ -106,7 +106,7 @@ async fn heavy_the_dockerfiles_default_target_builds_in_a_clean_clone_as_install
     let binary = pod.dir.join("built-compose-ingress");
     let from = format!("{}:/compose-ingress", container.trim());
     let to = binary.display().to_string();
-    ok(pod.docker_cli(&["cp", "-q", &from, &to]), "docker cp");
+    ok(pod.docker_cli(&["cp", &from, &to]), "docker cp");
     let size = std::fs::metadata(&binary).expect("the copied binary").len();
     eprintln!("image {image}: its binary {size} bytes");
     assert!(
