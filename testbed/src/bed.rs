@@ -129,6 +129,19 @@ impl Bed {
     }
 }
 
+/// The stdout of a command that must have succeeded; else a panic with its status and output
+/// (`what` names it).
+pub fn stdout_ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// PEM bundle -> DER certificates (kube::Config wants DER).
 fn pem_certs(pem: &[u8]) -> Vec<Vec<u8>> {
     let text = String::from_utf8_lossy(pem);

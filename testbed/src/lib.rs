@@ -20,7 +20,7 @@ mod sidecar;
 mod tls;
 mod wait;
 
-pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root};
+pub use bed::{Bed, bed, engine, on_engine, parse_env, repo_root, stdout_ok};
 pub use compose::{ENABLE, compose_file, web};
 pub use docker_proxy::DockerEventsProxy;
 pub use docs::{

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::Api;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::bed::{Bed, parse_env, repo_root};
+use crate::bed::{Bed, parse_env, repo_root, stdout_ok};
 use crate::docs::{doc_commands, doc_inline, run_doc_line_ok};
 use crate::wait::{CONVERGE, eventually};
 
@@ -86,17 +86,6 @@ fn install_lines(namespace: &str) -> Vec<String> {
     doc_commands("docs/install.md", "install-apply", &subs)
 }
 
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 impl<'a> Deployment<'a> {
     /// deploy/'s OVERLAY installed as docs/install.md says (step 6, `install-apply`, the README's
     /// quick start the same line): its command lines run as written but for
@@ -123,7 +112,7 @@ impl<'a> Deployment<'a> {
             .env("TESTBED_DIR", &bed.dir)
             .output()
             .expect("run tests/testbed/deploy.sh");
-        let env = parse_env(&ok(
+        let env = parse_env(&stdout_ok(
             out,
             &format!("deploy.sh kustomization {namespace} {overlay}"),
         ));
@@ -154,7 +143,10 @@ impl<'a> Deployment<'a> {
             .env("TESTBED_DIR", &bed.dir)
             .output()
             .expect("run tests/testbed/deploy.sh");
-        let env = parse_env(&ok(out, &format!("deploy.sh tls {namespace} {overlay}")));
+        let env = parse_env(&stdout_ok(
+            out,
+            &format!("deploy.sh tls {namespace} {overlay}"),
+        ));
         Deployment {
             bed,
             namespace: namespace.to_string(),
@@ -167,7 +159,7 @@ impl<'a> Deployment<'a> {
     pub fn kubectl(&self, args: &[&str]) -> String {
         let mut all = vec!["-n", &self.namespace];
         all.extend_from_slice(args);
-        ok(
+        stdout_ok(
             self.bed.kubectl(&all),
             &format!("kubectl {}", args.join(" ")),
         )
@@ -210,7 +202,7 @@ impl<'a> Deployment<'a> {
 
     /// Like [`Deployment::exec_dind`], asserting success.
     pub fn dind(&self, pod: &str, args: &[&str], stdin: &[u8]) -> String {
-        ok(
+        stdout_ok(
             self.exec_dind(pod, args, stdin),
             &format!("kubectl exec {pod} -c dind -- {}", args.join(" ")),
         )
@@ -351,7 +343,7 @@ pub fn sidecar_image(bed: &Bed) -> String {
         .env("TESTBED_DIR", &bed.dir)
         .output()
         .expect("run tests/testbed/deploy.sh");
-    parse_env(&ok(out, "deploy.sh image"))["SIDECAR_IMAGE"].clone()
+    parse_env(&stdout_ok(out, "deploy.sh image"))["SIDECAR_IMAGE"].clone()
 }
 
 /// The stand-in for the CI runner images other charts put next to dind (ARC's actions-runner,
@@ -362,7 +354,7 @@ pub fn runner_image(bed: &Bed) -> String {
         .env("TESTBED_DIR", &bed.dir)
         .output()
         .expect("run tests/testbed/runner-image.sh");
-    parse_env(&ok(out, "runner-image.sh"))["RUNNER_IMAGE"].clone()
+    parse_env(&stdout_ok(out, "runner-image.sh"))["RUNNER_IMAGE"].clone()
 }
 
 /// The namespace goes when the test ends, passed or failed: the next deployment needs the node's
@@ -416,7 +408,7 @@ pub fn kill_container(bed: &Bed, pod: &Pod, name: &str, signal: &str) {
         .args(["tasks", "kill", "--signal", signal, &id])
         .output()
         .expect("run ctr");
-    ok(out, &format!("ctr tasks kill {name}"));
+    stdout_ok(out, &format!("ctr tasks kill {name}"));
 }
 
 /// Where the kubelet keeps a pod's projected ServiceAccount token (deploy/'s kube-api-access).

@@ -13,8 +13,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
 
 use testbed::{
-    Bed, CONVERGE, bed, domain, eventually, http_get, ingress_hosts, repo_root, unique_namespace,
-    wait_exposed,
+    Bed, CONVERGE, bed, domain, eventually, http_get, ingress_hosts, repo_root, stdout_ok,
+    unique_namespace, wait_exposed,
 };
 
 const OVERLAYS: [&str; 3] = ["base", "overlays/ingress", "overlays/gateway"];
@@ -39,20 +39,10 @@ fn kubectl(bed: &Bed, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("wait for kubectl")
 }
 
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 /// `kubectl kustomize deploy/<dir>`, as YAML text and as JSON documents.
 fn render(bed: &Bed, dir: &str) -> (String, Vec<serde_json::Value>) {
     let path = repo_root().join("deploy").join(dir);
-    let yaml = ok(
+    let yaml = stdout_ok(
         kubectl(bed, &["kustomize", &path.to_string_lossy()], None),
         &format!("kubectl kustomize deploy/{dir}"),
     );
@@ -129,7 +119,7 @@ fn exec_probe(probe: Option<&Probe>, what: &str) -> Vec<String> {
 async fn deploy_manifests_are_accepted_by_the_apiserver() {
     let bed = bed();
     let ns = unique_namespace("deploy");
-    ok(
+    stdout_ok(
         kubectl(bed, &["create", "namespace", &ns], None),
         "create namespace",
     );
@@ -163,7 +153,7 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
             );
         }
         // -o name would hide the "(server dry run)" marker; the default output lists each object.
-        let out = ok(
+        let out = stdout_ok(
             kubectl(
                 bed,
                 &["apply", "-n", &ns, "--dry-run=server", "-f", "-"],
@@ -306,7 +296,7 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
         }
         assert_config_accepted(&sidecar(&sts), dir);
     }
-    ok(
+    stdout_ok(
         kubectl(bed, &["delete", "namespace", &ns, "--wait=false"], None),
         "delete namespace",
     );
@@ -670,14 +660,15 @@ async fn container_image_exposes_a_composition() {
         .env("DOCKER_HOST", &pod.docker_host)
         .output()
         .expect("run tests/testbed/image.sh");
-    let built = testbed::parse_env(&ok(out, "tests/testbed/image.sh"));
+    let built = testbed::parse_env(&stdout_ok(out, "tests/testbed/image.sh"));
     let size: u64 = built["IMAGE_SIZE"].parse().expect("IMAGE_SIZE");
     eprintln!("image {IMAGE}: {size} bytes");
     assert!(size < 40 << 20, "a minimal image (got {size} bytes)");
 
     let inspect = pod.docker_cli(&["image", "inspect", IMAGE]);
     let inspect: serde_json::Value =
-        serde_json::from_slice(&ok(inspect, "docker image inspect").into_bytes()).expect("json");
+        serde_json::from_slice(&stdout_ok(inspect, "docker image inspect").into_bytes())
+            .expect("json");
     let config = &inspect[0]["Config"];
     assert_eq!(config["User"], "65532:65532", "runs as a non-root user");
     assert_eq!(config["Entrypoint"][0], "/compose-ingress");
@@ -772,7 +763,7 @@ async fn container_image_exposes_a_composition() {
         "COMPOSE_INGRESS_DELETE_GRACE=2s",
         IMAGE,
     ]);
-    ok(run, "docker run the image");
+    stdout_ok(run, "docker run the image");
     let logs = || {
         let out = pod.docker_cli(&["logs", "compose-ingress"]);
         format!(

@@ -11,21 +11,12 @@
 //! ./test runs it alone, not beside the parallel tests.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
-use testbed::{bed, doc_inline, parse_env, repo_root, run_doc_line, substitute, unique_namespace};
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use testbed::{
+    bed, doc_inline, parse_env, repo_root, run_doc_line, stdout_ok, substitute, unique_namespace,
+};
 
 /// A clean clone's files: what git tracks, plus new files it does not ignore (a change not yet
 /// committed is in the clone it will be), copied from the work tree into `dir`.
@@ -42,7 +33,7 @@ fn clean_clone(dir: &Path) {
         .current_dir(&repo)
         .output()
         .expect("run git ls-files");
-    let files = ok(files, "git ls-files");
+    let files = stdout_ok(files, "git ls-files");
     let mut copied = 0;
     for file in files.split('\0').filter(|f| !f.is_empty()) {
         let from = repo.join(file);
@@ -62,7 +53,7 @@ fn clean_clone(dir: &Path) {
 }
 
 fn image_config(pod: &testbed::RunnerPod, image: &str) -> Value {
-    let inspect = ok(
+    let inspect = stdout_ok(
         pod.docker_cli(&["image", "inspect", image]),
         "docker image inspect",
     );
@@ -81,7 +72,7 @@ async fn heavy_the_dockerfiles_default_target_builds_in_a_clean_clone_as_install
         .env("TESTBED_DIR", &bed.dir)
         .output()
         .expect("run tests/testbed/rust-image.sh");
-    let stand_in = parse_env(&ok(stand_in, "tests/testbed/rust-image.sh"));
+    let stand_in = parse_env(&stdout_ok(stand_in, "tests/testbed/rust-image.sh"));
     eprintln!("build base: {} (stand-in)", stand_in["RUST_IMAGE"]);
 
     let clone: PathBuf = pod.dir.join("clone");
@@ -96,17 +87,17 @@ async fn heavy_the_dockerfiles_default_target_builds_in_a_clean_clone_as_install
         &[("REGISTRY/compose-ingress:0.1.0", image)],
     );
     let out = run_doc_line(bed, &build, &clone, &[("DOCKER_HOST", &pod.docker_host)]);
-    ok(out, &format!("`{build}` in a clean clone"));
+    stdout_ok(out, &format!("`{build}` in a clean clone"));
 
     // What docs/install.md says of it: a static binary (it runs FROM scratch, below) in a
     // scratch image, uid 65532, about 13 MB (the binary: Docker's image Size also counts the
     // compressed layer when its image store is containerd's).
     let built = image_config(&pod, image);
-    let container = ok(pod.docker_cli(&["create", image]), "docker create");
+    let container = stdout_ok(pod.docker_cli(&["create", image]), "docker create");
     let binary = pod.dir.join("built-compose-ingress");
     let from = format!("{}:/compose-ingress", container.trim());
     let to = binary.display().to_string();
-    ok(pod.docker_cli(&["cp", &from, &to]), "docker cp");
+    stdout_ok(pod.docker_cli(&["cp", &from, &to]), "docker cp");
     let size = std::fs::metadata(&binary).expect("the copied binary").len();
     eprintln!("image {image}: its binary {size} bytes");
     assert!(
@@ -119,7 +110,7 @@ async fn heavy_the_dockerfiles_default_target_builds_in_a_clean_clone_as_install
         "FROM scratch: one layer, the binary"
     );
     assert_eq!(built["Config"]["User"], "65532:65532");
-    let version = ok(
+    let version = stdout_ok(
         pod.docker_cli(&["run", "--rm", "--network", "none", image, "--version"]),
         "the image's --version",
     );
@@ -133,7 +124,7 @@ async fn heavy_the_dockerfiles_default_target_builds_in_a_clean_clone_as_install
         .env("DOCKER_HOST", &pod.docker_host)
         .output()
         .expect("run tests/testbed/image.sh");
-    ok(out, "tests/testbed/image.sh");
+    stdout_ok(out, "tests/testbed/image.sh");
     let bed_image = image_config(&pod, prebuilt);
     for key in ["Labels", "User", "Entrypoint", "ExposedPorts", "Cmd", "Env"] {
         assert_eq!(
