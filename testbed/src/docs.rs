@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::bed::{Bed, repo_root};
+use crate::bed::{Bed, repo_root, stdout_ok};
 use crate::helm;
 
 /// The marker of a block a test reads: `<!-- doc-test: ID -->`.
@@ -319,15 +319,10 @@ fn docker_config(bed: &Bed) -> std::path::PathBuf {
 
 /// [`run_doc_line`] asserting success; returns stdout.
 pub fn run_doc_line_ok(bed: &Bed, line: &str, cwd: &Path, env: &[(&str, &str)]) -> String {
-    let out = run_doc_line(bed, line, cwd, env);
-    assert!(
-        out.status.success(),
-        "the doc's command `{line}` failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    stdout_ok(
+        run_doc_line(bed, line, cwd, env),
+        &format!("the doc's command `{line}`"),
+    )
 }
 
 #[cfg(test)]

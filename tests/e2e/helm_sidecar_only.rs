@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use testbed::{
     Bed, CONVERGE, Deployment, ENABLE, SIDECAR_CONTAINER, bed, chart_dir, compose_file, container,
     doc_commands, helm_ok, node_lock, pod_ready, projected_token, repo_root, run_doc_line_ok,
-    runner_image, sidecar_image, unique_namespace, wait_exposed, web,
+    runner_image, sidecar_image, stdout_ok, unique_namespace, wait_exposed, web,
 };
 
 use crate::helm::{RELEASE, middleware_limits, objects_in, yaml_docs};
@@ -130,15 +130,10 @@ fn bed_images(bed: &Bed, spec: &mut Value, sidecar: &str) {
 
 /// `kubectl exec POD -c CONTAINER -- sh -c SCRIPT`'s output, asserting success.
 fn sh(d: &Deployment<'_>, pod: &str, container: &str, script: &str, stdin: &[u8]) -> String {
-    let out = d.exec_in(pod, container, &["sh", "-c", script], stdin);
-    assert!(
-        out.status.success(),
-        "{pod}/{container}: sh -c {script:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    stdout_ok(
+        d.exec_in(pod, container, &["sh", "-c", script], stdin),
+        &format!("{pod}/{container}: sh -c {script:?}"),
+    )
 }
 
 /// Fails if the sidecar's token (its JWT payload) is readable anywhere in the container's file
